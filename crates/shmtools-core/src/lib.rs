@@ -1,0 +1,25 @@
+//! shmtools-core: named shared-memory regions that separate processes create
+//! and attach to, with a pool allocator inside. No Node.js dependency; the
+//! napi binding and the TypeScript facade sit on top of this crate.
+//!
+//! Layers, bottom up (each uses only the ones above it in this list):
+//! - [`platform`]: every OS call (shm objects, mmap, futex, process liveness).
+//! - [`mem`]: bounds-checked, atomic-only access to mapped bytes.
+//! - [`lock`]: a process-shared mutex that survives its holder's death.
+//! - [`pool`]: the allocator inside a region.
+//! - [`boot`]: the boot block that starts every region.
+//! - [`region`]: create / attach / remove regions.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod boot;
+pub mod error;
+pub mod lock;
+pub mod mem;
+pub mod platform;
+pub mod pool;
+pub mod region;
+
+pub use boot::BootInfo;
+pub use error::{Error, ErrorCode, Result};
+pub use pool::{Pool, PoolCheck, PoolStats};
+pub use region::{AttachOptions, CreateOptions, Region, TryAttach};

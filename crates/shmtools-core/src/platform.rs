@@ -1,0 +1,274 @@
+//! Every operating-system call the core makes lives here, so that a port to
+//! another OS (macOS has POSIX shm but no futex) replaces this one file.
+//!
+//! Linux implementation on `rustix`: shared-memory objects are files in
+//! `/dev/shm` opened with `O_NOFOLLOW | O_CLOEXEC` (exactly what glibc's
+//! `shm_open` does, but without needing libc and with the flags in plain sight),
+//! mappings are `mmap(MAP_SHARED)`, and waits are process-shared futexes (no
+//! `FUTEX_PRIVATE_FLAG`, so a wake in one process reaches a waiter in another).
+
+use std::ffi::c_void;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use rustix::fs::{self, FallocateFlags, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mm::{self, MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Where POSIX shared-memory objects live on Linux.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// Map an errno from a call on the object called `name` to our error codes.
+fn os_error(errno: Errno, what: &str, name: &str) -> Error {
+    let code = match errno {
+        Errno::NOENT => ErrorCode::NotFound,
+        Errno::EXIST => ErrorCode::Exists,
+        Errno::ACCESS | Errno::PERM => ErrorCode::Permission,
+        Errno::NOSPC | Errno::FBIG => ErrorCode::NoSpace,
+        Errno::NOMEM => ErrorCode::NoSpace,
+        Errno::LOOP => ErrorCode::Permission,
+        Errno::NAMETOOLONG | Errno::INVAL => ErrorCode::InvalidArg,
+        _ => ErrorCode::Io,
+    };
+    let hint = if errno == Errno::LOOP {
+        "; it is a symbolic link, which shmtools never follows"
+    } else {
+        match code {
+        ErrorCode::NotFound => "; create it first with SHMMain",
+        ErrorCode::Permission => "; it belongs to another user or has a restrictive mode",
+        ErrorCode::NoSpace => {
+            "; /dev/shm has less free space than asked: choose a smaller size or enlarge /dev/shm"
+        }
+        _ => "",
+        }
+    };
+    Error::new(code, format!("{what} '{name}' failed: {errno}{hint}"))
+}
+
+fn shm_dir() -> Result<OwnedFd> {
+    fs::open(
+        SHM_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| os_error(e, "opening", SHM_DIR))
+}
+
+/// Create a new shared-memory object; fails with `ERR_SHM_EXISTS` if one of
+/// that name exists. The mode is set with `fchmod` afterwards because the
+/// creation mode is masked by the process umask.
+pub fn shm_create_exclusive(name: &str, mode: u32) -> Result<OwnedFd> {
+    let dir = shm_dir()?;
+    let fd = fs::openat(
+        &dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| os_error(e, "creating shared memory", name))?;
+    fs::fchmod(&fd, Mode::from_raw_mode(mode))
+        .map_err(|e| os_error(e, "setting the mode of", name))?;
+    Ok(fd)
+}
+
+/// Open an existing shared-memory object read-write; `Ok(None)` if there is
+/// none of that name (yet). Symbolic links are refused (`O_NOFOLLOW`).
+pub fn shm_open_existing(name: &str) -> Result<Option<OwnedFd>> {
+    let dir = shm_dir()?;
+    match fs::openat(
+        &dir,
+        name,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(os_error(e, "opening shared memory", name)),
+    }
+}
+
+/// Remove the name of a shared-memory object; `Ok(false)` if there was none.
+/// Processes that have it mapped keep their mapping.
+pub fn shm_unlink(name: &str) -> Result<bool> {
+    let dir = shm_dir()?;
+    match fs::unlinkat(&dir, name, fs::AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(os_error(e, "removing shared memory", name)),
+    }
+}
+
+/// Owner uid, mode bits and size of an open object.
+pub struct FileInfo {
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub regular: bool,
+    /// (device, inode): tells two objects of the same name apart.
+    pub identity: (u64, u64),
+}
+
+pub fn file_info(fd: impl AsFd, name: &str) -> Result<FileInfo> {
+    let st = fs::fstat(fd).map_err(|e| os_error(e, "inspecting", name))?;
+    let kind = fs::FileType::from_raw_mode(st.st_mode);
+    Ok(FileInfo {
+        size: st.st_size as u64,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        regular: kind == fs::FileType::RegularFile,
+        identity: (st.st_dev as u64, st.st_ino as u64),
+    })
+}
+
+/// Give the object its size and reserve every page now, so that a `/dev/shm`
+/// too small for it is an error here rather than a SIGBUS on first touch.
+pub fn reserve(fd: impl AsFd, len: u64, name: &str) -> Result<()> {
+    match fs::fallocate(&fd, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        // A filesystem without fallocate: size it, and accept the weaker promise.
+        Err(Errno::OPNOTSUPP) => {
+            fs::ftruncate(&fd, len).map_err(|e| os_error(e, "sizing shared memory", name))
+        }
+        Err(e) => Err(os_error(e, "reserving memory for", name)),
+    }
+}
+
+/// A shared read-write mapping of a whole object; unmapped on drop.
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all access to it goes through
+// atomics or through validated byte copies, and it may be used from any thread.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out raw pointers and atomics.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn map(fd: impl AsFd, len: usize, name: &str) -> Result<Mapping> {
+        if len == 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidArg,
+                "cannot map an empty object",
+            ));
+        }
+        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) cannot alias any Rust
+        // object; `len` is the size we checked against the file.
+        let ptr = unsafe {
+            mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| os_error(e, "mapping", name))?;
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::new(ErrorCode::Io, "mmap returned a null address"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    pub fn base(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned and nothing can use
+        // the mapping after its owner is dropped (borrows end first).
+        let _ = unsafe { mm::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) };
+    }
+}
+
+/// Outcome of a futex wait; callers recheck their condition in every case.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// Woken, or the word no longer held the expected value.
+    Woken,
+    TimedOut,
+}
+
+/// Sleep while `*word == expected`, at most `timeout` (None: no limit).
+/// Process-shared: no FUTEX_PRIVATE_FLAG.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wake {
+    let ts = timeout.map(|d| rustix::time::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    });
+    match futex::wait(word, futex::Flags::empty(), expected, ts.as_ref()) {
+        Err(Errno::TIMEDOUT) => Wake::TimedOut,
+        _ => Wake::Woken,
+    }
+}
+
+/// Wake up to `n` waiters on `word`, in any process.
+pub fn futex_wake(word: &AtomicU32, n: u32) {
+    let _ = futex::wake(word, futex::Flags::empty(), n);
+}
+
+pub fn current_pid() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+pub fn current_tid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Start time of a process or thread (field 22 of `/proc/<id>/stat`, clock
+/// ticks since boot). Together with the id it names one incarnation: a reused
+/// id has a different start time. `None` if the id does not exist.
+pub fn start_time(id: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{id}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' come fields 3.. ; the start time is field 22, the 20th of those.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Start time of the calling thread, cached per thread.
+pub fn current_thread_start_time() -> u64 {
+    thread_local! {
+        static START: u64 = start_time(current_tid()).unwrap_or(0);
+    }
+    START.with(|s| *s)
+}
+
+/// Start time of this process, cached.
+pub fn current_process_start_time() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| start_time(current_pid()).unwrap_or(0))
+}
+
+/// Is the process or thread `id` that started at `start` (0: unknown) still there?
+pub fn is_alive(id: u32, start: u64) -> bool {
+    if id == 0 {
+        return false;
+    }
+    match start_time(id) {
+        None => false,
+        Some(now) => start == 0 || now == start,
+    }
+}
+
+/// Sleep the calling thread (used only where nothing can wake us: waiting for
+/// an object to be created by another process).
+pub fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
