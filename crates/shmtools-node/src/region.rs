@@ -1,0 +1,232 @@
+//! `NativeRegion`: one mapped region and its pool, as the facade's SHMMain and
+//! attach() see it.
+
+use napi::bindgen_prelude::{Buffer, Uint8Array};
+use napi_derive::napi;
+use shmtools_core::{boot, ErrorCode, Region, TryAttach};
+
+use crate::convert::{err, js, to_u64};
+use napi::Result;
+
+#[napi(object)]
+pub struct RegionInfo {
+    pub name: String,
+    pub magic: String,
+    pub layout_version: u32,
+    /// "initializing" | "ready" | "closing"
+    pub state: String,
+    pub size: f64,
+    pub generation: f64,
+    pub creator_pid: u32,
+    pub creator_start_time: f64,
+    pub created_at_ms: f64,
+    pub pool_offset: f64,
+    pub pool_size: f64,
+    pub pipe_dir_offset: f64,
+}
+
+#[napi(object)]
+pub struct PoolStats {
+    pub bytes_total: f64,
+    pub bytes_used: f64,
+    pub bytes_free: f64,
+    pub largest_free: f64,
+    pub blocks_used: f64,
+}
+
+#[napi(object)]
+pub struct PoolCheck {
+    pub blocks_used: f64,
+    pub blocks_free: f64,
+    pub bytes_used: f64,
+    pub bytes_free: f64,
+    pub largest_free_block: f64,
+}
+
+#[napi]
+pub struct NativeRegion {
+    region: Option<Region>,
+    log: Vec<String>,
+}
+
+fn wrap(region: Region, log: Vec<String>) -> NativeRegion {
+    NativeRegion {
+        region: Some(region),
+        log,
+    }
+}
+
+/// Create a region (the seed's SHMMain::start). Replaces a stale one.
+#[napi(catch_unwind)]
+pub fn create_region(name: String, bytes: f64, mode: u32) -> Result<NativeRegion> {
+    let bytes = to_u64(bytes, "bytes")?;
+    let mut log = Vec::new();
+    let r =
+        Region::create_logged(&name, bytes, mode, &mut |m| log.push(m.to_string())).map_err(js)?;
+    Ok(wrap(r, log))
+}
+
+/// One look for a region: the handle if it is ready, null if not yet.
+#[napi(catch_unwind)]
+pub fn try_attach_region(name: String) -> Result<Option<NativeRegion>> {
+    match Region::try_attach(&name).map_err(js)? {
+        TryAttach::Ready(r) => Ok(Some(wrap(r, Vec::new()))),
+        TryAttach::NotYet(_) => Ok(None),
+    }
+}
+
+/// Remove a region's name from /dev/shm; false if there was none.
+#[napi(catch_unwind)]
+pub fn remove_region(name: String) -> Result<bool> {
+    Region::remove(&name).map_err(js)
+}
+
+#[napi]
+impl NativeRegion {
+    fn region(&self) -> Result<&Region> {
+        self.region.as_ref().ok_or_else(|| {
+            err(
+                ErrorCode::Closed,
+                "the region handle is closed; attach again to use the region",
+            )
+        })
+    }
+
+    /// Steps logged while creating (for the `debug` option).
+    #[napi(catch_unwind)]
+    pub fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn info(&self) -> Result<RegionInfo> {
+        let r = self.region()?;
+        let i = r.info();
+        Ok(RegionInfo {
+            name: r.name().to_string(),
+            magic: String::from_utf8_lossy(&boot::MAGIC.to_le_bytes()).into_owned(),
+            layout_version: i.layout_version,
+            state: i.state_name().to_string(),
+            size: i.region_size as f64,
+            generation: i.generation as f64,
+            creator_pid: i.creator_pid,
+            creator_start_time: i.creator_start_time as f64,
+            created_at_ms: i.created_unix_ms as f64,
+            pool_offset: i.pool_offset as f64,
+            pool_size: i.pool_size as f64,
+            pipe_dir_offset: i.pipe_dir_offset as f64,
+        })
+    }
+
+    /// Generation of the region this one replaced (creator only), or null.
+    #[napi(catch_unwind)]
+    pub fn replaced_generation(&self) -> Result<Option<f64>> {
+        Ok(self.region()?.replaced_generation().map(|g| g as f64))
+    }
+
+    #[napi(catch_unwind)]
+    pub fn pool_stats(&self) -> Result<PoolStats> {
+        let s = self.region()?.pool().map_err(js)?.stats().map_err(js)?;
+        Ok(PoolStats {
+            bytes_total: s.bytes_total as f64,
+            bytes_used: s.bytes_used as f64,
+            bytes_free: s.bytes_free as f64,
+            largest_free: s.largest_free as f64,
+            blocks_used: s.blocks_used as f64,
+        })
+    }
+
+    #[napi(catch_unwind)]
+    pub fn pool_check(&self) -> Result<PoolCheck> {
+        let c = self.region()?.pool().map_err(js)?.check().map_err(js)?;
+        Ok(PoolCheck {
+            blocks_used: c.blocks_used as f64,
+            blocks_free: c.blocks_free as f64,
+            bytes_used: c.bytes_used as f64,
+            bytes_free: c.bytes_free as f64,
+            largest_free_block: c.largest_free_block as f64,
+        })
+    }
+
+    #[napi(catch_unwind)]
+    pub fn allocate(&self, bytes: f64) -> Result<f64> {
+        let n = to_u64(bytes, "bytes")?;
+        let off = self.region()?.pool().map_err(js)?.allocate(n).map_err(js)?;
+        Ok(off as f64)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn free(&self, offset: f64) -> Result<()> {
+        let off = to_u64(offset, "offset")?;
+        self.region()?.pool().map_err(js)?.free(off).map_err(js)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn capacity(&self, offset: f64) -> Result<f64> {
+        let off = to_u64(offset, "offset")?;
+        let c = self
+            .region()?
+            .pool()
+            .map_err(js)?
+            .capacity(off)
+            .map_err(js)?;
+        Ok(c as f64)
+    }
+
+    /// Copy `data` into the allocated block at `offset`, starting `at` bytes in.
+    #[napi(catch_unwind)]
+    pub fn write(&self, offset: f64, data: Uint8Array, at: f64) -> Result<()> {
+        let (start, _) = self.block_range(offset, at, data.len())?;
+        self.region()?.span().write(start, &data).map_err(js)
+    }
+
+    /// Copy `length` bytes out of the allocated block at `offset`, from `at`.
+    #[napi(catch_unwind)]
+    pub fn read(&self, offset: f64, length: f64, at: f64) -> Result<Buffer> {
+        let len = to_u64(length, "length")?;
+        let len =
+            usize::try_from(len).map_err(|_| err(ErrorCode::InvalidArg, "length too large"))?;
+        let (start, _) = self.block_range(offset, at, len)?;
+        let mut out = vec![0u8; len];
+        self.region()?.span().read(start, &mut out).map_err(js)?;
+        Ok(out.into())
+    }
+
+    fn block_range(&self, offset: f64, at: f64, len: usize) -> Result<(u64, u64)> {
+        let off = to_u64(offset, "offset")?;
+        let at = to_u64(at, "at")?;
+        let cap = self
+            .region()?
+            .pool()
+            .map_err(js)?
+            .capacity(off)
+            .map_err(js)?;
+        match at.checked_add(len as u64) {
+            Some(end) if end <= cap => Ok((off + at, end)),
+            _ => Err(err(
+                ErrorCode::InvalidArg,
+                format!("{len} bytes at {at} do not fit the block's {cap} bytes"),
+            )),
+        }
+    }
+
+    /// Unmap; the region itself stays in /dev/shm. Idempotent.
+    #[napi(catch_unwind)]
+    pub fn close(&mut self) {
+        self.region = None;
+    }
+
+    /// Unmap and remove the region's name (if it is still ours).
+    #[napi(catch_unwind)]
+    pub fn destroy(&mut self) -> Result<bool> {
+        match self.region.take() {
+            Some(r) => r.destroy().map_err(js),
+            None => Ok(false),
+        }
+    }
+
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.region.is_none()
+    }
+}

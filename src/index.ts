@@ -1,0 +1,8 @@
+/**
+ * shmtools: cross-process shared memory for Node.js, after PicklingTools'
+ * SHMMain / ServerSide / ClientSide. See README.md.
+ */
+export { SHMMain, Region, Pool, attach, attachSync } from './region'
+export type { AttachOptions, SHMMainOptions, RegionInfo, PoolStats, PoolCheck } from './region'
+export { ShmError, ShmArgumentError, AbortError, ErrorCodes } from './errors'
+export type { ErrorCode } from './errors'
