@@ -31,6 +31,9 @@ export declare class NativeRegion {
   get closed(): boolean
 }
 
+/** Check a region name and size against the core's rules without creating. */
+export declare function checkRegionArgs(name: string, bytes: number): void
+
 /** Create a region (the seed's SHMMain::start). Replaces a stale one. */
 export declare function createRegion(name: string, bytes: number, mode: number): NativeRegion
 

@@ -162,6 +162,11 @@ function plan(name: unknown, options: AttachOptions | undefined): AttachPlan {
   }
 }
 
+/** An already-aborted signal fails at once, before any look (as Node's APIs do). */
+function throwIfAborted(p: AttachPlan): void {
+  if (p.signal?.aborted) throw new AbortError(`waiting for region '${p.name}' was aborted`, { cause: p.signal.reason })
+}
+
 /** One look; returns the region, or the pause before the next look. */
 function look(p: AttachPlan, first: boolean): Region | number {
   const handle = native(() => binding.tryAttachRegion(p.name))
@@ -170,7 +175,7 @@ function look(p: AttachPlan, first: boolean): Region | number {
     return new Region(p.name, handle)
   }
   if (first) p.log(`waiting for region '${p.name}' to be created and ready`)
-  if (p.signal?.aborted) throw new AbortError(`waiting for region '${p.name}' was aborted`, { cause: p.signal.reason })
+  throwIfAborted(p)
   if (p.breakChecker?.()) throw new AbortError(`waiting for region '${p.name}' was stopped by the breakChecker`)
   const left = p.deadline - performance.now()
   if (left <= 0) {
@@ -190,6 +195,7 @@ const sleeper = new Int32Array(new SharedArrayBuffer(4))
  */
 export function attachSync(name: string, options?: AttachOptions): Region {
   const p = plan(name, options)
+  throwIfAborted(p)
   for (let first = true; ; first = false) {
     const r = look(p, first)
     if (r instanceof Region) return r
@@ -203,6 +209,7 @@ export function attachSync(name: string, options?: AttachOptions): Region {
  */
 export async function attach(name: string, options?: AttachOptions): Promise<Region> {
   const p = plan(name, options)
+  throwIfAborted(p)
   for (let first = true; ; first = false) {
     const r = look(p, first)
     if (r instanceof Region) return r
@@ -244,6 +251,8 @@ export class SHMMain {
     const o: SHMMainOptions = typeof options === 'boolean' ? { debug: options } : (options ?? {})
     this.name = checkName(name)
     this.bytes = checkCount(bytes, 'bytes', { min: 1 })
+    // Name and size rules live in the core; check them now, not at start().
+    native(() => binding.checkRegionArgs(this.name, this.bytes))
     this.#mode = o.mode === undefined ? 0o600 : checkCount(o.mode, 'mode')
     this.#log = logger(o.debug)
   }
@@ -269,7 +278,7 @@ export class SHMMain {
 
   region(): Region {
     if (this.#region === undefined) {
-      const why = this.#state === 'new' ? 'call start() first' : 'it was closed'
+      const why = this.#state === 'new' ? 'call start() first' : 'it was closed (SHMMain.remove(name) still removes it by name)'
       throw new ShmError(this.#state === 'new' ? ErrorCodes.INVALID_STATE : ErrorCodes.CLOSED, `SHMMain '${this.name}': ${why}`)
     }
     return this.#region
@@ -290,7 +299,10 @@ export class SHMMain {
     if (this.#state === 'started') this.#state = 'closed'
   }
 
-  /** Unmap and remove the region from /dev/shm. */
+  /**
+   * Unmap and remove the region from /dev/shm (only if the name still refers
+   * to this region). After close(), use SHMMain.remove(name) instead.
+   */
   destroy(): void {
     const r = this.region()
     this.#region = undefined

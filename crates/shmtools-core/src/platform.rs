@@ -33,6 +33,7 @@ fn os_error(errno: Errno, what: &str, name: &str) -> Error {
         Errno::NOMEM => ErrorCode::NoSpace,
         Errno::LOOP => ErrorCode::Permission,
         Errno::NAMETOOLONG | Errno::INVAL => ErrorCode::InvalidArg,
+        Errno::ISDIR => ErrorCode::Incompatible,
         _ => ErrorCode::Io,
     };
     let hint = if errno == Errno::LOOP {
@@ -235,11 +236,19 @@ pub fn current_tid() -> u32 {
 /// ticks since boot). Together with the id it names one incarnation: a reused
 /// id has a different start time. `None` if the id does not exist.
 pub fn start_time(id: u32) -> Option<u64> {
+    stat_fields(id).map(|(_, start)| start)
+}
+
+/// State letter (field 3) and start time (field 22) of `/proc/<id>/stat`.
+fn stat_fields(id: u32) -> Option<(u8, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{id}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // After ')' come fields 3.. ; the start time is field 22, the 20th of those.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// Start time of the calling thread, cached per thread.
@@ -261,9 +270,12 @@ pub fn is_alive(id: u32, start: u64) -> bool {
     if id == 0 {
         return false;
     }
-    match start_time(id) {
+    match stat_fields(id) {
         None => false,
-        Some(now) => start == 0 || now == start,
+        // A zombie ('Z', killed or exited but not yet reaped by its parent)
+        // or dead ('X') task never runs again, though /proc still lists it.
+        Some((b'Z' | b'X', _)) => false,
+        Some((_, now)) => start == 0 || now == start,
     }
 }
 

@@ -117,6 +117,13 @@ pub struct Pool<'a> {
     end: u64,
 }
 
+/// End of the arena that starts at `start` in a span of `len` bytes: the
+/// last 16-byte boundary, so that blocks (multiples of 16) tile it exactly
+/// whatever the region's size.
+fn arena_end(len: u64, start: u64) -> u64 {
+    start + (len.saturating_sub(start) & !(ALIGN - 1))
+}
+
 /// Size class of a block size.
 fn mapping(size: u64) -> (usize, usize) {
     if size < SMALL {
@@ -155,8 +162,8 @@ impl<'a> Pool<'a> {
     /// span with one free block. The span must be zero-filled there.
     pub fn init(span: Span<'a>, pool_off: u64) -> Result<Pool<'a>> {
         let start = pool_off + arena_offset_in_pool();
-        let end = span.len();
-        if end < start + MIN_BLOCK || end > MAX_REGION {
+        let end = arena_end(span.len(), start);
+        if end < start + MIN_BLOCK || span.len() > MAX_REGION {
             return Err(Error::invalid("region too small for a pool"));
         }
         let header = header_at(span, pool_off)?;
@@ -184,7 +191,7 @@ impl<'a> Pool<'a> {
             return Err(Error::corrupt("the pool header has a bad magic number"));
         }
         let start = pool_off + arena_offset_in_pool();
-        let end = span.len();
+        let end = arena_end(span.len(), start);
         if header.arena_start.load(Relaxed) != start || header.arena_end.load(Relaxed) != end {
             return Err(Error::corrupt(
                 "the pool header's bounds contradict the boot block",
@@ -251,26 +258,36 @@ impl<'a> Pool<'a> {
     pub fn free(&self, payload: u64) -> Result<()> {
         let _g = self.lock()?;
         let b = self.used_block(payload)?;
+        // Validate both neighbours before changing anything, so that an error
+        // leaves the pool as it was.
+        let next = match b.off + b.size {
+            n if n < self.end => Some(self.block(n)?).filter(|n| !n.used),
+            _ => None,
+        };
+        let prev = match self.prev_size(b.off)? {
+            0 => None,
+            ps => Some(self.prev_block(b.off, ps)?).filter(|p| !p.used),
+        };
         let mut off = b.off;
         let mut size = b.size;
-        let next = b.off + b.size;
-        if next < self.end {
-            let n = self.block(next)?;
-            if !n.used {
-                self.remove_free(n.off, n.size)?;
-                size += n.size;
-            }
+        if let Some(n) = &next {
+            self.remove_free(n.off, n.size)?;
+            size += n.size;
         }
-        let prev_size = self.prev_size(b.off)?;
-        if prev_size != 0 {
-            let p = self.prev_block(b.off, prev_size)?;
-            if !p.used {
-                self.remove_free(p.off, p.size)?;
-                off = p.off;
-                size += p.size;
-            }
+        if let Some(p) = &prev {
+            self.remove_free(p.off, p.size)?;
+            off = p.off;
+            size += p.size;
         }
         self.write_header(off, size, false)?;
+        // Headers now inside the merged block must not pass for blocks: a
+        // stale "in use" header would let a second free of `payload` through.
+        if off != b.off {
+            self.span.u64_at(b.off)?.store(0, Relaxed);
+        }
+        if let Some(n) = &next {
+            self.span.u64_at(n.off)?.store(0, Relaxed);
+        }
         if off + size < self.end {
             self.set_prev_size(off + size, size)?;
         }
@@ -676,6 +693,656 @@ mod tests {
         } else {
             let f = fl as u32 + FL_SHIFT - 1;
             (1u64 << f) + ((sl as u64) << (f - SL_LOG2))
+        }
+    }
+}
+
+/// Allocator tests on real regions in /dev/shm (single process).
+#[cfg(test)]
+mod region_tests {
+    use super::*;
+    use crate::region::{CreateOptions, Region};
+    use proptest::prelude::*;
+    use std::sync::atomic::AtomicU64 as Counter;
+
+    /// A region made for one test, destroyed (name removed) when dropped,
+    /// even if the test panics.
+    struct Scratch {
+        region: Option<Region>,
+    }
+
+    impl Scratch {
+        fn new(tag: &str, bytes: u64) -> Scratch {
+            static N: Counter = Counter::new(0);
+            let name = format!(
+                "shmt-test-{}-pool-{tag}-{}",
+                std::process::id(),
+                N.fetch_add(1, Relaxed)
+            );
+            let region = Region::create(&name, bytes, &CreateOptions::default())
+                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            Scratch {
+                region: Some(region),
+            }
+        }
+
+        fn region(&self) -> &Region {
+            self.region.as_ref().expect("region present until drop")
+        }
+
+        fn pool(&self) -> Pool<'_> {
+            self.region()
+                .pool()
+                .expect("a fresh region has a valid pool")
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            if let Some(r) = self.region.take() {
+                let _ = r.destroy();
+            }
+        }
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T>) -> ErrorCode {
+        r.expect_err("expected an error").code()
+    }
+
+    /// A byte pattern that depends on the block's id and position. Every byte
+    /// has its top bit set, so no aligned word of it can carry the header tag
+    /// (0x5B1C in the top 16 bits) and pass for a block header.
+    fn pattern(id: u64, len: u64) -> Vec<u8> {
+        (0..len)
+            .map(|i| {
+                let x = id
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(i.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+                0x80 | (((x >> 57) as u8 ^ i as u8) & 0x7F)
+            })
+            .collect()
+    }
+
+    fn write_pattern(pool: &Pool<'_>, payload: u64, id: u64, len: u64) {
+        pool.span()
+            .write(payload, &pattern(id, len))
+            .expect("payload inside the region");
+    }
+
+    fn assert_pattern(pool: &Pool<'_>, payload: u64, id: u64, len: u64) {
+        let mut got = vec![0u8; len as usize];
+        pool.span()
+            .read(payload, &mut got)
+            .expect("payload inside the region");
+        assert!(
+            got == pattern(id, len),
+            "block {id} at {payload} (+{len}) was overwritten"
+        );
+    }
+
+    #[test]
+    fn freeing_everything_restores_the_initial_stats_exactly() {
+        let s = Scratch::new("restore", 1 << 20);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let initial_check = pool.check().unwrap();
+        assert_eq!(initial_check.blocks_free, 1);
+        assert_eq!(initial.bytes_used, initial_check.bytes_used);
+        assert_eq!(initial.bytes_free, initial.bytes_total - initial.bytes_used);
+
+        let sizes = [
+            1u64, 15, 16, 17, 31, 32, 100, 255, 256, 257, 1000, 4096, 5000, 65_536,
+        ];
+        for round in 0..3 {
+            let blocks: Vec<u64> = sizes.iter().map(|&n| pool.allocate(n).unwrap()).collect();
+            let mid = pool.stats().unwrap();
+            assert_eq!(mid.blocks_used, initial.blocks_used + sizes.len() as u64);
+            let caps: u64 = blocks
+                .iter()
+                .map(|&p| pool.capacity(p).unwrap() + HEADER)
+                .sum();
+            assert_eq!(mid.bytes_used, initial.bytes_used + caps);
+            // Free in a different order each round: forwards, backwards, odd/even.
+            let mut order: Vec<usize> = (0..blocks.len()).collect();
+            match round {
+                0 => {}
+                1 => order.reverse(),
+                _ => order.sort_by_key(|&i| (i % 2, i)),
+            }
+            for i in order {
+                pool.free(blocks[i]).unwrap();
+            }
+            assert_eq!(pool.stats().unwrap(), initial, "round {round}");
+            assert_eq!(pool.check().unwrap(), initial_check, "round {round}");
+        }
+    }
+
+    #[test]
+    fn freeing_three_neighbours_in_any_order_coalesces_them() {
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for order in orders {
+            for fenced in [false, true] {
+                let s = Scratch::new("coalesce", 128 * 1024);
+                let pool = s.pool();
+                let initial = pool.stats().unwrap();
+                let p = [
+                    pool.allocate(100).unwrap(),
+                    pool.allocate(300).unwrap(),
+                    pool.allocate(1000).unwrap(),
+                ];
+                let sizes: Vec<u64> = p
+                    .iter()
+                    .map(|&x| pool.capacity(x).unwrap() + HEADER)
+                    .collect();
+                // They are physical neighbours, carved in order from the one free block.
+                assert_eq!(p[1], p[0] + sizes[0]);
+                assert_eq!(p[2], p[1] + sizes[1]);
+                // A fence keeps the third block from touching the free tail.
+                let fence = fenced.then(|| pool.allocate(50).unwrap());
+                let mut freed = [false; 3];
+                for &i in &order {
+                    pool.free(p[i]).unwrap();
+                    freed[i] = true;
+                    // Expected free blocks: runs of freed neighbours, plus the
+                    // tail unless it merged with a freed third block.
+                    let runs = (0..3)
+                        .filter(|&k| freed[k] && (k == 0 || !freed[k - 1]))
+                        .count();
+                    let tail_merged = !fenced && freed[2];
+                    let expect = runs as u64 + 1 - u64::from(tail_merged);
+                    let c = pool.check().unwrap();
+                    assert_eq!(
+                        c.blocks_free, expect,
+                        "order {order:?} fenced {fenced} freed {freed:?}"
+                    );
+                }
+                let c = pool.check().unwrap();
+                if let Some(f) = fence {
+                    assert_eq!(c.blocks_free, 2, "order {order:?}");
+                    // The merged block is exactly the three blocks.
+                    let merged = pool.block(p[0] - HEADER).unwrap();
+                    assert!(!merged.used);
+                    assert_eq!(merged.size, sizes.iter().sum::<u64>());
+                    pool.free(f).unwrap();
+                }
+                let c = pool.check().unwrap();
+                assert_eq!(c.blocks_free, 1, "order {order:?} fenced {fenced}");
+                assert_eq!(pool.stats().unwrap(), initial);
+            }
+        }
+    }
+
+    #[test]
+    fn largest_free_is_exactly_the_largest_request_that_succeeds() {
+        let s = Scratch::new("largest", 256 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+        let largest = initial.largest_free;
+        assert!(largest > 0);
+        assert_eq!(
+            largest + HEADER,
+            pool.check().unwrap().largest_free_block,
+            "with one free block, largest_free is that block minus its header"
+        );
+        assert_eq!(code(pool.allocate(largest + 16)), ErrorCode::OutOfMemory);
+        assert_eq!(code(pool.allocate(largest + 1)), ErrorCode::OutOfMemory);
+        let p = pool.allocate(largest).unwrap();
+        assert!(pool.capacity(p).unwrap() >= largest);
+        let full = pool.stats().unwrap();
+        assert_eq!(full.largest_free, 0);
+        assert_eq!(full.bytes_free, 0);
+        assert_eq!(code(pool.allocate(0)), ErrorCode::OutOfMemory);
+        pool.check().unwrap();
+        pool.free(p).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+
+        // With several free blocks of different sizes, largest_free is still
+        // the biggest request that succeeds.
+        let blocks: Vec<u64> = (0..40)
+            .map(|i| pool.allocate(64 + i * 97).unwrap())
+            .collect();
+        for (i, &b) in blocks.iter().enumerate() {
+            if i % 3 != 0 {
+                pool.free(b).unwrap();
+            }
+        }
+        for _ in 0..20 {
+            let st = pool.stats().unwrap();
+            if st.largest_free == 0 {
+                break;
+            }
+            assert_eq!(
+                code(pool.allocate(st.largest_free + 1)),
+                ErrorCode::OutOfMemory
+            );
+            pool.allocate(st.largest_free).unwrap();
+            pool.check().unwrap();
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_reported_and_leaves_the_pool_consistent() {
+        let s = Scratch::new("oom", 128 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let initial_check = pool.check().unwrap();
+        for n in [
+            u64::MAX,
+            u64::MAX - 15,
+            1 << 40,
+            initial.bytes_total,
+            initial.bytes_total * 2,
+        ] {
+            assert_eq!(code(pool.allocate(n)), ErrorCode::OutOfMemory, "n = {n}");
+        }
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap(), initial_check);
+
+        // Fill the pool with 1000-byte blocks until it refuses, then with
+        // small ones, and make sure the refusals change nothing.
+        let mut blocks = Vec::new();
+        for n in [1000u64, 100, 0] {
+            loop {
+                match pool.allocate(n) {
+                    Ok(p) => blocks.push(p),
+                    Err(e) => {
+                        assert_eq!(e.code(), ErrorCode::OutOfMemory);
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(blocks.len() > 100);
+        let full = pool.stats().unwrap();
+        let c = pool.check().unwrap();
+        assert_eq!(c.bytes_used, full.bytes_used);
+        assert_eq!(c.blocks_used, full.blocks_used);
+        assert_eq!(
+            c.blocks_free, 0,
+            "a pool that refuses 0 bytes has no free block"
+        );
+        assert_eq!(code(pool.allocate(0)), ErrorCode::OutOfMemory);
+        assert_eq!(pool.stats().unwrap(), full);
+        for p in blocks {
+            pool.free(p).unwrap();
+        }
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap(), initial_check);
+    }
+
+    #[test]
+    fn double_free_and_bogus_offsets_are_invalid_args_that_change_nothing() {
+        let s = Scratch::new("bogus", 128 * 1024);
+        let pool = s.pool();
+        let a = pool.allocate(200).unwrap();
+        let b = pool.allocate(200).unwrap();
+        pool.span().fill(a, 200, 0).unwrap();
+        let before = pool.stats().unwrap();
+        let end = s.region().span().len();
+        let bogus = [
+            0,
+            1,
+            8,
+            16,
+            pool.start,
+            pool.start + 8,
+            a + 1,
+            a + 8,
+            a + 16,
+            a + 32,
+            a - HEADER,
+            end,
+            end - 16,
+            end + 16,
+            u64::MAX,
+            u64::MAX - 15,
+        ];
+        for off in bogus {
+            assert_eq!(code(pool.free(off)), ErrorCode::InvalidArg, "free({off})");
+            assert_eq!(
+                code(pool.capacity(off)),
+                ErrorCode::InvalidArg,
+                "capacity({off})"
+            );
+        }
+        assert_eq!(pool.stats().unwrap(), before);
+        pool.check().unwrap();
+
+        pool.free(a).unwrap();
+        assert_eq!(code(pool.free(a)), ErrorCode::InvalidArg);
+        pool.check().unwrap();
+        pool.free(b).unwrap();
+        assert_eq!(code(pool.free(b)), ErrorCode::InvalidArg);
+        assert_eq!(code(pool.free(a)), ErrorCode::InvalidArg);
+        pool.check().unwrap();
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    /// A block freed next to a free neighbour is absorbed into it; its old
+    /// header must not still say "in use", or a second free of it is taken
+    /// for a valid one and damages the free lists.
+    #[test]
+    fn double_free_of_a_block_absorbed_by_its_neighbour_is_rejected_without_damage() {
+        let s = Scratch::new("absorbed", 128 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let a = pool.allocate(64).unwrap();
+        let b = pool.allocate(64).unwrap();
+        let c = pool.allocate(64).unwrap();
+        let fence = pool.allocate(64).unwrap();
+        pool.free(a).unwrap();
+        pool.free(b).unwrap(); // merges into a's block
+        assert_eq!(code(pool.free(b)), ErrorCode::InvalidArg);
+        pool.check().unwrap();
+
+        // Reuse the merged block, free its right neighbour, then free the
+        // stale `b` again: nothing may change.
+        let ab = pool.allocate(64 + 64 + HEADER).unwrap();
+        assert_eq!(ab, a, "the merged block is reused");
+        pool.free(c).unwrap();
+        let before = pool.check().unwrap();
+        assert_eq!(code(pool.free(b)), ErrorCode::InvalidArg);
+        assert_eq!(pool.check().unwrap(), before);
+
+        pool.free(ab).unwrap();
+        pool.free(fence).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    #[test]
+    fn every_payload_is_16_byte_aligned_inside_the_arena_and_disjoint() {
+        let s = Scratch::new("align", 1 << 20);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for n in (0..=700u64).chain([1023, 1024, 1025, 4095, 4097, 10_000]) {
+            let p = pool.allocate(n).unwrap();
+            assert_eq!(p % ALIGN, 0, "payload of a {n}-byte block at {p}");
+            let cap = pool.capacity(p).unwrap();
+            assert!(cap >= n, "capacity {cap} < {n}");
+            assert_eq!(cap % ALIGN, 0);
+            assert!(p - HEADER >= pool.start && p + cap <= pool.end);
+            write_pattern(&pool, p, p, cap);
+            live.push((p, cap));
+        }
+        live.sort_unstable();
+        for w in live.windows(2) {
+            assert!(w[0].0 + w[0].1 + HEADER <= w[1].0, "blocks {w:?} overlap");
+        }
+        for &(p, cap) in &live {
+            assert_pattern(&pool, p, p, cap);
+        }
+        pool.check().unwrap();
+        for (i, &(p, _)) in live.iter().enumerate().rev() {
+            if i % 2 == 0 {
+                pool.free(p).unwrap();
+            }
+        }
+        for (i, &(p, _)) in live.iter().enumerate() {
+            if i % 2 == 1 {
+                pool.free(p).unwrap();
+            }
+        }
+        assert_eq!(pool.stats().unwrap(), initial);
+    }
+
+    #[test]
+    fn rebuild_of_a_consistent_pool_changes_nothing_visible() {
+        let s = Scratch::new("rebuild", 256 * 1024);
+        let pool = s.pool();
+        let blocks: Vec<u64> = (0..60)
+            .map(|i| pool.allocate(i * 37 + 1).unwrap())
+            .collect();
+        for (i, &b) in blocks.iter().enumerate() {
+            if i % 3 == 1 || i % 7 == 0 {
+                pool.free(b).unwrap();
+            }
+        }
+        let stats = pool.stats().unwrap();
+        let c = pool.check().unwrap();
+        pool.rebuild().unwrap();
+        assert_eq!(pool.check().unwrap(), c);
+        assert_eq!(pool.stats().unwrap(), stats);
+        // And the pool works normally afterwards.
+        let x = pool.allocate(500).unwrap();
+        pool.free(x).unwrap();
+        assert_eq!(pool.stats().unwrap(), stats);
+    }
+
+    /// Replay the first writes of a split (what `allocate` does), then stop
+    /// as if the process died there; `rebuild` must make the pool whole.
+    #[test]
+    fn rebuild_repairs_a_pool_left_mid_allocation() {
+        for stop_after in 0..5 {
+            let s = Scratch::new("midalloc", 128 * 1024);
+            let pool = s.pool();
+            let keep = pool.allocate(300).unwrap();
+            let initial = pool.stats().unwrap();
+            let size = block_size_for(1000).unwrap();
+            let b = pool.find_free(size).unwrap().unwrap();
+            let rest = b.off + size;
+            let rest_size = b.size - size;
+            let steps: [&dyn Fn() -> Result<()>; 5] = [
+                &|| pool.remove_free(b.off, b.size),
+                &|| pool.write_header(rest, rest_size, false),
+                &|| pool.set_prev_size(rest, size),
+                &|| pool.write_header(b.off, size, true),
+                &|| pool.insert_free(rest, rest_size),
+            ];
+            for step in &steps[..=stop_after] {
+                step().unwrap();
+            }
+            pool.rebuild().unwrap();
+            let c = pool.check().unwrap();
+            let st = pool.stats().unwrap();
+            if stop_after >= 3 {
+                // The block was carved and marked in use: it stays in use
+                // (its owner is gone, so it leaks, but the pool is sound).
+                assert_eq!(st.blocks_used, initial.blocks_used + 1);
+                assert_eq!(st.bytes_used, initial.bytes_used + size);
+                pool.free(b.off + HEADER).unwrap();
+            } else {
+                assert_eq!(c.blocks_free, 1);
+            }
+            assert_eq!(
+                pool.stats().unwrap(),
+                initial,
+                "stop after step {stop_after}"
+            );
+            pool.free(keep).unwrap();
+            assert_eq!(pool.check().unwrap().blocks_free, 1);
+        }
+    }
+
+    /// A process died after unlinking neighbours from their lists during a
+    /// free, or after scribbling the counters: rebuild restores both.
+    #[test]
+    fn rebuild_repairs_emptied_free_lists_and_wrong_counters() {
+        let s = Scratch::new("midfree", 128 * 1024);
+        let pool = s.pool();
+        let blocks: Vec<u64> = (0..20)
+            .map(|i| pool.allocate(50 + i * 40).unwrap())
+            .collect();
+        for &b in blocks.iter().step_by(2) {
+            pool.free(b).unwrap();
+        }
+        let stats = pool.stats().unwrap();
+        let c = pool.check().unwrap();
+        pool.header.fl_bitmap.store(0, Relaxed);
+        for fl in 0..FL_COUNT {
+            pool.header.sl_bitmap[fl].store(0, Relaxed);
+            for sl in 0..SL_COUNT {
+                pool.header.heads[fl][sl].store(0, Relaxed);
+            }
+        }
+        pool.header.bytes_used.store(12_345, Relaxed);
+        pool.header.blocks_used.store(999, Relaxed);
+        // Break a back-link too: rebuild rewrites them from the walk.
+        pool.set_prev_size(blocks[5] - HEADER, 16).unwrap();
+        assert_eq!(code(pool.check()), ErrorCode::Corrupt);
+        pool.rebuild().unwrap();
+        assert_eq!(pool.check().unwrap(), c);
+        assert_eq!(pool.stats().unwrap(), stats);
+    }
+
+    /// Two adjacent free blocks (which `free` never leaves, but a torn
+    /// update could) are merged by rebuild.
+    #[test]
+    fn rebuild_merges_adjacent_free_blocks() {
+        let s = Scratch::new("merge", 128 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let a = pool.allocate(100).unwrap();
+        let b = pool.allocate(100).unwrap();
+        let fence = pool.allocate(100).unwrap();
+        // Mark both free by their headers only, as a dead process might have.
+        for p in [a, b] {
+            let blk = pool.block(p - HEADER).unwrap();
+            pool.write_header(blk.off, blk.size, false).unwrap();
+        }
+        pool.rebuild().unwrap();
+        let c = pool.check().unwrap();
+        assert_eq!(c.blocks_free, 2, "a+b merged, plus the tail");
+        pool.free(fence).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    /// A region whose size is not a multiple of 16 still gets a pool whose
+    /// blocks tile it exactly.
+    #[test]
+    fn a_region_size_that_is_not_a_multiple_of_16_gives_a_consistent_pool() {
+        for extra in [1u64, 8, 15, 4095] {
+            let s = Scratch::new("oddsize", 64 * 1024 + extra);
+            let pool = s.pool();
+            let initial = pool.stats().unwrap();
+            pool.check().unwrap();
+            let mut blocks = Vec::new();
+            while let Ok(p) = pool.allocate(100) {
+                blocks.push(p);
+            }
+            pool.check().unwrap();
+            for p in blocks {
+                pool.free(p).unwrap();
+            }
+            pool.check().unwrap();
+            assert_eq!(pool.stats().unwrap(), initial, "size 64 KiB + {extra}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc(u64),
+        Free(usize),
+        /// Free an offset freed earlier (unless it was handed out again).
+        FreeAgain(usize),
+        Check,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            5 => (0u64..=256).prop_map(Op::Alloc),
+            2 => (257u64..=4096).prop_map(Op::Alloc),
+            1 => (4097u64..=40_000).prop_map(Op::Alloc),
+            6 => any::<usize>().prop_map(Op::Free),
+            1 => any::<usize>().prop_map(Op::FreeAgain),
+            1 => Just(Op::Check),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_allocate_free_sequences_never_overlap_and_keep_the_pool_consistent(
+            ops in prop::collection::vec(op(), 1..300)
+        ) {
+            let s = Scratch::new("prop", 128 * 1024);
+            let pool = s.pool();
+            let initial = pool.stats().unwrap();
+            // Live blocks: (payload, capacity, id); freed payloads.
+            let mut live: Vec<(u64, u64, u64)> = Vec::new();
+            let mut freed: Vec<u64> = Vec::new();
+            for (id, op) in ops.into_iter().enumerate() {
+                let id = id as u64;
+                match op {
+                    Op::Alloc(n) => match pool.allocate(n) {
+                        Ok(p) => {
+                            prop_assert_eq!(p % ALIGN, 0);
+                            let cap = pool.capacity(p).unwrap();
+                            prop_assert!(cap >= n);
+                            for &(q, qcap, _) in &live {
+                                prop_assert!(
+                                    p + cap + HEADER <= q || q + qcap + HEADER <= p,
+                                    "new block {}+{} overlaps live {}+{}", p, cap, q, qcap
+                                );
+                            }
+                            write_pattern(&pool, p, id, cap);
+                            live.push((p, cap, id));
+                        }
+                        Err(e) => {
+                            prop_assert_eq!(e.code(), ErrorCode::OutOfMemory);
+                            // Refused only if no free block could hold it.
+                            prop_assert!(pool.stats().unwrap().largest_free < n);
+                        }
+                    },
+                    Op::Free(i) => {
+                        if !live.is_empty() {
+                            let (p, cap, bid) = live.swap_remove(i % live.len());
+                            assert_pattern(&pool, p, bid, cap);
+                            pool.free(p).unwrap();
+                            freed.push(p);
+                        }
+                    }
+                    Op::FreeAgain(i) => {
+                        if !freed.is_empty() {
+                            let p = freed[i % freed.len()];
+                            if !live.iter().any(|&(q, _, _)| q == p) {
+                                prop_assert_eq!(code(pool.free(p)), ErrorCode::InvalidArg);
+                            }
+                        }
+                    }
+                    Op::Check => {
+                        let c = pool.check().unwrap();
+                        let st = pool.stats().unwrap();
+                        prop_assert_eq!(c.bytes_used, st.bytes_used);
+                        prop_assert_eq!(c.blocks_used, st.blocks_used);
+                        prop_assert_eq!(c.largest_free_block.saturating_sub(HEADER), st.largest_free);
+                        if st.largest_free > 0 {
+                            prop_assert_eq!(code(pool.allocate(st.largest_free + 1)), ErrorCode::OutOfMemory);
+                            let p = pool.allocate(st.largest_free).unwrap();
+                            pool.free(p).unwrap();
+                        }
+                        for &(p, cap, bid) in &live {
+                            assert_pattern(&pool, p, bid, cap);
+                        }
+                    }
+                }
+                let st = pool.stats().unwrap();
+                let used: u64 = live.iter().map(|&(_, cap, _)| cap + HEADER).sum();
+                prop_assert_eq!(st.bytes_used, initial.bytes_used + used);
+                prop_assert_eq!(st.blocks_used, initial.blocks_used + live.len() as u64);
+            }
+            for &(p, cap, bid) in &live {
+                assert_pattern(&pool, p, bid, cap);
+            }
+            pool.check().unwrap();
+            for (p, cap, bid) in live {
+                assert_pattern(&pool, p, bid, cap);
+                pool.free(p).unwrap();
+            }
+            let c = pool.check().unwrap();
+            prop_assert_eq!(c.blocks_free, 1);
+            prop_assert_eq!(pool.stats().unwrap(), initial);
         }
     }
 }

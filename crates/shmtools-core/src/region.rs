@@ -41,7 +41,8 @@ pub fn validate_name(name: &str) -> Result<()> {
     Err(Error::invalid(format!("region name {name:?} {why}")))
 }
 
-fn validate_size(bytes: u64) -> Result<()> {
+/// Check a region size: 64 KiB ..= 1 TiB.
+pub fn validate_size(bytes: u64) -> Result<()> {
     if !(MIN_REGION..=MAX_REGION).contains(&bytes) {
         return Err(Error::invalid(format!(
             "region size {bytes} is out of range: give between {MIN_REGION} and {MAX_REGION} bytes"

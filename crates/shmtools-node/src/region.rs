@@ -75,6 +75,14 @@ pub fn try_attach_region(name: String) -> Result<Option<NativeRegion>> {
     }
 }
 
+/// Check a region name and size against the core's rules without creating.
+#[napi(catch_unwind)]
+pub fn check_region_args(name: String, bytes: f64) -> Result<()> {
+    let bytes = to_u64(bytes, "bytes")?;
+    shmtools_core::region::validate_name(&name).map_err(js)?;
+    shmtools_core::region::validate_size(bytes).map_err(js)
+}
+
 /// Remove a region's name from /dev/shm; false if there was none.
 #[napi(catch_unwind)]
 pub fn remove_region(name: String) -> Result<bool> {
