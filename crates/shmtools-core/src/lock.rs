@@ -146,10 +146,9 @@ impl ShmMutex {
     }
 
     fn owned(&self, recovered: bool) -> Guard<'_> {
-        self.owner_start
-            .store(platform::current_thread_start_time(), Ordering::Relaxed);
-        self.owner_tid
-            .store(platform::current_tid() & TID_MASK, Ordering::Release);
+        let (tid, start) = platform::thread_identity();
+        self.owner_start.store(start, Ordering::Relaxed);
+        self.owner_tid.store(tid & TID_MASK, Ordering::Release);
         Guard {
             mutex: self,
             recovered,

@@ -7,10 +7,11 @@
 //! mappings are `mmap(MAP_SHARED)`, and waits are process-shared futexes (no
 //! `FUTEX_PRIVATE_FLAG`, so a wake in one process reaches a waiter in another).
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::fs::{self, FallocateFlags, Mode, OFlags};
@@ -228,8 +229,43 @@ pub fn current_pid() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
 }
 
+/// Bumped in the child after every fork(), so per-thread caches of the
+/// thread id and start time (which a forked child would otherwise inherit from
+/// its parent's thread) are refreshed.
+static FORK_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    FORK_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The calling thread's identity: (thread id, thread start time), cached per
+/// thread. gettid is a system call (~100 ns) and the lock needs it twice per
+/// operation, so the cache matters on the allocator's hot path.
+pub fn thread_identity() -> (u32, u64) {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler that only bumps an atomic counter, which
+        // is async-signal-safe as fork requires of child handlers.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+    thread_local! {
+        static CACHE: Cell<(u64, u32, u64)> = const { Cell::new((u64::MAX, 0, 0)) };
+    }
+    let epoch = FORK_EPOCH.load(Ordering::Relaxed);
+    CACHE.with(|c| {
+        let (e, tid, start) = c.get();
+        if e == epoch {
+            return (tid, start);
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        let start = start_time(tid).unwrap_or(0);
+        c.set((epoch, tid, start));
+        (tid, start)
+    })
+}
+
 pub fn current_tid() -> u32 {
-    rustix::thread::gettid().as_raw_nonzero().get() as u32
+    thread_identity().0
 }
 
 /// Start time of a process or thread (field 22 of `/proc/<id>/stat`, clock
@@ -253,10 +289,7 @@ fn stat_fields(id: u32) -> Option<(u8, u64)> {
 
 /// Start time of the calling thread, cached per thread.
 pub fn current_thread_start_time() -> u64 {
-    thread_local! {
-        static START: u64 = start_time(current_tid()).unwrap_or(0);
-    }
-    START.with(|s| *s)
+    thread_identity().1
 }
 
 /// Start time of this process, cached.
