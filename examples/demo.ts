@@ -23,13 +23,17 @@ const child = spawn(
   { stdio: ['ignore', 'pipe', 'inherit'] },
 )
 let greetingAt = -1
+let looking: () => void
+const attacherLooking = new Promise<void>((resolve) => (looking = resolve))
 createInterface({ input: child.stdout }).on('line', (line) => {
   console.log(line)
+  if (line.includes('looking for region')) looking()
   const m = /greeting at offset (\d+)/.exec(line)
   if (m) greetingAt = Number(m[1])
 })
 
-await sleep(300) // let the attacher start waiting
+await attacherLooking
+await sleep(100) // let it find nothing once, to show the wait
 const mem = new SHMMain(name, bytes, { debug: true })
 mem.start()
 console.log(`[main ${process.pid}] created '${name}' (${bytes} bytes)`)

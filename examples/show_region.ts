@@ -9,6 +9,7 @@ import { attachSync } from 'shmtools'
 const name = process.argv[2] ?? 'shmtools_demo'
 const timeoutMs = Number(process.argv[3] ?? 10_000)
 
+console.log(`[attacher ${process.pid}] looking for region '${name}' (waiting up to ${timeoutMs} ms)`)
 using region = attachSync(name, { timeoutMs, debug: true })
 const info = region.info()
 console.log(`[attacher ${process.pid}] boot block of '${name}':`)
