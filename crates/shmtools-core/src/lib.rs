@@ -9,6 +9,7 @@
 //! - [`pool`]: the allocator inside a region.
 //! - [`boot`]: the boot block that starts every region.
 //! - [`region`]: create / attach / remove regions.
+//! - [`value`]: refcounted values in a region (Tab, Arr, strings, typed arrays).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod boot;
@@ -18,8 +19,10 @@ pub mod mem;
 pub mod platform;
 pub mod pool;
 pub mod region;
+pub mod value;
 
 pub use boot::BootInfo;
 pub use error::{Error, ErrorCode, Result};
 pub use pool::{Pool, PoolCheck, PoolStats};
 pub use region::{AttachOptions, CreateOptions, Region, TryAttach};
+pub use value::{Elem, Key, KeyRef, Shared, Slot, Value, Values};

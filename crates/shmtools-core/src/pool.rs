@@ -297,6 +297,13 @@ impl<'a> Pool<'a> {
         Ok(())
     }
 
+    /// Payload capacity of an allocated block, without taking the pool lock.
+    /// Only for blocks the caller holds a reference to: a block in use never
+    /// changes its own header until it is freed.
+    pub fn capacity_unlocked(&self, payload: u64) -> Result<u64> {
+        Ok(self.used_block(payload)?.size - HEADER)
+    }
+
     /// Payload capacity of an allocated block (at least what was asked for).
     pub fn capacity(&self, payload: u64) -> Result<u64> {
         Ok(self.used_block(payload)?.size - HEADER)

@@ -370,6 +370,11 @@ impl Region {
     pub fn pool(&self) -> Result<Pool<'_>> {
         Pool::open(self.span(), self.info.pool_offset)
     }
+
+    /// Value operations (store, load, Tab/Arr access, refcounts) on this region.
+    pub fn values(&self) -> Result<crate::value::Values<'_>> {
+        Ok(crate::value::Values::new(self.pool()?))
+    }
 }
 
 fn span_of(map: &Mapping) -> Span<'_> {

@@ -1,0 +1,208 @@
+//! Arr: a growable list of value slots in one block.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{fits, ArrBody, Slot, Values, ARR_OBJ_SIZE, OBJ_HEADER, SLOT_SIZE, T_ARR};
+use crate::error::{Error, Result};
+use crate::lock::Guard;
+
+struct ArrState {
+    len: u64,
+    cap: u64,
+    elems: u64,
+}
+
+impl<'a> Values<'a> {
+    fn arr_body(&self, arr: Slot) -> Result<&'a ArrBody> {
+        if arr.tag != T_ARR {
+            return Err(Error::invalid("not a list"));
+        }
+        let o = self.obj(arr)?;
+        let p = self
+            .span
+            .ptr_at(o.off + OBJ_HEADER, ARR_OBJ_SIZE - OBJ_HEADER)?;
+        // SAFETY: inside the object's block (obj() checked it holds a whole
+        // Arr body), 16-aligned; ArrBody is all atomics.
+        Ok(unsafe { &*(p as *const ArrBody) })
+    }
+
+    fn arr_lock(&self, arr: Slot) -> Result<(&'a ArrBody, Guard<'a>, ArrState)> {
+        let b = self.arr_body(arr)?;
+        let g = b.lock.lock();
+        let s = ArrState {
+            len: b.len.load(Relaxed),
+            cap: b.cap.load(Relaxed),
+            elems: b.elems.load(Relaxed),
+        };
+        if s.len > s.cap || (s.cap > 0 && s.elems == 0) {
+            return Err(Error::corrupt(format!(
+                "list {} has inconsistent sizes",
+                arr.bits
+            )));
+        }
+        if s.cap > 0 {
+            fits(s.cap, SLOT_SIZE, self.pool.capacity_unlocked(s.elems)?)?;
+        }
+        Ok((b, g, s))
+    }
+
+    /// Create an empty list with room for `cap` elements; refcount 1.
+    pub fn arr_new(&self, cap: u64) -> Result<Slot> {
+        let off = self.new_obj(T_ARR, 0, 0, ARR_OBJ_SIZE - OBJ_HEADER)?;
+        self.span
+            .fill(off + OBJ_HEADER, ARR_OBJ_SIZE - OBJ_HEADER, 0)?;
+        let slot = Slot::object(T_ARR, off);
+        if cap > 0 {
+            let b = self.arr_body(slot)?;
+            match self.pool.allocate(cap * SLOT_SIZE) {
+                Ok(e) => {
+                    b.elems.store(e, Relaxed);
+                    b.cap.store(cap, Relaxed);
+                }
+                Err(e) => {
+                    let _ = self.release(slot);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(slot)
+    }
+
+    pub fn arr_len(&self, arr: Slot) -> Result<u64> {
+        Ok(self.arr_lock(arr)?.2.len)
+    }
+
+    /// Element `i`, with a new reference for the caller; None past the end.
+    pub fn arr_get(&self, arr: Slot, i: u64) -> Result<Option<Slot>> {
+        let (_b, _g, s) = self.arr_lock(arr)?;
+        if i >= s.len {
+            return Ok(None);
+        }
+        let v = Slot::read(self.span, s.elems + i * SLOT_SIZE)?;
+        self.retain(v)?;
+        Ok(Some(v))
+    }
+
+    /// Replace element `i` (which must exist) or append at `i == len`, moving
+    /// `value`'s reference in. On error the reference is released.
+    pub fn arr_set(&self, arr: Slot, i: u64, value: Slot) -> Result<()> {
+        let r = (|| {
+            if value.is_object() && value.bits == arr.bits {
+                return Err(Error::invalid("a list cannot contain itself"));
+            }
+            let (b, _g, mut s) = self.arr_lock(arr)?;
+            if i < s.len {
+                let so = s.elems + i * SLOT_SIZE;
+                let old = Slot::read(self.span, so)?;
+                value.write(self.span, so)?;
+                return Ok(old);
+            }
+            if i > s.len {
+                return Err(Error::invalid(format!(
+                    "index {i} is past the end of a list of {} (holes are not allowed)",
+                    s.len
+                )));
+            }
+            if s.len == s.cap {
+                self.arr_grow(b, &mut s)?;
+            }
+            value.write(self.span, s.elems + s.len * SLOT_SIZE)?;
+            b.len.store(s.len + 1, Relaxed);
+            Ok(Slot::NONE)
+        })();
+        match r {
+            Ok(old) => self.release(old),
+            Err(e) => {
+                let _ = self.release(value);
+                Err(e)
+            }
+        }
+    }
+
+    /// Append, moving `value`'s reference in; returns the new length.
+    pub fn arr_push(&self, arr: Slot, value: Slot) -> Result<u64> {
+        let r = (|| {
+            if value.is_object() && value.bits == arr.bits {
+                return Err(Error::invalid("a list cannot contain itself"));
+            }
+            let (b, _g, mut s) = self.arr_lock(arr)?;
+            if s.len == s.cap {
+                self.arr_grow(b, &mut s)?;
+            }
+            value.write(self.span, s.elems + s.len * SLOT_SIZE)?;
+            b.len.store(s.len + 1, Relaxed);
+            Ok(s.len + 1)
+        })();
+        if r.is_err() {
+            let _ = self.release(value);
+        }
+        r
+    }
+
+    /// Remove and return the last element (its reference moves to the caller).
+    pub fn arr_pop(&self, arr: Slot) -> Result<Option<Slot>> {
+        let (b, _g, s) = self.arr_lock(arr)?;
+        if s.len == 0 {
+            return Ok(None);
+        }
+        let so = s.elems + (s.len - 1) * SLOT_SIZE;
+        let v = Slot::read(self.span, so)?;
+        Slot::EMPTY.write(self.span, so)?;
+        b.len.store(s.len - 1, Relaxed);
+        Ok(Some(v))
+    }
+
+    /// Every element, each with a new reference for the caller.
+    pub(crate) fn arr_snapshot(&self, arr: Slot) -> Result<Vec<Slot>> {
+        let (_b, _g, s) = self.arr_lock(arr)?;
+        let mut out = Vec::with_capacity(s.len as usize);
+        for i in 0..s.len {
+            let v = Slot::read(self.span, s.elems + i * SLOT_SIZE)?;
+            if let Err(e) = self.retain(v) {
+                for v in out {
+                    let _ = self.release(v);
+                }
+                return Err(e);
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn arr_grow(&self, b: &ArrBody, s: &mut ArrState) -> Result<()> {
+        let cap = (s.cap * 2).max(4);
+        let elems = self.pool.allocate(cap * SLOT_SIZE)?;
+        if s.len > 0 {
+            let mut buf = vec![0; (s.len * SLOT_SIZE) as usize];
+            self.span.read(s.elems, &mut buf)?;
+            self.span.write(elems, &buf)?;
+        }
+        let old = s.elems;
+        b.elems.store(elems, Relaxed);
+        b.cap.store(cap, Relaxed);
+        if s.cap > 0 {
+            self.pool.free(old)?;
+        }
+        s.elems = elems;
+        s.cap = cap;
+        Ok(())
+    }
+
+    pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+        let b = self.arr_body(Slot::object(T_ARR, off))?;
+        let len = b.len.load(Relaxed);
+        let cap = b.cap.load(Relaxed);
+        let elems = b.elems.load(Relaxed);
+        if cap == 0 {
+            return Ok(());
+        }
+        fits(len.min(cap), SLOT_SIZE, self.pool.capacity_unlocked(elems)?)?;
+        for i in 0..len.min(cap) {
+            let v = Slot::read(self.span, elems + i * SLOT_SIZE)?;
+            if v.is_object() {
+                todo.push(v);
+            }
+        }
+        self.pool.free(elems)
+    }
+}

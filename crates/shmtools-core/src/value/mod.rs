@@ -1,0 +1,500 @@
+//! Values that live in a region: scalars in 16-byte slots, and refcounted
+//! objects (strings, bytes, big integers, typed arrays, Tabs, Arrs) in pool
+//! blocks. See docs/LAYOUT.md ("Values") for the byte tables.
+//!
+//! Ownership: a slot that holds an object owns one reference to it. Storing a
+//! value in a container moves a reference in; reading one out of a container
+//! retains a new reference for the reader; the last `release` frees the object
+//! and releases whatever it held, iteratively (no recursion, so a deep tree
+//! cannot overflow the stack).
+//!
+//! Concurrency: each Tab and Arr has its own [`ShmMutex`]; every operation on a
+//! container holds only that lock (plus the pool lock inside it when it
+//! allocates). Refcounts are atomics. A reference is only ever retained by
+//! someone who already holds one (the container, under its lock, or a handle),
+//! so an object whose count reached zero is unreachable and can be freed
+//! without its lock.
+
+mod arr;
+mod store;
+pub use store::scalar_wire;
+mod tab;
+pub mod wire;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::lock::ShmMutex;
+use crate::mem::Span;
+use crate::pool::Pool;
+pub use wire::{Elem, Key, Value};
+
+/// Slot tags (the same numbers as the wire tags). 0 is an empty slot.
+pub const S_EMPTY: u8 = 0;
+pub use wire::{
+    T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
+};
+
+/// One value as stored in a container: a tag and 8 bytes of payload (the
+/// scalar's bits, or the region offset of an object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub tag: u8,
+    pub bits: u64,
+}
+
+pub const SLOT_SIZE: u64 = 16;
+
+impl Slot {
+    pub const NONE: Slot = Slot {
+        tag: T_NONE,
+        bits: 0,
+    };
+    pub const EMPTY: Slot = Slot {
+        tag: S_EMPTY,
+        bits: 0,
+    };
+
+    pub fn is_object(&self) -> bool {
+        (T_STR..=T_TYPED).contains(&self.tag)
+    }
+
+    pub fn object(tag: u8, off: u64) -> Slot {
+        Slot { tag, bits: off }
+    }
+
+    fn read(span: Span<'_>, off: u64) -> Result<Slot> {
+        let tag = span.u64_at(off)?.load(Ordering::Relaxed);
+        let bits = span.u64_at(off + 8)?.load(Ordering::Relaxed);
+        if tag > T_TYPED as u64 {
+            return Err(Error::corrupt(format!(
+                "slot at {off} has an unknown tag {tag}"
+            )));
+        }
+        Ok(Slot {
+            tag: tag as u8,
+            bits,
+        })
+    }
+
+    fn write(self, span: Span<'_>, off: u64) -> Result<()> {
+        span.u64_at(off)?.store(self.tag as u64, Ordering::Relaxed);
+        span.u64_at(off + 8)?.store(self.bits, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Every object starts with this 16-byte header.
+#[repr(C)]
+pub struct ObjHeader {
+    pub refcount: AtomicU32,
+    /// magic (bits 0-15) | kind (16-23, the slot tag) | sub (24-31: sign or element type)
+    pub meta: AtomicU32,
+    /// Byte length (Str, Bytes, BigInt) or element count (Typed); 0 for Tab/Arr.
+    pub len: AtomicU64,
+}
+
+pub const OBJ_HEADER: u64 = 16;
+pub const OBJ_MAGIC: u32 = 0x5653;
+const _: () = assert!(std::mem::size_of::<ObjHeader>() == 16);
+const _: () = assert!(std::mem::offset_of!(ObjHeader, refcount) == 0);
+const _: () = assert!(std::mem::offset_of!(ObjHeader, meta) == 4);
+const _: () = assert!(std::mem::offset_of!(ObjHeader, len) == 8);
+
+/// Tab object: header, then this body.
+#[repr(C)]
+pub struct TabBody {
+    pub lock: ShmMutex,
+    /// Live entries.
+    pub count: AtomicU64,
+    /// Entry slots used so far, deleted ones included.
+    pub used: AtomicU64,
+    /// Entry slots in the entries block.
+    pub cap: AtomicU64,
+    /// Offset of the entries block (cap × 40 bytes), 0 if cap is 0.
+    pub entries: AtomicU64,
+    /// Offset of the index block (index_cap × u32), 0 if cap is 0.
+    pub index: AtomicU64,
+    /// Power of two, at least 2 × cap.
+    pub index_cap: AtomicU64,
+}
+pub const TAB_OBJ_SIZE: u64 = OBJ_HEADER + std::mem::size_of::<TabBody>() as u64;
+const _: () = assert!(TAB_OBJ_SIZE == 80);
+const _: () = assert!(std::mem::offset_of!(TabBody, lock) == 0);
+const _: () = assert!(std::mem::offset_of!(TabBody, count) == 16);
+const _: () = assert!(std::mem::offset_of!(TabBody, used) == 24);
+const _: () = assert!(std::mem::offset_of!(TabBody, cap) == 32);
+const _: () = assert!(std::mem::offset_of!(TabBody, entries) == 40);
+const _: () = assert!(std::mem::offset_of!(TabBody, index) == 48);
+const _: () = assert!(std::mem::offset_of!(TabBody, index_cap) == 56);
+
+/// One Tab entry: the key's hash, the key slot, the value slot.
+pub const ENTRY_SIZE: u64 = 40;
+
+/// Arr object: header, then this body.
+#[repr(C)]
+pub struct ArrBody {
+    pub lock: ShmMutex,
+    pub len: AtomicU64,
+    pub cap: AtomicU64,
+    /// Offset of the elements block (cap × 16-byte slots), 0 if cap is 0.
+    pub elems: AtomicU64,
+}
+pub const ARR_OBJ_SIZE: u64 = OBJ_HEADER + std::mem::size_of::<ArrBody>() as u64;
+const _: () = assert!(ARR_OBJ_SIZE == 56);
+const _: () = assert!(std::mem::offset_of!(ArrBody, lock) == 0);
+const _: () = assert!(std::mem::offset_of!(ArrBody, len) == 16);
+const _: () = assert!(std::mem::offset_of!(ArrBody, cap) == 24);
+const _: () = assert!(std::mem::offset_of!(ArrBody, elems) == 32);
+
+/// What an object is, read and validated from its header.
+#[derive(Debug, Clone, Copy)]
+pub struct Obj {
+    pub off: u64,
+    pub kind: u8,
+    pub sub: u8,
+    pub len: u64,
+}
+
+/// The value operations of one mapped region.
+#[derive(Clone, Copy)]
+pub struct Values<'a> {
+    pub(crate) span: Span<'a>,
+    pub(crate) pool: Pool<'a>,
+}
+
+impl<'a> Values<'a> {
+    pub fn new(pool: Pool<'a>) -> Values<'a> {
+        Values {
+            span: pool.span(),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> Pool<'a> {
+        self.pool
+    }
+
+    fn header(&self, off: u64) -> Result<&'a ObjHeader> {
+        let p = self.span.ptr_at(off, OBJ_HEADER)?;
+        if !off.is_multiple_of(16) {
+            return Err(Error::corrupt(format!("object offset {off} is misaligned")));
+        }
+        // SAFETY: in bounds (checked by ptr_at) and 16-aligned; ObjHeader is
+        // made of atomics, valid for any bit pattern.
+        Ok(unsafe { &*(p as *const ObjHeader) })
+    }
+
+    /// Validate the object a slot points at: header magic, kind matching the
+    /// slot, a live refcount, and a length that fits its block.
+    pub fn obj(&self, slot: Slot) -> Result<Obj> {
+        if !slot.is_object() {
+            return Err(Error::invalid("not an object value"));
+        }
+        let off = slot.bits;
+        let h = self.header(off)?;
+        let meta = h.meta.load(Ordering::Relaxed);
+        let kind = (meta >> 16) as u8;
+        if meta & 0xffff != OBJ_MAGIC || kind != slot.tag {
+            return Err(Error::corrupt(format!(
+                "no object of kind {} at {off}",
+                slot.tag
+            )));
+        }
+        if h.refcount.load(Ordering::Relaxed) == 0 {
+            return Err(Error::new(
+                ErrorCode::Closed,
+                format!("the value at {off} was already released"),
+            ));
+        }
+        let cap = self.pool.capacity_unlocked(off)?;
+        let len = h.len.load(Ordering::Relaxed);
+        let sub = (meta >> 24) as u8;
+        let body = match kind {
+            T_STR | T_BYTES | T_BIGINT => Some(len),
+            T_TYPED => Elem::from_code(sub)
+                .ok_or_else(|| Error::corrupt("bad typed-array element type"))?
+                .size()
+                .checked_mul(len),
+            T_TAB => Some(TAB_OBJ_SIZE - OBJ_HEADER),
+            T_ARR => Some(ARR_OBJ_SIZE - OBJ_HEADER),
+            _ => None,
+        };
+        match body {
+            Some(b) if b <= cap.saturating_sub(OBJ_HEADER) => Ok(Obj {
+                off,
+                kind,
+                sub,
+                len,
+            }),
+            _ => Err(Error::corrupt(format!(
+                "object at {off} is larger than its block"
+            ))),
+        }
+    }
+
+    /// Allocate an object of `kind` with `body` bytes after the header, with
+    /// refcount 1.
+    fn new_obj(&self, kind: u8, sub: u8, len: u64, body: u64) -> Result<u64> {
+        let size = body
+            .checked_add(OBJ_HEADER)
+            .ok_or_else(|| Error::invalid("value too large"))?;
+        let off = self.pool.allocate(size)?;
+        let h = self.header(off)?;
+        h.len.store(len, Ordering::Relaxed);
+        h.meta.store(
+            OBJ_MAGIC | (kind as u32) << 16 | (sub as u32) << 24,
+            Ordering::Relaxed,
+        );
+        h.refcount.store(1, Ordering::Release);
+        Ok(off)
+    }
+
+    /// Take one more reference to the object in `slot` (no-op for scalars).
+    pub fn retain(&self, slot: Slot) -> Result<()> {
+        if !slot.is_object() {
+            return Ok(());
+        }
+        let o = self.obj(slot)?;
+        let h = self.header(o.off)?;
+        let old = h.refcount.fetch_add(1, Ordering::Relaxed);
+        if old == 0 || old == u32::MAX {
+            h.refcount.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::corrupt(format!(
+                "reference count of {} was {old}; cannot take another",
+                o.off
+            )));
+        }
+        Ok(())
+    }
+
+    /// The object's current reference count (0 for scalars).
+    pub fn refcount(&self, slot: Slot) -> Result<u32> {
+        if !slot.is_object() {
+            return Ok(0);
+        }
+        let o = self.obj(slot)?;
+        Ok(self.header(o.off)?.refcount.load(Ordering::Relaxed))
+    }
+
+    /// Drop one reference; the last one frees the object and releases what it
+    /// held. Iterative, so depth does not matter.
+    pub fn release(&self, slot: Slot) -> Result<()> {
+        if !slot.is_object() {
+            return Ok(());
+        }
+        let mut todo = vec![slot];
+        let mut first_err = None;
+        while let Some(s) = todo.pop() {
+            if let Err(e) = self.release_one(s, &mut todo) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn release_one(&self, slot: Slot, todo: &mut Vec<Slot>) -> Result<()> {
+        let o = self.obj(slot)?;
+        let h = self.header(o.off)?;
+        let old = h.refcount.fetch_sub(1, Ordering::AcqRel);
+        if old == 0 {
+            h.refcount.store(0, Ordering::Relaxed);
+            return Err(Error::corrupt(format!(
+                "{} released more often than taken",
+                o.off
+            )));
+        }
+        if old > 1 {
+            return Ok(());
+        }
+        match o.kind {
+            T_TAB => self.tab_drop_children(o.off, todo)?,
+            T_ARR => self.arr_drop_children(o.off, todo)?,
+            _ => {}
+        }
+        // Make stale slots pointing here fail validation rather than alias.
+        h.meta.store(0, Ordering::Relaxed);
+        self.pool.free(o.off)
+    }
+
+    /// Body offset and byte length of a Str, Bytes, BigInt or Typed object.
+    pub fn data(&self, slot: Slot) -> Result<(u64, u64)> {
+        let o = self.obj(slot)?;
+        let n = match o.kind {
+            T_STR | T_BYTES | T_BIGINT => o.len,
+            T_TYPED => o.len * Elem::from_code(o.sub).map_or(1, Elem::size),
+            _ => {
+                return Err(Error::invalid(
+                    "not a string, bytes, big integer or typed array",
+                ))
+            }
+        };
+        Ok((o.off + OBJ_HEADER, n))
+    }
+
+    /// Element type and count of a typed array.
+    pub fn typed_info(&self, slot: Slot) -> Result<(Elem, u64)> {
+        let o = self.obj(slot)?;
+        if o.kind != T_TYPED {
+            return Err(Error::invalid("not a typed array"));
+        }
+        let e = Elem::from_code(o.sub).ok_or_else(|| Error::corrupt("bad element type"))?;
+        Ok((e, o.len))
+    }
+
+    fn read_bytes(&self, slot: Slot) -> Result<Vec<u8>> {
+        let (off, n) = self.data(slot)?;
+        let mut v = vec![0; n as usize];
+        self.span.read(off, &mut v)?;
+        Ok(v)
+    }
+
+    fn read_str(&self, slot: Slot) -> Result<String> {
+        String::from_utf8(self.read_bytes(slot)?)
+            .map_err(|_| Error::corrupt("a shared string is not valid UTF-8"))
+    }
+
+    /// Store an owned value tree; returns a slot owning one reference.
+    pub fn store(&self, v: &Value) -> Result<Slot> {
+        self.store_wire(&v.encode()?)
+    }
+
+    /// Deep-copy a slot's value out into an owned tree.
+    pub fn load(&self, slot: Slot) -> Result<Value> {
+        let mut w = wire::Writer::default();
+        self.load_wire(slot, &mut w)?;
+        Value::decode(&w.buf)
+    }
+}
+
+/// FNV-1a 64 of a key, typed so "1" and 1 differ.
+fn key_hash(k: KeyRef<'_>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    match k {
+        KeyRef::Str(s) => {
+            eat(T_STR);
+            s.iter().for_each(|b| eat(*b));
+        }
+        KeyRef::Int(i) => {
+            eat(T_INT);
+            i.to_le_bytes().iter().for_each(|b| eat(*b));
+        }
+    }
+    h
+}
+
+/// A borrowed key.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyRef<'k> {
+    Str(&'k [u8]),
+    Int(i64),
+}
+
+impl<'k> From<&'k Key> for KeyRef<'k> {
+    fn from(k: &'k Key) -> Self {
+        match k {
+            Key::Str(s) => KeyRef::Str(s.as_bytes()),
+            Key::Int(i) => KeyRef::Int(*i),
+        }
+    }
+}
+
+impl<'k> KeyRef<'k> {
+    pub fn str(s: &'k str) -> KeyRef<'k> {
+        KeyRef::Str(s.as_bytes())
+    }
+}
+
+/// Check that `n` more atomics are allowed to be in a fresh block of `cap`.
+fn fits(n: u64, each: u64, cap: u64) -> Result<()> {
+    match n.checked_mul(each) {
+        Some(b) if b <= cap => Ok(()),
+        _ => Err(Error::corrupt(
+            "a container claims more items than its block holds",
+        )),
+    }
+}
+
+/// The u64 atomic at `off`, as a typed helper for bodies.
+fn at(span: Span<'_>, off: u64) -> Result<&AtomicU64> {
+    span.u64_at(off)
+}
+
+/// A reference to a shared value that releases itself when dropped: the Rust
+/// face of the seed's `Shared(pool, v)` proxy.
+pub struct Shared<'a> {
+    values: Values<'a>,
+    slot: Slot,
+}
+
+impl<'a> Shared<'a> {
+    /// Deep-copy `v` into the region (the seed's `Shared(shm, Tab())`).
+    pub fn new(values: Values<'a>, v: &Value) -> Result<Shared<'a>> {
+        let slot = values.store(v)?;
+        Ok(Shared { values, slot })
+    }
+
+    /// Adopt a slot that already owns one reference.
+    pub fn from_owned(values: Values<'a>, slot: Slot) -> Shared<'a> {
+        Shared { values, slot }
+    }
+
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+
+    /// Give up ownership without releasing (the caller now owns the reference).
+    pub fn into_slot(self) -> Slot {
+        let s = self.slot;
+        std::mem::forget(self);
+        s
+    }
+
+    pub fn refcount(&self) -> Result<u32> {
+        self.values.refcount(self.slot)
+    }
+
+    /// Deep copy out.
+    pub fn load(&self) -> Result<Value> {
+        self.values.load(self.slot)
+    }
+
+    /// `t[key]`, as an owned copy (None if absent).
+    pub fn get(&self, key: &Key) -> Result<Option<Value>> {
+        match self.values.tab_get(self.slot, key.into())? {
+            Some(s) => Shared::from_owned(self.values, s).load().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `t[key] = v` (deep copy of `v`).
+    pub fn set(&self, key: &Key, v: &Value) -> Result<()> {
+        let s = self.values.store(v)?;
+        self.values.tab_set(self.slot, key.into(), s)
+    }
+
+    /// `t[key] = other` by reference: no copy, one more reference to `other`.
+    pub fn set_shared(&self, key: &Key, other: &Shared<'_>) -> Result<()> {
+        self.values.retain(other.slot)?;
+        self.values.tab_set(self.slot, key.into(), other.slot)
+    }
+
+    /// Another handle to the same value (reference count + 1).
+    pub fn try_clone(&self) -> Result<Shared<'a>> {
+        self.values.retain(self.slot)?;
+        Ok(Shared {
+            values: self.values,
+            slot: self.slot,
+        })
+    }
+}
+
+impl Drop for Shared<'_> {
+    fn drop(&mut self) {
+        let _ = self.values.release(self.slot);
+    }
+}

@@ -1,0 +1,272 @@
+//! Between the wire format and the region: build shared objects from encoded
+//! bytes (all or nothing), and encode a shared value back out.
+
+use super::wire::{Elem, Reader, Writer, MAX_DEPTH, T_REF};
+use super::{
+    KeyRef, Slot, Values, OBJ_HEADER, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT,
+    T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
+};
+use crate::error::{Error, Result};
+
+impl<'a> Values<'a> {
+    /// A new string object holding `bytes` (UTF-8 already checked).
+    pub(super) fn new_str(&self, bytes: &[u8]) -> Result<Slot> {
+        self.new_blob(T_STR, 0, bytes.len() as u64, bytes)
+    }
+
+    fn new_blob(&self, kind: u8, sub: u8, len: u64, bytes: &[u8]) -> Result<Slot> {
+        let off = self.new_obj(kind, sub, len, bytes.len() as u64)?;
+        self.span.write(off + OBJ_HEADER, bytes)?;
+        Ok(Slot::object(kind, off))
+    }
+
+    /// Build the value encoded in `bytes`; the result owns one reference.
+    /// On any error, everything built so far is freed again.
+    pub fn store_wire(&self, bytes: &[u8]) -> Result<Slot> {
+        let mut r = Reader::new(bytes);
+        let slot = self.build(&mut r, 0)?;
+        if !r.at_end() {
+            let _ = self.release(slot);
+            return Err(Error::invalid("trailing bytes after the encoded value"));
+        }
+        Ok(slot)
+    }
+
+    fn build(&self, r: &mut Reader<'_>, depth: usize) -> Result<Slot> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "values nest deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let tag = r.u8()?;
+        let scalar = |tag, bits| Ok(Slot { tag, bits });
+        match tag {
+            T_NONE => scalar(T_NONE, 0),
+            T_BOOL => scalar(T_BOOL, (r.u8()? != 0) as u64),
+            T_INT => scalar(T_INT, r.u64()?),
+            T_UINT => scalar(T_UINT, r.u64()?),
+            T_F64 => scalar(T_F64, r.u64()?),
+            T_F32 => scalar(T_F32, r.u32()? as u64),
+            T_STR => {
+                let n = r.count(1)?;
+                let s = r.take(n)?;
+                std::str::from_utf8(s)
+                    .map_err(|_| Error::invalid("a string is not valid UTF-8"))?;
+                self.new_str(s)
+            }
+            T_BYTES => {
+                let n = r.count(1)?;
+                let b = r.take(n)?;
+                self.new_blob(T_BYTES, 0, n as u64, b)
+            }
+            T_BIGINT => {
+                let neg = r.u8()? != 0;
+                let n = r.count(1)?;
+                let mut mag = r.take(n)?;
+                while let [rest @ .., 0] = mag {
+                    mag = rest;
+                }
+                self.new_blob(
+                    T_BIGINT,
+                    (neg && !mag.is_empty()) as u8,
+                    mag.len() as u64,
+                    mag,
+                )
+            }
+            T_TYPED => {
+                let elem = Elem::from_code(r.u8()?)
+                    .ok_or_else(|| Error::invalid("unknown typed-array element type"))?;
+                let n = r.count(elem.size() as usize)?;
+                let raw = r.take(n * elem.size() as usize)?;
+                self.new_blob(T_TYPED, elem as u8, n as u64, raw)
+            }
+            T_TAB => {
+                let n = r.count(2)?;
+                let tab = self.tab_new(n as u64)?;
+                let filled = (|| {
+                    for _ in 0..n {
+                        let kt = r.u8()?;
+                        let key_bytes;
+                        let key = match kt {
+                            T_STR => {
+                                let len = r.count(1)?;
+                                key_bytes = r.take(len)?;
+                                std::str::from_utf8(key_bytes)
+                                    .map_err(|_| Error::invalid("a key is not valid UTF-8"))?;
+                                KeyRef::Str(key_bytes)
+                            }
+                            T_INT => KeyRef::Int(r.u64()? as i64),
+                            _ => {
+                                return Err(Error::invalid(
+                                    "a table key must be a string or an integer",
+                                ))
+                            }
+                        };
+                        let v = self.build(r, depth + 1)?;
+                        self.tab_set(tab, key, v)?;
+                    }
+                    Ok(())
+                })();
+                match filled {
+                    Ok(()) => Ok(tab),
+                    Err(e) => {
+                        let _ = self.release(tab);
+                        Err(e)
+                    }
+                }
+            }
+            T_ARR => {
+                let n = r.count(1)?;
+                let arr = self.arr_new(n as u64)?;
+                let filled = (|| {
+                    for _ in 0..n {
+                        let v = self.build(r, depth + 1)?;
+                        self.arr_push(arr, v)?;
+                    }
+                    Ok(())
+                })();
+                match filled {
+                    Ok(()) => Ok(arr),
+                    Err(e) => {
+                        let _ = self.release(arr);
+                        Err(e)
+                    }
+                }
+            }
+            T_REF => {
+                let off = r.u64()?;
+                let slot = self.slot_of(off)?;
+                self.retain(slot)?;
+                Ok(slot)
+            }
+            t => Err(Error::invalid(format!("unknown value tag {t}"))),
+        }
+    }
+
+    /// The slot of the live object at `off` (its kind read from the header).
+    pub fn slot_of(&self, off: u64) -> Result<Slot> {
+        let h = self.header(off)?;
+        let kind = (h.meta.load(std::sync::atomic::Ordering::Relaxed) >> 16) as u8;
+        let slot = Slot::object(kind, off);
+        if !slot.is_object() {
+            return Err(Error::invalid(format!("no shared value at offset {off}")));
+        }
+        self.obj(slot)?;
+        Ok(slot)
+    }
+
+    /// Encode the value in `slot` (deep copy) onto `w`.
+    pub fn load_wire(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        self.emit(slot, w, 0)
+    }
+
+    fn emit(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "values nest deeper than {MAX_DEPTH} levels (or contain themselves)"
+            )));
+        }
+        match slot.tag {
+            T_NONE => w.u8(T_NONE),
+            T_BOOL => {
+                w.u8(T_BOOL);
+                w.u8((slot.bits != 0) as u8);
+            }
+            T_INT | T_UINT | T_F64 => {
+                w.u8(slot.tag);
+                w.u64(slot.bits);
+            }
+            T_F32 => {
+                w.u8(T_F32);
+                w.u32(slot.bits as u32);
+            }
+            T_STR | T_BYTES => {
+                let (off, n) = self.data(slot)?;
+                w.u8(slot.tag);
+                w.len(n as usize)?;
+                self.copy_out(off, n, w)?;
+            }
+            T_BIGINT => {
+                let o = self.obj(slot)?;
+                let (off, n) = self.data(slot)?;
+                w.u8(T_BIGINT);
+                w.u8(o.sub);
+                w.len(n as usize)?;
+                self.copy_out(off, n, w)?;
+            }
+            T_TYPED => {
+                let (elem, count) = self.typed_info(slot)?;
+                let (off, n) = self.data(slot)?;
+                w.u8(T_TYPED);
+                w.u8(elem as u8);
+                w.len(count as usize)?;
+                self.copy_out(off, n, w)?;
+            }
+            T_TAB => {
+                let entries = self.tab_snapshot(slot)?;
+                let r = (|| {
+                    w.u8(T_TAB);
+                    w.len(entries.len())?;
+                    for (k, v) in &entries {
+                        self.emit(*k, w, depth + 1)?;
+                        self.emit(*v, w, depth + 1)?;
+                    }
+                    Ok(())
+                })();
+                for (k, v) in entries {
+                    let _ = self.release(k);
+                    let _ = self.release(v);
+                }
+                r?;
+            }
+            T_ARR => {
+                let items = self.arr_snapshot(slot)?;
+                let r = (|| {
+                    w.u8(T_ARR);
+                    w.len(items.len())?;
+                    for v in &items {
+                        self.emit(*v, w, depth + 1)?;
+                    }
+                    Ok(())
+                })();
+                for v in items {
+                    let _ = self.release(v);
+                }
+                r?;
+            }
+            t => return Err(Error::corrupt(format!("a slot of unknown kind {t}"))),
+        }
+        Ok(())
+    }
+
+    fn copy_out(&self, off: u64, n: u64, w: &mut Writer) -> Result<()> {
+        let start = w.buf.len();
+        w.buf.resize(start + n as usize, 0);
+        self.span.read(off, &mut w.buf[start..])
+    }
+}
+
+/// Encode a scalar slot on its own (what a container read returns for
+/// non-objects).
+pub fn scalar_wire(slot: Slot) -> Option<Vec<u8>> {
+    if slot.is_object() {
+        return None;
+    }
+    let mut w = Writer::default();
+    match slot.tag {
+        T_NONE => w.u8(T_NONE),
+        T_BOOL => {
+            w.u8(T_BOOL);
+            w.u8((slot.bits != 0) as u8);
+        }
+        T_F32 => {
+            w.u8(T_F32);
+            w.u32(slot.bits as u32);
+        }
+        t => {
+            w.u8(t);
+            w.u64(slot.bits);
+        }
+    }
+    Some(w.buf)
+}

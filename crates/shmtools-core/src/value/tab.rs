@@ -1,0 +1,404 @@
+//! Tab: a hash table of key → value that keeps insertion order.
+//!
+//! Entries live in one block, appended in insertion order (40 bytes each:
+//! hash, key slot, value slot); an open-addressing index of u32 cells (entry
+//! number plus one; 0 is empty) finds them. Deleting empties the entry's key slot and keeps
+//! its index cell, so probes pass over it; when the entries block is full it
+//! is rebuilt without the deleted ones. Keys are strings (string objects owned
+//! by the Tab) or integers.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{
+    at, fits, key_hash, KeyRef, Slot, Values, ENTRY_SIZE, OBJ_HEADER, S_EMPTY, TAB_OBJ_SIZE, T_INT,
+    T_STR, T_TAB,
+};
+use crate::error::{Error, Result};
+use crate::lock::Guard;
+use crate::value::{Key, TabBody};
+
+/// Validated view of a Tab's body, read under its lock.
+struct TabState {
+    off: u64,
+    count: u64,
+    used: u64,
+    cap: u64,
+    entries: u64,
+    index: u64,
+    index_cap: u64,
+}
+
+impl<'a> Values<'a> {
+    fn tab_body(&self, tab: Slot) -> Result<&'a TabBody> {
+        if tab.tag != T_TAB {
+            return Err(Error::invalid("not a table"));
+        }
+        let o = self.obj(tab)?;
+        let p = self
+            .span
+            .ptr_at(o.off + OBJ_HEADER, TAB_OBJ_SIZE - OBJ_HEADER)?;
+        // SAFETY: inside the object's block (obj() checked the block holds a
+        // whole Tab body), 16-aligned; TabBody is all atomics.
+        Ok(unsafe { &*(p as *const TabBody) })
+    }
+
+    fn tab_lock(&self, tab: Slot) -> Result<(Guard<'a>, TabState)> {
+        let b = self.tab_body(tab)?;
+        let g = b.lock.lock();
+        let s = TabState {
+            off: tab.bits,
+            count: b.count.load(Relaxed),
+            used: b.used.load(Relaxed),
+            cap: b.cap.load(Relaxed),
+            entries: b.entries.load(Relaxed),
+            index: b.index.load(Relaxed),
+            index_cap: b.index_cap.load(Relaxed),
+        };
+        // Validate the geometry once; every later access is bounds-checked too.
+        let ok = s.used <= s.cap
+            && s.count <= s.used
+            && (s.cap == 0 || s.index_cap.is_power_of_two() && s.index_cap >= 2 * s.cap)
+            && (s.cap == 0 || s.entries != 0 && s.index != 0);
+        if !ok {
+            return Err(Error::corrupt(format!(
+                "table {} has inconsistent sizes",
+                tab.bits
+            )));
+        }
+        if s.cap > 0 {
+            fits(s.cap, ENTRY_SIZE, self.pool.capacity_unlocked(s.entries)?)?;
+            fits(s.index_cap, 4, self.pool.capacity_unlocked(s.index)?)?;
+        }
+        Ok((g, s))
+    }
+
+    /// Create an empty table with room for `cap` entries; refcount 1.
+    pub fn tab_new(&self, cap: u64) -> Result<Slot> {
+        let off = self.new_obj(T_TAB, 0, 0, TAB_OBJ_SIZE - OBJ_HEADER)?;
+        self.span
+            .fill(off + OBJ_HEADER, TAB_OBJ_SIZE - OBJ_HEADER, 0)?;
+        let slot = Slot::object(T_TAB, off);
+        if cap > 0 {
+            let b = self.tab_body(slot)?;
+            if let Err(e) = self.tab_alloc(b, cap) {
+                let _ = self.release(slot);
+                return Err(e);
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Give an empty table its entry and index blocks.
+    fn tab_alloc(&self, b: &TabBody, cap: u64) -> Result<()> {
+        let index_cap = (cap * 2).next_power_of_two().max(8);
+        let entries = self.pool.allocate(cap * ENTRY_SIZE)?;
+        let index = match self.pool.allocate(index_cap * 4) {
+            Ok(i) => i,
+            Err(e) => {
+                self.pool.free(entries)?;
+                return Err(e);
+            }
+        };
+        self.span.fill(index, index_cap * 4, 0)?;
+        b.cap.store(cap, Relaxed);
+        b.entries.store(entries, Relaxed);
+        b.index.store(index, Relaxed);
+        b.index_cap.store(index_cap, Relaxed);
+        Ok(())
+    }
+
+    fn key_matches(&self, slot: Slot, key: KeyRef<'_>) -> Result<bool> {
+        Ok(match (slot.tag, key) {
+            (T_INT, KeyRef::Int(i)) => slot.bits as i64 == i,
+            (T_STR, KeyRef::Str(s)) => {
+                let (off, n) = self.data(slot)?;
+                if n != s.len() as u64 {
+                    return Ok(false);
+                }
+                let mut buf = vec![0; s.len()];
+                self.span.read(off, &mut buf)?;
+                buf == s
+            }
+            _ => false,
+        })
+    }
+
+    /// Entry number holding `key`, if any.
+    fn tab_find(&self, s: &TabState, key: KeyRef<'_>, hash: u64) -> Result<Option<u64>> {
+        if s.cap == 0 {
+            return Ok(None);
+        }
+        let mask = s.index_cap - 1;
+        let mut i = hash & mask;
+        for _ in 0..s.index_cap {
+            let cell = self.span.u32_at(s.index + i * 4)?.load(Relaxed) as u64;
+            if cell == 0 {
+                return Ok(None);
+            }
+            let e = cell - 1;
+            if e >= s.used {
+                return Err(Error::corrupt(format!(
+                    "table {}: index points past the entries",
+                    s.off
+                )));
+            }
+            let eo = s.entries + e * ENTRY_SIZE;
+            if at(self.span, eo)?.load(Relaxed) == hash {
+                let k = Slot::read(self.span, eo + 8)?;
+                if k.tag != S_EMPTY && self.key_matches(k, key)? {
+                    return Ok(Some(e));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        Ok(None)
+    }
+
+    fn index_insert(&self, s: &TabState, hash: u64, entry: u64) -> Result<()> {
+        let mask = s.index_cap - 1;
+        let mut i = hash & mask;
+        for _ in 0..s.index_cap {
+            let cell = self.span.u32_at(s.index + i * 4)?;
+            if cell.load(Relaxed) == 0 {
+                cell.store(entry as u32 + 1, Relaxed);
+                return Ok(());
+            }
+            i = (i + 1) & mask;
+        }
+        Err(Error::corrupt(format!("table {}: index is full", s.off)))
+    }
+
+    /// Make room for one more entry: rebuild into bigger blocks, dropping
+    /// deleted entries. Called with the lock held.
+    fn tab_grow(&self, b: &TabBody, s: &mut TabState) -> Result<()> {
+        let new_cap = (s.count * 2).max(4);
+        let index_cap = (new_cap * 2).next_power_of_two().max(8);
+        let entries = self.pool.allocate(new_cap * ENTRY_SIZE)?;
+        let index = match self.pool.allocate(index_cap * 4) {
+            Ok(i) => i,
+            Err(e) => {
+                self.pool.free(entries)?;
+                return Err(e);
+            }
+        };
+        self.span.fill(index, index_cap * 4, 0)?;
+        let mut n = TabState {
+            off: s.off,
+            count: 0,
+            used: 0,
+            cap: new_cap,
+            entries,
+            index,
+            index_cap,
+        };
+        for e in 0..s.used {
+            let eo = s.entries + e * ENTRY_SIZE;
+            let k = Slot::read(self.span, eo + 8)?;
+            if k.tag == S_EMPTY {
+                continue;
+            }
+            let hash = at(self.span, eo)?.load(Relaxed);
+            let v = Slot::read(self.span, eo + 24)?;
+            let no = n.entries + n.used * ENTRY_SIZE;
+            at(self.span, no)?.store(hash, Relaxed);
+            k.write(self.span, no + 8)?;
+            v.write(self.span, no + 24)?;
+            self.index_insert(&n, hash, n.used)?;
+            n.used += 1;
+            n.count += 1;
+        }
+        let (old_entries, old_index) = (s.entries, s.index);
+        b.entries.store(n.entries, Relaxed);
+        b.index.store(n.index, Relaxed);
+        b.index_cap.store(n.index_cap, Relaxed);
+        b.cap.store(n.cap, Relaxed);
+        b.used.store(n.used, Relaxed);
+        b.count.store(n.count, Relaxed);
+        if old_entries != 0 {
+            self.pool.free(old_entries)?;
+            self.pool.free(old_index)?;
+        }
+        *s = n;
+        Ok(())
+    }
+
+    /// A key slot owning what it needs (a string object for string keys).
+    fn key_slot(&self, key: KeyRef<'_>) -> Result<Slot> {
+        match key {
+            KeyRef::Int(i) => Ok(Slot {
+                tag: T_INT,
+                bits: i as u64,
+            }),
+            KeyRef::Str(s) => self.new_str(s),
+        }
+    }
+
+    /// Set `key` to `value`, moving `value`'s reference into the table.
+    /// On error the reference is released.
+    pub fn tab_set(&self, tab: Slot, key: KeyRef<'_>, value: Slot) -> Result<()> {
+        match self.tab_set_inner(tab, key, value) {
+            Ok(old) => self.release(old),
+            Err(e) => {
+                let _ = self.release(value);
+                Err(e)
+            }
+        }
+    }
+
+    fn tab_set_inner(&self, tab: Slot, key: KeyRef<'_>, value: Slot) -> Result<Slot> {
+        if value.is_object() && value.bits == tab.bits {
+            return Err(Error::invalid("a table cannot contain itself"));
+        }
+        let b = self.tab_body(tab)?;
+        let (_g, mut s) = self.tab_lock(tab)?;
+        let hash = key_hash(key);
+        if let Some(e) = self.tab_find(&s, key, hash)? {
+            let vo = s.entries + e * ENTRY_SIZE + 24;
+            let old = Slot::read(self.span, vo)?;
+            value.write(self.span, vo)?;
+            return Ok(old);
+        }
+        if s.used == s.cap {
+            self.tab_grow(b, &mut s)?;
+        }
+        let k = self.key_slot(key)?;
+        let eo = s.entries + s.used * ENTRY_SIZE;
+        let written = (|| {
+            at(self.span, eo)?.store(hash, Relaxed);
+            k.write(self.span, eo + 8)?;
+            value.write(self.span, eo + 24)?;
+            self.index_insert(&s, hash, s.used)
+        })();
+        if let Err(e) = written {
+            let _ = self.release(k);
+            return Err(e);
+        }
+        b.used.store(s.used + 1, Relaxed);
+        b.count.store(s.count + 1, Relaxed);
+        Ok(Slot::NONE)
+    }
+
+    /// The value at `key`, with a new reference for the caller.
+    pub fn tab_get(&self, tab: Slot, key: KeyRef<'_>) -> Result<Option<Slot>> {
+        let (_g, s) = self.tab_lock(tab)?;
+        match self.tab_find(&s, key, key_hash(key))? {
+            Some(e) => {
+                let v = Slot::read(self.span, s.entries + e * ENTRY_SIZE + 24)?;
+                self.retain(v)?;
+                Ok(Some(v))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn tab_has(&self, tab: Slot, key: KeyRef<'_>) -> Result<bool> {
+        let (_g, s) = self.tab_lock(tab)?;
+        Ok(self.tab_find(&s, key, key_hash(key))?.is_some())
+    }
+
+    /// Remove `key`; true if it was there.
+    pub fn tab_delete(&self, tab: Slot, key: KeyRef<'_>) -> Result<bool> {
+        let b = self.tab_body(tab)?;
+        let (k, v) = {
+            let (_g, s) = self.tab_lock(tab)?;
+            let Some(e) = self.tab_find(&s, key, key_hash(key))? else {
+                return Ok(false);
+            };
+            let eo = s.entries + e * ENTRY_SIZE;
+            let k = Slot::read(self.span, eo + 8)?;
+            let v = Slot::read(self.span, eo + 24)?;
+            Slot::EMPTY.write(self.span, eo + 8)?;
+            Slot::EMPTY.write(self.span, eo + 24)?;
+            b.count.store(s.count - 1, Relaxed);
+            (k, v)
+        };
+        self.release(k)?;
+        self.release(v)?;
+        Ok(true)
+    }
+
+    pub fn tab_len(&self, tab: Slot) -> Result<u64> {
+        let (_g, s) = self.tab_lock(tab)?;
+        Ok(s.count)
+    }
+
+    /// The keys, in insertion order.
+    pub fn tab_keys(&self, tab: Slot) -> Result<Vec<Key>> {
+        let (_g, s) = self.tab_lock(tab)?;
+        let mut keys = Vec::with_capacity(s.count as usize);
+        for e in 0..s.used {
+            let k = Slot::read(self.span, s.entries + e * ENTRY_SIZE + 8)?;
+            match k.tag {
+                S_EMPTY => {}
+                T_INT => keys.push(Key::Int(k.bits as i64)),
+                T_STR => keys.push(Key::Str(self.read_str(k)?)),
+                _ => {
+                    return Err(Error::corrupt(format!(
+                        "table {}: a key of kind {}",
+                        s.off, k.tag
+                    )))
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Every (key, value) in insertion order, each value with a new reference
+    /// for the caller (so the snapshot survives concurrent deletes).
+    pub(crate) fn tab_snapshot(&self, tab: Slot) -> Result<Vec<(Slot, Slot)>> {
+        let (_g, s) = self.tab_lock(tab)?;
+        let mut out = Vec::with_capacity(s.count as usize);
+        for e in 0..s.used {
+            let eo = s.entries + e * ENTRY_SIZE;
+            let k = Slot::read(self.span, eo + 8)?;
+            if k.tag == S_EMPTY {
+                continue;
+            }
+            let v = Slot::read(self.span, eo + 24)?;
+            let taken = self.retain(k).and_then(|_| match self.retain(v) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.release(k);
+                    Err(e)
+                }
+            });
+            if let Err(e) = taken {
+                for (k, v) in out {
+                    let _ = self.release(k);
+                    let _ = self.release(v);
+                }
+                return Err(e);
+            }
+            out.push((k, v));
+        }
+        Ok(out)
+    }
+
+    /// Called when the last reference goes: queue children, free the blocks.
+    pub(super) fn tab_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+        let b = self.tab_body(Slot::object(T_TAB, off))?;
+        let used = b.used.load(Relaxed);
+        let cap = b.cap.load(Relaxed);
+        let entries = b.entries.load(Relaxed);
+        let index = b.index.load(Relaxed);
+        if cap == 0 {
+            return Ok(());
+        }
+        fits(
+            used.min(cap),
+            ENTRY_SIZE,
+            self.pool.capacity_unlocked(entries)?,
+        )?;
+        for e in 0..used.min(cap) {
+            let eo = entries + e * ENTRY_SIZE;
+            for so in [eo + 8, eo + 24] {
+                let s = Slot::read(self.span, so)?;
+                if s.is_object() {
+                    todo.push(s);
+                }
+            }
+        }
+        self.pool.free(entries)?;
+        self.pool.free(index)
+    }
+}

@@ -1,0 +1,397 @@
+//! The wire format: a compact byte encoding of a value tree. JavaScript
+//! encodes a plain JS value into it in one pass (src/wire.ts) and hands the
+//! bytes over in a single call; the core builds the shared objects from it
+//! (`Values::store_wire`) and writes it back out for `toJS()`
+//! (`Values::load_wire`). Rust users get the same through [`Value`].
+//!
+//! Little-endian, unaligned, one tag byte per value:
+//!
+//! | tag | name   | body |
+//! | --- | ------ | ---- |
+//! | 1   | None   | — |
+//! | 2   | Bool   | u8 (0/1) |
+//! | 3   | Int    | i64 |
+//! | 4   | UInt   | u64 |
+//! | 5   | F64    | f64 |
+//! | 6   | F32    | f32 |
+//! | 7   | Str    | u32 byte length, UTF-8 bytes |
+//! | 8   | Bytes  | u32 length, bytes |
+//! | 9   | BigInt | u8 sign (1 = negative), u32 length, magnitude little-endian |
+//! | 10  | Tab    | u32 count, count × (key, value); keys are Str or Int |
+//! | 11  | Arr    | u32 count, count × value |
+//! | 12  | Typed  | u8 element type, u32 count, count × element bytes |
+//! | 13  | Ref    | u64 offset of a live shared object in the same region (store only) |
+
+use crate::error::{Error, Result};
+
+pub const T_NONE: u8 = 1;
+pub const T_BOOL: u8 = 2;
+pub const T_INT: u8 = 3;
+pub const T_UINT: u8 = 4;
+pub const T_F64: u8 = 5;
+pub const T_F32: u8 = 6;
+pub const T_STR: u8 = 7;
+pub const T_BYTES: u8 = 8;
+pub const T_BIGINT: u8 = 9;
+pub const T_TAB: u8 = 10;
+pub const T_ARR: u8 = 11;
+pub const T_TYPED: u8 = 12;
+pub const T_REF: u8 = 13;
+
+/// Deepest nesting accepted in either direction.
+pub const MAX_DEPTH: usize = 256;
+
+/// Element types of typed arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Elem {
+    I8 = 1,
+    U8 = 2,
+    I16 = 3,
+    U16 = 4,
+    I32 = 5,
+    U32 = 6,
+    I64 = 7,
+    U64 = 8,
+    F32 = 9,
+    F64 = 10,
+}
+
+impl Elem {
+    pub fn from_code(c: u8) -> Option<Elem> {
+        use Elem::*;
+        Some(match c {
+            1 => I8,
+            2 => U8,
+            3 => I16,
+            4 => U16,
+            5 => I32,
+            6 => U32,
+            7 => I64,
+            8 => U64,
+            9 => F32,
+            10 => F64,
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> u64 {
+        use Elem::*;
+        match self {
+            I8 | U8 => 1,
+            I16 | U16 => 2,
+            I32 | U32 | F32 => 4,
+            I64 | U64 | F64 => 8,
+        }
+    }
+}
+
+/// A key of a Tab.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Str(String),
+    Int(i64),
+}
+
+/// An owned value tree (what a Rust caller stores or reads back).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    F64(f64),
+    F32(f32),
+    Str(String),
+    Bytes(Vec<u8>),
+    /// Sign (true = negative) and little-endian magnitude without trailing
+    /// zero bytes (zero has an empty magnitude).
+    BigInt(bool, Vec<u8>),
+    /// Entries in insertion order.
+    Tab(Vec<(Key, Value)>),
+    Arr(Vec<Value>),
+    /// Element type and raw little-endian element bytes.
+    Typed(Elem, Vec<u8>),
+}
+
+/// Append-only encoder.
+#[derive(Default)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+    /// A u32 length, refusing what does not fit.
+    pub fn len(&mut self, n: usize) -> Result<()> {
+        let n = u32::try_from(n)
+            .map_err(|_| Error::invalid("a string, list or array longer than 2^32-1"))?;
+        self.u32(n);
+        Ok(())
+    }
+}
+
+/// Bounds-checked decoder over untrusted bytes.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+    pub fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(Error::invalid("the encoded value ends too early"));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Result<u32> {
+        let mut a = [0; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(a))
+    }
+    pub fn u64(&mut self) -> Result<u64> {
+        let mut a = [0; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A count of items that each take at least `min_each` bytes: refuses
+    /// counts the remaining input cannot possibly hold.
+    pub fn count(&mut self, min_each: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_each) > self.remaining() {
+            return Err(Error::invalid(
+                "the encoded value claims more items than it holds",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl Value {
+    /// Encode into the wire format.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::default();
+        self.write(&mut w, 0)?;
+        Ok(w.buf)
+    }
+
+    fn write(&self, w: &mut Writer, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "values nest deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        match self {
+            Value::None => w.u8(T_NONE),
+            Value::Bool(b) => {
+                w.u8(T_BOOL);
+                w.u8(*b as u8);
+            }
+            Value::Int(i) => {
+                w.u8(T_INT);
+                w.u64(*i as u64);
+            }
+            Value::UInt(u) => {
+                w.u8(T_UINT);
+                w.u64(*u);
+            }
+            Value::F64(f) => {
+                w.u8(T_F64);
+                w.u64(f.to_bits());
+            }
+            Value::F32(f) => {
+                w.u8(T_F32);
+                w.u32(f.to_bits());
+            }
+            Value::Str(s) => {
+                w.u8(T_STR);
+                w.len(s.len())?;
+                w.bytes(s.as_bytes());
+            }
+            Value::Bytes(b) => {
+                w.u8(T_BYTES);
+                w.len(b.len())?;
+                w.bytes(b);
+            }
+            Value::BigInt(neg, mag) => {
+                w.u8(T_BIGINT);
+                w.u8(*neg as u8);
+                w.len(mag.len())?;
+                w.bytes(mag);
+            }
+            Value::Tab(entries) => {
+                w.u8(T_TAB);
+                w.len(entries.len())?;
+                for (k, v) in entries {
+                    match k {
+                        Key::Str(s) => Value::Str(s.clone()).write(w, depth + 1)?,
+                        Key::Int(i) => Value::Int(*i).write(w, depth + 1)?,
+                    }
+                    v.write(w, depth + 1)?;
+                }
+            }
+            Value::Arr(items) => {
+                w.u8(T_ARR);
+                w.len(items.len())?;
+                for v in items {
+                    v.write(w, depth + 1)?;
+                }
+            }
+            Value::Typed(elem, raw) => {
+                if !(raw.len() as u64).is_multiple_of(elem.size()) {
+                    return Err(Error::invalid(
+                        "typed array bytes are not a whole number of elements",
+                    ));
+                }
+                w.u8(T_TYPED);
+                w.u8(*elem as u8);
+                w.len(raw.len() / elem.size() as usize)?;
+                w.bytes(raw);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode one value from the wire format (the whole input).
+    pub fn decode(buf: &[u8]) -> Result<Value> {
+        let mut r = Reader::new(buf);
+        let v = Value::read(&mut r, 0)?;
+        if !r.at_end() {
+            return Err(Error::invalid("trailing bytes after the encoded value"));
+        }
+        Ok(v)
+    }
+
+    fn read(r: &mut Reader<'_>, depth: usize) -> Result<Value> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "values nest deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        Ok(match r.u8()? {
+            T_NONE => Value::None,
+            T_BOOL => Value::Bool(r.u8()? != 0),
+            T_INT => Value::Int(r.u64()? as i64),
+            T_UINT => Value::UInt(r.u64()?),
+            T_F64 => Value::F64(f64::from_bits(r.u64()?)),
+            T_F32 => Value::F32(f32::from_bits(r.u32()?)),
+            T_STR => {
+                let n = r.count(1)?;
+                let s = std::str::from_utf8(r.take(n)?)
+                    .map_err(|_| Error::invalid("a string is not valid UTF-8"))?;
+                Value::Str(s.to_string())
+            }
+            T_BYTES => {
+                let n = r.count(1)?;
+                Value::Bytes(r.take(n)?.to_vec())
+            }
+            T_BIGINT => {
+                let neg = r.u8()? != 0;
+                let n = r.count(1)?;
+                Value::BigInt(neg, r.take(n)?.to_vec())
+            }
+            T_TAB => {
+                let n = r.count(2)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = match Value::read(r, depth + 1)? {
+                        Value::Str(s) => Key::Str(s),
+                        Value::Int(i) => Key::Int(i),
+                        _ => {
+                            return Err(Error::invalid(
+                                "a table key must be a string or an integer",
+                            ))
+                        }
+                    };
+                    entries.push((k, Value::read(r, depth + 1)?));
+                }
+                Value::Tab(entries)
+            }
+            T_ARR => {
+                let n = r.count(1)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(Value::read(r, depth + 1)?);
+                }
+                Value::Arr(items)
+            }
+            T_TYPED => {
+                let elem = Elem::from_code(r.u8()?)
+                    .ok_or_else(|| Error::invalid("unknown typed-array element type"))?;
+                let n = r.count(elem.size() as usize)?;
+                Value::Typed(elem, r.take(n * elem.size() as usize)?.to_vec())
+            }
+            T_REF => {
+                return Err(Error::invalid(
+                    "a reference cannot be decoded outside a region",
+                ))
+            }
+            t => return Err(Error::invalid(format!("unknown value tag {t}"))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_the_wire() {
+        let v = Value::Arr(vec![
+            Value::None,
+            Value::Bool(true),
+            Value::Int(-5),
+            Value::UInt(u64::MAX),
+            Value::F64(1.5),
+            Value::F32(2.5),
+            Value::Str("héllo ✓".into()),
+            Value::Bytes(vec![0, 1, 255]),
+            Value::BigInt(true, vec![1, 2, 3]),
+            Value::Tab(vec![
+                (Key::Str("a".into()), Value::Int(1)),
+                (Key::Int(7), Value::None),
+            ]),
+            Value::Typed(Elem::F64, 3.25f64.to_le_bytes().to_vec()),
+        ]);
+        assert_eq!(Value::decode(&v.encode().unwrap()).unwrap(), v);
+    }
+
+    #[test]
+    fn truncated_or_lying_input_is_an_error_not_a_panic() {
+        let buf = Value::Arr(vec![Value::Str("abc".into()); 3])
+            .encode()
+            .unwrap();
+        for cut in 0..buf.len() {
+            assert!(Value::decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        // A count far beyond the input.
+        assert!(Value::decode(&[T_ARR, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(Value::decode(&[T_STR, 2, 0, 0, 0, 0xff, 0xfe]).is_err());
+        assert!(Value::decode(&[99]).is_err());
+    }
+}
