@@ -10,6 +10,18 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeRegion {
+  /**
+   * Identity of the mapped object ("dev:inode"): equal for every mapping of
+   * one region, in any process.
+   */
+  regionKey(): string
+  /**
+   * Build a value from its wire encoding: a handle for containers, strings
+   * and arrays (owning one reference), the wire bytes back for scalars.
+   */
+  store(wire: Buffer): NativeValue | Buffer
+  /** A new handle to the live shared value at `offset` (reference + 1). */
+  valueAt(offset: number): NativeValue
   /** Steps logged while creating (for the `debug` option). */
   takeLog(): Array<string>
   info(): RegionInfo
@@ -24,11 +36,57 @@ export declare class NativeRegion {
   write(offset: number, data: Uint8Array, at: number): void
   /** Copy `length` bytes out of the allocated block at `offset`, from `at`. */
   read(offset: number, length: number, at: number): Buffer
-  /** Unmap; the region itself stays in /dev/shm. Idempotent. */
+  /**
+   * Unmap (once no handle or view of this mapping is left); the region
+   * itself stays in /dev/shm. Idempotent.
+   */
   close(): void
-  /** Unmap and remove the region's name (if it is still ours). */
+  /** Remove the region's name (if it is still ours) and close. */
   destroy(): boolean
   get closed(): boolean
+}
+
+export declare class NativeValue {
+  /** "tab" | "arr" | "str" | "bytes" | "bigint" | "typed" */
+  get kind(): string
+  /** Offset of the object in its region (the same in every process). */
+  get offset(): number
+  /** "dev:inode" of the region this value lives in. */
+  get regionKey(): string
+  get released(): boolean
+  refCount(): number
+  /** Drop this handle's reference now. Idempotent. */
+  release(): void
+  /** Another handle to the same value (reference + 1). */
+  duplicate(): NativeValue
+  /** Deep copy out, as wire bytes. */
+  toWire(): Buffer
+  tabGet(key: string): NativeValue | Buffer | null
+  /** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */
+  tabSet(key: string, wire: Buffer): void
+  tabHas(key: string): boolean
+  tabDelete(key: string): boolean
+  /** Keys in insertion order (integer keys spelled in decimal). */
+  tabKeys(): Array<string>
+  tabLen(): number
+  arrLen(): number
+  arrGet(index: number): NativeValue | Buffer | null
+  arrSet(index: number, wire: Buffer): void
+  /** Append; returns the new length. */
+  arrPush(wire: Buffer): number
+  arrPop(): NativeValue | Buffer | null
+  /** Element type code (shmtools_core::value::Elem) of a typed array. */
+  elemType(): number
+  /**
+   * An ArrayBuffer over the array's bytes in the region: no copy. It keeps
+   * the mapping alive; the facade detaches it when the handle is released.
+   */
+  view(): ArrayBuffer
+  /**
+   * Detach a view made by view(), so reads through it fail instead of
+   * seeing freed memory.
+   */
+  detachView(buffer: ArrayBuffer): void
 }
 
 /** Check a region name and size against the core's rules without creating. */

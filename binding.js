@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeRegion = nativeBinding.NativeRegion
+module.exports.NativeValue = nativeBinding.NativeValue
 module.exports.checkRegionArgs = nativeBinding.checkRegionArgs
 module.exports.createRegion = nativeBinding.createRegion
 module.exports.removeRegion = nativeBinding.removeRegion

@@ -4,5 +4,9 @@
  */
 export { SHMMain, Region, Pool, attach, attachSync } from './region'
 export type { AttachOptions, SHMMainOptions, RegionInfo, PoolStats, PoolCheck } from './region'
+export { Shared, isSHM, SharedTyped } from './values'
+export type { SharedTab, SharedArr, SharedHandle, TabMethods, ArrMethods } from './values'
+export { ShmUnsupportedError } from './wire'
+export type { SharedTypedArray } from './wire'
 export { ShmError, ShmArgumentError, AbortError, ErrorCodes } from './errors'
 export type { ErrorCode } from './errors'

@@ -6,6 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import * as binding from '../binding'
 import type { NativeRegion, PoolCheck, PoolStats, RegionInfo } from '../binding'
 import { logger, type Log } from './debug'
+import { wrap, type SharedArr, type SharedTab, type SharedTyped } from './values'
 import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import {
   checkBreakChecker,
@@ -37,35 +38,45 @@ export interface AttachOptions {
  * the region's start, valid in every process that maps the region.
  */
 export class Pool {
+  readonly #region: Region
+
   /** @internal */
-  constructor(private readonly region: Region) {}
+  constructor(region: Region) {
+    this.#region = region
+  }
+
+  /** The region this pool belongs to. */
+  region(): Region {
+    this.#region.native()
+    return this.#region
+  }
 
   /** Usage figures, the same from every process. */
   stats(): PoolStats {
-    return native(() => this.region.native().poolStats())
+    return native(() => this.#region.native().poolStats())
   }
 
   /** Walk every block and free list and verify the allocator's invariants. */
   check(): PoolCheck {
-    return native(() => this.region.native().poolCheck())
+    return native(() => this.#region.native().poolCheck())
   }
 
   /** Allocate `bytes` (16-byte aligned); returns the block's offset. */
   allocate(bytes: number): number {
     checkCount(bytes, 'bytes')
-    return native(() => this.region.native().allocate(bytes))
+    return native(() => this.#region.native().allocate(bytes))
   }
 
   /** Return a block to the pool. Freeing twice is an error, not a crash. */
   free(offset: number): void {
     checkCount(offset, 'offset')
-    native(() => this.region.native().free(offset))
+    native(() => this.#region.native().free(offset))
   }
 
   /** Usable bytes of an allocated block (at least what was asked for). */
   capacity(offset: number): number {
     checkCount(offset, 'offset')
-    return native(() => this.region.native().capacity(offset))
+    return native(() => this.#region.native().capacity(offset))
   }
 
   /** Copy bytes into an allocated block, `at` bytes from its start. */
@@ -73,7 +84,7 @@ export class Pool {
     checkCount(offset, 'offset')
     checkCount(at, 'at')
     if (!(data instanceof Uint8Array)) throw new ShmArgumentError('data must be a Uint8Array or Buffer')
-    native(() => this.region.native().write(offset, data, at))
+    native(() => this.#region.native().write(offset, data, at))
   }
 
   /** Copy `length` bytes out of an allocated block, `at` bytes from its start. */
@@ -81,7 +92,7 @@ export class Pool {
     checkCount(offset, 'offset')
     checkCount(length, 'length')
     checkCount(at, 'at')
-    return native(() => this.region.native().read(offset, length, at))
+    return native(() => this.#region.native().read(offset, length, at))
   }
 }
 
@@ -108,6 +119,21 @@ export class Region {
 
   get closed(): boolean {
     return this.#native === undefined || this.#native.closed
+  }
+
+  /** Identity of the mapped object ("dev:inode"): the same for every mapping of this region. */
+  regionKey(): string {
+    return native(() => this.native().regionKey())
+  }
+
+  /**
+   * A new handle (one more reference) to the shared value at `offset` — how
+   * a value's `offset`, passed by any means, becomes a handle in another
+   * process or worker thread.
+   */
+  valueAt(offset: number): SharedTab | SharedArr | SharedTyped {
+    checkCount(offset, 'offset')
+    return wrap(this, native(() => this.native().valueAt(offset))) as SharedTab | SharedArr | SharedTyped
   }
 
   /** The boot block: magic, layout version, state, size, generation, creator, offsets. */

@@ -325,8 +325,9 @@ impl Region {
         platform::shm_unlink(name)
     }
 
-    /// Mark the region CLOSING, remove its name, and unmap it.
-    pub fn destroy(self) -> Result<bool> {
+    /// Mark the region CLOSING and remove its name (if the name still refers
+    /// to this object). The mapping itself goes when the `Region` is dropped.
+    pub fn destroy(&self) -> Result<bool> {
         if let Ok(b) = boot::boot_block(self.span()) {
             b.state.store(boot::STATE_CLOSING, Ordering::Release);
             platform::futex_wake(&b.state, u32::MAX);
@@ -347,6 +348,12 @@ impl Region {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// (device, inode) of the mapped object: equal for two mappings of the
+    /// same region, different for a region re-created under the same name.
+    pub fn identity(&self) -> (u64, u64) {
+        self.identity
     }
 
     /// The boot block's fields as validated at create/attach time, with the

@@ -5,5 +5,7 @@
 
 mod convert;
 mod region;
+mod value;
 
 pub use region::*;
+pub use value::*;

@@ -1,9 +1,14 @@
 //! `NativeRegion`: one mapped region and its pool, as the facade's SHMMain and
 //! attach() see it.
 
-use napi::bindgen_prelude::{Buffer, Uint8Array};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Buffer, Either, Uint8Array};
 use napi_derive::napi;
 use shmtools_core::{boot, ErrorCode, Region, TryAttach};
+
+use crate::value::{from_slot, NativeValue};
 
 use crate::convert::{err, js, to_u64};
 use napi::Result;
@@ -43,15 +48,40 @@ pub struct PoolCheck {
     pub largest_free_block: f64,
 }
 
+/// A mapped region shared by its NativeRegion and every value handle and
+/// typed-array view taken from it: the mapping goes when the last of them
+/// goes, so a view can never outlive the memory under it.
+pub struct RegionCell {
+    pub region: Region,
+    /// Set by close()/destroy(): handles then refuse to work (ERR_SHM_CLOSED),
+    /// but finalizers may still release their references.
+    pub closed: AtomicBool,
+}
+
+impl RegionCell {
+    pub fn open(&self) -> Result<&Region> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(err(
+                ErrorCode::Closed,
+                "the region was closed; attach again to use its values",
+            ));
+        }
+        Ok(&self.region)
+    }
+}
+
 #[napi]
 pub struct NativeRegion {
-    region: Option<Region>,
+    cell: Option<Arc<RegionCell>>,
     log: Vec<String>,
 }
 
 fn wrap(region: Region, log: Vec<String>) -> NativeRegion {
     NativeRegion {
-        region: Some(region),
+        cell: Some(Arc::new(RegionCell {
+            region,
+            closed: AtomicBool::new(false),
+        })),
         log,
     }
 }
@@ -91,13 +121,49 @@ pub fn remove_region(name: String) -> Result<bool> {
 
 #[napi]
 impl NativeRegion {
-    fn region(&self) -> Result<&Region> {
-        self.region.as_ref().ok_or_else(|| {
+    fn cell(&self) -> Result<&Arc<RegionCell>> {
+        self.cell.as_ref().ok_or_else(|| {
             err(
                 ErrorCode::Closed,
                 "the region handle is closed; attach again to use the region",
             )
         })
+    }
+
+    fn region(&self) -> Result<&Region> {
+        Ok(&self.cell()?.region)
+    }
+
+    /// Identity of the mapped object ("dev:inode"): equal for every mapping of
+    /// one region, in any process.
+    #[napi(catch_unwind)]
+    pub fn region_key(&self) -> Result<String> {
+        let (dev, ino) = self.region()?.identity();
+        Ok(format!("{dev}:{ino}"))
+    }
+
+    /// Build a value from its wire encoding: a handle for containers, strings
+    /// and arrays (owning one reference), the wire bytes back for scalars.
+    #[napi(catch_unwind)]
+    pub fn store(&self, wire: Buffer) -> Result<Either<NativeValue, Buffer>> {
+        let cell = self.cell()?;
+        let slot = cell
+            .region
+            .values()
+            .map_err(js)?
+            .store_wire(&wire)
+            .map_err(js)?;
+        from_slot(cell, slot)
+    }
+
+    /// A new handle to the live shared value at `offset` (reference + 1).
+    #[napi(catch_unwind)]
+    pub fn value_at(&self, offset: f64) -> Result<NativeValue> {
+        let cell = self.cell()?;
+        let v = cell.region.values().map_err(js)?;
+        let slot = v.slot_of(to_u64(offset, "offset")?).map_err(js)?;
+        v.retain(slot).map_err(js)?;
+        Ok(NativeValue::adopt(cell.clone(), slot))
     }
 
     /// Steps logged while creating (for the `debug` option).
@@ -218,23 +284,29 @@ impl NativeRegion {
         }
     }
 
-    /// Unmap; the region itself stays in /dev/shm. Idempotent.
+    /// Unmap (once no handle or view of this mapping is left); the region
+    /// itself stays in /dev/shm. Idempotent.
     #[napi(catch_unwind)]
     pub fn close(&mut self) {
-        self.region = None;
+        if let Some(c) = self.cell.take() {
+            c.closed.store(true, Ordering::Release);
+        }
     }
 
-    /// Unmap and remove the region's name (if it is still ours).
+    /// Remove the region's name (if it is still ours) and close.
     #[napi(catch_unwind)]
     pub fn destroy(&mut self) -> Result<bool> {
-        match self.region.take() {
-            Some(r) => r.destroy().map_err(js),
+        match self.cell.take() {
+            Some(c) => {
+                c.closed.store(true, Ordering::Release);
+                c.region.destroy().map_err(js)
+            }
             None => Ok(false),
         }
     }
 
     #[napi(getter)]
     pub fn closed(&self) -> bool {
-        self.region.is_none()
+        self.cell.is_none()
     }
 }

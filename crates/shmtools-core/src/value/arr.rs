@@ -14,10 +14,18 @@ struct ArrState {
 
 impl<'a> Values<'a> {
     fn arr_body(&self, arr: Slot) -> Result<&'a ArrBody> {
+        self.arr_body_checked(arr, true)
+    }
+
+    fn arr_body_checked(&self, arr: Slot, live: bool) -> Result<&'a ArrBody> {
         if arr.tag != T_ARR {
             return Err(Error::invalid("not a list"));
         }
-        let o = self.obj(arr)?;
+        let o = if live {
+            self.obj(arr)?
+        } else {
+            self.obj_dying(arr)?
+        };
         let p = self
             .span
             .ptr_at(o.off + OBJ_HEADER, ARR_OBJ_SIZE - OBJ_HEADER)?;
@@ -189,7 +197,7 @@ impl<'a> Values<'a> {
     }
 
     pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
-        let b = self.arr_body(Slot::object(T_ARR, off))?;
+        let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
         let len = b.len.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let elems = b.elems.load(Relaxed);

@@ -188,6 +188,16 @@ impl<'a> Values<'a> {
     /// Validate the object a slot points at: header magic, kind matching the
     /// slot, a live refcount, and a length that fits its block.
     pub fn obj(&self, slot: Slot) -> Result<Obj> {
+        self.obj_checked(slot, true)
+    }
+
+    /// [`Values::obj`] without the live-refcount check: for the object being
+    /// freed, whose count just reached zero.
+    pub(crate) fn obj_dying(&self, slot: Slot) -> Result<Obj> {
+        self.obj_checked(slot, false)
+    }
+
+    fn obj_checked(&self, slot: Slot, live: bool) -> Result<Obj> {
         if !slot.is_object() {
             return Err(Error::invalid("not an object value"));
         }
@@ -201,7 +211,7 @@ impl<'a> Values<'a> {
                 slot.tag
             )));
         }
-        if h.refcount.load(Ordering::Relaxed) == 0 {
+        if live && h.refcount.load(Ordering::Relaxed) == 0 {
             return Err(Error::new(
                 ErrorCode::Closed,
                 format!("the value at {off} was already released"),

@@ -30,10 +30,18 @@ struct TabState {
 
 impl<'a> Values<'a> {
     fn tab_body(&self, tab: Slot) -> Result<&'a TabBody> {
+        self.tab_body_checked(tab, true)
+    }
+
+    fn tab_body_checked(&self, tab: Slot, live: bool) -> Result<&'a TabBody> {
         if tab.tag != T_TAB {
             return Err(Error::invalid("not a table"));
         }
-        let o = self.obj(tab)?;
+        let o = if live {
+            self.obj(tab)?
+        } else {
+            self.obj_dying(tab)?
+        };
         let p = self
             .span
             .ptr_at(o.off + OBJ_HEADER, TAB_OBJ_SIZE - OBJ_HEADER)?;
@@ -376,7 +384,7 @@ impl<'a> Values<'a> {
 
     /// Called when the last reference goes: queue children, free the blocks.
     pub(super) fn tab_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
-        let b = self.tab_body(Slot::object(T_TAB, off))?;
+        let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
         let used = b.used.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let entries = b.entries.load(Relaxed);

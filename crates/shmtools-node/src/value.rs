@@ -1,0 +1,331 @@
+//! `NativeValue`: a handle owning one reference to a shared value. Dropping it
+//! (explicit `release()`, or the GC finalizer as a safety net) releases the
+//! reference. Values cross as wire bytes (see shmtools_core::value::wire);
+//! the facade encodes and decodes them in JavaScript.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either};
+use napi::Env;
+use napi_derive::napi;
+use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
+use shmtools_core::value::{T_ARR, T_BIGINT, T_BYTES, T_STR, T_TAB, T_TYPED};
+use shmtools_core::ErrorCode;
+
+use crate::convert::{err, js};
+use crate::region::RegionCell;
+use napi::Result;
+
+#[napi]
+pub struct NativeValue {
+    cell: Arc<RegionCell>,
+    slot: Slot,
+    released: bool,
+}
+
+/// What JavaScript gets for a slot that owns one reference: a handle for
+/// containers and typed arrays (which keep their identity), the wire bytes
+/// for everything JS holds by value (scalars, strings, bytes, big integers;
+/// their reference is released here).
+pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Either<NativeValue, Buffer>> {
+    if let Some(w) = scalar_wire(slot) {
+        return Ok(Either::B(w.into()));
+    }
+    if matches!(slot.tag, T_STR | T_BYTES | T_BIGINT) {
+        let v = cell.region.values().map_err(js)?;
+        let mut w = Writer::default();
+        let copied = v.load_wire(slot, &mut w);
+        let released = v.release(slot);
+        copied.and(released).map_err(js)?;
+        return Ok(Either::B(w.buf.into()));
+    }
+    Ok(Either::A(NativeValue::adopt(cell.clone(), slot)))
+}
+
+fn opt(cell: &Arc<RegionCell>, s: Option<Slot>) -> Result<Option<Either<NativeValue, Buffer>>> {
+    s.map(|s| from_slot(cell, s)).transpose()
+}
+
+/// JavaScript property keys are strings; a Tab written from Rust may have
+/// integer keys, which JS reaches through their decimal spelling.
+fn int_key(key: &str) -> Option<i64> {
+    let i: i64 = key.parse().ok()?;
+    (i.to_string() == key).then_some(i)
+}
+
+impl NativeValue {
+    pub fn adopt(cell: Arc<RegionCell>, slot: Slot) -> NativeValue {
+        NativeValue {
+            cell,
+            slot,
+            released: false,
+        }
+    }
+
+    fn values(&self) -> Result<Values<'_>> {
+        if self.released {
+            return Err(err(
+                ErrorCode::Closed,
+                "this shared value was released; take a new handle to use it",
+            ));
+        }
+        self.cell.open()?.values().map_err(js)
+    }
+
+    fn expect(&self, tag: u8, what: &str) -> Result<()> {
+        if self.slot.tag != tag {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                format!("this shared value is not {what}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Look a JS key up: as a string, then as an integer key.
+    fn find<T>(
+        &self,
+        key: &str,
+        f: impl Fn(KeyRef<'_>) -> shmtools_core::Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        if let Some(found) = f(KeyRef::str(key)).map_err(js)? {
+            return Ok(Some(found));
+        }
+        match int_key(key) {
+            Some(i) => f(KeyRef::Int(i)).map_err(js),
+            None => Ok(None),
+        }
+    }
+}
+
+#[napi]
+impl NativeValue {
+    /// "tab" | "arr" | "str" | "bytes" | "bigint" | "typed"
+    #[napi(getter)]
+    pub fn kind(&self) -> &'static str {
+        match self.slot.tag {
+            T_TAB => "tab",
+            T_ARR => "arr",
+            T_STR => "str",
+            T_BYTES => "bytes",
+            T_BIGINT => "bigint",
+            T_TYPED => "typed",
+            _ => "scalar",
+        }
+    }
+
+    /// Offset of the object in its region (the same in every process).
+    #[napi(getter)]
+    pub fn offset(&self) -> f64 {
+        self.slot.bits as f64
+    }
+
+    /// "dev:inode" of the region this value lives in.
+    #[napi(getter)]
+    pub fn region_key(&self) -> String {
+        let (dev, ino) = self.cell.region.identity();
+        format!("{dev}:{ino}")
+    }
+
+    #[napi(getter)]
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
+    #[napi(catch_unwind)]
+    pub fn ref_count(&self) -> Result<u32> {
+        self.values()?.refcount(self.slot).map_err(js)
+    }
+
+    /// Drop this handle's reference now. Idempotent.
+    #[napi(catch_unwind)]
+    pub fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.cell
+            .region
+            .values()
+            .and_then(|v| v.release(self.slot))
+            .map_err(js)
+    }
+
+    /// Another handle to the same value (reference + 1).
+    #[napi(catch_unwind)]
+    pub fn duplicate(&self) -> Result<NativeValue> {
+        self.values()?.retain(self.slot).map_err(js)?;
+        Ok(NativeValue::adopt(self.cell.clone(), self.slot))
+    }
+
+    /// Deep copy out, as wire bytes.
+    #[napi(catch_unwind)]
+    pub fn to_wire(&self) -> Result<Buffer> {
+        let mut w = Writer::default();
+        self.values()?.load_wire(self.slot, &mut w).map_err(js)?;
+        Ok(w.buf.into())
+    }
+
+    // ---- Tab ---------------------------------------------------------------
+
+    #[napi(catch_unwind)]
+    pub fn tab_get(&self, key: String) -> Result<Option<Either<NativeValue, Buffer>>> {
+        self.expect(T_TAB, "a table")?;
+        let v = self.values()?;
+        let s = self.find(&key, |k| v.tab_get(self.slot, k))?;
+        opt(&self.cell, s)
+    }
+
+    /// Set `key` to the value encoded in `wire` (a T_REF stores a reference).
+    #[napi(catch_unwind)]
+    pub fn tab_set(&self, key: String, wire: Buffer) -> Result<()> {
+        self.expect(T_TAB, "a table")?;
+        let v = self.values()?;
+        let value = v.store_wire(&wire).map_err(js)?;
+        let k = match int_key(&key) {
+            Some(i) if v.tab_has(self.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
+            _ => KeyRef::str(&key),
+        };
+        v.tab_set(self.slot, k, value).map_err(js)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn tab_has(&self, key: String) -> Result<bool> {
+        self.expect(T_TAB, "a table")?;
+        let v = self.values()?;
+        Ok(self
+            .find(&key, |k| v.tab_has(self.slot, k).map(|b| b.then_some(())))?
+            .is_some())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn tab_delete(&self, key: String) -> Result<bool> {
+        self.expect(T_TAB, "a table")?;
+        let v = self.values()?;
+        Ok(self
+            .find(&key, |k| {
+                v.tab_delete(self.slot, k).map(|b| b.then_some(()))
+            })?
+            .is_some())
+    }
+
+    /// Keys in insertion order (integer keys spelled in decimal).
+    #[napi(catch_unwind)]
+    pub fn tab_keys(&self) -> Result<Vec<String>> {
+        self.expect(T_TAB, "a table")?;
+        let keys = self.values()?.tab_keys(self.slot).map_err(js)?;
+        Ok(keys
+            .into_iter()
+            .map(|k| match k {
+                shmtools_core::Key::Str(s) => s,
+                shmtools_core::Key::Int(i) => i.to_string(),
+            })
+            .collect())
+    }
+
+    #[napi(catch_unwind)]
+    pub fn tab_len(&self) -> Result<f64> {
+        self.expect(T_TAB, "a table")?;
+        Ok(self.values()?.tab_len(self.slot).map_err(js)? as f64)
+    }
+
+    // ---- Arr ---------------------------------------------------------------
+
+    #[napi(catch_unwind)]
+    pub fn arr_len(&self) -> Result<f64> {
+        self.expect(T_ARR, "a list")?;
+        Ok(self.values()?.arr_len(self.slot).map_err(js)? as f64)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn arr_get(&self, index: u32) -> Result<Option<Either<NativeValue, Buffer>>> {
+        self.expect(T_ARR, "a list")?;
+        let s = self
+            .values()?
+            .arr_get(self.slot, index as u64)
+            .map_err(js)?;
+        opt(&self.cell, s)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn arr_set(&self, index: u32, wire: Buffer) -> Result<()> {
+        self.expect(T_ARR, "a list")?;
+        let v = self.values()?;
+        let value = v.store_wire(&wire).map_err(js)?;
+        v.arr_set(self.slot, index as u64, value).map_err(js)
+    }
+
+    /// Append; returns the new length.
+    #[napi(catch_unwind)]
+    pub fn arr_push(&self, wire: Buffer) -> Result<f64> {
+        self.expect(T_ARR, "a list")?;
+        let v = self.values()?;
+        let value = v.store_wire(&wire).map_err(js)?;
+        Ok(v.arr_push(self.slot, value).map_err(js)? as f64)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn arr_pop(&self) -> Result<Option<Either<NativeValue, Buffer>>> {
+        self.expect(T_ARR, "a list")?;
+        let s = self.values()?.arr_pop(self.slot).map_err(js)?;
+        opt(&self.cell, s)
+    }
+
+    // ---- typed arrays ------------------------------------------------------
+
+    /// Element type code (shmtools_core::value::Elem) of a typed array.
+    #[napi(catch_unwind)]
+    pub fn elem_type(&self) -> Result<u32> {
+        self.expect(T_TYPED, "a typed array")?;
+        Ok(self.values()?.typed_info(self.slot).map_err(js)?.0 as u32)
+    }
+
+    /// An ArrayBuffer over the array's bytes in the region: no copy. It keeps
+    /// the mapping alive; the facade detaches it when the handle is released.
+    #[napi(catch_unwind)]
+    pub fn view<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
+        self.expect(T_TYPED, "a typed array")?;
+        let v = self.values()?;
+        let (off, n) = v.data(self.slot).map_err(js)?;
+        if n == 0 {
+            return ArrayBuffer::from_data(env, Vec::<u8>::new());
+        }
+        let ptr = v.pool().span().ptr_at(off, n).map_err(js)?;
+        let keep = self.cell.clone();
+        // SAFETY: `ptr..ptr+n` lies inside the live mapping (checked by
+        // ptr_at) and the mapping stays mapped while `keep` (an Arc of it) is
+        // alive, which the finalizer holds until V8 drops the buffer.
+        let ab = unsafe {
+            ArrayBuffer::from_external(env, ptr, n as usize, keep, |_env, keep| drop(keep))
+        }?;
+        if ab.as_ptr() != ptr.cast_const() {
+            // The runtime refused external memory and napi-rs copied instead:
+            // a copy would silently diverge from the region. Say so.
+            return Err(err(
+                ErrorCode::InvalidState,
+                "this JavaScript runtime does not allow views of external memory (Electron?); use toJS() to copy values out",
+            ));
+        }
+        Ok(ab)
+    }
+
+    /// Detach a view made by view(), so reads through it fail instead of
+    /// seeing freed memory.
+    #[napi(catch_unwind)]
+    pub fn detach_view(&self, buffer: ArrayBuffer) -> Result<()> {
+        buffer.detach()
+    }
+}
+
+impl Drop for NativeValue {
+    fn drop(&mut self) {
+        // The GC safety net: a handle never released explicitly gives its
+        // reference back when V8 collects it.
+        if !self.released {
+            self.released = true;
+            if let Ok(v) = self.cell.region.values() {
+                let _ = v.release(self.slot);
+            }
+        }
+    }
+}

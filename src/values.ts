@@ -1,0 +1,434 @@
+/**
+ * Shared values: handles to Tabs, Arrs and typed arrays that live in a
+ * region, each owning one cross-process reference.
+ *
+ * A Tab handle is a Proxy, so `t.a = 'hello'` stores into shared memory the way
+ * the seed's `v["a"] = "hello"` does; an Arr handle likewise by index. Reading
+ * gives JS primitives for scalars and strings, and new handles for nested
+ * containers. The last release (explicit `release()`/`using`, or the GC as a
+ * safety net) frees the value in whichever process drops it.
+ */
+import { inspect } from 'node:util'
+
+import type { NativeValue } from '../binding'
+import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
+import type { Pool, Region } from './region'
+import { decode, ELEM_CTORS, encode, type RefSource, type SharedTypedArray } from './wire'
+
+/** Every live handle, by the object users hold (proxy or SharedTyped). */
+const handles = new WeakMap<object, Handle>()
+
+const refOf = (v: object): RefSource | undefined => handles.get(v)
+
+/** Where a value lives, and the native reference it owns. */
+class Handle implements RefSource {
+  #views: ArrayBuffer[] = []
+  constructor(
+    readonly region: Region,
+    readonly native: NativeValue,
+  ) {}
+
+  get regionKey(): string {
+    return this.native.regionKey
+  }
+
+  get released(): boolean {
+    return this.native.released
+  }
+
+  live(): NativeValue {
+    if (this.native.released) {
+      throw new ShmError(ErrorCodes.CLOSED, 'this shared value was released; take a new handle to use it')
+    }
+    return this.native
+  }
+
+  refOffset(regionKey: string): number {
+    const n = this.live()
+    if (n.regionKey !== regionKey) {
+      throw new ShmArgumentError(
+        'a shared value from another region cannot be stored here; copy it with toJS() first',
+      )
+    }
+    return n.offset
+  }
+
+  keepView(ab: ArrayBuffer): void {
+    this.#views.push(ab)
+  }
+
+  release(): void {
+    if (this.native.released) return
+    for (const ab of this.#views) native(() => this.native.detachView(ab))
+    this.#views = []
+    native(() => this.native.release())
+  }
+}
+
+/** Encode a JS value for storing into `region` (handles become references). */
+export function encodeFor(region: Region, value: unknown): Buffer {
+  return encode(value, region.regionKey(), refOf)
+}
+
+/** Turn what the binding returns for a value into its JS face. */
+export function wrap(region: Region, v: NativeValue | Buffer): unknown {
+  if (Buffer.isBuffer(v)) return decode(v)
+  const h = new Handle(region, v)
+  switch (v.kind) {
+    case 'tab':
+      return makeTab(h)
+    case 'arr':
+      return makeArr(h)
+    case 'typed':
+      return new SharedTyped(h)
+    default:
+      // Strings, bytes and big integers come back by value (see the binding).
+      h.release()
+      throw new ShmError(ErrorCodes.CORRUPT, `unexpected shared value kind ${v.kind}`)
+  }
+}
+
+/** Methods every handle has. */
+export interface SharedHandle {
+  /** Deep copy into plain JS values. */
+  toJS(): unknown
+  /** Give this handle's reference back now; using the handle afterwards is ERR_SHM_CLOSED. */
+  release(): void
+  /** Cross-process reference count of the value (this handle included). */
+  readonly refCount: number
+  /** Offset of the value in its region: the same in every process (see Region.valueAt). */
+  readonly offset: number
+  readonly released: boolean
+  [Symbol.dispose](): void
+}
+
+export interface TabMethods extends SharedHandle {
+  get(key: string): unknown
+  set(key: string, value: unknown): this
+  delete(key: string): boolean
+  has(key: string): boolean
+  keys(): string[]
+  values(): unknown[]
+  entries(): [string, unknown][]
+  readonly size: number
+  toJS(): Record<string, unknown>
+  toJSON(): Record<string, unknown>
+  [Symbol.iterator](): IterableIterator<[string, unknown]>
+}
+
+/**
+ * A shared Tab: property access reads and writes shared memory. Keys that are
+ * also method names (get, set, keys, size, toJS, ...) are reached with
+ * `t.get(key)` / `t.set(key, v)`.
+ */
+export type SharedTab = TabMethods & { [key: string]: any }
+
+export interface ArrMethods extends SharedHandle {
+  readonly length: number
+  get(index: number): unknown
+  set(index: number, value: unknown): this
+  push(...values: unknown[]): number
+  pop(): unknown
+  at(index: number): unknown
+  values(): IterableIterator<unknown>
+  entries(): IterableIterator<[number, unknown]>
+  toJS(): unknown[]
+  toJSON(): unknown[]
+  [Symbol.iterator](): IterableIterator<unknown>
+}
+
+/** A shared Arr: index access, length, push/pop and iteration on shared memory. */
+export type SharedArr = ArrMethods & { [index: number]: any }
+
+function common(h: Handle, toJS: () => unknown) {
+  return {
+    toJS,
+    toJSON: toJS,
+    release: () => h.release(),
+    [Symbol.dispose]: () => h.release(),
+    get refCount(): number {
+      return native(() => h.live().refCount())
+    },
+    get offset(): number {
+      return h.live().offset
+    },
+    get released(): boolean {
+      return h.released
+    },
+  }
+}
+
+function makeTab(h: Handle): SharedTab {
+  const get = (k: string) => {
+    const v = native(() => h.live().tabGet(String(k)))
+    return v === null || v === undefined ? undefined : wrap(h.region, v)
+  }
+  const set = (k: string, value: unknown) => {
+    const wire = encodeFor(h.region, value)
+    native(() => h.live().tabSet(String(k), wire))
+  }
+  const keys = () => native(() => h.live().tabKeys())
+  const entries = (): [string, unknown][] => {
+    const out: [string, unknown][] = []
+    for (const k of keys()) {
+      const v = native(() => h.live().tabGet(k))
+      if (v !== null && v !== undefined) out.push([k, wrap(h.region, v)])
+    }
+    return out
+  }
+  const toJS = () => decode(native(() => h.live().toWire())) as Record<string, unknown>
+  const methods: TabMethods = Object.defineProperties(
+    {
+      get,
+      set(k: string, v: unknown) {
+        set(k, v)
+        return proxy
+      },
+      delete: (k: string) => native(() => h.live().tabDelete(String(k))),
+      has: (k: string) => native(() => h.live().tabHas(String(k))),
+      keys,
+      values: () => entries().map(([, v]) => v),
+      entries,
+      [Symbol.iterator]: () => entries()[Symbol.iterator](),
+    } as unknown as TabMethods,
+    {
+      ...Object.getOwnPropertyDescriptors(common(h, toJS)),
+      size: { get: () => native(() => h.live().tabLen()), enumerable: false },
+    },
+  )
+  const target = Object.create(null)
+  Object.defineProperty(target, inspect.custom, {
+    value: (depth: number, opts: object) => (h.released ? 'SharedTab <released>' : `SharedTab ${inspect(toJS(), opts)}`),
+    configurable: true,
+  })
+  const proxy: SharedTab = new Proxy(target, {
+    get(_t, key) {
+      if (typeof key === 'symbol' || key in methods) return (methods as any)[key]
+      return get(key)
+    },
+    set(_t, key, value) {
+      if (typeof key === 'symbol') return false
+      set(key, value)
+      return true
+    },
+    deleteProperty(_t, key) {
+      if (typeof key === 'symbol') return false
+      native(() => h.live().tabDelete(key))
+      return true
+    },
+    has(_t, key) {
+      if (typeof key === 'symbol') return false
+      return native(() => h.live().tabHas(key))
+    },
+    ownKeys: () => keys(),
+    getOwnPropertyDescriptor(_t, key) {
+      if (typeof key === 'symbol' || !native(() => h.live().tabHas(key))) return undefined
+      return { value: get(key), writable: true, enumerable: true, configurable: true }
+    },
+    defineProperty(_t, key, desc) {
+      if (typeof key === 'symbol' || !('value' in desc)) return false
+      set(key, desc.value)
+      return true
+    },
+  })
+  handles.set(proxy, h)
+  return proxy
+}
+
+const INDEX = /^(0|[1-9]\d*)$/
+
+function makeArr(h: Handle): SharedArr {
+  const len = () => native(() => h.live().arrLen())
+  const get = (i: number) => {
+    const v = native(() => h.live().arrGet(i))
+    return v === null || v === undefined ? undefined : wrap(h.region, v)
+  }
+  const checkIndex = (i: number) => {
+    if (!Number.isInteger(i) || i < 0 || i > 0xffffffff) throw new ShmArgumentError(`list index must be an integer >= 0, got ${i}`)
+    return i
+  }
+  const set = (i: number, value: unknown) => {
+    const wire = encodeFor(h.region, value)
+    native(() => h.live().arrSet(checkIndex(i), wire))
+  }
+  function* values(): IterableIterator<unknown> {
+    for (let i = 0; i < len(); i++) yield get(i)
+  }
+  function* entries(): IterableIterator<[number, unknown]> {
+    for (let i = 0; i < len(); i++) yield [i, get(i)]
+  }
+  const toJS = () => decode(native(() => h.live().toWire())) as unknown[]
+  const methods: ArrMethods = Object.defineProperties(
+    {
+      get: (i: number) => get(checkIndex(i)),
+      set(i: number, v: unknown) {
+        set(i, v)
+        return proxy
+      },
+      push(...vs: unknown[]) {
+        let n = len()
+        for (const v of vs) {
+          const wire = encodeFor(h.region, v)
+          n = native(() => h.live().arrPush(wire))
+        }
+        return n
+      },
+      pop() {
+        const v = native(() => h.live().arrPop())
+        return v === null || v === undefined ? undefined : wrap(h.region, v)
+      },
+      at(i: number) {
+        const n = len()
+        const j = Math.trunc(i) < 0 ? n + Math.trunc(i) : Math.trunc(i)
+        return j >= 0 && j < n ? get(j) : undefined
+      },
+      values,
+      entries,
+      [Symbol.iterator]: values,
+    } as unknown as ArrMethods,
+    {
+      ...Object.getOwnPropertyDescriptors(common(h, toJS)),
+      length: { get: len, enumerable: false },
+    },
+  )
+  const target = Object.create(null)
+  Object.defineProperty(target, inspect.custom, {
+    value: (depth: number, opts: object) => (h.released ? 'SharedArr <released>' : `SharedArr ${inspect(toJS(), opts)}`),
+    configurable: true,
+  })
+  const proxy: SharedArr = new Proxy(target, {
+    get(_t, key) {
+      if (typeof key === 'string' && INDEX.test(key)) return get(Number(key))
+      return (methods as any)[key]
+    },
+    set(_t, key, value) {
+      if (typeof key !== 'string' || !INDEX.test(key)) {
+        throw new ShmArgumentError(`only indexes can be set on a shared list, not ${String(key)}`)
+      }
+      set(Number(key), value)
+      return true
+    },
+    has(_t, key) {
+      return typeof key === 'string' && INDEX.test(key) && Number(key) < len()
+    },
+    ownKeys: () => Array.from({ length: len() }, (_, i) => String(i)),
+    getOwnPropertyDescriptor(_t, key) {
+      if (typeof key !== 'string' || !INDEX.test(key) || Number(key) >= len()) return undefined
+      return { value: get(Number(key)), writable: true, enumerable: true, configurable: true }
+    },
+    deleteProperty() {
+      throw new ShmArgumentError('elements cannot be deleted from a shared list (holes are not allowed); use pop()')
+    },
+  })
+  handles.set(proxy, h)
+  return proxy
+}
+
+/** A shared typed array: `view()` is a TypedArray directly over the region. */
+export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implements SharedHandle {
+  readonly #h: Handle
+  #view: T | undefined
+
+  /** @internal */
+  constructor(h: Handle) {
+    this.#h = h
+    handles.set(this, h)
+  }
+
+  /** The element constructor's name, e.g. 'Float64Array'. */
+  get elementType(): string {
+    const Ctor = ELEM_CTORS[native(() => this.#h.live().elemType())]
+    return Ctor ? Ctor.name : 'unknown'
+  }
+
+  get length(): number {
+    return this.view().length
+  }
+
+  /**
+   * A TypedArray over the shared bytes: no copy; writes are seen by every
+   * process. Valid until this handle is released; then it is detached
+   * (length 0), never a window on freed memory.
+   */
+  view(): T {
+    if (this.#view === undefined || this.#view.buffer.byteLength === 0) {
+      const n = this.#h.live()
+      const Ctor = ELEM_CTORS[native(() => n.elemType())]
+      if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
+      const ab = native(() => n.view())
+      if (ab.byteLength > 0) this.#h.keepView(ab)
+      this.#view = new Ctor(ab) as T
+    }
+    return this.#view
+  }
+
+  toJS(): T {
+    return decode(native(() => this.#h.live().toWire())) as T
+  }
+
+  toJSON(): unknown {
+    return Array.from(this.toJS() as ArrayLike<unknown>, (x) => (typeof x === 'bigint' ? x.toString() : x))
+  }
+
+  release(): void {
+    this.#view = undefined
+    this.#h.release()
+  }
+
+  [Symbol.dispose](): void {
+    this.release()
+  }
+
+  get refCount(): number {
+    return native(() => this.#h.live().refCount())
+  }
+
+  get offset(): number {
+    return this.#h.live().offset
+  }
+
+  get released(): boolean {
+    return this.#h.released
+  }
+
+  [inspect.custom](_depth: number, opts: object): string {
+    return this.released ? 'SharedTyped <released>' : `SharedTyped ${inspect(this.view(), opts)}`
+  }
+}
+
+type Primitive = null | undefined | boolean | number | bigint | string
+
+/**
+ * The seed's `Shared(pool, value)`: deep-copy a JS value into the pool and
+ * return a handle owning one reference. Objects become SharedTab, arrays
+ * SharedArr, typed arrays SharedTyped; a Buffer comes back as a copy (bytes
+ * have no shared identity); primitives are returned as they are (they are
+ * copied in wherever they are stored). A handle of the same region gives a
+ * second handle to the same value (no copy).
+ */
+export function Shared(pool: Pool, value: Record<string, unknown>): SharedTab
+export function Shared(pool: Pool, value: unknown[]): SharedArr
+export function Shared<T extends SharedTypedArray>(pool: Pool, value: T): SharedTyped<T>
+export function Shared<T extends Primitive>(pool: Pool, value: T): T
+export function Shared(pool: Pool, value: unknown): unknown
+export function Shared(pool: Pool, value: unknown): unknown {
+  const region = pool.region()
+  if (typeof value !== 'object' || value === null) {
+    if (typeof value === 'function' || typeof value === 'symbol') encodeFor(region, value) // throws the right error
+    return value
+  }
+  const existing = handles.get(value)
+  if (existing) {
+    existing.refOffset(region.regionKey()) // same region, still live
+    return wrap(region, native(() => existing.live().duplicate()))
+  }
+  const wire = encodeFor(region, value)
+  return wrap(region, native(() => region.native().store(wire)))
+}
+
+/** True only when `value` is a live shared handle whose value lives in `pool`. */
+export function isSHM(value: unknown, pool: Pool): boolean {
+  if (typeof value !== 'object' || value === null) return false
+  const h = handles.get(value)
+  return h !== undefined && !h.released && h.regionKey === pool.region().regionKey()
+}

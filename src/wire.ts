@@ -1,0 +1,423 @@
+/**
+ * The wire format shared with the core (crates/shmtools-core/src/value/wire.rs):
+ * a JS value is encoded into one Buffer in one pass here and handed to native
+ * code in a single call, instead of walking the object property by property
+ * through N-API. Decoding is the mirror image.
+ */
+import { ErrorCodes, ShmError } from './errors'
+
+export const T_NONE = 1
+export const T_BOOL = 2
+export const T_INT = 3
+export const T_UINT = 4
+export const T_F64 = 5
+export const T_F32 = 6
+export const T_STR = 7
+export const T_BYTES = 8
+export const T_BIGINT = 9
+export const T_TAB = 10
+export const T_ARR = 11
+export const T_TYPED = 12
+export const T_REF = 13
+
+export const MAX_DEPTH = 256
+
+/** Typed-array constructors by element code (the core's `Elem`). */
+export const ELEM_CTORS = [
+  undefined,
+  Int8Array,
+  Uint8Array,
+  Int16Array,
+  Uint16Array,
+  Int32Array,
+  Uint32Array,
+  BigInt64Array,
+  BigUint64Array,
+  Float32Array,
+  Float64Array,
+] as const
+
+export type SharedTypedArray =
+  | Int8Array
+  | Uint8Array
+  | Int16Array
+  | Uint16Array
+  | Int32Array
+  | Uint32Array
+  | BigInt64Array
+  | BigUint64Array
+  | Float32Array
+  | Float64Array
+
+function elemCode(v: ArrayBufferView): number {
+  // Exact prototypes only: a Uint8ClampedArray or a subclass is refused by
+  // the caller rather than silently changed into something else.
+  switch (Object.getPrototypeOf(v)) {
+    case Int8Array.prototype: return 1
+    case Uint8Array.prototype: return 2
+    case Int16Array.prototype: return 3
+    case Uint16Array.prototype: return 4
+    case Int32Array.prototype: return 5
+    case Uint32Array.prototype: return 6
+    case BigInt64Array.prototype: return 7
+    case BigUint64Array.prototype: return 8
+    case Float32Array.prototype: return 9
+    case Float64Array.prototype: return 10
+    default: return 0
+  }
+}
+
+/** A value that is already shared: encoded as a reference, not copied. */
+export interface RefSource {
+  /** The object's offset if it may be referenced from `regionKey`; throws otherwise. */
+  refOffset(regionKey: string): number
+}
+
+/** Returns the RefSource behind a shared handle (proxy or typed handle), if any. */
+export type RefLookup = (v: object) => RefSource | undefined
+
+/** Thrown for values that cannot be stored (a TypeError, like Node's own). */
+export class ShmUnsupportedError extends TypeError {
+  readonly code = ErrorCodes.UNSUPPORTED
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = 'ShmUnsupportedError'
+  }
+}
+
+const TWO32 = 2 ** 32
+
+class Encoder {
+  buf = Buffer.allocUnsafe(256)
+  view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength)
+  pos = 0
+  readonly path: unknown[] = []
+  readonly seen = new Set<object>()
+
+  constructor(
+    readonly regionKey: string,
+    readonly refOf: RefLookup,
+  ) {}
+
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return
+    let size = this.buf.length * 2
+    while (size < this.pos + n) size *= 2
+    const next = Buffer.allocUnsafe(size)
+    this.buf.copy(next, 0, 0, this.pos)
+    this.buf = next
+    this.view = new DataView(next.buffer, next.byteOffset, next.byteLength)
+  }
+
+  u8(v: number): void {
+    this.ensure(1)
+    this.buf[this.pos++] = v
+  }
+
+  u32(v: number): void {
+    this.ensure(4)
+    this.view.setUint32(this.pos, v, true)
+    this.pos += 4
+  }
+
+  len(n: number, what: string): void {
+    if (n > 0xffffffff) throw this.fail(`${what} is too long to share (more than 2^32-1 items)`)
+    this.u32(n)
+  }
+
+  fail(message: string, cause?: unknown): ShmUnsupportedError {
+    const where = this.path.length ? ` at ${this.path.map((p) => `[${JSON.stringify(String(p))}]`).join('')}` : ''
+    return new ShmUnsupportedError(`${message}${where}`, { cause })
+  }
+
+  string(tag: number, s: string): void {
+    if (!s.isWellFormed()) throw this.fail('a string with a lone surrogate cannot be stored as UTF-8')
+    this.ensure(5 + s.length * 3)
+    this.buf[this.pos] = tag
+    const n = this.buf.write(s, this.pos + 5, 'utf8')
+    this.view.setUint32(this.pos + 1, n, true)
+    this.pos += 5 + n
+  }
+
+  key(k: string): void {
+    // JavaScript keys are strings; the core keeps them as string keys.
+    this.string(T_STR, k)
+  }
+
+  number(n: number): void {
+    this.ensure(9)
+    if (Number.isSafeInteger(n) && !Object.is(n, -0)) {
+      this.buf[this.pos] = T_INT
+      this.view.setUint32(this.pos + 1, n >>> 0, true)
+      this.view.setInt32(this.pos + 5, Math.floor(n / TWO32), true)
+    } else {
+      this.buf[this.pos] = T_F64
+      this.view.setFloat64(this.pos + 1, n, true)
+    }
+    this.pos += 9
+  }
+
+  bigint(b: bigint): void {
+    const neg = b < 0n
+    let hex = (neg ? -b : b).toString(16)
+    if (hex === '0') hex = ''
+    if (hex.length % 2) hex = '0' + hex
+    const n = hex.length / 2
+    this.ensure(6 + n)
+    this.buf[this.pos] = T_BIGINT
+    this.buf[this.pos + 1] = neg ? 1 : 0
+    this.view.setUint32(this.pos + 2, n, true)
+    // little-endian magnitude: last hex pair first
+    for (let i = 0; i < n; i++) {
+      const at = hex.length - 2 * (i + 1)
+      this.buf[this.pos + 6 + i] = parseInt(hex.slice(at, at + 2), 16)
+    }
+    this.pos += 6 + n
+  }
+
+  bytes(tag: number, code: number, v: ArrayBufferView): void {
+    const raw = new Uint8Array(v.buffer, v.byteOffset, v.byteLength)
+    if (tag === T_BYTES) {
+      this.ensure(5 + raw.length)
+      this.buf[this.pos] = T_BYTES
+      this.view.setUint32(this.pos + 1, raw.length, true)
+      this.buf.set(raw, this.pos + 5)
+      this.pos += 5 + raw.length
+    } else {
+      const count = raw.length / ELEM_CTORS[code]!.BYTES_PER_ELEMENT
+      if (count > 0xffffffff) throw this.fail('a typed array longer than 2^32-1 elements cannot be shared')
+      this.ensure(6 + raw.length)
+      this.buf[this.pos] = T_TYPED
+      this.buf[this.pos + 1] = code
+      this.view.setUint32(this.pos + 2, count, true)
+      this.buf.set(raw, this.pos + 6)
+      this.pos += 6 + raw.length
+    }
+  }
+
+  value(v: unknown, depth: number): void {
+    switch (typeof v) {
+      case 'number':
+        return this.number(v)
+      case 'string':
+        return this.string(T_STR, v)
+      case 'boolean':
+        this.ensure(2)
+        this.buf[this.pos++] = T_BOOL
+        this.buf[this.pos++] = v ? 1 : 0
+        return
+      case 'bigint':
+        return this.bigint(v)
+      case 'undefined':
+        return this.u8(T_NONE)
+      case 'object':
+        if (v === null) return this.u8(T_NONE)
+        return this.object(v, depth)
+      case 'function':
+        throw this.fail('a function cannot be shared')
+      case 'symbol':
+        throw this.fail('a symbol cannot be shared')
+    }
+  }
+
+  object(v: object, depth: number): void {
+    const ref = this.refOf(v)
+    if (ref) {
+      let off: number
+      try {
+        off = ref.refOffset(this.regionKey)
+      } catch (e) {
+        if (e instanceof ShmError) throw e
+        throw this.fail(String((e as Error).message), e)
+      }
+      this.ensure(9)
+      this.buf[this.pos] = T_REF
+      this.view.setUint32(this.pos + 1, off % TWO32, true)
+      this.view.setUint32(this.pos + 5, Math.floor(off / TWO32), true)
+      this.pos += 9
+      return
+    }
+    if (depth >= MAX_DEPTH) throw this.fail(`values nest deeper than ${MAX_DEPTH} levels`)
+    if (ArrayBuffer.isView(v)) {
+      if (Buffer.isBuffer(v)) return this.bytes(T_BYTES, 0, v)
+      const code = elemCode(v)
+      if (code === 0) {
+        throw this.fail(`${v.constructor?.name ?? 'this view'} cannot be shared: use a Buffer, or one of Int8..Float64Array`)
+      }
+      return this.bytes(T_TYPED, code, v)
+    }
+    if (this.seen.has(v)) throw this.fail('a value that contains itself (a cycle) cannot be shared')
+    const proto = Object.getPrototypeOf(v)
+    this.seen.add(v)
+    try {
+      if (Array.isArray(v) && proto === Array.prototype) {
+        this.u8(T_ARR)
+        this.len(v.length, 'an array')
+        for (let i = 0; i < v.length; i++) {
+          this.path.push(i)
+          this.value(this.read(v, i), depth + 1)
+          this.path.pop()
+        }
+        return
+      }
+      if (proto !== Object.prototype && proto !== null) {
+        const what = (v as { constructor?: { name?: string } }).constructor?.name ?? 'this object'
+        throw this.fail(`${what} cannot be shared: only plain objects, arrays, Buffers, typed arrays and primitives can`)
+      }
+      if (Object.getOwnPropertySymbols(v).some((s) => Object.prototype.propertyIsEnumerable.call(v, s))) {
+        throw this.fail('an object with symbol keys cannot be shared')
+      }
+      const keys = Object.keys(v)
+      this.u8(T_TAB)
+      this.len(keys.length, 'an object')
+      for (const k of keys) {
+        this.path.push(k)
+        this.key(k)
+        this.value(this.read(v, k), depth + 1)
+        this.path.pop()
+      }
+    } finally {
+      this.seen.delete(v)
+    }
+  }
+
+  read(o: object, k: string | number): unknown {
+    try {
+      return (o as Record<string | number, unknown>)[k]
+    } catch (e) {
+      throw this.fail(`reading this property threw (${(e as Error)?.message ?? e})`, e)
+    }
+  }
+}
+
+/**
+ * Encode `v` for the region identified by `regionKey`. Shared handles of that
+ * region become references; anything else is copied.
+ */
+export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer {
+  const e = new Encoder(regionKey, refOf)
+  e.value(v, 0)
+  return e.buf.subarray(0, e.pos)
+}
+
+/** Decode wire bytes into plain JS values (a deep copy). */
+export function decode(buf: Buffer): unknown {
+  const d = new Decoder(buf)
+  const v = d.value()
+  if (d.pos !== buf.length) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
+  return v
+}
+
+class Decoder {
+  pos = 0
+  readonly view: DataView
+  constructor(readonly buf: Buffer) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  }
+
+  need(n: number): void {
+    if (this.pos + n > this.buf.length) throw new ShmError(ErrorCodes.CORRUPT, 'a shared value ends too early')
+  }
+
+  u32(): number {
+    this.need(4)
+    const v = this.view.getUint32(this.pos, true)
+    this.pos += 4
+    return v
+  }
+
+  value(): unknown {
+    this.need(1)
+    const tag = this.buf[this.pos++]
+    switch (tag) {
+      case T_NONE:
+        return null
+      case T_BOOL:
+        this.need(1)
+        return this.buf[this.pos++] !== 0
+      case T_INT: {
+        this.need(8)
+        const lo = this.view.getUint32(this.pos, true)
+        const hi = this.view.getInt32(this.pos + 4, true)
+        this.pos += 8
+        if (hi >= -0x200000 && hi < 0x200000) return hi * TWO32 + lo
+        return (BigInt(hi) << 32n) | BigInt(lo)
+      }
+      case T_UINT: {
+        this.need(8)
+        const lo = this.view.getUint32(this.pos, true)
+        const hi = this.view.getUint32(this.pos + 4, true)
+        this.pos += 8
+        if (hi < 0x200000) return hi * TWO32 + lo
+        return (BigInt(hi) << 32n) | BigInt(lo)
+      }
+      case T_F64: {
+        this.need(8)
+        const v = this.view.getFloat64(this.pos, true)
+        this.pos += 8
+        return v
+      }
+      case T_F32: {
+        this.need(4)
+        const v = this.view.getFloat32(this.pos, true)
+        this.pos += 4
+        return v
+      }
+      case T_STR: {
+        const n = this.u32()
+        this.need(n)
+        const s = this.buf.toString('utf8', this.pos, this.pos + n)
+        this.pos += n
+        return s
+      }
+      case T_BYTES: {
+        const n = this.u32()
+        this.need(n)
+        const b = Buffer.from(this.buf.subarray(this.pos, this.pos + n))
+        this.pos += n
+        return b
+      }
+      case T_BIGINT: {
+        this.need(1)
+        const neg = this.buf[this.pos++] !== 0
+        const n = this.u32()
+        this.need(n)
+        let hex = ''
+        for (let i = n - 1; i >= 0; i--) hex += this.buf[this.pos + i].toString(16).padStart(2, '0')
+        this.pos += n
+        const mag = hex ? BigInt('0x' + hex) : 0n
+        return neg ? -mag : mag
+      }
+      case T_TAB: {
+        const n = this.u32()
+        const o: Record<string, unknown> = {}
+        for (let i = 0; i < n; i++) {
+          const k = this.value()
+          o[String(k)] = this.value()
+        }
+        return o
+      }
+      case T_ARR: {
+        const n = this.u32()
+        const a = new Array(n)
+        for (let i = 0; i < n; i++) a[i] = this.value()
+        return a
+      }
+      case T_TYPED: {
+        this.need(1)
+        const code = this.buf[this.pos++]
+        const Ctor = ELEM_CTORS[code]
+        if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, `unknown typed-array element type ${code}`)
+        const count = this.u32()
+        const bytes = count * Ctor.BYTES_PER_ELEMENT
+        this.need(bytes)
+        const copy = new Uint8Array(bytes)
+        copy.set(this.buf.subarray(this.pos, this.pos + bytes))
+        this.pos += bytes
+        return new Ctor(copy.buffer)
+      }
+      default:
+        throw new ShmError(ErrorCodes.CORRUPT, `unknown value tag ${tag}`)
+    }
+  }
+}
