@@ -10,6 +10,10 @@
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
 export declare class NativeRegion {
+  /** Benchmark candidate: store a value napi-rs read property by property. */
+  benchStoreWalk(value: Json): NativeValue | Buffer
+  /** Benchmark candidate: store a value given as JSON text. */
+  benchStoreJson(json: string): NativeValue | Buffer
   /**
    * Identity of the mapped object ("dev:inode"): equal for every mapping of
    * one region, in any process.
@@ -47,6 +51,10 @@ export declare class NativeRegion {
 }
 
 export declare class NativeValue {
+  /** Benchmark candidate: deep copy out as a JS value built through N-API. */
+  benchLoadWalk(): Json
+  /** Benchmark candidate: deep copy out as JSON text. */
+  benchLoadJson(): string
   /** "tab" | "arr" | "str" | "bytes" | "bigint" | "typed" */
   get kind(): string
   /** Offset of the object in its region (the same in every process). */

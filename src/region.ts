@@ -101,6 +101,7 @@ export class Region {
   readonly name: string
   #native: NativeRegion | undefined
   #pool: Pool
+  #key: string | undefined
 
   /** @internal */
   constructor(name: string, handle: NativeRegion) {
@@ -123,7 +124,8 @@ export class Region {
 
   /** Identity of the mapped object ("dev:inode"): the same for every mapping of this region. */
   regionKey(): string {
-    return native(() => this.native().regionKey())
+    this.#key ??= native(() => this.native().regionKey())
+    return this.#key
   }
 
   /**

@@ -140,186 +140,243 @@ export interface ArrMethods extends SharedHandle {
 /** A shared Arr: index access, length, push/pop and iteration on shared memory. */
 export type SharedArr = ArrMethods & { [index: number]: any }
 
-function common(h: Handle, toJS: () => unknown) {
-  return {
-    toJS,
-    toJSON: toJS,
-    release: () => h.release(),
-    [Symbol.dispose]: () => h.release(),
-    get refCount(): number {
-      return native(() => h.live().refCount())
-    },
-    get offset(): number {
-      return h.live().offset
-    },
-    get released(): boolean {
-      return h.released
-    },
-  }
+/** The handle behind a proxy (or its target), or ERR_SHM_CLOSED-like failure. */
+function hOf(self: object): Handle {
+  const h = handles.get(self)
+  if (h === undefined) throw new ShmError(ErrorCodes.INVALID_ARG, 'not a shared value handle')
+  return h
 }
 
-function makeTab(h: Handle): SharedTab {
-  const get = (k: string) => {
-    const v = native(() => h.live().tabGet(String(k)))
-    return v === null || v === undefined ? undefined : wrap(h.region, v)
+function getOut(h: Handle, v: NativeValue | Buffer | null | undefined): unknown {
+  return v === null || v === undefined ? undefined : wrap(h.region, v)
+}
+
+/**
+ * The target of every SharedTab proxy. Its methods live on the prototype
+ * (one copy for all tables) and find their handle through `handles`, so
+ * making a handle costs one object, one Proxy and two map entries.
+ */
+class TabCore {
+  get(key: string): unknown {
+    const h = hOf(this)
+    return getOut(h, native(() => h.live().tabGet(String(key))))
   }
-  const set = (k: string, value: unknown) => {
+  set(key: string, value: unknown): this {
+    const h = hOf(this)
     const wire = encodeFor(h.region, value)
-    native(() => h.live().tabSet(String(k), wire))
+    native(() => h.live().tabSet(String(key), wire))
+    return this
   }
-  const keys = () => native(() => h.live().tabKeys())
-  const entries = (): [string, unknown][] => {
+  delete(key: string): boolean {
+    const h = hOf(this)
+    return native(() => h.live().tabDelete(String(key)))
+  }
+  has(key: string): boolean {
+    const h = hOf(this)
+    return native(() => h.live().tabHas(String(key)))
+  }
+  keys(): string[] {
+    const h = hOf(this)
+    return native(() => h.live().tabKeys())
+  }
+  entries(): [string, unknown][] {
+    const h = hOf(this)
     const out: [string, unknown][] = []
-    for (const k of keys()) {
+    for (const k of this.keys()) {
       const v = native(() => h.live().tabGet(k))
       if (v !== null && v !== undefined) out.push([k, wrap(h.region, v)])
     }
     return out
   }
-  const toJS = () => decode(native(() => h.live().toWire())) as Record<string, unknown>
-  const methods: TabMethods = Object.defineProperties(
-    {
-      get,
-      set(k: string, v: unknown) {
-        set(k, v)
-        return proxy
-      },
-      delete: (k: string) => native(() => h.live().tabDelete(String(k))),
-      has: (k: string) => native(() => h.live().tabHas(String(k))),
-      keys,
-      values: () => entries().map(([, v]) => v),
-      entries,
-      [Symbol.iterator]: () => entries()[Symbol.iterator](),
-    } as unknown as TabMethods,
-    {
-      ...Object.getOwnPropertyDescriptors(common(h, toJS)),
-      size: { get: () => native(() => h.live().tabLen()), enumerable: false },
-    },
-  )
-  const target = Object.create(null)
-  Object.defineProperty(target, inspect.custom, {
-    value: (depth: number, opts: object) => (h.released ? 'SharedTab <released>' : `SharedTab ${inspect(toJS(), opts)}`),
-    configurable: true,
-  })
-  const proxy: SharedTab = new Proxy(target, {
-    get(_t, key) {
-      if (typeof key === 'symbol' || key in methods) return (methods as any)[key]
-      return get(key)
-    },
-    set(_t, key, value) {
-      if (typeof key === 'symbol') return false
-      set(key, value)
-      return true
-    },
-    deleteProperty(_t, key) {
-      if (typeof key === 'symbol') return false
-      native(() => h.live().tabDelete(key))
-      return true
-    },
-    has(_t, key) {
-      if (typeof key === 'symbol') return false
-      return native(() => h.live().tabHas(key))
-    },
-    ownKeys: () => keys(),
-    getOwnPropertyDescriptor(_t, key) {
-      if (typeof key === 'symbol' || !native(() => h.live().tabHas(key))) return undefined
-      return { value: get(key), writable: true, enumerable: true, configurable: true }
-    },
-    defineProperty(_t, key, desc) {
-      if (typeof key === 'symbol' || !('value' in desc)) return false
-      set(key, desc.value)
-      return true
-    },
-  })
+  values(): unknown[] {
+    return this.entries().map(([, v]) => v)
+  }
+  get size(): number {
+    const h = hOf(this)
+    return native(() => h.live().tabLen())
+  }
+  [Symbol.iterator](): IterableIterator<[string, unknown]> {
+    return this.entries()[Symbol.iterator]()
+  }
+  toJS(): Record<string, unknown> {
+    const h = hOf(this)
+    return decode(native(() => h.live().toWire())) as Record<string, unknown>
+  }
+  toJSON(): Record<string, unknown> {
+    return this.toJS()
+  }
+  release(): void {
+    hOf(this).release()
+  }
+  [Symbol.dispose](): void {
+    hOf(this).release()
+  }
+  get refCount(): number {
+    const h = hOf(this)
+    return native(() => h.live().refCount())
+  }
+  get offset(): number {
+    return hOf(this).live().offset
+  }
+  get released(): boolean {
+    return hOf(this).released
+  }
+  [inspect.custom](_depth: number, opts: object): string {
+    return this.released ? 'SharedTab <released>' : `SharedTab ${inspect(this.toJS(), opts)}`
+  }
+}
+
+/** Names that are methods, not table keys (reach such keys with get/set). */
+const TAB_METHODS = new Set<string | symbol>(Reflect.ownKeys(TabCore.prototype))
+
+const tabHandler: ProxyHandler<TabCore> = {
+  get(t, key, receiver) {
+    if (typeof key === 'symbol' || TAB_METHODS.has(key)) return Reflect.get(t, key, receiver)
+    return t.get(key)
+  },
+  set(t, key, value) {
+    if (typeof key === 'symbol') return false
+    t.set(key, value)
+    return true
+  },
+  deleteProperty(t, key) {
+    if (typeof key === 'symbol') return false
+    t.delete(key)
+    return true
+  },
+  has(t, key) {
+    return typeof key !== 'symbol' && t.has(key)
+  },
+  ownKeys: (t) => t.keys(),
+  getOwnPropertyDescriptor(t, key) {
+    if (typeof key === 'symbol' || !t.has(key)) return undefined
+    return { value: t.get(key), writable: true, enumerable: true, configurable: true }
+  },
+  defineProperty(t, key, desc) {
+    if (typeof key === 'symbol' || !('value' in desc)) return false
+    t.set(key, desc.value)
+    return true
+  },
+}
+
+function makeTab(h: Handle): SharedTab {
+  const target = new TabCore()
+  const proxy = new Proxy(target, tabHandler) as unknown as SharedTab
+  handles.set(target, h)
   handles.set(proxy, h)
   return proxy
 }
 
 const INDEX = /^(0|[1-9]\d*)$/
 
-function makeArr(h: Handle): SharedArr {
-  const len = () => native(() => h.live().arrLen())
-  const get = (i: number) => {
-    const v = native(() => h.live().arrGet(i))
-    return v === null || v === undefined ? undefined : wrap(h.region, v)
+function checkIndex(i: number): number {
+  if (!Number.isInteger(i) || i < 0 || i > 0xffffffff) {
+    throw new ShmArgumentError(`list index must be an integer >= 0, got ${i}`)
   }
-  const checkIndex = (i: number) => {
-    if (!Number.isInteger(i) || i < 0 || i > 0xffffffff) throw new ShmArgumentError(`list index must be an integer >= 0, got ${i}`)
-    return i
+  return i
+}
+
+/** The target of every SharedArr proxy (see TabCore). */
+class ArrCore {
+  get length(): number {
+    const h = hOf(this)
+    return native(() => h.live().arrLen())
   }
-  const set = (i: number, value: unknown) => {
+  get(index: number): unknown {
+    const h = hOf(this)
+    return getOut(h, native(() => h.live().arrGet(checkIndex(index))))
+  }
+  set(index: number, value: unknown): this {
+    const h = hOf(this)
     const wire = encodeFor(h.region, value)
-    native(() => h.live().arrSet(checkIndex(i), wire))
+    native(() => h.live().arrSet(checkIndex(index), wire))
+    return this
   }
-  function* values(): IterableIterator<unknown> {
-    for (let i = 0; i < len(); i++) yield get(i)
+  push(...values: unknown[]): number {
+    const h = hOf(this)
+    let n = this.length
+    for (const v of values) {
+      const wire = encodeFor(h.region, v)
+      n = native(() => h.live().arrPush(wire))
+    }
+    return n
   }
-  function* entries(): IterableIterator<[number, unknown]> {
-    for (let i = 0; i < len(); i++) yield [i, get(i)]
+  pop(): unknown {
+    const h = hOf(this)
+    return getOut(h, native(() => h.live().arrPop()))
   }
-  const toJS = () => decode(native(() => h.live().toWire())) as unknown[]
-  const methods: ArrMethods = Object.defineProperties(
-    {
-      get: (i: number) => get(checkIndex(i)),
-      set(i: number, v: unknown) {
-        set(i, v)
-        return proxy
-      },
-      push(...vs: unknown[]) {
-        let n = len()
-        for (const v of vs) {
-          const wire = encodeFor(h.region, v)
-          n = native(() => h.live().arrPush(wire))
-        }
-        return n
-      },
-      pop() {
-        const v = native(() => h.live().arrPop())
-        return v === null || v === undefined ? undefined : wrap(h.region, v)
-      },
-      at(i: number) {
-        const n = len()
-        const j = Math.trunc(i) < 0 ? n + Math.trunc(i) : Math.trunc(i)
-        return j >= 0 && j < n ? get(j) : undefined
-      },
-      values,
-      entries,
-      [Symbol.iterator]: values,
-    } as unknown as ArrMethods,
-    {
-      ...Object.getOwnPropertyDescriptors(common(h, toJS)),
-      length: { get: len, enumerable: false },
-    },
-  )
-  const target = Object.create(null)
-  Object.defineProperty(target, inspect.custom, {
-    value: (depth: number, opts: object) => (h.released ? 'SharedArr <released>' : `SharedArr ${inspect(toJS(), opts)}`),
-    configurable: true,
-  })
-  const proxy: SharedArr = new Proxy(target, {
-    get(_t, key) {
-      if (typeof key === 'string' && INDEX.test(key)) return get(Number(key))
-      return (methods as any)[key]
-    },
-    set(_t, key, value) {
-      if (typeof key !== 'string' || !INDEX.test(key)) {
-        throw new ShmArgumentError(`only indexes can be set on a shared list, not ${String(key)}`)
-      }
-      set(Number(key), value)
-      return true
-    },
-    has(_t, key) {
-      return typeof key === 'string' && INDEX.test(key) && Number(key) < len()
-    },
-    ownKeys: () => Array.from({ length: len() }, (_, i) => String(i)),
-    getOwnPropertyDescriptor(_t, key) {
-      if (typeof key !== 'string' || !INDEX.test(key) || Number(key) >= len()) return undefined
-      return { value: get(Number(key)), writable: true, enumerable: true, configurable: true }
-    },
-    deleteProperty() {
-      throw new ShmArgumentError('elements cannot be deleted from a shared list (holes are not allowed); use pop()')
-    },
-  })
+  at(index: number): unknown {
+    const n = this.length
+    const i = Math.trunc(index)
+    const j = i < 0 ? n + i : i
+    return j >= 0 && j < n ? this.get(j) : undefined
+  }
+  *values(): IterableIterator<unknown> {
+    for (let i = 0; i < this.length; i++) yield this.get(i)
+  }
+  *entries(): IterableIterator<[number, unknown]> {
+    for (let i = 0; i < this.length; i++) yield [i, this.get(i)]
+  }
+  [Symbol.iterator](): IterableIterator<unknown> {
+    return this.values()
+  }
+  toJS(): unknown[] {
+    const h = hOf(this)
+    return decode(native(() => h.live().toWire())) as unknown[]
+  }
+  toJSON(): unknown[] {
+    return this.toJS()
+  }
+  release(): void {
+    hOf(this).release()
+  }
+  [Symbol.dispose](): void {
+    hOf(this).release()
+  }
+  get refCount(): number {
+    const h = hOf(this)
+    return native(() => h.live().refCount())
+  }
+  get offset(): number {
+    return hOf(this).live().offset
+  }
+  get released(): boolean {
+    return hOf(this).released
+  }
+  [inspect.custom](_depth: number, opts: object): string {
+    return this.released ? 'SharedArr <released>' : `SharedArr ${inspect(this.toJS(), opts)}`
+  }
+}
+
+const arrHandler: ProxyHandler<ArrCore> = {
+  get(t, key, receiver) {
+    if (typeof key === 'string' && INDEX.test(key)) return t.get(Number(key))
+    return Reflect.get(t, key, receiver)
+  },
+  set(t, key, value) {
+    if (typeof key !== 'string' || !INDEX.test(key)) {
+      throw new ShmArgumentError(`only indexes can be set on a shared list, not ${String(key)}`)
+    }
+    t.set(Number(key), value)
+    return true
+  },
+  has(t, key) {
+    return typeof key === 'string' && INDEX.test(key) && Number(key) < t.length
+  },
+  ownKeys: (t) => Array.from({ length: t.length }, (_, i) => String(i)),
+  getOwnPropertyDescriptor(t, key) {
+    if (typeof key !== 'string' || !INDEX.test(key) || Number(key) >= t.length) return undefined
+    return { value: t.get(Number(key)), writable: true, enumerable: true, configurable: true }
+  },
+  deleteProperty() {
+    throw new ShmArgumentError('elements cannot be deleted from a shared list (holes are not allowed); use pop()')
+  },
+}
+
+function makeArr(h: Handle): SharedArr {
+  const target = new ArrCore()
+  const proxy = new Proxy(target, arrHandler) as unknown as SharedArr
+  handles.set(target, h)
   handles.set(proxy, h)
   return proxy
 }

@@ -94,10 +94,18 @@ class Encoder {
   readonly path: unknown[] = []
   readonly seen = new Set<object>()
 
-  constructor(
-    readonly regionKey: string,
-    readonly refOf: RefLookup,
-  ) {}
+  regionKey = ''
+  refOf: RefLookup = () => undefined
+  busy = false
+
+  reset(regionKey: string, refOf: RefLookup): this {
+    this.regionKey = regionKey
+    this.refOf = refOf
+    this.pos = 0
+    this.path.length = 0
+    this.seen.clear()
+    return this
+  }
 
   ensure(n: number): void {
     if (this.pos + n <= this.buf.length) return
@@ -131,12 +139,27 @@ class Encoder {
   }
 
   string(tag: number, s: string): void {
-    if (!s.isWellFormed()) throw this.fail('a string with a lone surrogate cannot be stored as UTF-8')
-    this.ensure(5 + s.length * 3)
-    this.buf[this.pos] = tag
-    const n = this.buf.write(s, this.pos + 5, 'utf8')
+    const len = s.length
+    this.ensure(5 + len * 3)
+    const buf = this.buf
+    const start = this.pos + 5
+    buf[this.pos] = tag
+    // Short ASCII strings (most keys) byte by byte: cheaper than a call into
+    // the UTF-8 encoder. Anything else goes through it.
+    let n = 0
+    if (len <= 64) {
+      for (; n < len; n++) {
+        const c = s.charCodeAt(n)
+        if (c >= 0x80) break
+        buf[start + n] = c
+      }
+    }
+    if (n < len) {
+      if (!s.isWellFormed()) throw this.fail('a string with a lone surrogate cannot be stored as UTF-8')
+      n = buf.write(s, start, 'utf8')
+    }
     this.view.setUint32(this.pos + 1, n, true)
-    this.pos += 5 + n
+    this.pos = start + n
   }
 
   key(k: string): void {
@@ -264,9 +287,8 @@ class Encoder {
         const what = (v as { constructor?: { name?: string } }).constructor?.name ?? 'this object'
         throw this.fail(`${what} cannot be shared: only plain objects, arrays, Buffers, typed arrays and primitives can`)
       }
-      if (Object.getOwnPropertySymbols(v).some((s) => Object.prototype.propertyIsEnumerable.call(v, s))) {
-        throw this.fail('an object with symbol keys cannot be shared')
-      }
+      // Symbol-keyed properties are skipped, as JSON.stringify and
+      // structuredClone skip them: a table's keys are strings.
       const keys = Object.keys(v)
       this.u8(T_TAB)
       this.len(keys.length, 'an object')
@@ -295,10 +317,22 @@ class Encoder {
  * region become references; anything else is copied.
  */
 export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer {
-  const e = new Encoder(regionKey, refOf)
-  e.value(v, 0)
+  // One encoder is reused (its buffer grows once and stays), unless a getter
+  // being read re-enters encode(): then that inner call gets its own.
+  const e = shared.busy ? new Encoder() : shared
+  e.reset(regionKey, refOf)
+  e.busy = true
+  try {
+    e.value(v, 0)
+  } finally {
+    e.busy = false
+  }
+  // A view of the encoder's buffer: valid until the next encode(); callers
+  // hand it to native code at once.
   return e.buf.subarray(0, e.pos)
 }
+
+const shared = new Encoder()
 
 /** Decode wire bytes into plain JS values (a deep copy). */
 export function decode(buf: Buffer): unknown {

@@ -3,6 +3,7 @@
 //! stable `ERR_SHM_…` code (see convert.rs); the TypeScript facade gives it its class.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bench;
 mod convert;
 mod region;
 mod value;

@@ -1,0 +1,76 @@
+/**
+ * How should a JS value cross into the region? Measures, in one run, the
+ * candidates for Shared(pool, v) and toJS():
+ *   wire — encode in JS into one Buffer (src/wire.ts), one native call (what shmtools uses)
+ *   json — JSON.stringify in JS, serde_json parse in Rust (and back: to_string + JSON.parse)
+ *   walk — napi-rs reads the object property by property through N-API (and builds it back so)
+ *
+ *   npm run bench:boundary [-- --quick]
+ */
+import { Shared, SHMMain } from 'shmtools'
+
+import { encodeFor } from '../src/values.ts'
+import { decode } from '../src/wire.ts'
+
+const quick = process.argv.includes('--quick')
+const name = `shmtools-bench-boundary-${process.pid}`
+const mem = new SHMMain(name, 256 << 20).start()
+const pool = mem.pool()
+const region = mem.region()
+const nat = region.native()
+
+const payload = 'x'.repeat(32)
+const shapes: Record<string, unknown> = {
+  'small {seq, payload}': { seq: 12345, payload },
+  'record (20 fields)': Object.fromEntries(
+    Array.from({ length: 20 }, (_, i) => [`field_${i}`, i % 3 ? `value number ${i}` : i * 1.5]),
+  ),
+  'table (1000 rows)': {
+    rows: Array.from({ length: 1000 }, (_, i) => ({ id: i, name: `row ${i}`, score: i / 7, ok: i % 2 === 0 })),
+  },
+}
+
+function time(label: string, iters: number, fn: () => void): number {
+  for (let i = 0; i < Math.min(iters, 200); i++) fn() // warm up
+  const t0 = process.hrtime.bigint()
+  for (let i = 0; i < iters; i++) fn()
+  const ns = Number(process.hrtime.bigint() - t0) / iters
+  return ns
+}
+
+type Row = { shape: string; op: string; wire: number; json: number; walk: number; full: number }
+const rows: Row[] = []
+type Raw = { release(): void; offset: number }
+
+for (const [shape, value] of Object.entries(shapes)) {
+  const iters = quick ? 20 : shape.startsWith('table') ? 300 : 20_000
+  // Each candidate crosses the boundary and returns the same raw handle.
+  const store = {
+    wire: time('wire', iters, () => (nat.store(encodeFor(region, value)) as Raw).release()),
+    json: time('json', iters, () => (nat.benchStoreJson(JSON.stringify(value)) as Raw).release()),
+    walk: time('walk', iters, () => (nat.benchStoreWalk(value) as Raw).release()),
+    full: time('full', iters, () => (Shared(pool, value) as Raw).release()),
+  }
+  rows.push({ shape, op: 'store', ...store })
+  const handle = Shared(pool, value) as { toJS(): unknown; release(): void; offset: number }
+  const raw = nat.valueAt(handle.offset)
+  const load = {
+    wire: time('wire', iters, () => decode(raw.toWire())),
+    json: time('json', iters, () => JSON.parse(raw.benchLoadJson())),
+    walk: time('walk', iters, () => raw.benchLoadWalk()),
+    full: time('full', iters, () => handle.toJS()),
+  }
+  rows.push({ shape, op: 'load', ...load })
+  raw.release()
+  handle.release()
+}
+
+const fmt = (ns: number) => (ns >= 1e6 ? `${(ns / 1e6).toFixed(2)} ms` : ns >= 1e3 ? `${(ns / 1e3).toFixed(2)} µs` : `${ns.toFixed(0)} ns`)
+console.log(`\nboundary crossing, time per operation (node ${process.version}${quick ? ', --quick: smoke only' : ''})\n`)
+console.log('| value | direction | wire (shmtools) | json | walk (N-API) | best other ÷ wire | whole call: Shared() / toJS() |')
+console.log('| --- | --- | --- | --- | --- | --- | --- |')
+for (const r of rows) {
+  const best = Math.min(r.json, r.walk)
+  console.log(`| ${r.shape} | ${r.op} | ${fmt(r.wire)} | ${fmt(r.json)} | ${fmt(r.walk)} | ${(best / r.wire).toFixed(2)}× | ${fmt(r.full)} |`)
+}
+mem.destroy()
