@@ -9,11 +9,52 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+export declare class NativeQueue {
+  get capacity(): number
+  get length(): number
+  stats(): PipeStats
+  /**
+   * Store the encoded value and enqueue it, waiting up to `timeout_ms`
+   * (undefined: forever; 0: not at all). False if there was no room; the
+   * stored copy is then released again.
+   */
+  enqueue(wire: Buffer, timeoutMs?: number | undefined | null): boolean
+  /**
+   * Enqueue as many of the concatenated encoded values as fit right now,
+   * without waiting; returns how many went in (the rest were not stored).
+   */
+  enqueueMany(wire: Buffer, count: number): number
+  /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
+  dequeue(timeoutMs?: number | undefined | null): NativeValue | Buffer | null
+  /** Dequeue up to `max` packets that are there now, without waiting. */
+  dequeueMany(max: number): Array<NativeValue | Buffer>
+  /**
+   * The futex sequence for `kind` (0 not empty, 1 not full); read it before
+   * a failed attempt, then wait for it to move.
+   */
+  seq(kind: number): number
+  /**
+   * Resolve once the `kind` sequence moves on from `seen` (0), after
+   * `timeout_ms` (1), or when cancel_wait(id) is called (2). Sleeps on one
+   * of shmtools' own threads, never on the event loop or libuv's pool.
+   */
+  waitChange(kind: number, seen: number, timeoutMs: number | undefined | null, id: number): object
+}
+
 export declare class NativeRegion {
   /** Benchmark candidate: store a value napi-rs read property by property. */
   benchStoreWalk(value: Json): NativeValue | Buffer
   /** Benchmark candidate: store a value given as JSON text. */
   benchStoreJson(json: string): NativeValue | Buffer
+  /** Create pipe `name` (or join it, if it exists with this capacity). */
+  createPipe(name: string, capacity: number): NativeQueue
+  /** The pipe called `name`, or null if it does not exist yet. */
+  findPipe(name: string): NativeQueue | null
+  listPipes(): Array<PipeEntry>
+  /** The directory's version (bumped when a pipe is added). */
+  pipesVersion(): number
+  /** Resolve when a pipe is added after `seen`, or on timeout / cancel. */
+  waitPipes(seen: number, timeoutMs: number | undefined | null, id: number): object
   /**
    * Identity of the mapped object ("dev:inode"): equal for every mapping of
    * one region, in any process.
@@ -97,11 +138,30 @@ export declare class NativeValue {
   detachView(buffer: ArrayBuffer): void
 }
 
+/** Stop a parked wait started by wait_change / wait_pipes (AbortSignal). */
+export declare function cancelWait(id: number): void
+
 /** Check a region name and size against the core's rules without creating. */
 export declare function checkRegionArgs(name: string, bytes: number): void
 
 /** Create a region (the seed's SHMMain::start). Replaces a stale one. */
 export declare function createRegion(name: string, bytes: number, mode: number): NativeRegion
+
+export interface PipeEntry {
+  name: string
+  capacity: number
+  creatorPid: number
+  createdAtMs: number
+  queueOffset: number
+}
+
+export interface PipeStats {
+  depth: number
+  capacity: number
+  highWater: number
+  totalEnqueued: number
+  totalDequeued: number
+}
 
 export interface PoolCheck {
   blocksUsed: number

@@ -835,8 +835,10 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeQueue = nativeBinding.NativeQueue
 module.exports.NativeRegion = nativeBinding.NativeRegion
 module.exports.NativeValue = nativeBinding.NativeValue
+module.exports.cancelWait = nativeBinding.cancelWait
 module.exports.checkRegionArgs = nativeBinding.checkRegionArgs
 module.exports.createRegion = nativeBinding.createRegion
 module.exports.removeRegion = nativeBinding.removeRegion

@@ -10,19 +10,25 @@
 //! - [`boot`]: the boot block that starts every region.
 //! - [`region`]: create / attach / remove regions.
 //! - [`value`]: refcounted values in a region (Tab, Arr, strings, typed arrays).
+//! - [`queue`]: CQ, the bounded queue with futex wake-ups.
+//! - [`pipes`]: the pipe directory, ServerSide and ClientSide.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod boot;
 pub mod error;
 pub mod lock;
 pub mod mem;
+pub mod pipes;
 pub mod platform;
 pub mod pool;
+pub mod queue;
 pub mod region;
 pub mod value;
 
 pub use boot::BootInfo;
 pub use error::{Error, ErrorCode, Result};
+pub use pipes::{ClientSide, Directory, PipeInfo, ServerSide};
 pub use pool::{Pool, PoolCheck, PoolStats};
+pub use queue::{Queue, QueueStats, WaitFor};
 pub use region::{AttachOptions, CreateOptions, Region, TryAttach};
 pub use value::{Elem, Key, KeyRef, Shared, Slot, Value, Values};

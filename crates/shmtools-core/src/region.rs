@@ -19,9 +19,8 @@ pub const MIN_REGION: u64 = 64 * 1024;
 pub const MAX_REGION: u64 = pool::MAX_REGION;
 /// Longest name accepted (a file name in /dev/shm).
 pub const MAX_NAME: usize = 255;
-/// Bytes reserved for the pipe directory at creation.
-pub const PIPE_DIR_BYTES: u64 = 4096;
-pub const PIPE_DIR_MAGIC: u64 = u64::from_le_bytes(*b"SHMPIPES");
+/// Bytes of the pipe directory header allocated at creation.
+pub const PIPE_DIR_BYTES: u64 = crate::pipes::DIR_HEADER_SIZE;
 
 /// Check a region name: 1..=255 bytes, no '/', no NUL, not "." or "..".
 pub fn validate_name(name: &str) -> Result<()> {
@@ -181,7 +180,7 @@ impl Region {
             let pool = Pool::init(span, BOOT_SIZE)?;
             let dir = pool.allocate(PIPE_DIR_BYTES)?;
             span.fill(dir, PIPE_DIR_BYTES, 0)?;
-            span.u64_at(dir)?.store(PIPE_DIR_MAGIC, Ordering::Relaxed);
+            crate::pipes::Directory::init(crate::value::Values::new(pool), dir)?;
             let info = BootInfo {
                 layout_version: boot::LAYOUT_VERSION,
                 state: boot::STATE_INITIALIZING,

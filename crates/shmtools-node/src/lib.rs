@@ -5,8 +5,11 @@
 
 mod bench;
 mod convert;
+mod pipe;
 mod region;
 mod value;
+mod waiter;
 
+pub use pipe::*;
 pub use region::*;
 pub use value::*;

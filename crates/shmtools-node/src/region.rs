@@ -134,6 +134,10 @@ impl NativeRegion {
         Ok(&self.cell()?.region)
     }
 
+    pub(crate) fn cell_ref(&self) -> Result<&Arc<RegionCell>> {
+        self.cell()
+    }
+
     /// Identity of the mapped object ("dev:inode"): equal for every mapping of
     /// one region, in any process.
     #[napi(catch_unwind)]

@@ -1,0 +1,295 @@
+//! `NativeQueue`: one pipe's CQ as JavaScript sees it. Values cross as wire
+//! bytes (a shared handle as a T_REF, so enqueueing it moves a reference, not a
+//! copy); what comes out is a handle for containers and typed arrays, wire
+//! bytes for the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::{Buffer, Either, Object};
+use napi::{Env, Result};
+use napi_derive::napi;
+use shmtools_core::queue::{Queue, WaitFor};
+use shmtools_core::value::{wire::Reader, Values};
+use shmtools_core::{Directory, ErrorCode};
+
+use crate::convert::{err, js, to_u64};
+use crate::region::{NativeRegion, RegionCell};
+use crate::value::{from_slot, NativeValue};
+use crate::waiter::{self, Job};
+
+#[napi(object)]
+pub struct PipeStats {
+    pub depth: f64,
+    pub capacity: f64,
+    pub high_water: f64,
+    pub total_enqueued: f64,
+    pub total_dequeued: f64,
+}
+
+#[napi(object)]
+pub struct PipeEntry {
+    pub name: String,
+    pub capacity: f64,
+    pub creator_pid: u32,
+    pub created_at_ms: f64,
+    pub queue_offset: f64,
+}
+
+#[napi]
+pub struct NativeQueue {
+    cell: Arc<RegionCell>,
+    off: u64,
+}
+
+fn which(w: u32) -> Result<WaitFor> {
+    match w {
+        0 => Ok(WaitFor::NotEmpty),
+        1 => Ok(WaitFor::NotFull),
+        _ => Err(err(
+            ErrorCode::InvalidArg,
+            "wait kind must be 0 (not empty) or 1 (not full)",
+        )),
+    }
+}
+
+/// A timeout in ms from JS (None: forever), checked.
+fn timeout(ms: Option<f64>) -> Result<Option<Duration>> {
+    match ms {
+        None => Ok(None),
+        Some(t) if t.is_infinite() && t > 0.0 => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t / 1000.0))),
+        Some(t) => Err(err(
+            ErrorCode::InvalidArg,
+            format!("timeoutMs must be a number >= 0, got {t}"),
+        )),
+    }
+}
+
+impl NativeQueue {
+    fn queue(&self) -> Result<Queue<'_>> {
+        let v = self.cell.open()?.values().map_err(js)?;
+        Queue::open(v, self.off).map_err(js)
+    }
+
+    fn out(&self, s: Option<shmtools_core::Slot>) -> Result<Option<Either<NativeValue, Buffer>>> {
+        s.map(|s| from_slot(&self.cell, s)).transpose()
+    }
+}
+
+#[napi]
+impl NativeQueue {
+    #[napi(getter)]
+    pub fn capacity(&self) -> Result<f64> {
+        Ok(self.queue()?.capacity() as f64)
+    }
+
+    #[napi(getter)]
+    pub fn length(&self) -> Result<f64> {
+        Ok(self.queue()?.len() as f64)
+    }
+
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> Result<PipeStats> {
+        let s = self.queue()?.stats();
+        Ok(PipeStats {
+            depth: s.depth as f64,
+            capacity: s.capacity as f64,
+            high_water: s.high_water as f64,
+            total_enqueued: s.total_enqueued as f64,
+            total_dequeued: s.total_dequeued as f64,
+        })
+    }
+
+    /// Store the encoded value and enqueue it, waiting up to `timeout_ms`
+    /// (undefined: forever; 0: not at all). False if there was no room; the
+    /// stored copy is then released again.
+    #[napi(catch_unwind)]
+    pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
+        let t = timeout(timeout_ms)?;
+        let q = self.queue()?;
+        let slot = q.values().store_wire(&wire).map_err(js)?;
+        match q.enqueue(slot, t) {
+            Ok(true) => Ok(true),
+            other => {
+                let _ = q.values().release(slot);
+                other.map_err(js)
+            }
+        }
+    }
+
+    /// Enqueue as many of the concatenated encoded values as fit right now,
+    /// without waiting; returns how many went in (the rest were not stored).
+    #[napi(catch_unwind)]
+    pub fn enqueue_many(&self, wire: Buffer, count: u32) -> Result<u32> {
+        let q = self.queue()?;
+        let v: Values<'_> = q.values();
+        let mut r = Reader::new(&wire);
+        for i in 0..count {
+            if q.len() >= q.capacity() {
+                return Ok(i);
+            }
+            let slot = v.store_one(&mut r).map_err(js)?;
+            if !q.try_enqueue(slot).map_err(js)? {
+                let _ = v.release(slot);
+                return Ok(i);
+            }
+        }
+        Ok(count)
+    }
+
+    /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
+    #[napi(catch_unwind)]
+    pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Either<NativeValue, Buffer>>> {
+        let t = timeout(timeout_ms)?;
+        let s = self.queue()?.dequeue(t).map_err(js)?;
+        self.out(s)
+    }
+
+    /// Dequeue up to `max` packets that are there now, without waiting.
+    #[napi(catch_unwind)]
+    pub fn dequeue_many(&self, max: u32) -> Result<Vec<Either<NativeValue, Buffer>>> {
+        let q = self.queue()?;
+        let mut out = Vec::new();
+        while out.len() < max as usize {
+            match q.try_dequeue().map_err(js)? {
+                Some(s) => out.push(from_slot(&self.cell, s)?),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The futex sequence for `kind` (0 not empty, 1 not full); read it before
+    /// a failed attempt, then wait for it to move.
+    #[napi(catch_unwind)]
+    pub fn seq(&self, kind: u32) -> Result<u32> {
+        Ok(self.queue()?.seq(which(kind)?))
+    }
+
+    /// Resolve once the `kind` sequence moves on from `seen` (0), after
+    /// `timeout_ms` (1), or when cancel_wait(id) is called (2). Sleeps on one
+    /// of shmtools' own threads, never on the event loop or libuv's pool.
+    #[napi(catch_unwind)]
+    pub fn wait_change<'env>(
+        &self,
+        env: &'env Env,
+        kind: u32,
+        seen: u32,
+        timeout_ms: Option<f64>,
+        id: u32,
+    ) -> Result<Object<'env>> {
+        let w = which(kind)?;
+        let q = self.queue()?;
+        let sleepers = self.off + if w == WaitFor::NotEmpty { 64 } else { 68 };
+        let deadline = timeout(timeout_ms)?.map(|d| std::time::Instant::now() + d);
+        waiter::park(
+            env,
+            Job {
+                cell: self.cell.clone(),
+                word: q.word_offset(w),
+                seen,
+                sleepers: Some(sleepers),
+                deadline,
+                id,
+            },
+        )
+    }
+}
+
+/// Stop a parked wait started by wait_change / wait_pipes (AbortSignal).
+#[napi(catch_unwind)]
+pub fn cancel_wait(id: u32) {
+    waiter::cancel(id);
+}
+
+#[napi]
+impl NativeRegion {
+    fn directory_cell(&self) -> Result<&Arc<RegionCell>> {
+        let cell = self.cell_ref()?;
+        Directory::open(&cell.region).map_err(js)?;
+        Ok(cell)
+    }
+
+    /// Create pipe `name` (or join it, if it exists with this capacity).
+    #[napi(catch_unwind)]
+    pub fn create_pipe(&self, name: String, capacity: f64) -> Result<NativeQueue> {
+        let cap = to_u64(capacity, "capacity")?;
+        let cell = self.directory_cell()?;
+        let dir = Directory::open(&cell.region).map_err(js)?;
+        let (p, _created) = dir.create(&name, cap).map_err(js)?;
+        Ok(NativeQueue {
+            cell: cell.clone(),
+            off: p.queue,
+        })
+    }
+
+    /// The pipe called `name`, or null if it does not exist yet.
+    #[napi(catch_unwind)]
+    pub fn find_pipe(&self, name: String) -> Result<Option<NativeQueue>> {
+        let cell = self.directory_cell()?;
+        let dir = Directory::open(&cell.region).map_err(js)?;
+        let found = dir.find(&name).map_err(js)?;
+        match found {
+            Some(p) => {
+                dir.queue(&p).map_err(js)?;
+                Ok(Some(NativeQueue {
+                    cell: cell.clone(),
+                    off: p.queue,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    #[napi(catch_unwind)]
+    pub fn list_pipes(&self) -> Result<Vec<PipeEntry>> {
+        let cell = self.directory_cell()?;
+        let pipes = Directory::open(&cell.region)
+            .map_err(js)?
+            .list()
+            .map_err(js)?;
+        Ok(pipes
+            .into_iter()
+            .map(|p| PipeEntry {
+                name: p.name,
+                capacity: p.capacity as f64,
+                creator_pid: p.creator_pid,
+                created_at_ms: p.created_unix_ms as f64,
+                queue_offset: p.queue as f64,
+            })
+            .collect())
+    }
+
+    /// The directory's version (bumped when a pipe is added).
+    #[napi(catch_unwind)]
+    pub fn pipes_version(&self) -> Result<u32> {
+        let cell = self.directory_cell()?;
+        Ok(Directory::open(&cell.region).map_err(js)?.version())
+    }
+
+    /// Resolve when a pipe is added after `seen`, or on timeout / cancel.
+    #[napi(catch_unwind)]
+    pub fn wait_pipes<'env>(
+        &self,
+        env: &'env Env,
+        seen: u32,
+        timeout_ms: Option<f64>,
+        id: u32,
+    ) -> Result<Object<'env>> {
+        let cell = self.directory_cell()?;
+        let word = Directory::open(&cell.region).map_err(js)?.version_offset();
+        let deadline = timeout(timeout_ms)?.map(|d| std::time::Instant::now() + d);
+        waiter::park(
+            env,
+            Job {
+                cell: cell.clone(),
+                word,
+                seen,
+                sleepers: None,
+                deadline,
+                id,
+            },
+        )
+    }
+}

@@ -1,0 +1,184 @@
+//! Waiting without blocking the event loop or libuv's thread pool: a parked
+//! async wait is handed to one of our own threads, which sleeps on the
+//! region's futex word and then settles the JS promise. Threads are reused
+//! (idle ones wait on a parking_lot condvar and retire after 30 s idle), so a
+//! burst of waits costs one thread creation each at most once.
+//!
+//! The thread does not dequeue or enqueue itself: it only reports "the word
+//! moved", "timed out" or "cancelled", and the JS side retries the operation on
+//! its own thread. So no value ever sits in a thread between processes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use napi::bindgen_prelude::Object;
+use napi::{Env, JsDeferred};
+use parking_lot::{Condvar, Mutex};
+use shmtools_core::platform;
+
+use crate::region::RegionCell;
+
+pub const CHANGED: u32 = 0;
+pub const TIMED_OUT: u32 = 1;
+pub const CANCELLED: u32 = 2;
+
+type Resolver = Box<dyn FnOnce(Env) -> napi::Result<u32> + Send>;
+
+pub struct Job {
+    pub cell: Arc<RegionCell>,
+    /// Region offset of the futex word to sleep on.
+    pub word: u64,
+    pub seen: u32,
+    /// Region offset of a sleeper counter to hold up while asleep (so wakers
+    /// know to make the wake-up call), if the word has one.
+    pub sleepers: Option<u64>,
+    pub deadline: Option<Instant>,
+    pub id: u32,
+}
+
+struct Parked {
+    job: Job,
+    cancel: Arc<AtomicBool>,
+    deferred: JsDeferred<u32, Resolver>,
+}
+
+struct State {
+    jobs: VecDeque<Parked>,
+    idle: usize,
+}
+
+/// What cancel() needs to stop a parked wait: its flag and its futex word.
+#[derive(Clone)]
+struct Canceller {
+    flag: Arc<AtomicBool>,
+    cell: Arc<RegionCell>,
+    word: u64,
+}
+
+struct Waiters {
+    state: Mutex<State>,
+    cv: Condvar,
+    /// Every parked wait, by id.
+    parked: Mutex<HashMap<u32, Canceller>>,
+}
+
+fn waiters() -> &'static Waiters {
+    static W: OnceLock<Waiters> = OnceLock::new();
+    W.get_or_init(|| Waiters {
+        state: Mutex::new(State {
+            jobs: VecDeque::new(),
+            idle: 0,
+        }),
+        cv: Condvar::new(),
+        parked: Mutex::new(HashMap::new()),
+    })
+}
+
+/// Park `job`; the returned promise resolves with CHANGED, TIMED_OUT or
+/// CANCELLED.
+pub fn park<'env>(env: &'env Env, job: Job) -> napi::Result<Object<'env>> {
+    let (deferred, promise) = env.create_deferred::<u32, Resolver>()?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let w = waiters();
+    w.parked.lock().insert(
+        job.id,
+        Canceller {
+            flag: cancel.clone(),
+            cell: job.cell.clone(),
+            word: job.word,
+        },
+    );
+    let mut st = w.state.lock();
+    st.jobs.push_back(Parked {
+        job,
+        cancel,
+        deferred,
+    });
+    if st.idle > 0 {
+        w.cv.notify_one();
+    } else {
+        drop(st);
+        let spawned = std::thread::Builder::new()
+            .name("shmtools-waiter".into())
+            .stack_size(128 * 1024)
+            .spawn(worker);
+        if let Err(e) = spawned {
+            // No thread: settle what is queued as a timeout rather than hang.
+            let mut st = w.state.lock();
+            while let Some(p) = st.jobs.pop_front() {
+                w.parked.lock().remove(&p.job.id);
+                p.deferred.reject(napi::Error::from_reason(format!(
+                    "ERR_SHM_IO: cannot start a waiter thread: {e}"
+                )));
+            }
+        }
+    }
+    Ok(promise)
+}
+
+/// Stop the parked wait `id` now (AbortSignal): flag it and wake its word.
+pub fn cancel(id: u32) {
+    if let Some(c) = waiters().parked.lock().get(&id).cloned() {
+        c.flag.store(true, Ordering::Release);
+        if let Ok(w) = c.cell.region.span().u32_at(c.word) {
+            platform::futex_wake(w, u32::MAX);
+        }
+    }
+}
+
+fn worker() {
+    let w = waiters();
+    loop {
+        let parked = {
+            let mut st = w.state.lock();
+            loop {
+                if let Some(p) = st.jobs.pop_front() {
+                    break p;
+                }
+                st.idle += 1;
+                let timed_out = w.cv.wait_for(&mut st, Duration::from_secs(30)).timed_out();
+                st.idle -= 1;
+                if timed_out && st.jobs.is_empty() {
+                    return;
+                }
+            }
+        };
+        let outcome = run(&parked.job, &parked.cancel);
+        w.parked.lock().remove(&parked.job.id);
+        parked.deferred.resolve(Box::new(move |_env| Ok(outcome)));
+    }
+}
+
+fn run(job: &Job, cancel: &AtomicBool) -> u32 {
+    let span = job.cell.region.span();
+    let Ok(word) = span.u32_at(job.word) else {
+        return CHANGED; // let the JS side retry and report the real error
+    };
+    let sleepers = job.sleepers.and_then(|o| span.u32_at(o).ok());
+    if let Some(s) = sleepers {
+        s.fetch_add(1, Ordering::Relaxed);
+    }
+    let outcome = loop {
+        if cancel.load(Ordering::Acquire) {
+            break CANCELLED;
+        }
+        if word.load(Ordering::Acquire) != job.seen {
+            break CHANGED;
+        }
+        let mut slice = Duration::from_secs(1);
+        if let Some(d) = job.deadline {
+            let now = Instant::now();
+            if now >= d {
+                break TIMED_OUT;
+            }
+            slice = slice.min(d - now);
+        }
+        platform::futex_wait(word, job.seen, Some(slice));
+    };
+    if let Some(s) = sleepers {
+        s.fetch_sub(1, Ordering::Relaxed);
+    }
+    outcome
+}
