@@ -53,6 +53,12 @@ export declare class NativeRegion {
   listPipes(): Array<PipeEntry>
   /** The directory's version (bumped when a pipe is added). */
   pipesVersion(): number
+  /**
+   * Block this thread until a pipe is added after `seen` or `timeout_ms`
+   * passes (the sync ClientSide.start; the facade calls it in slices so a
+   * breakChecker still runs).
+   */
+  waitPipesSync(seen: number, timeoutMs: number): void
   /** Resolve when a pipe is added after `seen`, or on timeout / cancel. */
   waitPipes(seen: number, timeoutMs: number | undefined | null, id: number): object
   /**

@@ -268,6 +268,23 @@ impl NativeRegion {
         Ok(Directory::open(&cell.region).map_err(js)?.version())
     }
 
+    /// Block this thread until a pipe is added after `seen` or `timeout_ms`
+    /// passes (the sync ClientSide.start; the facade calls it in slices so a
+    /// breakChecker still runs).
+    #[napi(catch_unwind)]
+    pub fn wait_pipes_sync(&self, seen: u32, timeout_ms: f64) -> Result<()> {
+        let cell = self.directory_cell()?;
+        let dir = Directory::open(&cell.region).map_err(js)?;
+        let t = timeout(Some(timeout_ms))?.unwrap_or(Duration::from_secs(1));
+        let word = cell
+            .region
+            .span()
+            .u32_at(dir.version_offset())
+            .map_err(js)?;
+        shmtools_core::platform::futex_wait(word, seen, Some(t));
+        Ok(())
+    }
+
     /// Resolve when a pipe is added after `seen`, or on timeout / cancel.
     #[napi(catch_unwind)]
     pub fn wait_pipes<'env>(

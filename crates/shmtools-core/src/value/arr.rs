@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{fits, ArrBody, Slot, Values, ARR_OBJ_SIZE, OBJ_HEADER, SLOT_SIZE, T_ARR};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::lock::Guard;
 
 struct ArrState {
@@ -62,7 +62,13 @@ impl<'a> Values<'a> {
         let slot = Slot::object(T_ARR, off);
         if cap > 0 {
             let b = self.arr_body(slot)?;
-            match self.pool.allocate(cap * SLOT_SIZE) {
+            let bytes = cap.checked_mul(SLOT_SIZE).ok_or_else(|| {
+                Error::new(
+                    ErrorCode::OutOfMemory,
+                    format!("a list of {cap} elements cannot be allocated"),
+                )
+            });
+            match bytes.and_then(|n| self.pool.allocate(n)) {
                 Ok(e) => {
                     b.elems.store(e, Relaxed);
                     b.cap.store(cap, Relaxed);

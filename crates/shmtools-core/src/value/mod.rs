@@ -19,6 +19,8 @@ mod arr;
 mod store;
 pub use store::scalar_wire;
 mod tab;
+#[cfg(test)]
+mod tests;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -81,6 +83,16 @@ impl Slot {
         span.u64_at(off)?.store(self.tag as u64, Ordering::Relaxed);
         span.u64_at(off + 8)?.store(self.bits, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Read the slot stored at region offset `off` (validating its tag).
+    pub fn read_at(values: Values<'_>, off: u64) -> Result<Slot> {
+        Slot::read(values.span, off)
+    }
+
+    /// Store this slot at region offset `off` (ownership moves with it).
+    pub fn write_at(self, values: Values<'_>, off: u64) -> Result<()> {
+        self.write(values.span, off)
     }
 }
 

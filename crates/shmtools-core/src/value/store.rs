@@ -32,6 +32,12 @@ impl<'a> Values<'a> {
         Ok(slot)
     }
 
+    /// Build the next value from a reader positioned at one (for a run of
+    /// concatenated encodings); the result owns one reference.
+    pub fn store_one(&self, r: &mut Reader<'_>) -> Result<Slot> {
+        self.build(r, 0)
+    }
+
     fn build(&self, r: &mut Reader<'_>, depth: usize) -> Result<Slot> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid(format!(

@@ -13,7 +13,7 @@ use super::{
     at, fits, key_hash, KeyRef, Slot, Values, ENTRY_SIZE, OBJ_HEADER, S_EMPTY, TAB_OBJ_SIZE, T_INT,
     T_STR, T_TAB,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::lock::Guard;
 use crate::value::{Key, TabBody};
 
@@ -65,7 +65,8 @@ impl<'a> Values<'a> {
         // Validate the geometry once; every later access is bounds-checked too.
         let ok = s.used <= s.cap
             && s.count <= s.used
-            && (s.cap == 0 || s.index_cap.is_power_of_two() && s.index_cap >= 2 * s.cap)
+            // (index_cap / 2, not 2 * cap: a damaged cap must not overflow)
+            && (s.cap == 0 || s.index_cap.is_power_of_two() && s.index_cap / 2 >= s.cap)
             && (s.cap == 0 || s.entries != 0 && s.index != 0);
         if !ok {
             return Err(Error::corrupt(format!(
@@ -98,8 +99,14 @@ impl<'a> Values<'a> {
 
     /// Give an empty table its entry and index blocks.
     fn tab_alloc(&self, b: &TabBody, cap: u64) -> Result<()> {
+        let bytes = cap.checked_mul(ENTRY_SIZE).ok_or_else(|| {
+            Error::new(
+                ErrorCode::OutOfMemory,
+                format!("a table of {cap} entries cannot be allocated"),
+            )
+        })?;
         let index_cap = (cap * 2).next_power_of_two().max(8);
-        let entries = self.pool.allocate(cap * ENTRY_SIZE)?;
+        let entries = self.pool.allocate(bytes)?;
         let index = match self.pool.allocate(index_cap * 4) {
             Ok(i) => i,
             Err(e) => {
@@ -189,7 +196,6 @@ impl<'a> Values<'a> {
                 return Err(e);
             }
         };
-        self.span.fill(index, index_cap * 4, 0)?;
         let mut n = TabState {
             off: s.off,
             count: 0,
@@ -199,21 +205,38 @@ impl<'a> Values<'a> {
             index,
             index_cap,
         };
-        for e in 0..s.used {
-            let eo = s.entries + e * ENTRY_SIZE;
-            let k = Slot::read(self.span, eo + 8)?;
-            if k.tag == S_EMPTY {
-                continue;
+        let copied = (|| {
+            self.span.fill(index, index_cap * 4, 0)?;
+            for e in 0..s.used {
+                let eo = s.entries + e * ENTRY_SIZE;
+                let k = Slot::read(self.span, eo + 8)?;
+                if k.tag == S_EMPTY {
+                    continue;
+                }
+                // new_cap > count: stopping here keeps every write (and the
+                // append that follows) inside the new block.
+                if n.used == s.count {
+                    return Err(Error::corrupt(format!(
+                        "table {} holds more entries than its count {}",
+                        s.off, s.count
+                    )));
+                }
+                let hash = at(self.span, eo)?.load(Relaxed);
+                let v = Slot::read(self.span, eo + 24)?;
+                let no = n.entries + n.used * ENTRY_SIZE;
+                at(self.span, no)?.store(hash, Relaxed);
+                k.write(self.span, no + 8)?;
+                v.write(self.span, no + 24)?;
+                self.index_insert(&n, hash, n.used)?;
+                n.used += 1;
+                n.count += 1;
             }
-            let hash = at(self.span, eo)?.load(Relaxed);
-            let v = Slot::read(self.span, eo + 24)?;
-            let no = n.entries + n.used * ENTRY_SIZE;
-            at(self.span, no)?.store(hash, Relaxed);
-            k.write(self.span, no + 8)?;
-            v.write(self.span, no + 24)?;
-            self.index_insert(&n, hash, n.used)?;
-            n.used += 1;
-            n.count += 1;
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            let _ = self.pool.free(entries);
+            let _ = self.pool.free(index);
+            return Err(e);
         }
         let (old_entries, old_index) = (s.entries, s.index);
         b.entries.store(n.entries, Relaxed);
@@ -312,12 +335,15 @@ impl<'a> Values<'a> {
             let Some(e) = self.tab_find(&s, key, key_hash(key))? else {
                 return Ok(false);
             };
+            let count = s.count.checked_sub(1).ok_or_else(|| {
+                Error::corrupt(format!("table {}: an entry but a count of 0", s.off))
+            })?;
             let eo = s.entries + e * ENTRY_SIZE;
             let k = Slot::read(self.span, eo + 8)?;
             let v = Slot::read(self.span, eo + 24)?;
             Slot::EMPTY.write(self.span, eo + 8)?;
             Slot::EMPTY.write(self.span, eo + 24)?;
-            b.count.store(s.count - 1, Relaxed);
+            b.count.store(count, Relaxed);
             (k, v)
         };
         self.release(k)?;

@@ -1,0 +1,416 @@
+/**
+ * Pipes, as in the seed: a ServerSide creates a named pipe (a CQ) in a region,
+ * a ClientSide waits for it and attaches, and any number of processes enqueue
+ * and dequeue values through it.
+ */
+import type { NativeQueue, PipeStats } from '../binding'
+import * as binding from '../binding'
+import { logger, type Log } from './debug'
+import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
+import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
+import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
+import { encodeFor, wrap } from './values'
+
+export type { PipeStats }
+
+const NOT_EMPTY = 0
+const NOT_FULL = 1
+const WAITED_OUT = 1
+let nextWaitId = 1
+
+/** Options of the Promise forms of enqueue/dequeue. */
+export interface WaitOptions {
+  /** Abort the wait; the promise rejects with an AbortError. */
+  signal?: AbortSignal
+}
+
+function checkPipeName(name: unknown): string {
+  const n = checkName(name, 'pipe name')
+  if (n.length === 0 || Buffer.byteLength(n) > 63 || n.includes('\0')) {
+    throw new ShmArgumentError(`pipe name ${JSON.stringify(n)} must be 1 to 63 bytes without NUL`)
+  }
+  return n
+}
+
+function checkCapacity(capacity: unknown): number {
+  const c = checkCount(capacity, 'capacity', { min: 1 })
+  if (c > 2 ** 24) throw new ShmArgumentError(`capacity ${c} is too large: at most 16777216 packets`)
+  return c
+}
+
+function aborted(signal: AbortSignal | undefined, what: string): AbortError {
+  return new AbortError(`${what} was aborted`, { cause: signal?.reason })
+}
+
+/**
+ * A bounded queue of values in shared memory (the seed's CQ). Plain JS values
+ * are copied into the pool on enqueue; shared handles go by reference.
+ * Dequeue gives primitives and strings as JS values, containers and typed
+ * arrays as shared handles (release them when done, or let the GC).
+ */
+export class CQ<T = any> implements AsyncIterable<T> {
+  readonly name: string
+  readonly #region: Region
+  #q: NativeQueue | undefined
+
+  /** @internal */
+  constructor(region: Region, name: string, q: NativeQueue) {
+    this.#region = region
+    this.name = name
+    this.#q = q
+  }
+
+  #native(): NativeQueue {
+    if (this.#q === undefined) throw new ShmError(ErrorCodes.CLOSED, `pipe '${this.name}' is closed`)
+    this.#region.native() // the region must still be open too
+    return this.#q
+  }
+
+  get capacity(): number {
+    return native(() => this.#native().capacity)
+  }
+
+  /** Packets in the pipe now. */
+  get length(): number {
+    return native(() => this.#native().length)
+  }
+
+  empty(): boolean {
+    return this.length === 0
+  }
+
+  /** Depth, capacity, high-water mark and totals, the same from every process. */
+  stats(): PipeStats {
+    return native(() => this.#native().stats())
+  }
+
+  /**
+   * Enqueue, waiting up to `timeoutMs` for room (no timeout: forever; 0: no
+   * wait). Returns false if there was no room in time. Blocks this thread
+   * while it waits: on a busy main thread use enqueueAsync.
+   */
+  enqueue(value: T, timeoutMs?: number): boolean {
+    const t = checkTimeout(timeoutMs)
+    const q = this.#native()
+    const wire = encodeFor(this.#region, value)
+    return native(() => q.enqueue(wire, t === Infinity ? undefined : t))
+  }
+
+  /**
+   * Dequeue, waiting up to `timeoutMs` for a packet (no timeout: forever; 0:
+   * no wait). Returns undefined if none came in time. Blocks this thread.
+   */
+  dequeue(timeoutMs?: number): T | undefined {
+    const t = checkTimeout(timeoutMs)
+    const q = this.#native()
+    const v = native(() => q.dequeue(t === Infinity ? undefined : t))
+    return v === null || v === undefined ? undefined : (wrap(this.#region, v) as T)
+  }
+
+  /** Enqueue, blocking until there is room (the seed's enq). */
+  enq(value: T): void {
+    this.enqueue(value)
+  }
+
+  /** Dequeue, blocking until there is a packet (the seed's deq). */
+  deq(): T {
+    return this.dequeue() as T
+  }
+
+  /**
+   * Enqueue without blocking the event loop: tries at once, then waits on a
+   * shmtools thread for room. Resolves false on timeout; rejects with an
+   * AbortError if `signal` aborts.
+   */
+  async enqueueAsync(value: T, timeoutMs?: number, options?: WaitOptions): Promise<boolean> {
+    const t = checkTimeout(timeoutMs)
+    const signal = checkSignal(options?.signal)
+    if (signal?.aborted) throw aborted(signal, `enqueue on pipe '${this.name}'`)
+    const deadline = performance.now() + t
+    for (;;) {
+      const q = this.#native()
+      const seen = native(() => q.seq(NOT_FULL))
+      const wire = encodeFor(this.#region, value)
+      if (native(() => q.enqueue(wire, 0))) return true
+      const left = deadline - performance.now()
+      if (left <= 0) return false
+      if ((await this.#park(q, NOT_FULL, seen, left, signal)) === WAITED_OUT) return false
+    }
+  }
+
+  /**
+   * Dequeue without blocking the event loop: tries at once, then waits on a
+   * shmtools thread. Resolves undefined on timeout; rejects with an AbortError
+   * if `signal` aborts.
+   */
+  async dequeueAsync(timeoutMs?: number, options?: WaitOptions): Promise<T | undefined> {
+    const t = checkTimeout(timeoutMs)
+    const signal = checkSignal(options?.signal)
+    if (signal?.aborted) throw aborted(signal, `dequeue on pipe '${this.name}'`)
+    const deadline = performance.now() + t
+    for (;;) {
+      const q = this.#native()
+      const seen = native(() => q.seq(NOT_EMPTY))
+      const v = native(() => q.dequeue(0))
+      if (v !== null && v !== undefined) return wrap(this.#region, v) as T
+      const left = deadline - performance.now()
+      if (left <= 0) return undefined
+      if ((await this.#park(q, NOT_EMPTY, seen, left, signal)) === WAITED_OUT) return undefined
+    }
+  }
+
+  async #park(q: NativeQueue, kind: number, seen: number, left: number, signal?: AbortSignal): Promise<number> {
+    const id = nextWaitId++ >>> 0
+    const onAbort = () => binding.cancelWait(id)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    try {
+      const outcome = await (native(() => q.waitChange(kind, seen, left === Infinity ? undefined : left, id)) as unknown as Promise<number>)
+      if (signal?.aborted) throw aborted(signal, `waiting on pipe '${this.name}'`)
+      return outcome
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  /**
+   * Enqueue as many of `values` as fit now, without waiting; returns how many
+   * went in (a prefix of `values`).
+   */
+  enqueueMany(values: readonly T[]): number {
+    const q = this.#native()
+    let done = 0
+    // Encode in chunks so one call carries many values.
+    while (done < values.length) {
+      const chunk = values.slice(done, done + 256)
+      const parts = chunk.map((v) => Buffer.from(encodeFor(this.#region, v)))
+      const n = native(() => q.enqueueMany(Buffer.concat(parts), parts.length))
+      done += n
+      if (n < parts.length) break
+    }
+    return done
+  }
+
+  /** Dequeue up to `max` packets that are there now, without waiting. */
+  dequeueMany(max = 256): T[] {
+    checkCount(max, 'max')
+    const q = this.#native()
+    return native(() => q.dequeueMany(max)).map((v) => wrap(this.#region, v) as T)
+  }
+
+  /** `for await (const packet of pipe)`: dequeues until the pipe is closed. */
+  [Symbol.asyncIterator](): AsyncIterator<T> {
+    return this.packets()
+  }
+
+  /** Like the async iterator, with an AbortSignal that ends it. */
+  async *packets(options?: WaitOptions): AsyncGenerator<T> {
+    while (this.#q !== undefined) {
+      let v: T | undefined
+      try {
+        v = await this.dequeueAsync(undefined, options)
+      } catch (e) {
+        if ((e as { code?: string }).code === ErrorCodes.CLOSED && this.#q === undefined) return
+        throw e
+      }
+      if (v !== undefined) yield v
+    }
+  }
+
+  /** Stop using the pipe here (the pipe and its packets stay in the region). */
+  close(): void {
+    this.#q = undefined
+  }
+}
+
+/** Options of ServerSide and ClientSide (the seed's debug, break checker, micro sleep). */
+export type SideOptions = AttachOptions
+
+function sideOptions(o: SideOptions | boolean | undefined): SideOptions {
+  return typeof o === 'boolean' ? { debug: o } : (o ?? {})
+}
+
+abstract class Side {
+  readonly regionName: string
+  readonly pipeName: string
+  protected readonly options: SideOptions
+  protected readonly log: Log
+  #region: Region | undefined
+  #ownsRegion = false
+  #pipe: CQ | undefined
+
+  constructor(region: string | Region, pipeName: string, options?: SideOptions | boolean) {
+    this.options = sideOptions(options)
+    if (region instanceof Region) {
+      this.#region = region
+      this.regionName = region.name
+    } else {
+      this.regionName = checkName(region, 'region name')
+    }
+    this.pipeName = checkPipeName(pipeName)
+    checkTimeout(this.options.timeoutMs)
+    checkSignal(this.options.signal)
+    checkBreakChecker(this.options.breakChecker)
+    checkMicroSleep(this.options.microSleepUs)
+    this.log = logger(this.options.debug)
+  }
+
+  protected regionSync(): Region {
+    if (this.#region === undefined) {
+      this.#region = attachSync(this.regionName, this.options)
+      this.#ownsRegion = true
+    }
+    return this.#region
+  }
+
+  protected async regionAsync(): Promise<Region> {
+    if (this.#region === undefined) {
+      this.#region = await attach(this.regionName, this.options)
+      this.#ownsRegion = true
+    }
+    return this.#region
+  }
+
+  protected setPipe(q: NativeQueue): void {
+    this.#pipe = new CQ(this.#region!, this.pipeName, q)
+  }
+
+  /** The pipe (after start). */
+  pipe(): CQ {
+    if (this.#pipe === undefined) {
+      throw new ShmError(ErrorCodes.INVALID_STATE, `pipe '${this.pipeName}' is not started: call start() first`)
+    }
+    return this.#pipe
+  }
+
+  /** The region's pool, to make Shared values in. */
+  pool(): Pool {
+    return this.region().pool()
+  }
+
+  region(): Region {
+    if (this.#region === undefined) {
+      throw new ShmError(ErrorCodes.INVALID_STATE, `not started: call start() first`)
+    }
+    return this.#region
+  }
+
+  get started(): boolean {
+    return this.#pipe !== undefined
+  }
+
+  /** Stop using the pipe; unmap the region if this side attached it. */
+  close(): void {
+    this.#pipe?.close()
+    this.#pipe = undefined
+    if (this.#ownsRegion) this.#region?.close()
+  }
+
+  [Symbol.dispose](): void {
+    this.close()
+  }
+
+  /** The seed's warning(false): nothing to silence (no address randomization problem). */
+  warning(_on?: boolean): void {}
+}
+
+/**
+ * Creates a named pipe in a region (the seed's ServerSide). `start()` waits for
+ * the region (blocking); `startAsync()` waits without blocking the event loop.
+ * A pipe of the same name and capacity is joined, not replaced; a different
+ * capacity is ERR_SHM_EXISTS.
+ */
+export class ServerSide extends Side {
+  readonly capacity: number
+
+  constructor(region: string | Region, pipeName: string, capacity: number, options?: SideOptions | boolean) {
+    super(region, pipeName, options)
+    this.capacity = checkCapacity(capacity)
+  }
+
+  start(): this {
+    this.#create(this.regionSync())
+    return this
+  }
+
+  async startAsync(): Promise<this> {
+    this.#create(await this.regionAsync())
+    return this
+  }
+
+  #create(region: Region): void {
+    if (this.started) throw new ShmError(ErrorCodes.INVALID_STATE, `ServerSide '${this.pipeName}' was already started`)
+    const q = native(() => region.native().createPipe(this.pipeName, this.capacity))
+    this.setPipe(q)
+    this.log(`pipe '${this.pipeName}' (capacity ${this.capacity}) ready in region '${region.name}'`)
+  }
+}
+
+/**
+ * Waits for a named pipe and attaches to it (the seed's ClientSide).
+ * `start()` blocks until region and pipe exist; `startAsync()` does not block
+ * the event loop. Both honour timeoutMs, signal, breakChecker, microSleepUs.
+ */
+export class ClientSide extends Side {
+  start(): this {
+    const started = performance.now()
+    const region = this.regionSync()
+    const o = this.options
+    const deadline = started + checkTimeout(o.timeoutMs)
+    const slice = checkMicroSleep(o.microSleepUs) / 1000
+    let said = false
+    for (;;) {
+      const seen = native(() => region.native().pipesVersion())
+      const q = native(() => region.native().findPipe(this.pipeName))
+      if (q) return this.#attached(q)
+      if (!said) this.log(`waiting for pipe '${this.pipeName}' in region '${region.name}'`)
+      said = true
+      this.#checkStop(deadline)
+      native(() => region.native().waitPipesSync(seen, Math.min(slice, deadline - performance.now())))
+    }
+  }
+
+  async startAsync(): Promise<this> {
+    const started = performance.now()
+    const region = await this.regionAsync()
+    const o = this.options
+    const deadline = started + checkTimeout(o.timeoutMs)
+    const slice = checkMicroSleep(o.microSleepUs) / 1000
+    let said = false
+    for (;;) {
+      const seen = native(() => region.native().pipesVersion())
+      const q = native(() => region.native().findPipe(this.pipeName))
+      if (q) return this.#attached(q)
+      if (!said) this.log(`waiting for pipe '${this.pipeName}' in region '${region.name}'`)
+      said = true
+      this.#checkStop(deadline)
+      const id = nextWaitId++ >>> 0
+      const onAbort = () => binding.cancelWait(id)
+      o.signal?.addEventListener('abort', onAbort, { once: true })
+      try {
+        // Sleep on the directory's futex, in slices so a breakChecker runs.
+        await native(() => region.native().waitPipes(seen, Math.min(slice, deadline - performance.now()), id))
+      } finally {
+        o.signal?.removeEventListener('abort', onAbort)
+      }
+    }
+  }
+
+  #checkStop(deadline: number): void {
+    const o = this.options
+    if (o.signal?.aborted) throw aborted(o.signal, `waiting for pipe '${this.pipeName}'`)
+    if (o.breakChecker?.()) throw new AbortError(`waiting for pipe '${this.pipeName}' was stopped by the breakChecker`)
+    if (performance.now() >= deadline) {
+      throw new ShmError(
+        ErrorCodes.TIMEOUT,
+        `pipe '${this.pipeName}' was not created within ${o.timeoutMs} ms; is its ServerSide running?`,
+      )
+    }
+  }
+
+  #attached(q: NativeQueue): this {
+    if (this.started) throw new ShmError(ErrorCodes.INVALID_STATE, `ClientSide '${this.pipeName}' was already started`)
+    this.setPipe(q)
+    this.log(`attached to pipe '${this.pipeName}'`)
+    return this
+  }
+}
