@@ -1,49 +1,60 @@
 /**
- * The main job at this stage of the project: one process creates a region
- * (SHMMain); a second, separate process waits for it, attaches, prints what
- * the boot block says, and leaves a greeting in the pool, which the first
- * process then reads from the same bytes.
+ * The main job: the seed's three examples as three separate processes,
+ * server → middle → client, exactly as one would start them in three shells:
  *
- *   npm run demo    (or: node --import @oxc-node/core/register examples/demo.ts [name] [bytes])
+ *   serverside_ex mempool 1000000 pipe1 4
+ *   middleside_ex mempool pipe1 pipe2 4
+ *   clientside_ex mempool pipe2
+ *
+ * The server creates the region and sends 100 shared tables; the middle adds
+ * my_sequence to each, in place, and passes it on; the client pretty-prints
+ * what arrives. Packets move by reference: no table is ever copied.
+ *
+ *   npm run demo    (or: node --import @oxc-node/core/register examples/demo.ts [region] [count])
  */
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 
-import { SHMMain } from 'shmtools'
+import { attachSync, SHMMain } from 'shmtools'
 
-const name = process.argv[2] ?? 'shmtools_demo'
-const bytes = Number(process.argv[3] ?? 1_000_000)
+const region = process.argv[2] ?? 'mempool'
+const count = process.argv[3] ?? '100'
 
-// Start the attacher first: it waits for the region, as a ClientSide would.
-const child = spawn(
-  process.execPath,
-  [...process.execArgv, fileURLToPath(new URL('./show_region.ts', import.meta.url)), name],
-  { stdio: ['ignore', 'pipe', 'inherit'] },
-)
-let greetingAt = -1
-let looking: () => void
-const attacherLooking = new Promise<void>((resolve) => (looking = resolve))
-createInterface({ input: child.stdout }).on('line', (line) => {
-  console.log(line)
-  if (line.includes('looking for region')) looking()
-  const m = /greeting at offset (\d+)/.exec(line)
-  if (m) greetingAt = Number(m[1])
-})
+// A left-over region of the same name from an earlier run would be picked up
+// by the middle and the client before the server replaces it (the seed's
+// third headache): start clean.
+SHMMain.remove(region)
 
-await attacherLooking
-await sleep(100) // let it find nothing once, to show the wait
-const mem = new SHMMain(name, bytes, { debug: true })
-mem.start()
-console.log(`[main ${process.pid}] created '${name}' (${bytes} bytes)`)
+const here = (f: string) => fileURLToPath(new URL(f, import.meta.url))
+const quiet = { ...process.env, SHMTOOLS_EXAMPLE_QUIET: '1' }
 
-const code: number = await new Promise((resolve) => child.on('close', (c) => resolve(c ?? 1)))
-if (code === 0 && greetingAt >= 0) {
-  const text = mem.pool().read(greetingAt, 64).toString().replace(/\0+$/, '')
-  console.log(`[main ${process.pid}] read at offset ${greetingAt}: "${text}"`)
-  mem.pool().free(greetingAt)
+function run(label: string, script: string, args: string[]): Promise<number> {
+  const child = spawn(process.execPath, [...process.execArgv, here(script), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: quiet,
+  })
+  for (const [stream, out] of [
+    [child.stdout, process.stdout],
+    [child.stderr, process.stderr],
+  ] as const) {
+    createInterface({ input: stream }).on('line', (line) => out.write(`[${label}] ${line}\n`))
+  }
+  return new Promise((resolve) => child.on('close', (code) => resolve(code ?? 1)))
 }
-mem.destroy()
-console.log(`[main ${process.pid}] region destroyed`)
-process.exitCode = code === 0 && greetingAt >= 0 ? 0 : 1
+
+// The client and the middle may start first: they wait for the region and pipes.
+const codes = await Promise.all([
+  run('client', 'clientside_ex.ts', [region, 'pipe2', count]),
+  run('middle', 'middleside_ex.ts', [region, 'pipe1', 'pipe2', '4', count]),
+  run('server', 'serverside_ex.ts', [region, '1000000', 'pipe1', '4', count]),
+])
+
+// Every packet was released by the client: the pool is back to the pipes alone.
+using mem = attachSync(region, { timeoutMs: 1000 })
+const stats = mem.pool().stats()
+console.log(`\npool after the run: ${stats.blocksUsed} blocks in use (${stats.bytesUsed} bytes): the directory and two pipes`)
+SHMMain.remove(region)
+const ok = codes.every((c) => c === 0)
+console.log(ok ? `all three processes exited 0; ${count} packets went server → middle → client` : `exit codes: ${codes}`)
+process.exitCode = ok ? 0 : 1

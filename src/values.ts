@@ -15,6 +15,9 @@ import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
 import { decode, ELEM_CTORS, encode, type RefSource, type SharedTypedArray } from './wire'
 
+/** Hidden property by which a typed-array view's buffer keeps its handle alive. */
+const VIEW_OWNER = Symbol('shmtools.viewOwner')
+
 /** Every live handle, by the object users hold (proxy or SharedTyped). */
 const handles = new WeakMap<object, Handle>()
 
@@ -250,7 +253,9 @@ const tabHandler: ProxyHandler<TabCore> = {
   ownKeys: (t) => t.keys(),
   getOwnPropertyDescriptor(t, key) {
     if (typeof key === 'symbol' || !t.has(key)) return undefined
-    return { value: t.get(key), writable: true, enumerable: true, configurable: true }
+    // An accessor, so Object.keys/for..in (which only ask about
+    // enumerability) do not read values and make handles nobody releases.
+    return { get: () => t.get(key), set: (v: unknown) => t.set(key, v), enumerable: true, configurable: true }
   },
   defineProperty(t, key, desc) {
     if (typeof key === 'symbol' || !('value' in desc)) return false
@@ -294,11 +299,11 @@ class ArrCore {
   }
   push(...values: unknown[]): number {
     const h = hOf(this)
+    // Encode everything first, so a value that cannot be stored fails the
+    // call before anything is pushed.
+    const wires = values.map((v) => Buffer.from(encodeFor(h.region, v)))
     let n = this.length
-    for (const v of values) {
-      const wire = encodeFor(h.region, v)
-      n = native(() => h.live().arrPush(wire))
-    }
+    for (const wire of wires) n = native(() => h.live().arrPush(wire))
     return n
   }
   pop(): unknown {
@@ -366,7 +371,8 @@ const arrHandler: ProxyHandler<ArrCore> = {
   ownKeys: (t) => Array.from({ length: t.length }, (_, i) => String(i)),
   getOwnPropertyDescriptor(t, key) {
     if (typeof key !== 'string' || !INDEX.test(key) || Number(key) >= t.length) return undefined
-    return { value: t.get(Number(key)), writable: true, enumerable: true, configurable: true }
+    const i = Number(key)
+    return { get: () => t.get(i), set: (v: unknown) => t.set(i, v), enumerable: true, configurable: true }
   },
   deleteProperty() {
     throw new ShmArgumentError('elements cannot be deleted from a shared list (holes are not allowed); use pop()')
@@ -413,7 +419,12 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
       const Ctor = ELEM_CTORS[native(() => n.elemType())]
       if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
       const ab = native(() => n.view())
-      if (ab.byteLength > 0) this.#h.keepView(ab)
+      if (ab.byteLength > 0) {
+        this.#h.keepView(ab)
+        // The buffer holds the handle, so the value (and its reference) lives
+        // as long as any view of it, even when the SharedTyped is dropped.
+        Object.defineProperty(ab, VIEW_OWNER, { value: this.#h })
+      }
       this.#view = new Ctor(ab) as T
     }
     return this.#view

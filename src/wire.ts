@@ -250,7 +250,8 @@ class Encoder {
       try {
         off = ref.refOffset(this.regionKey)
       } catch (e) {
-        if (e instanceof ShmError) throw e
+        // Our own coded errors (closed handle, foreign region) pass as they are.
+        if (typeof (e as { code?: unknown })?.code === 'string') throw e
         throw this.fail(String((e as Error).message), e)
       }
       this.ensure(9)
@@ -426,8 +427,11 @@ class Decoder {
         const n = this.u32()
         const o: Record<string, unknown> = {}
         for (let i = 0; i < n; i++) {
-          const k = this.value()
-          o[String(k)] = this.value()
+          const k = String(this.value())
+          const v = this.value()
+          // '__proto__' is data here, not the prototype setter.
+          if (k === '__proto__') Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true })
+          else o[k] = v
         }
         return o
       }

@@ -96,12 +96,14 @@ impl ShmMutex {
         let mut slice = FIRST_SLICE;
         loop {
             let cur = self.word.load(Ordering::Relaxed);
-            if cur == 0 {
+            // No owner: free (a lone WAITERS bit never occurs in normal use,
+            // since unlock clears the whole word; treat it as free).
+            if cur & TID_MASK == 0 {
                 // Having slept, we cannot know whether others sleep too: keep the
                 // WAITERS bit so our unlock wakes them.
                 if self
                     .word
-                    .compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(cur, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     return Some(self.owned(false));
@@ -237,6 +239,14 @@ mod tests {
         drop(g);
         let g = m.lock();
         assert!(!g.recovered);
+    }
+
+    #[test]
+    fn a_lone_waiters_bit_with_no_owner_is_taken_as_free() {
+        let m = ShmMutex::new_for_test();
+        m.word.store(WAITERS, Ordering::Relaxed);
+        let g = m.lock_until(Some(Instant::now() + Duration::from_secs(5)));
+        assert!(g.is_some_and(|g| !g.recovered));
     }
 
     #[test]

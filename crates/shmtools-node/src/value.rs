@@ -72,6 +72,20 @@ impl NativeValue {
         self.cell.open()?.values().map_err(js)
     }
 
+    /// Build the value in `wire` for storing into this container, refusing
+    /// one that would contain the container (a cycle is never freed).
+    fn store_for_me(&self, v: &Values<'_>, wire: &[u8]) -> Result<Slot> {
+        let (value, refs) = v.store_wire_refs(wire).map_err(js)?;
+        if refs && v.would_cycle(self.slot, value).map_err(js)? {
+            let _ = v.release(value);
+            return Err(err(
+                ErrorCode::InvalidArg,
+                "storing this value here would make a cycle (it contains this container), which would never be freed",
+            ));
+        }
+        Ok(value)
+    }
+
     fn expect(&self, tag: u8, what: &str) -> Result<()> {
         if self.slot.tag != tag {
             return Err(err(
@@ -181,7 +195,7 @@ impl NativeValue {
     pub fn tab_set(&self, key: String, wire: Buffer) -> Result<()> {
         self.expect(T_TAB, "a table")?;
         let v = self.values()?;
-        let value = v.store_wire(&wire).map_err(js)?;
+        let value = self.store_for_me(&v, &wire)?;
         let k = match int_key(&key) {
             Some(i) if v.tab_has(self.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
             _ => KeyRef::str(&key),
@@ -251,7 +265,7 @@ impl NativeValue {
     pub fn arr_set(&self, index: u32, wire: Buffer) -> Result<()> {
         self.expect(T_ARR, "a list")?;
         let v = self.values()?;
-        let value = v.store_wire(&wire).map_err(js)?;
+        let value = self.store_for_me(&v, &wire)?;
         v.arr_set(self.slot, index as u64, value).map_err(js)
     }
 
@@ -260,7 +274,7 @@ impl NativeValue {
     pub fn arr_push(&self, wire: Buffer) -> Result<f64> {
         self.expect(T_ARR, "a list")?;
         let v = self.values()?;
-        let value = v.store_wire(&wire).map_err(js)?;
+        let value = self.store_for_me(&v, &wire)?;
         Ok(v.arr_push(self.slot, value).map_err(js)? as f64)
     }
 

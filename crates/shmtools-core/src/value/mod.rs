@@ -500,7 +500,11 @@ impl<'a> Shared<'a> {
     }
 
     /// `t[key] = other` by reference: no copy, one more reference to `other`.
+    /// Refused if `other` contains this table (a cycle would never be freed).
     pub fn set_shared(&self, key: &Key, other: &Shared<'_>) -> Result<()> {
+        if self.values.would_cycle(self.slot, other.slot)? {
+            return Err(Error::invalid("storing this value here would make a cycle"));
+        }
         self.values.retain(other.slot)?;
         self.values.tab_set(self.slot, key.into(), other.slot)
     }

@@ -23,13 +23,63 @@ impl<'a> Values<'a> {
     /// Build the value encoded in `bytes`; the result owns one reference.
     /// On any error, everything built so far is freed again.
     pub fn store_wire(&self, bytes: &[u8]) -> Result<Slot> {
+        Ok(self.store_wire_refs(bytes)?.0)
+    }
+
+    /// [`Values::store_wire`], also telling whether the value holds references
+    /// to existing objects (only such a value can close a cycle when stored
+    /// into a container: see [`Values::would_cycle`]).
+    pub fn store_wire_refs(&self, bytes: &[u8]) -> Result<(Slot, bool)> {
         let mut r = Reader::new(bytes);
+        let before = r.refs_seen();
         let slot = self.build(&mut r, 0)?;
+        let refs = r.refs_seen() > before;
         if !r.at_end() {
             let _ = self.release(slot);
             return Err(Error::invalid("trailing bytes after the encoded value"));
         }
-        Ok(slot)
+        Ok((slot, refs))
+    }
+
+    /// Would storing `value` into `container` make the container reach
+    /// itself? Reference-counted cycles would never be freed, so containers
+    /// refuse them. Walks `value`'s containers (each once).
+    pub fn would_cycle(&self, container: Slot, value: Slot) -> Result<bool> {
+        if !matches!(value.tag, T_TAB | T_ARR) {
+            return Ok(false);
+        }
+        let target = container.bits;
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![value];
+        while let Some(s) = todo.pop() {
+            if s.bits == target {
+                return Ok(true);
+            }
+            if !seen.insert(s.bits) {
+                continue;
+            }
+            let children: Vec<Slot> = match s.tag {
+                T_TAB => self
+                    .tab_snapshot(s)?
+                    .into_iter()
+                    .flat_map(|(k, v)| [k, v])
+                    .collect(),
+                T_ARR => self.arr_snapshot(s)?,
+                _ => continue,
+            };
+            for c in &children {
+                if matches!(c.tag, T_TAB | T_ARR) {
+                    todo.push(*c);
+                }
+            }
+            // The snapshot's references only kept the children alive while
+            // we looked; the walk goes on by offset (a concurrent delete can
+            // at worst make us miss or see a cycle a moment out of date).
+            for c in children {
+                self.release(c)?;
+            }
+        }
+        Ok(false)
     }
 
     /// Build the next value from a reader positioned at one (for a run of
@@ -140,6 +190,7 @@ impl<'a> Values<'a> {
                 }
             }
             T_REF => {
+                r.note_ref();
                 let off = r.u64()?;
                 let slot = self.slot_of(off)?;
                 self.retain(slot)?;

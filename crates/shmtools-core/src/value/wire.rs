@@ -146,11 +146,23 @@ impl Writer {
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    refs: usize,
 }
 
 impl<'a> Reader<'a> {
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            refs: 0,
+        }
+    }
+    /// Count a reference to an existing object (T_REF) read so far.
+    pub fn note_ref(&mut self) {
+        self.refs += 1;
+    }
+    pub fn refs_seen(&self) -> usize {
+        self.refs
     }
     pub fn at_end(&self) -> bool {
         self.pos == self.buf.len()
