@@ -65,3 +65,11 @@ test('fanin: 20 worker processes each hand back a table through the region, and 
   t.regex(r.stdout, /20 workers returned 10000 rows in \d+ ms; pool back to 4 blocks/)
   t.is([...r.stdout.matchAll(/got worker (\d+)'s table: 500 rows/g)].length, 20)
 })
+
+test('Rust and Node on one pipe: a Rust process asks, a Node process answers, every answer is right', async (t) => {
+  await run('cargo', ['build', '--quiet', '-p', 'shmtools-core', '--example', 'rust_peer'], { cwd: REPO_ROOT })
+  const r = await node('rust_node.ts', ['40', `${REPO_ROOT}/target/debug/examples/rust_peer`])
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, /rust_peer: 40\/40 answers right/)
+  t.regex(r.stdout, /node_answerer: answered 40 requests/)
+})
