@@ -25,9 +25,9 @@ export declare class NativeQueue {
    */
   enqueueMany(wire: Buffer, count: number): number
   /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
-  dequeue(timeoutMs?: number | undefined | null): NativeValue | Buffer | null
+  dequeue(timeoutMs?: number | undefined | null): Out | null
   /** Dequeue up to `max` packets that are there now, without waiting. */
-  dequeueMany(max: number): Array<NativeValue | Buffer>
+  dequeueMany(max: number): Array<Out>
   /**
    * The futex sequence for `kind` (0 not empty, 1 not full); read it before
    * a failed attempt, then wait for it to move.
@@ -43,9 +43,9 @@ export declare class NativeQueue {
 
 export declare class NativeRegion {
   /** Benchmark candidate: store a value napi-rs read property by property. */
-  benchStoreWalk(value: Json): NativeValue | Buffer
+  benchStoreWalk(value: Json): Out
   /** Benchmark candidate: store a value given as JSON text. */
-  benchStoreJson(json: string): NativeValue | Buffer
+  benchStoreJson(json: string): Out
   /** Create pipe `name` (or join it, if it exists with this capacity). */
   createPipe(name: string, capacity: number): NativeQueue
   /** The pipe called `name`, or null if it does not exist yet. */
@@ -70,7 +70,7 @@ export declare class NativeRegion {
    * Build a value from its wire encoding: a handle for containers, strings
    * and arrays (owning one reference), the wire bytes back for scalars.
    */
-  store(wire: Buffer): NativeValue | Buffer
+  store(wire: Buffer): Out
   /** A new handle to the live shared value at `offset` (reference + 1). */
   valueAt(offset: number): NativeValue
   /** Steps logged while creating (for the `debug` option). */
@@ -116,7 +116,7 @@ export declare class NativeValue {
   duplicate(): NativeValue
   /** Deep copy out, as wire bytes. */
   toWire(): Buffer
-  tabGet(key: string): NativeValue | Buffer | null
+  tabGet(key: string): Out | null
   /** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */
   tabSet(key: string, wire: Buffer): void
   tabHas(key: string): boolean
@@ -125,11 +125,11 @@ export declare class NativeValue {
   tabKeys(): Array<string>
   tabLen(): number
   arrLen(): number
-  arrGet(index: number): NativeValue | Buffer | null
+  arrGet(index: number): Out | null
   arrSet(index: number, wire: Buffer): void
   /** Append; returns the new length. */
   arrPush(wire: Buffer): number
-  arrPop(): NativeValue | Buffer | null
+  arrPop(): Out | null
   /** Element type code (shmtools_core::value::Elem) of a typed array. */
   elemType(): number
   /**

@@ -112,14 +112,16 @@ export class Region {
 
   /** @internal */
   native(): NativeRegion {
-    if (this.#native === undefined || this.#native.closed) {
+    // Closed state is tracked here (close/destroy clear #native), so the hot
+    // path makes no extra call into native code.
+    if (this.#native === undefined) {
       throw new ShmError(ErrorCodes.CLOSED, `region '${this.name}' is closed; attach again to use it`)
     }
     return this.#native
   }
 
   get closed(): boolean {
-    return this.#native === undefined || this.#native.closed
+    return this.#native === undefined
   }
 
   /** Identity of the mapped object ("dev:inode"): the same for every mapping of this region. */

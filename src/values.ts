@@ -26,34 +26,44 @@ const refOf = (v: object): RefSource | undefined => handles.get(v)
 /** Where a value lives, and the native reference it owns. */
 class Handle implements RefSource {
   #views: ArrayBuffer[] = []
+  /** Mirrors native.released, so checks cost no call into native code. */
+  #released = false
+  #offset = -1
+  #key: string | undefined
   constructor(
     readonly region: Region,
     readonly native: NativeValue,
   ) {}
 
   get regionKey(): string {
-    return this.native.regionKey
+    this.#key ??= this.native.regionKey
+    return this.#key
   }
 
   get released(): boolean {
-    return this.native.released
+    return this.#released
+  }
+
+  get offset(): number {
+    if (this.#offset < 0) this.#offset = this.live().offset
+    return this.#offset
   }
 
   live(): NativeValue {
-    if (this.native.released) {
+    if (this.#released) {
       throw new ShmError(ErrorCodes.CLOSED, 'this shared value was released; take a new handle to use it')
     }
     return this.native
   }
 
   refOffset(regionKey: string): number {
-    const n = this.live()
-    if (n.regionKey !== regionKey) {
+    this.live()
+    if (this.regionKey !== regionKey) {
       throw new ShmArgumentError(
         'a shared value from another region cannot be stored here; copy it with toJS() first',
       )
     }
-    return n.offset
+    return this.offset
   }
 
   keepView(ab: ArrayBuffer): void {
@@ -61,7 +71,8 @@ class Handle implements RefSource {
   }
 
   release(): void {
-    if (this.native.released) return
+    if (this.#released) return
+    this.#released = true
     for (const ab of this.#views) native(() => this.native.detachView(ab))
     this.#views = []
     native(() => this.native.release())
@@ -74,7 +85,8 @@ export function encodeFor(region: Region, value: unknown): Buffer {
 }
 
 /** Turn what the binding returns for a value into its JS face. */
-export function wrap(region: Region, v: NativeValue | Buffer): unknown {
+export function wrap(region: Region, v: NativeValue | number | string | Buffer): unknown {
+  if (typeof v === 'number' || typeof v === 'string') return v
   if (Buffer.isBuffer(v)) return decode(v)
   const h = new Handle(region, v)
   switch (v.kind) {
@@ -150,7 +162,7 @@ function hOf(self: object): Handle {
   return h
 }
 
-function getOut(h: Handle, v: NativeValue | Buffer | null | undefined): unknown {
+function getOut(h: Handle, v: NativeValue | number | string | Buffer | null | undefined): unknown {
   return v === null || v === undefined ? undefined : wrap(h.region, v)
 }
 
@@ -219,7 +231,7 @@ class TabCore {
     return native(() => h.live().refCount())
   }
   get offset(): number {
-    return hOf(this).live().offset
+    return hOf(this).offset
   }
   get released(): boolean {
     return hOf(this).released
@@ -250,7 +262,8 @@ const tabHandler: ProxyHandler<TabCore> = {
   has(t, key) {
     return typeof key !== 'symbol' && t.has(key)
   },
-  ownKeys: (t) => t.keys(),
+  // A damaged table can list a key twice; a Proxy must not (TypeError).
+  ownKeys: (t) => [...new Set(t.keys())],
   getOwnPropertyDescriptor(t, key) {
     if (typeof key === 'symbol' || !t.has(key)) return undefined
     // An accessor, so Object.keys/for..in (which only ask about
@@ -343,7 +356,7 @@ class ArrCore {
     return native(() => h.live().refCount())
   }
   get offset(): number {
-    return hOf(this).live().offset
+    return hOf(this).offset
   }
   get released(): boolean {
     return hOf(this).released
@@ -452,7 +465,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   }
 
   get offset(): number {
-    return this.#h.live().offset
+    return this.#h.offset
   }
 
   get released(): boolean {

@@ -7,7 +7,6 @@
 //! - "json": `JSON.stringify` in JS, `serde_json::from_str` here (and
 //!   `serde_json::to_string` + `JSON.parse` back).
 
-use napi::bindgen_prelude::{Buffer, Either};
 use napi::Result;
 use napi_derive::napi;
 use serde_json::Value as Json;
@@ -16,7 +15,7 @@ use shmtools_core::ErrorCode;
 
 use crate::convert::{err, js};
 use crate::region::NativeRegion;
-use crate::value::NativeValue;
+use crate::value::{NativeValue, Out};
 
 fn from_json(v: &Json, depth: usize) -> Result<Value> {
     if depth > shmtools_core::value::wire::MAX_DEPTH {
@@ -68,7 +67,7 @@ fn to_json(v: &Value) -> Json {
     }
 }
 
-fn store(region: &NativeRegion, v: &Json) -> Result<Either<NativeValue, Buffer>> {
+fn store(region: &NativeRegion, v: &Json) -> Result<Out> {
     let wire = from_json(v, 0)?.encode().map_err(js)?;
     region.store(wire.into())
 }
@@ -77,13 +76,13 @@ fn store(region: &NativeRegion, v: &Json) -> Result<Either<NativeValue, Buffer>>
 impl NativeRegion {
     /// Benchmark candidate: store a value napi-rs read property by property.
     #[napi(catch_unwind)]
-    pub fn bench_store_walk(&self, value: Json) -> Result<Either<NativeValue, Buffer>> {
+    pub fn bench_store_walk(&self, value: Json) -> Result<Out> {
         store(self, &value)
     }
 
     /// Benchmark candidate: store a value given as JSON text.
     #[napi(catch_unwind)]
-    pub fn bench_store_json(&self, json: String) -> Result<Either<NativeValue, Buffer>> {
+    pub fn bench_store_json(&self, json: String) -> Result<Out> {
         let v: Json =
             serde_json::from_str(&json).map_err(|e| err(ErrorCode::InvalidArg, e.to_string()))?;
         store(self, &v)

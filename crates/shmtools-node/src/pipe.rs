@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, Either, Object};
+use napi::bindgen_prelude::{Buffer, Object};
 use napi::{Env, Result};
 use napi_derive::napi;
 use shmtools_core::queue::{Queue, WaitFor};
@@ -15,7 +15,7 @@ use shmtools_core::{Directory, ErrorCode};
 
 use crate::convert::{err, js, to_u64};
 use crate::region::{NativeRegion, RegionCell};
-use crate::value::{from_slot, NativeValue};
+use crate::value::{from_slot, Out};
 use crate::waiter::{self, Job};
 
 #[napi(object)]
@@ -72,7 +72,7 @@ impl NativeQueue {
         Queue::open(v, self.off).map_err(js)
     }
 
-    fn out(&self, s: Option<shmtools_core::Slot>) -> Result<Option<Either<NativeValue, Buffer>>> {
+    fn out(&self, s: Option<shmtools_core::Slot>) -> Result<Option<Out>> {
         s.map(|s| from_slot(&self.cell, s)).transpose()
     }
 }
@@ -140,7 +140,7 @@ impl NativeQueue {
 
     /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
     #[napi(catch_unwind)]
-    pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Either<NativeValue, Buffer>>> {
+    pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Out>> {
         let t = timeout(timeout_ms)?;
         let s = self.queue()?.dequeue(t).map_err(js)?;
         self.out(s)
@@ -148,7 +148,7 @@ impl NativeQueue {
 
     /// Dequeue up to `max` packets that are there now, without waiting.
     #[napi(catch_unwind)]
-    pub fn dequeue_many(&self, max: u32) -> Result<Vec<Either<NativeValue, Buffer>>> {
+    pub fn dequeue_many(&self, max: u32) -> Result<Vec<Out>> {
         let q = self.queue()?;
         let mut out = Vec::new();
         while out.len() < max as usize {

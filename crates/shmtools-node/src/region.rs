@@ -4,11 +4,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, Either, Uint8Array};
+use napi::bindgen_prelude::{Buffer, Uint8Array};
 use napi_derive::napi;
 use shmtools_core::{boot, ErrorCode, Region, TryAttach};
 
-use crate::value::{from_slot, NativeValue};
+use crate::value::{from_slot, NativeValue, Out};
 
 use crate::convert::{err, js, to_u64};
 use napi::Result;
@@ -149,7 +149,7 @@ impl NativeRegion {
     /// Build a value from its wire encoding: a handle for containers, strings
     /// and arrays (owning one reference), the wire bytes back for scalars.
     #[napi(catch_unwind)]
-    pub fn store(&self, wire: Buffer) -> Result<Either<NativeValue, Buffer>> {
+    pub fn store(&self, wire: Buffer) -> Result<Out> {
         let cell = self.cell()?;
         let slot = cell
             .region

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either};
+use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either4};
 use napi::Env;
 use napi_derive::napi;
 use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
-use shmtools_core::value::{T_ARR, T_BIGINT, T_BYTES, T_STR, T_TAB, T_TYPED};
+use shmtools_core::value::{
+    T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_STR, T_TAB, T_TYPED, T_UINT,
+};
 use shmtools_core::ErrorCode;
 
 use crate::convert::{err, js};
@@ -23,26 +25,45 @@ pub struct NativeValue {
     released: bool,
 }
 
+/// What JavaScript gets for a slot that owns one reference.
+pub type Out = Either4<NativeValue, f64, String, Buffer>;
+
 /// What JavaScript gets for a slot that owns one reference: a handle for
-/// containers and typed arrays (which keep their identity), the wire bytes
-/// for everything JS holds by value (scalars, strings, bytes, big integers;
-/// their reference is released here).
-pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Either<NativeValue, Buffer>> {
+/// containers and typed arrays (which keep their identity); a number or a
+/// string directly for those (the common cases, without a Buffer); the wire
+/// bytes for the rest (None, booleans, big integers, bytes, 64-bit integers
+/// beyond ±2^53). Anything not a handle has its reference released here.
+pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Out> {
+    const SAFE: u64 = 1 << 53;
+    match slot.tag {
+        T_INT if (slot.bits as i64).unsigned_abs() <= SAFE => {
+            return Ok(Either4::B(slot.bits as i64 as f64))
+        }
+        T_UINT if slot.bits <= SAFE => return Ok(Either4::B(slot.bits as f64)),
+        T_F64 => return Ok(Either4::B(f64::from_bits(slot.bits))),
+        T_F32 => return Ok(Either4::B(f32::from_bits(slot.bits as u32) as f64)),
+        _ => {}
+    }
     if let Some(w) = scalar_wire(slot) {
-        return Ok(Either::B(w.into()));
+        return Ok(Either4::D(w.into()));
     }
     if matches!(slot.tag, T_STR | T_BYTES | T_BIGINT) {
         let v = cell.region.values().map_err(js)?;
-        let mut w = Writer::default();
-        let copied = v.load_wire(slot, &mut w);
+        let out = if slot.tag == T_STR {
+            v.load_str(slot).map(Either4::C)
+        } else {
+            let mut w = Writer::default();
+            v.load_wire(slot, &mut w).map(|()| Either4::D(w.buf.into()))
+        };
         let released = v.release(slot);
-        copied.and(released).map_err(js)?;
-        return Ok(Either::B(w.buf.into()));
+        let out = out.map_err(js)?;
+        released.map_err(js)?;
+        return Ok(out);
     }
-    Ok(Either::A(NativeValue::adopt(cell.clone(), slot)))
+    Ok(Either4::A(NativeValue::adopt(cell.clone(), slot)))
 }
 
-fn opt(cell: &Arc<RegionCell>, s: Option<Slot>) -> Result<Option<Either<NativeValue, Buffer>>> {
+fn opt(cell: &Arc<RegionCell>, s: Option<Slot>) -> Result<Option<Out>> {
     s.map(|s| from_slot(cell, s)).transpose()
 }
 
@@ -183,7 +204,7 @@ impl NativeValue {
     // ---- Tab ---------------------------------------------------------------
 
     #[napi(catch_unwind)]
-    pub fn tab_get(&self, key: String) -> Result<Option<Either<NativeValue, Buffer>>> {
+    pub fn tab_get(&self, key: String) -> Result<Option<Out>> {
         self.expect(T_TAB, "a table")?;
         let v = self.values()?;
         let s = self.find(&key, |k| v.tab_get(self.slot, k))?;
@@ -252,7 +273,7 @@ impl NativeValue {
     }
 
     #[napi(catch_unwind)]
-    pub fn arr_get(&self, index: u32) -> Result<Option<Either<NativeValue, Buffer>>> {
+    pub fn arr_get(&self, index: u32) -> Result<Option<Out>> {
         self.expect(T_ARR, "a list")?;
         let s = self
             .values()?
@@ -279,7 +300,7 @@ impl NativeValue {
     }
 
     #[napi(catch_unwind)]
-    pub fn arr_pop(&self) -> Result<Option<Either<NativeValue, Buffer>>> {
+    pub fn arr_pop(&self) -> Result<Option<Out>> {
         self.expect(T_ARR, "a list")?;
         let s = self.values()?.arr_pop(self.slot).map_err(js)?;
         opt(&self.cell, s)

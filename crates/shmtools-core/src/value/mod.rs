@@ -371,6 +371,11 @@ impl<'a> Values<'a> {
         Ok(v)
     }
 
+    /// The text of a string object.
+    pub fn load_str(&self, slot: Slot) -> Result<String> {
+        self.read_str(slot)
+    }
+
     fn read_str(&self, slot: Slot) -> Result<String> {
         String::from_utf8(self.read_bytes(slot)?)
             .map_err(|_| Error::corrupt("a shared string is not valid UTF-8"))
