@@ -26,6 +26,13 @@ export declare class NativeQueue {
   enqueueMany(wire: Buffer, count: number): number
   /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
   dequeue(timeoutMs?: number | undefined | null): Out | null
+  /**
+   * Dequeue if a packet is there or arrives within `spin_us` microseconds,
+   * spinning on the futex word (no sleep): the async forms call this once
+   * before parking, since a reply often comes within a few microseconds and
+   * waking through a thread costs tens.
+   */
+  dequeueSpin(spinUs: number): Out | null
   /** Dequeue up to `max` packets that are there now, without waiting. */
   dequeueMany(max: number): Array<Out>
   /**

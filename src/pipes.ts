@@ -16,6 +16,8 @@ export type { PipeStats }
 const NOT_EMPTY = 0
 const NOT_FULL = 1
 const WAITED_OUT = 1
+/** How long the async forms spin (on this thread) before parking a wait. */
+const SPIN_US = 20
 let nextWaitId = 1
 
 /** Options of the Promise forms of enqueue/dequeue. */
@@ -148,10 +150,12 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const signal = checkSignal(options?.signal)
     if (signal?.aborted) throw aborted(signal, `dequeue on pipe '${this.name}'`)
     const deadline = performance.now() + t
-    for (;;) {
+    for (let first = true; ; first = false) {
       const q = this.#native()
       const seen = native(() => q.seq(NOT_EMPTY))
-      const v = native(() => q.dequeue(0))
+      // The first try spins briefly (a reply often arrives within
+      // microseconds); later tries follow a wake-up and just look.
+      const v = native(() => (first && t > 0 ? q.dequeueSpin(SPIN_US) : q.dequeue(0)))
       if (v !== null && v !== undefined) return wrap(this.#region, v) as T
       const left = deadline - performance.now()
       if (left <= 0) return undefined

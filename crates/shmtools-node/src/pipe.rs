@@ -146,6 +146,28 @@ impl NativeQueue {
         self.out(s)
     }
 
+    /// Dequeue if a packet is there or arrives within `spin_us` microseconds,
+    /// spinning on the futex word (no sleep): the async forms call this once
+    /// before parking, since a reply often comes within a few microseconds and
+    /// waking through a thread costs tens.
+    #[napi(catch_unwind)]
+    pub fn dequeue_spin(&self, spin_us: u32) -> Result<Option<Out>> {
+        let q = self.queue()?;
+        let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
+        loop {
+            let seen = q.seq(WaitFor::NotEmpty);
+            if let Some(s) = q.try_dequeue().map_err(js)? {
+                return self.out(Some(s));
+            }
+            while q.seq(WaitFor::NotEmpty) == seen {
+                if std::time::Instant::now() >= until {
+                    return Ok(None);
+                }
+                std::hint::spin_loop();
+            }
+        }
+    }
+
     /// Dequeue up to `max` packets that are there now, without waiting.
     #[napi(catch_unwind)]
     pub fn dequeue_many(&self, max: u32) -> Result<Vec<Out>> {
