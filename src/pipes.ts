@@ -54,6 +54,8 @@ export class CQ<T = any> implements AsyncIterable<T> {
   readonly name: string
   readonly #region: Region
   #q: NativeQueue | undefined
+  /** Ids of async waits parked right now, so close() can end them. */
+  readonly #parked = new Set<number>()
 
   /** @internal */
   constructor(region: Region, name: string, q: NativeQueue) {
@@ -164,14 +166,20 @@ export class CQ<T = any> implements AsyncIterable<T> {
   }
 
   async #park(q: NativeQueue, kind: number, seen: number, left: number, signal?: AbortSignal): Promise<number> {
+    // The signal may have fired since the caller last looked (during encoding,
+    // or between retries): an 'abort' listener added now would never run.
+    if (signal?.aborted) throw aborted(signal, `waiting on pipe '${this.name}'`)
     const id = nextWaitId++ >>> 0
     const onAbort = () => binding.cancelWait(id)
     signal?.addEventListener('abort', onAbort, { once: true })
+    this.#parked.add(id)
     try {
       const outcome = await (native(() => q.waitChange(kind, seen, left === Infinity ? undefined : left, id)) as unknown as Promise<number>)
       if (signal?.aborted) throw aborted(signal, `waiting on pipe '${this.name}'`)
+      if (this.#q === undefined) throw new ShmError(ErrorCodes.CLOSED, `pipe '${this.name}' was closed while waiting`)
       return outcome
     } finally {
+      this.#parked.delete(id)
       signal?.removeEventListener('abort', onAbort)
     }
   }
@@ -182,14 +190,16 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   enqueueMany(values: readonly T[]): number {
     const q = this.#native()
+    // Encode everything first: a value that cannot be stored fails the whole
+    // call before any packet goes in.
+    const parts = values.map((v) => Buffer.from(encodeFor(this.#region, v)))
     let done = 0
-    // Encode in chunks so one call carries many values.
-    while (done < values.length) {
-      const chunk = values.slice(done, done + 256)
-      const parts = chunk.map((v) => Buffer.from(encodeFor(this.#region, v)))
-      const n = native(() => q.enqueueMany(Buffer.concat(parts), parts.length))
+    // Then send in chunks, so one call carries many values.
+    while (done < parts.length) {
+      const chunk = parts.slice(done, done + 256)
+      const n = native(() => q.enqueueMany(Buffer.concat(chunk), chunk.length))
       done += n
-      if (n < parts.length) break
+      if (n < chunk.length) break
     }
     return done
   }
@@ -220,9 +230,14 @@ export class CQ<T = any> implements AsyncIterable<T> {
     }
   }
 
-  /** Stop using the pipe here (the pipe and its packets stay in the region). */
+  /**
+   * Stop using the pipe here (the pipe and its packets stay in the region).
+   * Async waits still parked on it reject with ERR_SHM_CLOSED; an async
+   * iteration over it ends.
+   */
   close(): void {
     this.#q = undefined
+    for (const id of this.#parked) binding.cancelWait(id)
   }
 }
 

@@ -220,9 +220,11 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) ->
     }
 }
 
-/// Wake up to `n` waiters on `word`, in any process.
+/// Wake up to `n` waiters on `word`, in any process. The kernel reads the
+/// count as a signed int, so "all" (u32::MAX) must be sent as i32::MAX: as -1
+/// it would wake exactly one.
 pub fn futex_wake(word: &AtomicU32, n: u32) {
-    let _ = futex::wake(word, futex::Flags::empty(), n);
+    let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
 pub fn current_pid() -> u32 {
@@ -316,4 +318,27 @@ pub fn is_alive(id: u32, start: u64) -> bool {
 /// an object to be created by another process).
 pub fn sleep(d: Duration) {
     std::thread::sleep(d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wake_of_all_wakes_every_sleeper_not_just_one() {
+        let word = std::sync::Arc::new(AtomicU32::new(0));
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                let w = word.clone();
+                std::thread::spawn(move || futex_wait(&w, 0, Some(Duration::from_secs(20))))
+            })
+            .collect();
+        // Let them fall asleep, then move the word on and wake "all".
+        std::thread::sleep(Duration::from_millis(200));
+        word.store(1, Ordering::Release);
+        futex_wake(&word, u32::MAX);
+        for s in sleepers {
+            assert_eq!(s.join().unwrap(), Wake::Woken);
+        }
+    }
 }

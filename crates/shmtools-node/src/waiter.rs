@@ -118,11 +118,16 @@ pub fn park<'env>(env: &'env Env, job: Job) -> napi::Result<Object<'env>> {
     Ok(promise)
 }
 
-/// Stop the parked wait `id` now (AbortSignal): flag it and wake its word.
+/// Stop the parked wait `id` now (AbortSignal): flag it, then move its word
+/// on and wake it. Moving the word (a sequence number: every sleeper on it
+/// rechecks and goes back to sleep) is what makes the wake-up impossible to
+/// lose: a worker that checked the flag just before it was set will find the
+/// word changed when it goes to sleep, and not sleep.
 pub fn cancel(id: u32) {
     if let Some(c) = waiters().parked.lock().get(&id).cloned() {
         c.flag.store(true, Ordering::Release);
         if let Ok(w) = c.cell.region.span().u32_at(c.word) {
+            w.fetch_add(1, Ordering::Release);
             platform::futex_wake(w, u32::MAX);
         }
     }

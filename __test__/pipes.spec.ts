@@ -1,0 +1,906 @@
+/**
+ * Pipes across real OS processes: exactly-once delivery with many producers
+ * and consumers, timeouts (also while the futex words keep moving),
+ * backpressure, async waits that leave the event loop free and end on an
+ * AbortSignal, ServerSide / ClientSide start-up, joining and refusing, bad
+ * input, and `for await` over a pipe.
+ *
+ * Child processes run __test__/fixtures/pipe-child.ts; the messages they
+ * exchange are built and checked by __test__/fixtures/pipe-messages.ts.
+ * Every test uses its own region, removed at the end. Timeouts passed to
+ * waits only guard against a hung test; the only timing assertions are lower
+ * bounds ("did not return before its timeout"), durations are logged.
+ *
+ * The tests run serially: several block the main thread on purpose (sync
+ * dequeue/enqueue), which would starve the event-loop tests if they overlapped.
+ */
+import { setMaxListeners } from 'node:events'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+import test, { type ExecutionContext } from 'ava'
+import {
+  AbortError,
+  ClientSide,
+  ErrorCodes,
+  ServerSide,
+  Shared,
+  SHMMain,
+  ShmError,
+  ShmUnsupportedError,
+  type CQ,
+  type Pool,
+  type Region,
+} from 'shmtools'
+
+import {
+  decodeMessage,
+  NOT_EMPTY_AT,
+  NOT_FULL_AT,
+  queueOffset,
+  readWord,
+  takeOut,
+  type Decoded,
+} from './fixtures/pipe-messages.ts'
+import { lastJson, NAME_PREFIX, REPO_ROOT, shmEntries, startNode, uniqueName, type ChildOptions, type LiveChild } from './helpers.ts'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+/** Long timeouts that only stop a hung test. */
+const GUARD_MS = 60_000
+
+const PIPE_CHILD = join(REPO_ROOT, '__test__', 'fixtures', 'pipe-child.ts')
+
+function startPipeChild(args: string[], opts: ChildOptions = {}): LiveChild {
+  return startNode(['--import', '@oxc-node/core/register', PIPE_CHILD, ...args], opts)
+}
+
+/** Remove `names` from /dev/shm when the test ends, whatever happened. */
+function cleanup(t: ExecutionContext, ...names: string[]): void {
+  t.teardown(() => {
+    for (const n of names) {
+      try {
+        SHMMain.remove(n)
+      } catch {
+        // Already gone.
+      }
+    }
+  })
+}
+
+interface Fixture {
+  name: string
+  shm: SHMMain
+  region: Region
+  pool: Pool
+}
+
+/** A fresh region for one test, destroyed when the test ends. */
+function fresh(t: ExecutionContext, tag: string, bytes = 4 * MiB): Fixture {
+  const name = uniqueName(`pipe-${tag}`)
+  cleanup(t, name)
+  const shm = new SHMMain(name, bytes).start()
+  t.teardown(() => shm.close())
+  return { name, shm, region: shm.region(), pool: shm.pool() }
+}
+
+function killOnTeardown(t: ExecutionContext, ...children: LiveChild[]): void {
+  t.teardown(() => {
+    for (const c of children) c.kill()
+  })
+}
+
+const ms = (t0: number) => performance.now() - t0
+const fmt = (d: number) => `${d.toFixed(1)} ms`
+
+const invalidArg = { code: ErrorCodes.INVALID_ARG, instanceOf: TypeError } as const
+const closed = { code: ErrorCodes.CLOSED } as const
+const shmCodes = new Set<string>(Object.values(ErrorCodes))
+const hasShmCode = (e: unknown) => shmCodes.has((e as { code?: string } | undefined)?.code ?? '')
+const abortError = { name: 'AbortError', code: 'ABORT_ERR', instanceOf: AbortError } as const
+
+/** Dequeue one packet (waiting, with a guard), copy it out and release it. */
+async function take(q: CQ): Promise<unknown> {
+  const v = await q.dequeueAsync(GUARD_MS)
+  if (v === undefined) throw new Error(`nothing came on pipe '${q.name}' within ${GUARD_MS} ms`)
+  return takeOut(v)
+}
+
+test.after.always('no region made by this file is left in /dev/shm', (t) => {
+  t.deepEqual(shmEntries(NAME_PREFIX), [])
+})
+
+// 1 ---------------------------------------------------------------------------
+
+interface ConsumerReport {
+  id: number
+  mode: string
+  /** producer, seq pairs in the order this consumer took them; seq -1 is the producer's eof. */
+  pairs: number[]
+  eofs: number[]
+  bad: string[]
+  extraPills: number
+}
+
+async function deliverExactlyOnce(
+  t: ExecutionContext,
+  producers: string[],
+  consumers: string[],
+  count: number,
+  capacity: number,
+): Promise<void> {
+  t.timeout(120_000)
+  const P = producers.length
+  const C = consumers.length
+  const { name, pool, region } = fresh(t, `deliver-${P}x${C}`, 8 * MiB)
+  const server = new ServerSide(region, 'work', capacity).start()
+  const q = server.pipe()
+  // After the pipe exists: everything sent from here on must be freed again.
+  const baseline = pool.stats()
+  const t0 = performance.now()
+
+  // A single consumer stops on the last producer's eof; several stop on pills.
+  const stopAfterEofs = C === 1 ? P : 0
+  const cs = consumers.map((mode, id) => startPipeChild(['consume', name, 'work', String(id), mode, String(stopAfterEofs)]))
+  const ps = producers.map((mode, id) => startPipeChild(['produce', name, 'work', String(id), String(count), mode]))
+  killOnTeardown(t, ...cs, ...ps)
+
+  for (const [i, p] of ps.entries()) {
+    const r = await p.done
+    t.is(r.code, 0, `producer ${i}: ${r.stderr}`)
+    t.like(lastJson(r), { id: i, sent: count })
+  }
+  t.log(`${P} producers (${producers.join(', ')}) sent ${P * count} messages + ${P} eofs in ${fmt(ms(t0))}`)
+  if (stopAfterEofs === 0) {
+    // Every data message and eof is in the pipe before the first pill.
+    for (let i = 0; i < C; i++) t.true(await q.enqueueAsync({ stop: true }, GUARD_MS), 'room for a pill')
+  }
+  const reports: ConsumerReport[] = []
+  for (const [i, c] of cs.entries()) {
+    const r = await c.done
+    t.is(r.code, 0, `consumer ${i}: ${r.stderr}`)
+    reports.push(lastJson<ConsumerReport>(r))
+  }
+  t.log(`${C} consumers (${consumers.join(', ')}) done after ${fmt(ms(t0))}`)
+
+  const seen = new Map<string, number>()
+  const dups: string[] = []
+  for (const rep of reports) {
+    t.deepEqual(rep.bad, [], `consumer ${rep.id} (${rep.mode}) got damaged or foreign messages`)
+    t.log(`consumer ${rep.id} (${rep.mode}) took ${rep.pairs.length / 2} packets (eofs included)`)
+    // Each consumer sees each producer's messages in the order they were sent
+    // (the pipe is FIFO and a producer sends one after the other), its eof last.
+    const last = new Map<number, number>()
+    for (let i = 0; i < rep.pairs.length; i += 2) {
+      const [p, s] = [rep.pairs[i]!, rep.pairs[i + 1]!]
+      const order = s === -1 ? Infinity : s
+      const before = last.get(p) ?? -1
+      if (order <= before) t.fail(`consumer ${rep.id}: producer ${p}'s seq ${s} came after ${before}`)
+      last.set(p, order)
+      const key = `${p}:${s}`
+      if (seen.has(key)) dups.push(key)
+      seen.set(key, rep.id)
+    }
+  }
+  t.deepEqual(dups, [], 'a message was delivered twice')
+  const missing: string[] = []
+  for (let p = 0; p < P; p++) {
+    for (let s = -1; s < count; s++) if (!seen.has(`${p}:${s}`)) missing.push(`${p}:${s}`)
+  }
+  t.deepEqual(missing.slice(0, 20), [], `${missing.length} messages never arrived`)
+  t.is(seen.size, P * (count + 1))
+  t.deepEqual(reports.flatMap((r) => r.eofs).sort((a, b) => a - b), [...Array(P).keys()])
+  if (C === 1) {
+    // One consumer: per producer exactly 0..count-1 then eof, in that order.
+    const rep = reports[0]!
+    for (let p = 0; p < P; p++) {
+      const mine = []
+      for (let i = 0; i < rep.pairs.length; i += 2) if (rep.pairs[i] === p) mine.push(rep.pairs[i + 1])
+      t.deepEqual(mine, [...[...Array(count).keys()], -1], `FIFO for producer ${p}`)
+    }
+  }
+
+  const extra = reports.reduce((n, r) => n + r.extraPills, 0)
+  const pills = stopAfterEofs === 0 ? C : 0
+  const stats = q.stats()
+  t.like(stats, {
+    depth: 0,
+    capacity,
+    totalEnqueued: P * (count + 1) + pills + extra,
+    totalDequeued: P * (count + 1) + pills + extra,
+  })
+  t.true(stats.highWater <= capacity, `high water ${stats.highWater} > capacity ${capacity}`)
+  t.is(q.length, 0)
+  // Every packet's memory (copies, moved Shared handles, nested references)
+  // was released by whichever process dropped it last.
+  t.deepEqual(pool.stats(), baseline)
+  const check = pool.check()
+  t.is(check.blocksUsed, baseline.blocksUsed)
+  server.close()
+}
+
+test.serial('1×1: every message arrives exactly once, in FIFO order, and the pool returns to its baseline', async (t) => {
+  await deliverExactlyOnce(t, ['sync'], ['sync'], 2000, 16)
+})
+
+test.serial('2×2: every message arrives exactly once across consumers (enqueue / enqueueAsync → dequeueAsync / for await)', async (t) => {
+  await deliverExactlyOnce(t, ['sync', 'async'], ['async', 'iter'], 2000, 16)
+})
+
+test.serial('4×4: every message arrives exactly once with every send and receive form mixed, and nothing leaks', async (t) => {
+  await deliverExactlyOnce(t, ['sync', 'async', 'many', 'sync'], ['sync', 'async', 'iter', 'many'], 2000, 16)
+})
+
+test.serial('4 producers × 1 async consumer: FIFO per producer, eof after each producer\'s last message', async (t) => {
+  await deliverExactlyOnce(t, ['many', 'async', 'sync', 'many'], ['async'], 500, 8)
+})
+
+// 2 ---------------------------------------------------------------------------
+
+test.serial('dequeue/enqueue and their async forms time out: undefined / false, never before timeoutMs, and the pipe and pool are unchanged', async (t) => {
+  const { region, pool } = fresh(t, 'timeouts')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  const T = 200
+
+  let t0 = performance.now()
+  t.is(q.dequeue(T), undefined)
+  let d = ms(t0)
+  t.true(d >= T, `dequeue(${T}) returned after ${d} ms`)
+  t.log(`dequeue(${T}) on an empty pipe: ${fmt(d)}`)
+
+  t0 = performance.now()
+  t.is(await q.dequeueAsync(T), undefined)
+  d = ms(t0)
+  t.true(d >= T, `dequeueAsync(${T}) resolved after ${d} ms`)
+  t.log(`dequeueAsync(${T}) on an empty pipe: ${fmt(d)}`)
+
+  t.true(q.enqueue('first'))
+  t.true(q.enqueue({ second: [1, 2, 3] }))
+  const statsFull = q.stats()
+  const poolFull = pool.stats()
+  const big = { text: 'x'.repeat(4000), list: [1, 2, { deep: true }] }
+
+  t0 = performance.now()
+  t.false(q.enqueue(big, T))
+  d = ms(t0)
+  t.true(d >= T, `enqueue(v, ${T}) returned after ${d} ms`)
+  t.log(`enqueue(v, ${T}) on a full pipe: ${fmt(d)}`)
+
+  t0 = performance.now()
+  t.false(await q.enqueueAsync(big, T))
+  d = ms(t0)
+  t.true(d >= T, `enqueueAsync(v, ${T}) resolved after ${d} ms`)
+  t.log(`enqueueAsync(v, ${T}) on a full pipe: ${fmt(d)}`)
+
+  // timeoutMs 0: one try, no wait.
+  t.false(q.enqueue(big, 0))
+  t.false(await q.enqueueAsync(big, 0))
+  // The copies stored for the attempts were released; nothing went in.
+  t.deepEqual(q.stats(), statsFull)
+  t.deepEqual(pool.stats(), poolFull)
+
+  t.is(q.dequeue(0), 'first')
+  t.deepEqual(takeOut(q.dequeue(0)), { second: [1, 2, 3] })
+  t.is(q.dequeue(0), undefined)
+  t.is(await q.dequeueAsync(0), undefined)
+})
+
+test.serial('a waiter keeps its deadline while another process keeps moving the futex word (sync and async, enqueue and dequeue)', async (t) => {
+  t.timeout(90_000)
+  const { name, region, pool } = fresh(t, 'deadline')
+  const full = new ServerSide(region, 'full', 2).start().pipe()
+  const empty = new ServerSide(region, 'empty', 2).start().pipe()
+  t.true(full.enqueue('a'))
+  t.true(full.enqueue('b'))
+  const fullOff = queueOffset(region, 'full')
+  const emptyOff = queueOffset(region, 'empty')
+  const fullStats = full.stats()
+  const emptyStats = empty.stats()
+  const ctl = Shared(pool, { stop: false })
+  t.teardown(() => {
+    if (!ctl.released) ctl.release()
+  })
+
+  // The churner moves not_full of 'full' and not_empty of 'empty' and wakes
+  // their sleepers every few ms, but never adds or takes a packet: each wake
+  // sends a waiter back to check, and it must still give up at its deadline.
+  // If wake-ups pushed the deadline back, the waits below would only return
+  // once the churner stops (its 20 s hang guard), which it reports.
+  const churner = startPipeChild(['churn', name, 'full', 'empty', String(ctl.offset)])
+  killOnTeardown(t, churner)
+  await churner.waitForLine(/churn: ready/)
+
+  const T = 300
+  const cases: [string, number, number, () => unknown | Promise<unknown>, unknown][] = [
+    ['enqueue(v, T) on a full pipe', fullOff, NOT_FULL_AT, () => full.enqueue('c', T), false],
+    ['enqueueAsync(v, T) on a full pipe', fullOff, NOT_FULL_AT, () => full.enqueueAsync('c', T), false],
+    ['dequeue(T) on an empty pipe', emptyOff, NOT_EMPTY_AT, () => empty.dequeue(T), undefined],
+    ['dequeueAsync(T) on an empty pipe', emptyOff, NOT_EMPTY_AT, () => empty.dequeueAsync(T), undefined],
+  ]
+  for (const [what, off, at, call, timedOut] of cases) {
+    // Retry only if the churner happened not to run during the wait (then
+    // the wait proved nothing); the outcome is checked every time.
+    for (let attempt = 1; ; attempt++) {
+      const w0 = readWord(pool, off, at)
+      const t0 = performance.now()
+      const r = await call()
+      const d = ms(t0)
+      const moved = (readWord(pool, off, at) - w0) >>> 0
+      t.is(r, timedOut, what)
+      t.true(d >= T, `${what} returned after ${d} ms`)
+      t.log(`${what}: gave up after ${fmt(d)}; the word moved ${moved} times meanwhile`)
+      if (moved > 0) break
+      if (attempt === 5) t.fail(`${what}: the churner never moved the word during a wait`)
+    }
+  }
+
+  ctl.stop = true
+  const r = await churner.done
+  t.is(r.code, 0, r.stderr)
+  const report = lastJson<{ rounds: number; gaveUp: boolean; length: number[] }>(r)
+  t.false(report.gaveUp, 'a waiter only returned once the wake-ups stopped')
+  t.true(report.rounds > 0)
+  t.deepEqual(report.length, [2, 0])
+  // Nothing was added or taken: only the sequence words moved.
+  t.like(full.stats(), { depth: 2, totalEnqueued: fullStats.totalEnqueued, totalDequeued: fullStats.totalDequeued })
+  t.like(empty.stats(), { depth: 0, totalEnqueued: emptyStats.totalEnqueued, totalDequeued: emptyStats.totalDequeued })
+  t.is(full.dequeue(0), 'a')
+  t.is(full.dequeue(0), 'b')
+})
+
+// 3 ---------------------------------------------------------------------------
+
+test.serial('a full pipe holds the producer back: never more than capacity packets in it, and every packet arrives in order', async (t) => {
+  t.timeout(90_000)
+  const { name, region, pool } = fresh(t, 'backpressure')
+  const capacity = 4
+  const count = 100
+  const q = new ServerSide(region, 'bp', capacity).start().pipe()
+  const baseline = pool.stats()
+  const producer = startPipeChild(['produce', name, 'bp', '0', String(count), 'sync'])
+  killOnTeardown(t, producer)
+  let exited = false
+  void producer.done.then(() => (exited = true))
+
+  // Wait (a condition, not a time) until the producer has filled the pipe.
+  while (q.length < capacity) {
+    if (exited) t.fail(`the producer exited first: ${producer.output().stderr}`)
+    await sleep(5)
+  }
+  t.like(q.stats(), { depth: capacity, totalEnqueued: capacity, highWater: capacity })
+  // The producer has 97 more to send, and is held at the full pipe meanwhile.
+  await sleep(300)
+  t.like(q.stats(), { depth: capacity, totalEnqueued: capacity, highWater: capacity })
+  t.false(exited)
+
+  const got: Decoded[] = []
+  for (;;) {
+    const d = decodeMessage(await take(q))
+    got.push(d)
+    const s = q.stats()
+    t.true(s.totalEnqueued - s.totalDequeued <= capacity, `${s.totalEnqueued - s.totalDequeued} packets in a pipe of ${capacity}`)
+    t.true(s.highWater <= capacity, `high water ${s.highWater}`)
+    if (d.kind !== 'data') break
+    await sleep(2) // a slow consumer
+  }
+  t.deepEqual(got, [...[...Array(count).keys()].map((seq) => ({ kind: 'data', producer: 0, seq })), { kind: 'eof', producer: 0 }])
+  const r = await producer.done
+  t.is(r.code, 0, r.stderr)
+  t.like(q.stats(), { depth: 0, highWater: capacity, totalEnqueued: count + 1, totalDequeued: count + 1 })
+  t.deepEqual(pool.stats(), baseline)
+})
+
+// 4 ---------------------------------------------------------------------------
+
+test.serial('timers keep firing while dequeueAsync / enqueueAsync wait', async (t) => {
+  const { region } = fresh(t, 'timers')
+  const q = new ServerSide(region, 'p', 1).start().pipe()
+  for (const [what, call] of [
+    ['dequeueAsync(300) on an empty pipe', () => q.dequeueAsync(300)],
+    ['enqueueAsync(v, 300) on a full pipe', () => q.enqueueAsync('more', 300)],
+  ] as const) {
+    if (what.startsWith('enqueue')) t.true(q.enqueue('fill'))
+    let ticks = 0
+    const iv = setInterval(() => ticks++, 10)
+    const t0 = performance.now()
+    const r = await call()
+    const atEnd = ticks
+    clearInterval(iv)
+    t.is(r, what.startsWith('enqueue') ? false : undefined)
+    t.true(atEnd > 0, `no timer tick during ${what}`)
+    t.log(`${what}: ${atEnd} ticks of a 10 ms interval in ${fmt(ms(t0))}`)
+  }
+  t.is(q.dequeue(0), 'fill')
+})
+
+test.serial('an AbortSignal ends a parked async wait that has no timeout, with AbortError carrying the reason; the pipe is unchanged', async (t) => {
+  t.timeout(30_000) // an abort that is not noticed would wait forever
+  const { region, pool } = fresh(t, 'abort')
+  const empty = new ServerSide(region, 'empty', 2).start().pipe()
+  const full = new ServerSide(region, 'full', 1).start().pipe()
+  const open = new ServerSide(region, 'open', 2).start().pipe()
+  t.true(full.enqueue('only'))
+  t.true(open.enqueue('stay'))
+  const before = pool.stats()
+
+  for (const [what, start] of [
+    ['dequeueAsync() on an empty pipe', (signal: AbortSignal) => empty.dequeueAsync(undefined, { signal })],
+    ['enqueueAsync(v) on a full pipe', (signal: AbortSignal) => full.enqueueAsync({ big: 'y'.repeat(500) }, undefined, { signal })],
+  ] as const) {
+    const ac = new AbortController()
+    const reason = new Error(`stop ${what}`)
+    const t0 = performance.now()
+    const p = start(ac.signal)
+    setTimeout(() => ac.abort(reason), 50)
+    const err = await t.throwsAsync(p, abortError, what)
+    t.is(err?.cause, reason)
+    t.log(`${what}: aborted after ${fmt(ms(t0))}`)
+  }
+
+  // An already-aborted signal fails at once and does not touch the pipe,
+  // even when the operation could go ahead.
+  await t.throwsAsync(open.dequeueAsync(undefined, { signal: AbortSignal.abort() }), abortError)
+  await t.throwsAsync(open.enqueueAsync('not sent', undefined, { signal: AbortSignal.abort() }), abortError)
+  t.is(open.length, 1)
+  t.is(empty.length, 0)
+  t.is(full.length, 1)
+  t.deepEqual(pool.stats(), before)
+  t.is(open.dequeue(0), 'stay')
+  // The aborted waits took nothing, and the pipes still work.
+  t.true(empty.enqueue('later'))
+  t.is(await empty.dequeueAsync(GUARD_MS), 'later')
+  t.is(full.dequeue(0), 'only')
+})
+
+test.serial('200 parked async waits do not hold up fs.readFile; aborting them all rejects every one with AbortError and takes no packet', async (t) => {
+  t.timeout(60_000)
+  const { region } = fresh(t, 'many-waits', 8 * MiB)
+  const pipes = Array.from({ length: 100 }, (_, i) => new ServerSide(region, `w${i}`, 1).start().pipe())
+  const same = new ServerSide(region, 'same', 4).start().pipe()
+  const ac = new AbortController()
+  setMaxListeners(300, ac.signal) // one listener per wait, by design
+  let settled = 0
+  const waits = [...pipes, ...Array<CQ>(100).fill(same)].map((q) => {
+    const p = q.dequeueAsync(undefined, { signal: ac.signal })
+    p.then(
+      () => settled++,
+      () => settled++,
+    )
+    return p
+  })
+
+  // libuv's pool has 4 threads: were the waits on it, these reads would never finish.
+  const t0 = performance.now()
+  const texts = await Promise.all(Array.from({ length: 8 }, () => readFile(join(REPO_ROOT, 'package.json'), 'utf8')))
+  t.log(`8 readFile calls with 200 waits parked: ${fmt(ms(t0))}`)
+  t.true(texts.every((s) => s.includes('"shmtools"')))
+  t.is(settled, 0, 'a wait settled without a packet or an abort')
+
+  const t1 = performance.now()
+  ac.abort()
+  const results = await Promise.allSettled(waits)
+  t.log(`all 200 waits rejected ${fmt(ms(t1))} after the abort`)
+  t.is(results.length, 200)
+  for (const r of results) {
+    t.is(r.status, 'rejected')
+    if (r.status === 'rejected') t.like(r.reason, { name: 'AbortError', code: 'ABORT_ERR' })
+  }
+  // No cancelled wait took anything.
+  t.true(pipes.every((q) => q.length === 0))
+  t.true(same.enqueue('after'))
+  t.is(same.length, 1)
+  t.is(await same.dequeueAsync(GUARD_MS), 'after')
+})
+
+// 5 ---------------------------------------------------------------------------
+
+test.serial('a ClientSide started (blocking, in a child) before the region and the pipe exist waits for both, then attaches', async (t) => {
+  t.timeout(90_000)
+  const name = uniqueName('pipe-client-sync')
+  cleanup(t, name)
+  const child = startPipeChild(['client-sync', name, 'cs', '60000'])
+  killOnTeardown(t, child)
+
+  await child.waitForLine(/waiting for region/)
+  const shm = new SHMMain(name, 1 * MiB).start()
+  t.teardown(() => shm.close())
+  await child.waitForLine(/waiting for pipe 'cs'/)
+  // The waiting ClientSide did not create the pipe.
+  t.throws(() => new ClientSide(shm.region(), 'cs', { timeoutMs: 0 }).start(), { code: ErrorCodes.TIMEOUT })
+
+  const server = new ServerSide(shm.region(), 'cs', 4).start()
+  t.true(server.pipe().enqueue({ hello: 'child', n: [1, 2] }))
+  // Only after the child is done: it replies on the same pipe.
+  const r = await child.done
+  t.is(r.code, 0, r.stderr)
+  const reply = takeOut(server.pipe().dequeue(0))
+  t.deepEqual(lastJson(r).got, { hello: 'child', n: [1, 2] })
+  t.deepEqual(reply, { from: 'client-sync', pid: child.proc.pid })
+  t.regex(r.stderr, /attached to pipe 'cs'/)
+  server.close()
+})
+
+test.serial('ClientSide.startAsync() waits for the region and then for a pipe that another process creates, without blocking the event loop', async (t) => {
+  t.timeout(90_000)
+  const name = uniqueName('pipe-client-async')
+  cleanup(t, name)
+  let settled = false
+  const starting = new ClientSide(name, 'ca', { timeoutMs: GUARD_MS, microSleepUs: 5_000 }).startAsync()
+  void starting.then(
+    () => (settled = true),
+    () => (settled = true),
+  )
+  await sleep(50)
+  t.false(settled, 'startAsync settled before the region existed')
+  const shm = new SHMMain(name, 1 * MiB).start()
+  t.teardown(() => shm.close())
+  await sleep(50)
+  t.false(settled, 'startAsync settled before the pipe existed')
+
+  // The event loop runs meanwhile: this child's output is read by it.
+  const server = startPipeChild(['server', name, 'ca', '4', 'made by a child'])
+  killOnTeardown(t, server)
+  const client = await starting
+  t.teardown(() => client.close())
+  t.true(client.started)
+  const r = await server.done
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(lastJson(r), { ok: true, capacity: 4 })
+  t.is(client.pipe().capacity, 4)
+  t.deepEqual(await take(client.pipe()), { from: 'server-child', pid: server.proc.pid, text: 'made by a child' })
+})
+
+test.serial('ServerSide.startAsync() waits for the region without blocking the event loop, then creates the pipe', async (t) => {
+  t.timeout(60_000)
+  const name = uniqueName('pipe-server-async')
+  cleanup(t, name)
+  let settled = false
+  const starting = new ServerSide(name, 'sa', 3, { timeoutMs: GUARD_MS }).startAsync()
+  void starting.then(
+    () => (settled = true),
+    () => (settled = true),
+  )
+  await sleep(50)
+  t.false(settled, 'startAsync settled before the region existed')
+  const shm = new SHMMain(name, 1 * MiB).start()
+  t.teardown(() => shm.close())
+  const server = await starting
+  t.teardown(() => server.close())
+  t.is(server.pipe().capacity, 3)
+  const client = new ClientSide(shm.region(), 'sa', { timeoutMs: 0 }).start()
+  t.true(server.pipe().enqueue('hello'))
+  t.is(client.pipe().dequeue(0), 'hello')
+})
+
+test.serial('ClientSide gives up with ERR_SHM_TIMEOUT (never early), stops on an AbortSignal or a breakChecker with AbortError', async (t) => {
+  t.timeout(30_000)
+  const { name, region } = fresh(t, 'client-stop')
+  const T = 200
+
+  let t0 = performance.now()
+  const e1 = t.throws(() => new ClientSide(name, 'missing', { timeoutMs: T }).start(), { code: ErrorCodes.TIMEOUT, instanceOf: ShmError })
+  let d = ms(t0)
+  t.regex(e1?.message ?? '', /missing/)
+  t.true(d >= T, `start() gave up after ${d} ms`)
+  t.log(`ClientSide.start() timed out after ${fmt(d)}`)
+
+  t0 = performance.now()
+  await t.throwsAsync(new ClientSide(region, 'missing', { timeoutMs: T }).startAsync(), { code: ErrorCodes.TIMEOUT, instanceOf: ShmError })
+  d = ms(t0)
+  t.true(d >= T, `startAsync() gave up after ${d} ms`)
+  t.log(`ClientSide.startAsync() timed out after ${fmt(d)}`)
+
+  // An AbortSignal ends a wait that has no timeout.
+  const ac = new AbortController()
+  const reason = new Error('no more waiting')
+  setTimeout(() => ac.abort(reason), 50)
+  t0 = performance.now()
+  const e2 = await t.throwsAsync(new ClientSide(region, 'missing', { signal: ac.signal }).startAsync(), abortError)
+  t.is(e2?.cause, reason)
+  t.log(`startAsync() aborted after ${fmt(ms(t0))}`)
+  t.throws(() => new ClientSide(region, 'missing', { signal: AbortSignal.abort() }).start(), abortError)
+
+  let calls = 0
+  t.throws(() => new ClientSide(region, 'missing', { breakChecker: () => ++calls >= 3, microSleepUs: 1000 }).start(), abortError)
+  t.is(calls, 3, 'the breakChecker stops the wait at its first true')
+  // Waiting created nothing.
+  t.throws(() => new ClientSide(region, 'missing', { timeoutMs: 0 }).start(), { code: ErrorCodes.TIMEOUT })
+})
+
+test.serial('a second ServerSide of the same name and capacity joins the pipe (also from another process); another capacity is ERR_SHM_EXISTS', async (t) => {
+  t.timeout(60_000)
+  const { name, region } = fresh(t, 'join')
+  const a = new ServerSide(region, 'j', 4).start()
+  const b = new ServerSide(region, 'j', 4).start()
+  t.true(a.pipe().enqueue('via a'))
+  t.is(b.pipe().length, 1)
+  t.is(b.pipe().dequeue(0), 'via a')
+  t.true(b.pipe().enqueue({ via: 'b' }))
+  t.deepEqual(takeOut(a.pipe().dequeue(0)), { via: 'b' })
+
+  const joiner = startPipeChild(['server', name, 'j', '4', 'joined'])
+  killOnTeardown(t, joiner)
+  const r = await joiner.done
+  t.is(r.code, 0, r.stderr)
+  t.deepEqual(lastJson(r), { ok: true, capacity: 4 })
+  t.deepEqual(await take(a.pipe()), { from: 'server-child', pid: joiner.proc.pid, text: 'joined' })
+
+  t.true(a.pipe().enqueue('kept'))
+  const e = t.throws(() => new ServerSide(region, 'j', 8).start(), { code: ErrorCodes.EXISTS, instanceOf: ShmError })
+  t.regex(e?.message ?? '', /capacity 4/)
+  const refused = startPipeChild(['server', name, 'j', '8', 'refused'])
+  killOnTeardown(t, refused)
+  const r2 = await refused.done
+  t.is(r2.code, 0, r2.stderr)
+  t.like(lastJson(r2), { error: ErrorCodes.EXISTS })
+  // The existing pipe is untouched by the refusals.
+  t.is(a.pipe().capacity, 4)
+  t.is(a.pipe().length, 1)
+  t.is(b.pipe().dequeue(0), 'kept')
+  a.close()
+  b.close()
+})
+
+// 6 ---------------------------------------------------------------------------
+
+test.serial('bad capacities, timeouts, pipe names and options are ERR_SHM_INVALID_ARG and change nothing', async (t) => {
+  const { region, pool } = fresh(t, 'bad-input')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  t.true(q.enqueue('kept'))
+  const stats = q.stats()
+  const poolBefore = pool.stats()
+
+  for (const capacity of [0, -1, 1.5, NaN, Infinity, 2 ** 24 + 1, 2 ** 30, '4', undefined, null]) {
+    t.throws(() => new ServerSide(region, 'c', capacity as number), invalidArg, `capacity ${String(capacity)}`)
+  }
+  for (const timeout of [-1, -0.5, NaN, '100', null]) {
+    const tm = timeout as number
+    t.throws(() => q.enqueue('x', tm), invalidArg, `enqueue timeout ${String(timeout)}`)
+    t.throws(() => q.dequeue(tm), invalidArg, `dequeue timeout ${String(timeout)}`)
+    await t.throwsAsync(q.enqueueAsync('x', tm), invalidArg, `enqueueAsync timeout ${String(timeout)}`)
+    await t.throwsAsync(q.dequeueAsync(tm), invalidArg, `dequeueAsync timeout ${String(timeout)}`)
+    t.throws(() => new ClientSide(region, 'p', { timeoutMs: tm }), invalidArg)
+  }
+  for (const max of [-1, 1.5, '3', NaN]) t.throws(() => q.dequeueMany(max as number), invalidArg, `dequeueMany(${String(max)})`)
+  await t.throwsAsync(q.dequeueAsync(0, { signal: {} as AbortSignal }), invalidArg)
+
+  const tooLong = 'n'.repeat(64)
+  const twoByte64 = 'é'.repeat(32) // 64 bytes in UTF-8
+  for (const pipeName of ['', tooLong, twoByte64, 'a\0b', 42, undefined]) {
+    const n = pipeName as string
+    t.throws(() => new ServerSide(region, n, 2), invalidArg, `ServerSide pipe name ${JSON.stringify(pipeName)}`)
+    t.throws(() => new ClientSide(region, n), invalidArg, `ClientSide pipe name ${JSON.stringify(pipeName)}`)
+  }
+  // The longest names that fit: 63 bytes.
+  const ok63 = new ServerSide(region, 'n'.repeat(63), 1).start()
+  const ok63utf8 = new ServerSide(region, `${'é'.repeat(31)}a`, 1).start()
+  t.is(ok63.pipe().capacity, 1)
+  t.true(ok63utf8.pipe().enqueue('ü'))
+  t.is(new ClientSide(region, `${'é'.repeat(31)}a`, { timeoutMs: 0 }).start().pipe().dequeue(0), 'ü')
+
+  t.deepEqual(q.stats(), stats)
+  t.is(q.dequeue(0), 'kept')
+  t.true(poolBefore.bytesUsed < pool.stats().bytesUsed, 'the two new pipes took memory')
+})
+
+test.serial('a capacity the region cannot hold is ERR_SHM_OUT_OF_MEMORY, and neither a pipe nor any memory is left behind', (t) => {
+  const { region, pool } = fresh(t, 'oom', 1 * MiB)
+  new ServerSide(region, 'first', 1).start() // the directory has its entries block now
+  const before = pool.stats()
+  t.throws(() => new ServerSide(region, 'huge', 2 ** 24).start(), { code: ErrorCodes.OUT_OF_MEMORY })
+  t.deepEqual(pool.stats(), before)
+  pool.check()
+  t.throws(() => new ClientSide(region, 'huge', { timeoutMs: 0 }).start(), { code: ErrorCodes.TIMEOUT })
+})
+
+test.serial('values that cannot be stored are refused with a code by every enqueue form, and the pipe and pool are unchanged', async (t) => {
+  const { region, pool } = fresh(t, 'unsupported')
+  const q = new ServerSide(region, 'p', 4).start().pipe()
+  t.true(q.enqueue('kept'))
+  const stats = q.stats()
+  const poolBefore = pool.stats()
+
+  const cyclic: Record<string, unknown> = { a: 1 }
+  cyclic.self = cyclic
+  const unsupported = { code: ErrorCodes.UNSUPPORTED, instanceOf: ShmUnsupportedError } as const
+  for (const [what, v] of [
+    ['a function', () => 1],
+    ['a symbol', Symbol('s')],
+    ['a cyclic object', cyclic],
+    ['a function inside a table', { ok: 1, f: () => 2 }],
+    ['a class instance', new (class Point { x = 1 })()],
+  ] as const) {
+    t.throws(() => q.enqueue(v), unsupported, `enqueue(${what})`)
+    t.throws(() => q.enqueue(v, 0), unsupported, `enqueue(${what}, 0)`)
+    await t.throwsAsync(q.enqueueAsync(v), unsupported, `enqueueAsync(${what})`)
+    t.throws(() => q.enqueueMany(['fine', v, 'also fine']), unsupported, `enqueueMany([.., ${what}, ..])`)
+    t.deepEqual(q.stats(), stats, `after ${what}`)
+  }
+  // A handle from another region, and a released one.
+  const other = fresh(t, 'unsupported-other')
+  const foreign = Shared(other.pool, { from: 'elsewhere' })
+  const gone = Shared(pool, [1, 2, 3])
+  gone.release()
+  for (const [what, v] of [
+    ['a handle of another region', foreign],
+    ['a table holding a handle of another region', { inner: foreign }],
+    ['a released handle', gone],
+    ['a table holding a released handle', { inner: gone }],
+  ] as const) {
+    const err = t.throws(() => q.enqueue(v), undefined, what)
+    t.true(hasShmCode(err), `${what}: ${String(err)}`)
+    await t.throwsAsync(q.enqueueAsync(v), undefined, what)
+  }
+  t.is(foreign.refCount, 1)
+  foreign.release()
+
+  t.deepEqual(q.stats(), stats)
+  t.deepEqual(pool.stats(), poolBefore)
+  t.is(q.dequeue(0), 'kept')
+})
+
+test.serial('after close() every use of the pipe is ERR_SHM_CLOSED; the pipe and its packets stay for other handles', async (t) => {
+  const { shm, region } = fresh(t, 'closed')
+  const server = new ServerSide(region, 'p', 4).start()
+  const q = server.pipe()
+  const other = new ClientSide(region, 'p', { timeoutMs: 0 }).start().pipe()
+  t.true(q.enqueue('survives'))
+  q.close()
+
+  t.throws(() => q.enqueue('x'), closed)
+  t.throws(() => q.enqueue('x', 0), closed)
+  t.throws(() => q.dequeue(), closed)
+  t.throws(() => q.dequeue(0), closed)
+  t.throws(() => q.enq('x'), closed)
+  t.throws(() => q.deq(), closed)
+  await t.throwsAsync(q.enqueueAsync('x'), closed)
+  await t.throwsAsync(q.dequeueAsync(), closed)
+  t.throws(() => q.enqueueMany(['x']), closed)
+  t.throws(() => q.dequeueMany(), closed)
+  t.throws(() => q.length, closed)
+  t.throws(() => q.capacity, closed)
+  t.throws(() => q.stats(), closed)
+  t.throws(() => q.empty(), closed)
+  // Iterating a closed pipe ends at once, without an error.
+  const got: unknown[] = []
+  for await (const v of q) got.push(v)
+  t.deepEqual(got, [])
+
+  // Another handle still has the pipe and the packet.
+  t.is(other.length, 1)
+  t.is(other.dequeue(0), 'survives')
+  server.close()
+  t.throws(() => server.pipe(), { code: ErrorCodes.INVALID_STATE })
+  // Closing the region closes its pipes too.
+  shm.close()
+  t.throws(() => other.enqueue('x'), closed)
+  t.throws(() => other.dequeue(0), closed)
+})
+
+// 7 ---------------------------------------------------------------------------
+
+test.serial('for await over packets({signal}) yields what a producer process sends, in order, and ends with AbortError when aborted while waiting', async (t) => {
+  t.timeout(60_000)
+  const { name, region } = fresh(t, 'iterate')
+  const q = new ServerSide(region, 'it', 4).start().pipe()
+  const count = 30
+  const producer = startPipeChild(['produce', name, 'it', '7', String(count), 'async'])
+  killOnTeardown(t, producer)
+
+  const ac = new AbortController()
+  const reason = new Error('done iterating')
+  const got: Decoded[] = []
+  const err = await t.throwsAsync(async () => {
+    for await (const v of q.packets({ signal: ac.signal })) {
+      const d = decodeMessage(takeOut(v))
+      got.push(d)
+      // Abort once the iterator is parked waiting for a packet that never comes.
+      if (d.kind === 'eof') setTimeout(() => ac.abort(reason), 20)
+    }
+  }, abortError)
+  t.is(err?.cause, reason)
+  t.deepEqual(got, [...[...Array(count).keys()].map((seq) => ({ kind: 'data', producer: 7, seq })), { kind: 'eof', producer: 7 }])
+  const r = await producer.done
+  t.is(r.code, 0, r.stderr)
+  // The aborted iterator took nothing more.
+  t.true(q.enqueue('after'))
+  t.is(q.dequeue(0), 'after')
+})
+
+test.serial('leaving a for await loop early takes no packet beyond the ones it yielded', async (t) => {
+  const { region } = fresh(t, 'iterate-break')
+  const q = new ServerSide(region, 'it', 8).start().pipe()
+  t.is(q.enqueueMany([1, 2, 3, 4, 5]), 5)
+  const got: unknown[] = []
+  for await (const v of q) {
+    got.push(v)
+    if (got.length === 2) break
+  }
+  t.deepEqual(got, [1, 2])
+  t.is(q.length, 3)
+  t.deepEqual(q.dequeueMany(), [3, 4, 5])
+})
+
+// Found by these tests and fixed --------------------------------------------------
+
+test.serial('close() ends a parked dequeueAsync at once with ERR_SHM_CLOSED (and so a parked for-await)', async (t) => {
+  t.timeout(30_000)
+  const { region } = fresh(t, 'bug-close')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  const p = q.dequeueAsync(1500)
+  setTimeout(() => q.close(), 50)
+  // Without a timeout (as in `for await (const v of pipe)`) it would wait
+  // until some other handle enqueued a packet: forever on a quiet pipe.
+  await t.throwsAsync(p, closed)
+})
+
+test.serial('enqueueAsync honours a signal that aborts while the value is being encoded (a getter)', async (t) => {
+  t.timeout(30_000)
+  const { region } = fresh(t, 'bug-abort')
+  const q = new ServerSide(region, 'p', 1).start().pipe()
+  t.true(q.enqueue('fill'))
+  const ac = new AbortController()
+  const value = {
+    get x() {
+      ac.abort()
+      return 1
+    },
+  }
+  const p = q.enqueueAsync(value, undefined, { signal: ac.signal })
+  let outcome: unknown
+  p.then(
+    () => (outcome = 'resolved'),
+    (e: Error) => (outcome = e.name),
+  )
+  // Liveness guard for the demonstration only: a correct wait rejects within
+  // a few ms of the abort; this one stays parked until room appears.
+  await sleep(3000)
+  const seen = outcome
+  q.dequeue(0) // make room so the parked wait ends
+  await p.catch(() => {})
+  t.is(seen, 'AbortError', 'still parked 3 s after the signal aborted')
+})
+
+test.serial('enqueueMany with an unsupported value anywhere in the batch throws before anything goes in', (t) => {
+  const { region } = fresh(t, 'bug-many')
+  const q = new ServerSide(region, 'p', 1000).start().pipe()
+  const values: unknown[] = Array.from({ length: 300 }, (_, i) => i)
+  values.push(() => 'not storable')
+  // Short batches are all or nothing (see the unsupported-values test); a
+  // long one is encoded and enqueued in chunks of 256, so a bad value in a
+  // later chunk throws after the earlier chunks went in: a retry of the
+  // batch would then send them twice.
+  t.throws(() => q.enqueueMany(values), { code: ErrorCodes.UNSUPPORTED })
+  t.is(q.length, 0, 'packets went in although enqueueMany threw')
+})
+
+test.serial('an abort right after an async wait parks is never lost, even with other waits asleep on the same word', async (t) => {
+  t.timeout(60_000)
+  const { region } = fresh(t, 'bug-lost-cancel')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  // Another wait asleep on the same word makes the race easy to hit (the
+  // shared-futex wake has a sleeper to handle): waiter.rs run() checks the
+  // cancel flag, then futex_wait()s on the queue word, and cancel() sets the
+  // flag and futex_wake()s in between; the word never changes, so nothing
+  // else ends the sleep before the slice.
+  const bg = new AbortController()
+  const other = q.dequeueAsync(undefined, { signal: bg.signal }).catch(() => undefined)
+  t.teardown(() => bg.abort())
+  let worst = 0
+  let cycles = 0
+  for (; cycles < 200 && worst < 500; cycles++) {
+    const ac = new AbortController()
+    const t0 = performance.now()
+    const p = q.dequeueAsync(undefined, { signal: ac.signal })
+    ac.abort()
+    await t.throwsAsync(p, abortError)
+    worst = Math.max(worst, ms(t0))
+  }
+  bg.abort()
+  await other
+  t.log(`${cycles} immediate aborts; the slowest took ${fmt(worst)}`)
+  // Liveness, not speed: a correct cancel takes well under a millisecond
+  // here; a lost wake-up costs the whole second of the futex slice.
+  t.true(worst < 500, `an aborted wait took ${fmt(worst)} to reject`)
+})

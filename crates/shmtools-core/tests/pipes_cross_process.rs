@@ -1,0 +1,734 @@
+//! Pipes (ServerSide / ClientSide / Queue) between real processes.
+//!
+//! Child processes are this test binary run again (`current_exe`) with only
+//! the `child_entry` test selected and `SHMT_CHILD_ROLE` set; without that
+//! variable `child_entry` does nothing, so it passes in a normal run. A child
+//! reports to its parent with `SHMT:key=value` lines on stdout.
+//!
+//! Every region name holds this process's id and a test tag, and every test
+//! removes its names at the end (also when it fails). Timeouts given to waits
+//! only guard against a hung test; the only timing assertions are lower bounds.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shmtools_core::platform;
+use shmtools_core::{
+    AttachOptions, ClientSide, CreateOptions, Directory, Elem, ErrorCode, Key, KeyRef, PoolCheck,
+    PoolStats, Queue, Region, ServerSide, Value, Values, WaitFor,
+};
+
+const ROLE: &str = "SHMT_CHILD_ROLE";
+const REGION: &str = "SHMT_REGION";
+const PIPE: &str = "SHMT_PIPE";
+const ID: &str = "SHMT_ID";
+const COUNT: &str = "SHMT_COUNT";
+const CAPACITY: &str = "SHMT_CAPACITY";
+const NAMES: &str = "SHMT_NAMES";
+const MARK: &str = "SHMT:";
+
+/// Waits that only stop a hung test; never an expectation about speed.
+const GUARD: Duration = Duration::from_secs(30);
+
+// ---- helpers ----------------------------------------------------------------
+
+fn unique(tag: &str) -> String {
+    format!("shmt-test-{}-pipes-{tag}", std::process::id())
+}
+
+/// Removes a region name when dropped, so a failing test leaves no litter.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = Region::remove(&self.0);
+    }
+}
+
+fn create(name: &str, bytes: u64) -> Region {
+    Region::create(name, bytes, &CreateOptions::default())
+        .unwrap_or_else(|e| panic!("creating {name}: {e}"))
+}
+
+fn opts<'a>(timeout: Duration) -> AttachOptions<'a> {
+    AttachOptions {
+        timeout: Some(timeout),
+        poll: Duration::from_millis(5),
+        ..AttachOptions::default()
+    }
+}
+
+/// The pool's figures at some moment, to compare against later.
+#[derive(Debug, PartialEq, Eq)]
+struct Baseline {
+    stats: PoolStats,
+    check: PoolCheck,
+}
+
+fn baseline(vals: &Values<'_>) -> Baseline {
+    Baseline {
+        stats: vals.pool().stats().expect("stats"),
+        check: vals.pool().check().expect("a consistent pool"),
+    }
+}
+
+fn ks(x: &str) -> Key {
+    Key::Str(x.to_string())
+}
+
+fn env_str(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("{key} not set"))
+}
+
+fn env_u64(key: &str) -> u64 {
+    env_str(key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number"))
+}
+
+// ---- messages -----------------------------------------------------------------
+
+/// What producer `p` puts under "payload" in message `seq`.
+fn payload(p: u64, seq: u64) -> Value {
+    match seq % 4 {
+        0 => Value::Str(format!("p{p}-s{seq}")),
+        1 => Value::Arr(vec![
+            Value::UInt(p),
+            Value::UInt(seq),
+            Value::Str("x".repeat((seq % 9) as usize)),
+        ]),
+        2 => Value::Typed(
+            Elem::U32,
+            [p as u32, seq as u32]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        ),
+        _ => Value::Bytes(vec![p as u8; (seq % 17) as usize]),
+    }
+}
+
+fn message(p: u64, seq: u64) -> Value {
+    Value::Tab(vec![
+        (ks("producer"), Value::UInt(p)),
+        (ks("seq"), Value::UInt(seq)),
+        (ks("payload"), payload(p, seq)),
+    ])
+}
+
+fn eof(p: u64) -> Value {
+    Value::Tab(vec![
+        (ks("producer"), Value::UInt(p)),
+        (ks("eof"), Value::Bool(true)),
+    ])
+}
+
+fn pill() -> Value {
+    Value::Tab(vec![(ks("stop"), Value::Bool(true))])
+}
+
+enum Msg {
+    Data(u64, u64),
+    Eof(u64),
+    Stop,
+    Bad(String),
+}
+
+fn classify(v: &Value) -> Msg {
+    let Value::Tab(entries) = v else {
+        return Msg::Bad(format!("not a Tab: {v:?}"));
+    };
+    let get = |k: &str| entries.iter().find(|(key, _)| *key == ks(k)).map(|e| &e.1);
+    if get("stop") == Some(&Value::Bool(true)) {
+        return Msg::Stop;
+    }
+    let num = |k: &str| match get(k) {
+        Some(Value::UInt(n)) => Some(*n),
+        Some(Value::Int(n)) if *n >= 0 => Some(*n as u64),
+        _ => None,
+    };
+    let Some(p) = num("producer") else {
+        return Msg::Bad(format!("no producer: {v:?}"));
+    };
+    if get("eof") == Some(&Value::Bool(true)) {
+        return Msg::Eof(p);
+    }
+    let Some(seq) = num("seq") else {
+        return Msg::Bad(format!("no seq: {v:?}"));
+    };
+    if *v != message(p, seq) {
+        return Msg::Bad(format!("p{p} s{seq} differs from what was sent: {v:?}"));
+    }
+    Msg::Data(p, seq)
+}
+
+// ---- child processes --------------------------------------------------------
+
+/// A child process running `child_entry` in one role.
+struct Proc {
+    child: Option<Child>,
+    out: BufReader<ChildStdout>,
+    seen: HashMap<String, String>,
+    transcript: String,
+}
+
+fn spawn(role: &str, region: &str, env: &[(&str, String)]) -> Proc {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env(REGION, region)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn a child test process");
+    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    Proc {
+        child: Some(child),
+        out,
+        seen: HashMap::new(),
+        transcript: String::new(),
+    }
+}
+
+impl Proc {
+    fn note(&mut self, line: &str) {
+        self.transcript.push_str(line);
+        if let Some((k, v)) = line
+            .find(MARK)
+            .and_then(|at| line[at + MARK.len()..].trim_end().split_once('='))
+        {
+            self.seen.insert(k.to_string(), v.to_string());
+        }
+    }
+
+    /// Read the child's output up to the report `key` and return its value.
+    fn expect(&mut self, key: &str) -> String {
+        loop {
+            if let Some(v) = self.seen.get(key) {
+                return v.clone();
+            }
+            let mut line = String::new();
+            let n = self.out.read_line(&mut line).expect("read child output");
+            assert!(
+                n > 0,
+                "child ended without reporting '{key}'; its output:\n{}",
+                self.transcript
+            );
+            self.note(&line);
+        }
+    }
+
+    /// Wait for the child to finish; it must exit with status 0.
+    fn finish_ok(mut self) -> HashMap<String, String> {
+        let mut rest = String::new();
+        self.out
+            .read_to_string(&mut rest)
+            .expect("read child output");
+        for line in rest.lines() {
+            self.note(&format!("{line}\n"));
+        }
+        let status = self
+            .child
+            .take()
+            .expect("child not reaped")
+            .wait()
+            .expect("wait for child");
+        assert!(
+            status.success(),
+            "child failed ({status}); its output:\n{}",
+            self.transcript
+        );
+        std::mem::take(&mut self.seen)
+    }
+
+    /// SIGKILL the child and reap it.
+    fn kill_and_reap(&mut self) {
+        let mut child = self.child.take().expect("child not reaped");
+        child.kill().expect("kill the child");
+        let status = child.wait().expect("reap the child");
+        assert!(!status.success(), "the child was killed, not finished");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn say(key: &str, value: impl Display) {
+    // A leading newline: libtest may have written "test child_entry ... ".
+    println!("\n{MARK}{key}={value}");
+}
+
+/// The body of every child process; a no-op in the parent's own run.
+#[test]
+fn child_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let name = env_str(REGION);
+    match role.as_str() {
+        "produce" => child_produce(&name),
+        "consume" => child_consume(&name),
+        "blocked" => child_blocked(&name),
+        "find" => child_find(&name),
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// Even ids join with a ServerSide of the same capacity, odd ids wait with a
+/// ClientSide. Every third message goes as an object stored first and moved
+/// in by reference, every third as a Tab holding a reference to another
+/// object, the rest are stored by enqueue_value.
+fn child_produce(name: &str) {
+    let (pipe, id, count) = (env_str(PIPE), env_u64(ID), env_u64(COUNT));
+    let o = opts(GUARD);
+    let run = |q: Queue<'_>, vals: Values<'_>| {
+        for seq in 0..count {
+            let sent = match seq % 3 {
+                0 => {
+                    let slot = vals.store(&message(id, seq)).unwrap();
+                    let ok = q.enqueue(slot, Some(GUARD)).unwrap();
+                    if !ok {
+                        vals.release(slot).unwrap();
+                    }
+                    ok
+                }
+                1 => {
+                    let outer = vals
+                        .store(&Value::Tab(vec![
+                            (ks("producer"), Value::UInt(id)),
+                            (ks("seq"), Value::UInt(seq)),
+                        ]))
+                        .unwrap();
+                    let inner = vals.store(&payload(id, seq)).unwrap();
+                    vals.tab_set(outer, KeyRef::str("payload"), inner).unwrap();
+                    let ok = q.enqueue(outer, Some(GUARD)).unwrap();
+                    if !ok {
+                        vals.release(outer).unwrap();
+                    }
+                    ok
+                }
+                _ => q.enqueue_value(&message(id, seq), Some(GUARD)).unwrap(),
+            };
+            assert!(sent, "no room for {GUARD:?}");
+        }
+        assert!(q.enqueue_value(&eof(id), Some(GUARD)).unwrap());
+    };
+    if id % 2 == 0 {
+        let s = ServerSide::start(name, &pipe, env_u64(CAPACITY), &o).unwrap();
+        run(s.pipe().unwrap(), s.values().unwrap());
+    } else {
+        let c = ClientSide::start(name, &pipe, &o).unwrap();
+        run(c.pipe().unwrap(), c.values().unwrap());
+    }
+    say("sent", count);
+}
+
+fn child_consume(name: &str) {
+    let pipe = env_str(PIPE);
+    let c = ClientSide::start(name, &pipe, &opts(GUARD)).unwrap();
+    let q = c.pipe().unwrap();
+    let mut pairs = Vec::new();
+    let mut bad = Vec::new();
+    loop {
+        let v = q
+            .dequeue_value(Some(GUARD))
+            .unwrap()
+            .unwrap_or_else(|| panic!("nothing came for {GUARD:?}"));
+        match classify(&v) {
+            Msg::Data(p, s) => pairs.push(format!("{p}:{s}")),
+            Msg::Eof(p) => pairs.push(format!("{p}:eof")),
+            Msg::Stop => break,
+            Msg::Bad(why) => bad.push(why),
+        }
+    }
+    say("bad", bad.len());
+    for b in bad.iter().take(5) {
+        say("bad_example", b);
+    }
+    say("pairs", pairs.join(","));
+}
+
+/// Report, then block in dequeue until a packet comes (or the guard passes).
+fn child_blocked(name: &str) {
+    let c = ClientSide::start(name, &env_str(PIPE), &opts(GUARD)).unwrap();
+    let q = c.pipe().unwrap();
+    say("ready", std::process::id());
+    match q.dequeue_value(Some(GUARD)).unwrap() {
+        Some(Value::Str(s)) => say("got", s),
+        other => panic!("expected a string packet, got {other:?}"),
+    }
+}
+
+/// Find every named pipe (Directory and ClientSide) and take its one packet.
+fn child_find(name: &str) {
+    let names = env_str(NAMES);
+    let region = Region::attach(name, &opts(GUARD)).unwrap();
+    let dir = Directory::open(&region).unwrap();
+    let mut found = 0;
+    for n in names.split(',') {
+        let p = dir
+            .find(n)
+            .unwrap()
+            .unwrap_or_else(|| panic!("pipe {n} not found"));
+        let c = ClientSide::start(name, n, &opts(Duration::ZERO)).unwrap();
+        let q = c.pipe().unwrap();
+        assert_eq!(q.offset(), p.queue, "ClientSide and Directory agree on {n}");
+        assert_eq!(
+            q.dequeue_value(Some(Duration::ZERO)).unwrap(),
+            Some(Value::Str(format!("for {n}")))
+        );
+        found += 1;
+    }
+    say("found", found);
+}
+
+// ---- exactly once -------------------------------------------------------------
+
+#[test]
+fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once() {
+    const P: u64 = 4;
+    const C: u64 = 4;
+    const N: u64 = 2000;
+    const CAP: u64 = 16;
+    let name = unique("mpmc");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 16 << 20);
+    let server = ServerSide::start(&name, "work", CAP, &opts(GUARD)).unwrap();
+    let q = server.pipe().unwrap();
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let t0 = Instant::now();
+
+    let env = |id: u64| {
+        vec![
+            (PIPE, "work".to_string()),
+            (ID, id.to_string()),
+            (COUNT, N.to_string()),
+            (CAPACITY, CAP.to_string()),
+        ]
+    };
+    let consumers: Vec<Proc> = (0..C).map(|i| spawn("consume", &name, &env(i))).collect();
+    let producers: Vec<Proc> = (0..P).map(|i| spawn("produce", &name, &env(i))).collect();
+    for p in producers {
+        assert_eq!(p.finish_ok()["sent"], N.to_string());
+    }
+    // Every message and eof is in the pipe before the first pill.
+    for _ in 0..C {
+        assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut dups = Vec::new();
+    for (ci, c) in consumers.into_iter().enumerate() {
+        let out = c.finish_ok();
+        assert_eq!(
+            out["bad"],
+            "0",
+            "consumer {ci}: {:?}",
+            out.get("bad_example")
+        );
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let pairs = &out["pairs"];
+        let mut taken = 0;
+        for pair in pairs.split(',').filter(|s| !s.is_empty()) {
+            let (p, s) = pair.split_once(':').unwrap();
+            let p: u64 = p.parse().unwrap();
+            let order = if s == "eof" {
+                u64::MAX
+            } else {
+                s.parse().unwrap()
+            };
+            // Per consumer, each producer's messages come in the order sent.
+            if let Some(&before) = last.get(&p) {
+                assert!(order > before, "consumer {ci}: {pair} after seq {before}");
+            }
+            last.insert(p, order);
+            if seen.insert(pair.to_string(), ci).is_some() {
+                dups.push(pair.to_string());
+            }
+            taken += 1;
+        }
+        eprintln!("consumer {ci} took {taken} packets");
+    }
+    eprintln!(
+        "{P}×{C} processes moved {} messages in {:?}",
+        P * N,
+        t0.elapsed()
+    );
+    assert_eq!(dups, Vec::<String>::new(), "delivered twice");
+    let mut missing = Vec::new();
+    for p in 0..P {
+        for s in (0..N).map(|s| s.to_string()).chain(["eof".to_string()]) {
+            if !seen.contains_key(&format!("{p}:{s}")) {
+                missing.push(format!("{p}:{s}"));
+            }
+        }
+    }
+    assert_eq!(missing, Vec::<String>::new(), "never delivered");
+    assert_eq!(seen.len() as u64, P * (N + 1));
+
+    let st = q.stats();
+    assert_eq!(st.depth, 0);
+    assert_eq!(st.total_enqueued, P * (N + 1) + C);
+    assert_eq!(st.total_dequeued, P * (N + 1) + C);
+    assert!(st.high_water <= CAP, "high water {} > {CAP}", st.high_water);
+    // Every packet (copies, moved objects, nested references) was freed by
+    // whichever process released it last.
+    assert_eq!(baseline(&vals), base);
+    drop(server);
+    assert!(region.destroy().unwrap());
+}
+
+// ---- timeouts -----------------------------------------------------------------
+
+#[test]
+fn dequeue_and_enqueue_never_time_out_early_and_leave_the_queue_and_pool_as_they_were() {
+    let name = unique("timeout");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let dir = Directory::open(&region).unwrap();
+    let (p, created) = dir.create("t", 2).unwrap();
+    assert!(created);
+    let q = dir.queue(&p).unwrap();
+    let vals = region.values().unwrap();
+    let t = Duration::from_millis(200);
+
+    let t0 = Instant::now();
+    assert_eq!(q.dequeue(Some(t)).unwrap(), None);
+    let d = t0.elapsed();
+    assert!(d >= t, "dequeue timed out after {d:?}");
+    eprintln!("dequeue({t:?}) on an empty queue: {d:?}");
+    let t0 = Instant::now();
+    assert_eq!(q.dequeue_value(Some(t)).unwrap(), None);
+    assert!(t0.elapsed() >= t);
+
+    assert!(q.enqueue_value(&Value::Str("a".into()), None).unwrap());
+    assert!(q.enqueue_value(&Value::Str("b".into()), None).unwrap());
+    let stats = q.stats();
+    let base = baseline(&vals);
+    let big = Value::Arr(vec![Value::Str("z".repeat(3000)), Value::Int(-1)]);
+    let slot = vals.store(&big).unwrap();
+    let t0 = Instant::now();
+    assert!(!q.enqueue(slot, Some(t)).unwrap());
+    let d = t0.elapsed();
+    assert!(d >= t, "enqueue timed out after {d:?}");
+    eprintln!("enqueue(_, {t:?}) on a full queue: {d:?}");
+    // On a timeout the slot is still ours.
+    assert_eq!(vals.load(slot).unwrap(), big);
+    vals.release(slot).unwrap();
+    let t0 = Instant::now();
+    assert!(!q.enqueue_value(&big, Some(t)).unwrap());
+    assert!(t0.elapsed() >= t);
+    assert!(!q.enqueue_value(&big, Some(Duration::ZERO)).unwrap());
+    assert_eq!(q.stats(), stats);
+    assert_eq!(baseline(&vals), base, "the stored copies were released");
+    assert_eq!(q.dequeue_value(None).unwrap(), Some(Value::Str("a".into())));
+    assert_eq!(q.dequeue_value(None).unwrap(), Some(Value::Str("b".into())));
+
+    // ClientSide for a pipe nobody creates.
+    let t0 = Instant::now();
+    let e = ClientSide::start(&name, "never", &opts(t))
+        .err()
+        .expect("a timeout");
+    assert_eq!(e.code(), ErrorCode::Timeout);
+    assert!(t0.elapsed() >= t);
+    assert!(region.destroy().unwrap());
+}
+
+/// Moves `word` on and wakes its sleepers every millisecond, from its own
+/// mapping of the region, until stopped (or 20 s pass: a hang guard).
+fn bumper(name: String, word: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, bool)> {
+    std::thread::spawn(move || {
+        let region = Region::attach(&name, &opts(GUARD)).unwrap();
+        let w: &AtomicU32 = region.span().u32_at(word).unwrap();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        let mut bumps = 0;
+        while !stop.load(Ordering::Acquire) {
+            if Instant::now() > give_up {
+                return (bumps, true);
+            }
+            w.fetch_add(1, Ordering::Release);
+            platform::futex_wake(w, u32::MAX);
+            bumps += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (bumps, false)
+    })
+}
+
+#[test]
+fn wake_ups_that_bring_nothing_do_not_push_a_deadline_back() {
+    let name = unique("deadline");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let dir = Directory::open(&region).unwrap();
+    let empty = dir.queue(&dir.create("empty", 2).unwrap().0).unwrap();
+    let full = dir.queue(&dir.create("full", 1).unwrap().0).unwrap();
+    assert!(full.enqueue_value(&Value::Int(1), None).unwrap());
+    let t = Duration::from_millis(300);
+
+    for (what, q, w) in [
+        ("dequeue on an empty queue", empty, WaitFor::NotEmpty),
+        ("enqueue on a full queue", full, WaitFor::NotFull),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let before = q.seq(w);
+        let h = bumper(name.clone(), q.word_offset(w), stop.clone());
+        // The bumper is running before the wait starts.
+        while q.seq(w) == before {
+            std::thread::yield_now();
+        }
+        let t0 = Instant::now();
+        let timed_out = match w {
+            WaitFor::NotEmpty => q.dequeue(Some(t)).unwrap().is_none(),
+            WaitFor::NotFull => !q.enqueue_value(&Value::Int(2), Some(t)).unwrap(),
+        };
+        let d = t0.elapsed();
+        stop.store(true, Ordering::Release);
+        let (bumps, gave_up) = h.join().unwrap();
+        assert!(timed_out, "{what}: no packet / room was ever there");
+        assert!(d >= t, "{what}: timed out after {d:?}");
+        // Had every wake-up restarted the timeout, the wait would only have
+        // ended once the bumper gave up.
+        assert!(!gave_up, "{what}: only returned after the wake-ups stopped");
+        assert!(bumps > 0);
+        eprintln!("{what}: timed out after {d:?} with {bumps} wake-ups in all");
+    }
+    assert_eq!(empty.len(), 0);
+    assert_eq!(full.len(), 1);
+    assert!(region.destroy().unwrap());
+}
+
+// ---- a consumer killed while blocked -------------------------------------------
+
+#[test]
+fn a_consumer_killed_while_blocked_in_dequeue_does_not_break_the_queue_for_others() {
+    let name = unique("killed");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let server = ServerSide::start(&name, "k", 4, &opts(GUARD)).unwrap();
+    let q = server.pipe().unwrap();
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let sleepers = region.span().u32_at(q.offset() + 64).unwrap();
+    let env = [(PIPE, "k".to_string())];
+    // Wait (a condition, with a guard) until `n` sleepers are counted.
+    let wait_sleepers = |n: u32| {
+        let give_up = Instant::now() + GUARD;
+        while sleepers.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < give_up, "no consumer ever slept");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+
+    let mut victim = spawn("blocked", &name, &env);
+    victim.expect("ready");
+    wait_sleepers(1);
+    let mut survivor = spawn("blocked", &name, &env);
+    survivor.expect("ready");
+    wait_sleepers(2);
+    victim.kill_and_reap();
+
+    // The lock is free and the queue whole: a packet goes to the survivor.
+    assert!(q
+        .enqueue_value(&Value::Str("for the survivor".into()), Some(GUARD))
+        .unwrap());
+    let out = survivor.finish_ok();
+    assert_eq!(out["got"], "for the survivor");
+    // And the queue keeps working here.
+    assert!(q.enqueue_value(&Value::Int(7), Some(GUARD)).unwrap());
+    assert_eq!(q.dequeue_value(Some(GUARD)).unwrap(), Some(Value::Int(7)));
+    let st = q.stats();
+    assert_eq!((st.depth, st.total_enqueued, st.total_dequeued), (0, 2, 2));
+    eprintln!(
+        "sleepers still counted after the kill: {}",
+        sleepers.load(Ordering::Relaxed)
+    );
+    assert_eq!(baseline(&vals), base);
+    drop(server);
+    assert!(region.destroy().unwrap());
+}
+
+// ---- the directory grows ---------------------------------------------------------
+
+#[test]
+fn the_pipe_directory_grows_past_eight_pipes_and_every_pipe_stays_findable() {
+    let name = unique("grow");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 4 << 20);
+    let dir = Directory::open(&region).unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("pipe-{i:02}")).collect();
+    let mut offsets = HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        // Half through ServerSide (its own mapping), half through the directory.
+        let (off, cap) = if i % 2 == 0 {
+            let s = ServerSide::start(&name, n, 1 + i as u64, &opts(GUARD)).unwrap();
+            let q = s.pipe().unwrap();
+            (q.offset(), q.capacity())
+        } else {
+            let (p, created) = dir.create(n, 1 + i as u64).unwrap();
+            assert!(created);
+            (p.queue, p.capacity)
+        };
+        assert_eq!(cap, 1 + i as u64);
+        assert!(offsets.insert(off), "two pipes share a queue");
+        // Every pipe made so far is still there after each growth.
+        for earlier in &names[..=i] {
+            assert!(
+                dir.find(earlier).unwrap().is_some(),
+                "{earlier} lost after {n}"
+            );
+        }
+    }
+    let list = dir.list().unwrap();
+    assert_eq!(
+        list.iter().map(|p| p.name.clone()).collect::<Vec<_>>(),
+        names,
+        "in creation order"
+    );
+    for (i, p) in list.iter().enumerate() {
+        assert_eq!(p.capacity, 1 + i as u64);
+        assert_eq!(p.creator_pid, std::process::id());
+        let q = dir.queue(p).unwrap();
+        assert!(q
+            .enqueue_value(&Value::Str(format!("for {}", p.name)), None)
+            .unwrap());
+    }
+    // Same name and capacity: the same pipe; another capacity: refused.
+    let (again, created) = dir.create("pipe-05", 6).unwrap();
+    assert!(!created);
+    assert_eq!(again.queue, list[5].queue);
+    assert_eq!(
+        dir.create("pipe-05", 7).err().map(|e| e.code()),
+        Some(ErrorCode::Exists)
+    );
+
+    // Another process finds all twenty and takes each one's packet.
+    let out = spawn("find", &name, &[(NAMES, names.join(","))]).finish_ok();
+    assert_eq!(out["found"], "20");
+    for p in &list {
+        assert_eq!(
+            dir.queue(p).unwrap().len(),
+            0,
+            "{} still holds its packet",
+            p.name
+        );
+    }
+    assert_eq!(dir.list().unwrap().len(), 20);
+    region.pool().unwrap().check().expect("a consistent pool");
+    assert!(region.destroy().unwrap());
+}
