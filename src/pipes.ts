@@ -371,47 +371,55 @@ export class ServerSide extends Side {
  */
 export class ClientSide extends Side {
   start(): this {
-    const started = performance.now()
+    const p = this.#plan()
     const region = this.regionSync()
-    const o = this.options
-    const deadline = started + checkTimeout(o.timeoutMs)
-    const slice = checkMicroSleep(o.microSleepUs) / 1000
-    let said = false
     for (;;) {
-      const seen = native(() => region.native().pipesVersion())
-      const q = native(() => region.native().findPipe(this.pipeName))
-      if (q) return this.#attached(q)
-      if (!said) this.log(`waiting for pipe '${this.pipeName}' in region '${region.name}'`)
-      said = true
-      this.#checkStop(deadline)
-      native(() => region.native().waitPipesSync(seen, Math.min(slice, deadline - performance.now())))
+      const r = this.#look(region, p)
+      if (!('seen' in r)) return this.#attached(r)
+      native(() => region.native().waitPipesSync(r.seen, r.ms))
     }
   }
 
   async startAsync(): Promise<this> {
-    const started = performance.now()
+    const p = this.#plan()
     const region = await this.regionAsync()
-    const o = this.options
-    const deadline = started + checkTimeout(o.timeoutMs)
-    const slice = checkMicroSleep(o.microSleepUs) / 1000
-    let said = false
+    const signal = this.options.signal
     for (;;) {
-      const seen = native(() => region.native().pipesVersion())
-      const q = native(() => region.native().findPipe(this.pipeName))
-      if (q) return this.#attached(q)
-      if (!said) this.log(`waiting for pipe '${this.pipeName}' in region '${region.name}'`)
-      said = true
-      this.#checkStop(deadline)
+      const r = this.#look(region, p)
+      if (!('seen' in r)) return this.#attached(r)
       const id = nextWaitId++ >>> 0
       const onAbort = () => binding.cancelWait(id)
-      o.signal?.addEventListener('abort', onAbort, { once: true })
+      signal?.addEventListener('abort', onAbort, { once: true })
       try {
-        // Sleep on the directory's futex, in slices so a breakChecker runs.
-        await native(() => region.native().waitPipes(seen, Math.min(slice, deadline - performance.now()), id))
+        await native(() => region.native().waitPipes(r.seen, r.ms, id))
       } finally {
-        o.signal?.removeEventListener('abort', onAbort)
+        signal?.removeEventListener('abort', onAbort)
       }
     }
+  }
+
+  /** The deadline (counted from now, region wait included) and sleep slice. */
+  #plan(): { deadline: number; slice: number; said: boolean } {
+    const o = this.options
+    return {
+      deadline: performance.now() + checkTimeout(o.timeoutMs),
+      slice: checkMicroSleep(o.microSleepUs) / 1000,
+      said: false,
+    }
+  }
+
+  /**
+   * One look for the pipe: its queue, or the directory version seen and how
+   * long to sleep on the directory's futex (in slices, so a breakChecker runs).
+   */
+  #look(region: Region, p: { deadline: number; slice: number; said: boolean }): NativeQueue | { seen: number; ms: number } {
+    const seen = native(() => region.native().pipesVersion())
+    const q = native(() => region.native().findPipe(this.pipeName))
+    if (q) return q
+    if (!p.said) this.log(`waiting for pipe '${this.pipeName}' in region '${region.name}'`)
+    p.said = true
+    this.#checkStop(p.deadline)
+    return { seen, ms: Math.min(p.slice, p.deadline - performance.now()) }
   }
 
   #checkStop(deadline: number): void {

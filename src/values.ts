@@ -167,11 +167,55 @@ function getOut(h: Handle, v: NativeValue | number | string | Buffer | null | un
 }
 
 /**
+ * What every handle class shares; subclasses supply toJS() and their name.
+ * Methods find their handle through `handles`, because `this` is the Proxy
+ * when they are called as `proxy.method()`.
+ */
+const LABEL = Symbol('shmtools.label')
+
+abstract class HandleCore {
+  abstract toJS(): unknown
+  // A symbol, not a name: every string name here hides a table key.
+  protected abstract get [LABEL](): string
+  toJSON(): unknown {
+    return this.toJS()
+  }
+  release(): void {
+    hOf(this).release()
+  }
+  [Symbol.dispose](): void {
+    hOf(this).release()
+  }
+  get refCount(): number {
+    const h = hOf(this)
+    return native(() => h.live().refCount())
+  }
+  get offset(): number {
+    return hOf(this).offset
+  }
+  get released(): boolean {
+    return hOf(this).released
+  }
+  [inspect.custom](_depth: number, opts: object): string {
+    return this.released ? `${this[LABEL]} <released>` : `${this[LABEL]} ${inspect(this.toJS(), opts)}`
+  }
+}
+
+/** Every property name along a prototype chain (below Object.prototype). */
+function methodNames(proto: object): Set<string | symbol> {
+  const names = new Set<string | symbol>()
+  for (let p: object | null = proto; p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+    for (const k of Reflect.ownKeys(p)) names.add(k)
+  }
+  return names
+}
+
+/**
  * The target of every SharedTab proxy. Its methods live on the prototype
  * (one copy for all tables) and find their handle through `handles`, so
  * making a handle costs one object, one Proxy and two map entries.
  */
-class TabCore {
+class TabCore extends HandleCore {
   get(key: string): unknown {
     const h = hOf(this)
     return getOut(h, native(() => h.live().tabGet(String(key))))
@@ -217,32 +261,13 @@ class TabCore {
     const h = hOf(this)
     return decode(native(() => h.live().toWire())) as Record<string, unknown>
   }
-  toJSON(): Record<string, unknown> {
-    return this.toJS()
-  }
-  release(): void {
-    hOf(this).release()
-  }
-  [Symbol.dispose](): void {
-    hOf(this).release()
-  }
-  get refCount(): number {
-    const h = hOf(this)
-    return native(() => h.live().refCount())
-  }
-  get offset(): number {
-    return hOf(this).offset
-  }
-  get released(): boolean {
-    return hOf(this).released
-  }
-  [inspect.custom](_depth: number, opts: object): string {
-    return this.released ? 'SharedTab <released>' : `SharedTab ${inspect(this.toJS(), opts)}`
+  protected get [LABEL](): string {
+    return 'SharedTab'
   }
 }
 
 /** Names that are methods, not table keys (reach such keys with get/set). */
-const TAB_METHODS = new Set<string | symbol>(Reflect.ownKeys(TabCore.prototype))
+const TAB_METHODS = methodNames(TabCore.prototype)
 
 const tabHandler: ProxyHandler<TabCore> = {
   get(t, key, receiver) {
@@ -295,7 +320,7 @@ function checkIndex(i: number): number {
 }
 
 /** The target of every SharedArr proxy (see TabCore). */
-class ArrCore {
+class ArrCore extends HandleCore {
   get length(): number {
     const h = hOf(this)
     return native(() => h.live().arrLen())
@@ -342,27 +367,8 @@ class ArrCore {
     const h = hOf(this)
     return decode(native(() => h.live().toWire())) as unknown[]
   }
-  toJSON(): unknown[] {
-    return this.toJS()
-  }
-  release(): void {
-    hOf(this).release()
-  }
-  [Symbol.dispose](): void {
-    hOf(this).release()
-  }
-  get refCount(): number {
-    const h = hOf(this)
-    return native(() => h.live().refCount())
-  }
-  get offset(): number {
-    return hOf(this).offset
-  }
-  get released(): boolean {
-    return hOf(this).released
-  }
-  [inspect.custom](_depth: number, opts: object): string {
-    return this.released ? 'SharedArr <released>' : `SharedArr ${inspect(this.toJS(), opts)}`
+  protected get [LABEL](): string {
+    return 'SharedArr'
   }
 }
 

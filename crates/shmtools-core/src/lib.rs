@@ -27,7 +27,7 @@ pub mod value;
 
 pub use boot::BootInfo;
 pub use error::{Error, ErrorCode, Result};
-pub use pipes::{ClientSide, Directory, PipeInfo, ServerSide};
+pub use pipes::{ClientSide, Directory, PipeEnd, PipeInfo, ServerSide};
 pub use pool::{Pool, PoolCheck, PoolStats};
 pub use queue::{Queue, QueueStats, WaitFor};
 pub use region::{AttachOptions, CreateOptions, Region, TryAttach};

@@ -307,12 +307,36 @@ fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a DirHeader> {
     Ok(unsafe { &*(p as *const DirHeader) })
 }
 
-/// The seed's ServerSide: attaches to the region (waiting for it) and creates
-/// the pipe.
-pub struct ServerSide {
+/// One end of a pipe: the mapped region and the pipe's directory entry.
+/// What ServerSide and ClientSide have once started.
+pub struct PipeEnd {
     region: Region,
     pipe: PipeInfo,
 }
+
+impl PipeEnd {
+    /// The pipe's queue (the seed's `CQ& pipe()`).
+    pub fn pipe(&self) -> Result<Queue<'_>> {
+        Directory::open(&self.region)?.queue(&self.pipe)
+    }
+
+    pub fn info(&self) -> &PipeInfo {
+        &self.pipe
+    }
+
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The region's values, to make shared values to send (the seed's `pool()`).
+    pub fn values(&self) -> Result<Values<'_>> {
+        self.region.values()
+    }
+}
+
+/// The seed's ServerSide: attaches to the region (waiting for it) and creates
+/// the pipe, or joins it if it exists with the same capacity.
+pub struct ServerSide(PipeEnd);
 
 impl ServerSide {
     pub fn start(
@@ -325,27 +349,19 @@ impl ServerSide {
         validate_capacity(capacity)?;
         let region = Region::attach(region, opts)?;
         let (info, _) = Directory::open(&region)?.create(pipe, capacity)?;
-        Ok(ServerSide { region, pipe: info })
+        Ok(ServerSide(PipeEnd { region, pipe: info }))
     }
+}
 
-    pub fn pipe(&self) -> Result<Queue<'_>> {
-        Directory::open(&self.region)?.queue(&self.pipe)
-    }
-
-    pub fn region(&self) -> &Region {
-        &self.region
-    }
-
-    pub fn values(&self) -> Result<Values<'_>> {
-        self.region.values()
+impl std::ops::Deref for ServerSide {
+    type Target = PipeEnd;
+    fn deref(&self) -> &PipeEnd {
+        &self.0
     }
 }
 
 /// The seed's ClientSide: waits for the region and then for the pipe.
-pub struct ClientSide {
-    region: Region,
-    pipe: PipeInfo,
-}
+pub struct ClientSide(PipeEnd);
 
 impl ClientSide {
     pub fn start(region: &str, pipe: &str, opts: &AttachOptions<'_>) -> Result<ClientSide> {
@@ -359,18 +375,13 @@ impl ClientSide {
             debug: opts.debug,
         };
         let info = Directory::open(&region)?.wait_for(pipe, &left)?;
-        Ok(ClientSide { region, pipe: info })
+        Ok(ClientSide(PipeEnd { region, pipe: info }))
     }
+}
 
-    pub fn pipe(&self) -> Result<Queue<'_>> {
-        Directory::open(&self.region)?.queue(&self.pipe)
-    }
-
-    pub fn region(&self) -> &Region {
-        &self.region
-    }
-
-    pub fn values(&self) -> Result<Values<'_>> {
-        self.region.values()
+impl std::ops::Deref for ClientSide {
+    type Target = PipeEnd;
+    fn deref(&self) -> &PipeEnd {
+        &self.0
     }
 }
