@@ -18,10 +18,19 @@ import { decode, ELEM_CTORS, encode, type RefSource, type SharedTypedArray } fro
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
 
-/** Every live handle, by the object users hold (proxy or SharedTyped). */
-const handles = new WeakMap<object, Handle>()
+/**
+ * The handle behind a proxy, its target, or a SharedTyped, as a symbol-keyed
+ * property: reading it is a property lookup, where a WeakMap would cost a
+ * hash-table insert per handle (measured: the largest part of making one).
+ */
+const HANDLE = Symbol('shmtools.handle')
 
-const refOf = (v: object): RefSource | undefined => handles.get(v)
+function handleOf(v: object): Handle | undefined {
+  const h = (v as { [HANDLE]?: unknown })[HANDLE]
+  return h instanceof Handle ? h : undefined
+}
+
+const refOf = (v: object): RefSource | undefined => handleOf(v)
 
 /** Where a value lives, and the native reference it owns. */
 class Handle implements RefSource {
@@ -157,7 +166,7 @@ export type SharedArr = ArrMethods & { [index: number]: any }
 
 /** The handle behind a proxy (or its target), or ERR_SHM_CLOSED-like failure. */
 function hOf(self: object): Handle {
-  const h = handles.get(self)
+  const h = handleOf(self)
   if (h === undefined) throw new ShmError(ErrorCodes.INVALID_ARG, 'not a shared value handle')
   return h
 }
@@ -302,12 +311,15 @@ const tabHandler: ProxyHandler<TabCore> = {
   },
 }
 
+/** Give a proxy target its handle (configurable, so Proxy invariants hold). */
+function own(target: object, h: Handle): void {
+  Object.defineProperty(target, HANDLE, { value: h, configurable: true })
+}
+
 function makeTab(h: Handle): SharedTab {
   const target = new TabCore()
-  const proxy = new Proxy(target, tabHandler) as unknown as SharedTab
-  handles.set(target, h)
-  handles.set(proxy, h)
-  return proxy
+  own(target, h)
+  return new Proxy(target, tabHandler) as unknown as SharedTab
 }
 
 const INDEX = /^(0|[1-9]\d*)$/
@@ -400,10 +412,8 @@ const arrHandler: ProxyHandler<ArrCore> = {
 
 function makeArr(h: Handle): SharedArr {
   const target = new ArrCore()
-  const proxy = new Proxy(target, arrHandler) as unknown as SharedArr
-  handles.set(target, h)
-  handles.set(proxy, h)
-  return proxy
+  own(target, h)
+  return new Proxy(target, arrHandler) as unknown as SharedArr
 }
 
 /** A shared typed array: `view()` is a TypedArray directly over the region. */
@@ -414,7 +424,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   /** @internal */
   constructor(h: Handle) {
     this.#h = h
-    handles.set(this, h)
+    own(this, h)
   }
 
   /** The element constructor's name, e.g. 'Float64Array'. */
@@ -504,7 +514,7 @@ export function Shared(pool: Pool, value: unknown): unknown {
     if (typeof value === 'function' || typeof value === 'symbol') encodeFor(region, value) // throws the right error
     return value
   }
-  const existing = handles.get(value)
+  const existing = handleOf(value)
   if (existing) {
     existing.refOffset(region.regionKey()) // same region, still live
     return wrap(region, native(() => existing.live().duplicate()))
@@ -516,6 +526,6 @@ export function Shared(pool: Pool, value: unknown): unknown {
 /** True only when `value` is a live shared handle whose value lives in `pool`. */
 export function isSHM(value: unknown, pool: Pool): boolean {
   if (typeof value !== 'object' || value === null) return false
-  const h = handles.get(value)
+  const h = handleOf(value)
   return h !== undefined && !h.released && h.regionKey === pool.region().regionKey()
 }

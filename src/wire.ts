@@ -92,7 +92,8 @@ class Encoder {
   view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength)
   pos = 0
   readonly path: unknown[] = []
-  readonly seen = new Set<object>()
+  /** Objects being encoded, outermost first (to tell a cycle from deep nesting). */
+  readonly stack: object[] = []
 
   regionKey = ''
   refOf: RefLookup = () => undefined
@@ -103,7 +104,7 @@ class Encoder {
     this.refOf = refOf
     this.pos = 0
     this.path.length = 0
-    this.seen.clear()
+    this.stack.length = 0
     return this
   }
 
@@ -261,7 +262,12 @@ class Encoder {
       this.pos += 9
       return
     }
-    if (depth >= MAX_DEPTH) throw this.fail(`values nest deeper than ${MAX_DEPTH} levels`)
+    if (depth >= MAX_DEPTH) {
+      // Only now look for a cycle (a cycle always ends here): the common case
+      // pays for an array push and pop per object, not a set.
+      const cyclic = this.stack.includes(v) || new Set(this.stack).size < this.stack.length
+      throw this.fail(cyclic ? 'a value that contains itself (a cycle) cannot be shared' : `values nest deeper than ${MAX_DEPTH} levels`)
+    }
     if (ArrayBuffer.isView(v)) {
       if (Buffer.isBuffer(v)) return this.bytes(T_BYTES, 0, v)
       const code = elemCode(v)
@@ -270,10 +276,9 @@ class Encoder {
       }
       return this.bytes(T_TYPED, code, v)
     }
-    if (this.seen.has(v)) throw this.fail('a value that contains itself (a cycle) cannot be shared')
     const proto = Object.getPrototypeOf(v)
-    this.seen.add(v)
-    try {
+    this.stack.push(v)
+    {
       if (Array.isArray(v) && proto === Array.prototype) {
         this.u8(T_ARR)
         this.len(v.length, 'an array')
@@ -282,6 +287,7 @@ class Encoder {
           this.value(this.read(v, i), depth + 1)
           this.path.pop()
         }
+        this.stack.pop()
         return
       }
       if (proto !== Object.prototype && proto !== null) {
@@ -299,9 +305,8 @@ class Encoder {
         this.value(this.read(v, k), depth + 1)
         this.path.pop()
       }
-    } finally {
-      this.seen.delete(v)
     }
+    this.stack.pop()
   }
 
   read(o: object, k: string | number): unknown {
