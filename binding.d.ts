@@ -154,6 +154,9 @@ export declare class NativeValue {
 /** Stop a parked wait started by wait_change / wait_pipes (AbortSignal). */
 export declare function cancelWait(id: number): void
 
+/** Check a pipe name (and a capacity, if given) against the core's rules. */
+export declare function checkPipeArgs(name: string, capacity?: number | undefined | null): void
+
 /** Check a region name and size against the core's rules without creating. */
 export declare function checkRegionArgs(name: string, bytes: number): void
 

@@ -839,6 +839,7 @@ module.exports.NativeQueue = nativeBinding.NativeQueue
 module.exports.NativeRegion = nativeBinding.NativeRegion
 module.exports.NativeValue = nativeBinding.NativeValue
 module.exports.cancelWait = nativeBinding.cancelWait
+module.exports.checkPipeArgs = nativeBinding.checkPipeArgs
 module.exports.checkRegionArgs = nativeBinding.checkRegionArgs
 module.exports.createRegion = nativeBinding.createRegion
 module.exports.removeRegion = nativeBinding.removeRegion

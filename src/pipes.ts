@@ -6,7 +6,7 @@
 import type { NativeQueue, PipeStats } from '../binding'
 import * as binding from '../binding'
 import { logger, type Log } from './debug'
-import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
+import { AbortError, ErrorCodes, native, ShmError } from './errors'
 import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
 import { encodeFor, wrap } from './values'
@@ -26,18 +26,12 @@ export interface WaitOptions {
   signal?: AbortSignal
 }
 
-function checkPipeName(name: unknown): string {
+/** Pipe names and capacities follow the core's rules (one place for them). */
+function checkPipe(name: unknown, capacity?: unknown): string {
   const n = checkName(name, 'pipe name')
-  if (n.length === 0 || Buffer.byteLength(n) > 63 || n.includes('\0')) {
-    throw new ShmArgumentError(`pipe name ${JSON.stringify(n)} must be 1 to 63 bytes without NUL`)
-  }
+  if (capacity !== undefined) checkCount(capacity, 'capacity', { min: 1 })
+  native(() => binding.checkPipeArgs(n, capacity as number | undefined))
   return n
-}
-
-function checkCapacity(capacity: unknown): number {
-  const c = checkCount(capacity, 'capacity', { min: 1 })
-  if (c > 2 ** 24) throw new ShmArgumentError(`capacity ${c} is too large: at most 16777216 packets`)
-  return c
 }
 
 function aborted(signal: AbortSignal | undefined, what: string): AbortError {
@@ -265,7 +259,7 @@ abstract class Side {
     } else {
       this.regionName = checkName(region, 'region name')
     }
-    this.pipeName = checkPipeName(pipeName)
+    this.pipeName = checkPipe(pipeName)
     checkTimeout(this.options.timeoutMs)
     checkSignal(this.options.signal)
     checkBreakChecker(this.options.breakChecker)
@@ -343,7 +337,8 @@ export class ServerSide extends Side {
 
   constructor(region: string | Region, pipeName: string, capacity: number, options?: SideOptions | boolean) {
     super(region, pipeName, options)
-    this.capacity = checkCapacity(capacity)
+    this.capacity = checkCount(capacity, 'capacity', { min: 1 })
+    checkPipe(pipeName, capacity)
   }
 
   start(): this {

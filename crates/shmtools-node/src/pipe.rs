@@ -219,6 +219,16 @@ impl NativeQueue {
     }
 }
 
+/// Check a pipe name (and a capacity, if given) against the core's rules.
+#[napi(catch_unwind)]
+pub fn check_pipe_args(name: String, capacity: Option<f64>) -> Result<()> {
+    shmtools_core::pipes::validate_pipe_name(&name).map_err(js)?;
+    if let Some(c) = capacity {
+        shmtools_core::queue::validate_capacity(to_u64(c, "capacity")?).map_err(js)?;
+    }
+    Ok(())
+}
+
 /// Stop a parked wait started by wait_change / wait_pipes (AbortSignal).
 #[napi(catch_unwind)]
 pub fn cancel_wait(id: u32) {
