@@ -1,14 +1,24 @@
 /**
- * Test helpers: unique region names, real child processes (separate OS
- * processes running __test__/fixtures/child.ts), and /dev/shm listings.
+ * Test helpers: unique region names, fresh regions removed when a test ends,
+ * real child processes (separate OS processes running the scripts in
+ * __test__/fixtures), and /dev/shm listings.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+import type { ExecutionContext } from 'ava'
+import { SHMMain, type Pool, type Region } from 'shmtools'
+
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
-export const CHILD = join(REPO_ROOT, '__test__', 'fixtures', 'child.ts')
+
+/** The path of `file` in __test__/fixtures. */
+export function fixturePath(file: string): string {
+  return join(REPO_ROOT, '__test__', 'fixtures', file)
+}
+
+export const CHILD = fixturePath('child.ts')
 export const SHM_DIR = '/dev/shm'
 
 /** Every name made by uniqueName() in this process starts with this. */
@@ -24,6 +34,35 @@ export function uniqueName(tag: string): string {
 /** Names in /dev/shm that start with `prefix`. */
 export function shmEntries(prefix: string): string[] {
   return readdirSync(SHM_DIR).filter((n) => n.startsWith(prefix))
+}
+
+/** Remove `names` from /dev/shm when the test ends, whatever happened. */
+export function cleanup(t: ExecutionContext, ...names: string[]): void {
+  t.teardown(() => {
+    for (const n of names) {
+      try {
+        SHMMain.remove(n)
+      } catch {
+        // Already gone or never valid: nothing to clean.
+      }
+    }
+  })
+}
+
+export interface RegionFixture {
+  name: string
+  shm: SHMMain
+  region: Region
+  pool: Pool
+}
+
+/** A fresh region for one test (named after `tag`), closed and removed when the test ends. */
+export function freshRegion(t: ExecutionContext, tag: string, bytes = 4 * 1024 * 1024): RegionFixture {
+  const name = uniqueName(tag)
+  cleanup(t, name)
+  const shm = new SHMMain(name, bytes).start()
+  t.teardown(() => shm.close())
+  return { name, shm, region: shm.region(), pool: shm.pool() }
 }
 
 export interface ChildResult {
@@ -152,11 +191,19 @@ export function runNode(nodeArgs: string[], opts: ChildOptions = {}): Promise<Ch
   return startNode(nodeArgs, opts).done
 }
 
-const FIXTURE_ARGS = ['--import', '@oxc-node/core/register', CHILD]
+export interface FixtureOptions extends ChildOptions {
+  /** Node flags to put before the script (e.g. --expose-gc). */
+  nodeFlags?: string[]
+}
+
+/** Start the TypeScript script `fixture` (a separate OS process) with `args`. */
+export function startFixture(fixture: string, args: string[], opts: FixtureOptions = {}): LiveChild {
+  return startNode([...(opts.nodeFlags ?? []), '--import', '@oxc-node/core/register', fixture, ...args], opts)
+}
 
 /** Start the fixture child (a separate OS process) with `args`; for long-lived roles. */
 export function startChild(args: string[], opts: ChildOptions = {}): LiveChild {
-  return startNode([...FIXTURE_ARGS, ...args], opts)
+  return startFixture(CHILD, args, opts)
 }
 
 /** Run the fixture child with `args` to completion. */

@@ -30,8 +30,6 @@ import {
   ShmError,
   ShmUnsupportedError,
   type CQ,
-  type Pool,
-  type Region,
 } from 'shmtools'
 
 import {
@@ -43,46 +41,35 @@ import {
   takeOut,
   type Decoded,
 } from './fixtures/pipe-messages.ts'
-import { lastJson, NAME_PREFIX, REPO_ROOT, shmEntries, startNode, uniqueName, type ChildOptions, type LiveChild } from './helpers.ts'
+import {
+  cleanup,
+  fixturePath,
+  freshRegion,
+  lastJson,
+  NAME_PREFIX,
+  REPO_ROOT,
+  shmEntries,
+  startFixture,
+  uniqueName,
+  type ChildOptions,
+  type LiveChild,
+  type RegionFixture,
+} from './helpers.ts'
 
 const KiB = 1024
 const MiB = 1024 * KiB
 /** Long timeouts that only stop a hung test. */
 const GUARD_MS = 60_000
 
-const PIPE_CHILD = join(REPO_ROOT, '__test__', 'fixtures', 'pipe-child.ts')
+const PIPE_CHILD = fixturePath('pipe-child.ts')
 
 function startPipeChild(args: string[], opts: ChildOptions = {}): LiveChild {
-  return startNode(['--import', '@oxc-node/core/register', PIPE_CHILD, ...args], opts)
-}
-
-/** Remove `names` from /dev/shm when the test ends, whatever happened. */
-function cleanup(t: ExecutionContext, ...names: string[]): void {
-  t.teardown(() => {
-    for (const n of names) {
-      try {
-        SHMMain.remove(n)
-      } catch {
-        // Already gone.
-      }
-    }
-  })
-}
-
-interface Fixture {
-  name: string
-  shm: SHMMain
-  region: Region
-  pool: Pool
+  return startFixture(PIPE_CHILD, args, opts)
 }
 
 /** A fresh region for one test, destroyed when the test ends. */
-function fresh(t: ExecutionContext, tag: string, bytes = 4 * MiB): Fixture {
-  const name = uniqueName(`pipe-${tag}`)
-  cleanup(t, name)
-  const shm = new SHMMain(name, bytes).start()
-  t.teardown(() => shm.close())
-  return { name, shm, region: shm.region(), pool: shm.pool() }
+function fresh(t: ExecutionContext, tag: string, bytes = 4 * MiB): RegionFixture {
+  return freshRegion(t, `pipe-${tag}`, bytes)
 }
 
 function killOnTeardown(t: ExecutionContext, ...children: LiveChild[]): void {

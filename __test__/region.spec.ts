@@ -6,25 +6,12 @@
 import { randomBytes } from 'node:crypto'
 import { existsSync, statfsSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 
-import test, { type ExecutionContext } from 'ava'
+import test from 'ava'
 import { AbortError, attach, attachSync, ErrorCodes, SHMMain, ShmError, type RegionInfo } from 'shmtools'
 
-import { lastJson, NAME_PREFIX, runChild, runNode, shmEntries, SHM_DIR, startChild, uniqueName } from './helpers.ts'
+import { cleanup, lastJson, NAME_PREFIX, runChild, runNode, shmEntries, SHM_DIR, startChild, uniqueName } from './helpers.ts'
 
 const KiB = 1024
-
-/** Remove `names` from /dev/shm when the test ends, whatever happened. */
-function cleanup(t: ExecutionContext, ...names: string[]): void {
-  t.teardown(() => {
-    for (const n of names) {
-      try {
-        SHMMain.remove(n)
-      } catch {
-        // Already gone or never valid: nothing to clean.
-      }
-    }
-  })
-}
 
 const invalidArg = { code: ErrorCodes.INVALID_ARG, instanceOf: TypeError } as const
 

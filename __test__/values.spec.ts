@@ -12,7 +12,6 @@
 import { randomInt } from 'node:crypto'
 import { isDeepStrictEqual } from 'node:util'
 import { Worker } from 'node:worker_threads'
-import { join } from 'node:path'
 
 import test, { type ExecutionContext } from 'ava'
 import fc from 'fast-check'
@@ -24,59 +23,49 @@ import {
   SharedTyped,
   SHMMain,
   ShmUnsupportedError,
-  type Pool,
   type PoolStats,
-  type Region,
   type SharedArr,
   type SharedTab,
 } from 'shmtools'
 
-import { lastJson, NAME_PREFIX, REPO_ROOT, shmEntries, startNode, uniqueName, type ChildOptions, type ChildResult, type LiveChild } from './helpers.ts'
+import {
+  cleanup,
+  fixturePath,
+  freshRegion,
+  lastJson,
+  NAME_PREFIX,
+  shmEntries,
+  startFixture,
+  uniqueName,
+  type ChildResult,
+  type FixtureOptions,
+  type LiveChild,
+  type RegionFixture,
+} from './helpers.ts'
 
 const KiB = 1024
 const MiB = 1024 * KiB
 
-const VALUES_CHILD = join(REPO_ROOT, '__test__', 'fixtures', 'values-child.ts')
-const VALUES_WORKER = join(REPO_ROOT, '__test__', 'fixtures', 'values-worker.ts')
+const VALUES_CHILD = fixturePath('values-child.ts')
+const VALUES_WORKER = fixturePath('values-worker.ts')
 
-function startValuesChild(args: string[], opts: ChildOptions & { nodeFlags?: string[] } = {}): LiveChild {
-  return startNode([...(opts.nodeFlags ?? []), '--import', '@oxc-node/core/register', VALUES_CHILD, ...args], opts)
+function startValuesChild(args: string[], opts: FixtureOptions = {}): LiveChild {
+  return startFixture(VALUES_CHILD, args, opts)
 }
 
-function runValuesChild(args: string[], opts: ChildOptions & { nodeFlags?: string[] } = {}): Promise<ChildResult> {
+function runValuesChild(args: string[], opts: FixtureOptions = {}): Promise<ChildResult> {
   return startValuesChild(args, opts).done
 }
 
-/** Remove `names` from /dev/shm when the test ends, whatever happened. */
-function cleanup(t: ExecutionContext, ...names: string[]): void {
-  t.teardown(() => {
-    for (const n of names) {
-      try {
-        SHMMain.remove(n)
-      } catch {
-        // Already gone.
-      }
-    }
-  })
-}
-
-interface Fixture {
-  name: string
-  shm: SHMMain
-  region: Region
-  pool: Pool
+interface Fixture extends RegionFixture {
   /** pool.stats() before any value was made. */
   baseline: PoolStats
 }
 
 /** A fresh region for one test, destroyed when the test ends. */
 function fresh(t: ExecutionContext, tag: string, bytes = 4 * MiB): Fixture {
-  const name = uniqueName(tag)
-  cleanup(t, name)
-  const shm = new SHMMain(name, bytes).start()
-  t.teardown(() => shm.close())
-  const pool = shm.pool()
-  return { name, shm, region: shm.region(), pool, baseline: pool.stats() }
+  const f = freshRegion(t, tag, bytes)
+  return { ...f, baseline: f.pool.stats() }
 }
 
 /** Nothing the test made is still allocated, and the allocator is consistent. */

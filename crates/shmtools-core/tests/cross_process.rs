@@ -3,17 +3,14 @@
 //! Child processes are this test binary run again (`current_exe`) with only
 //! the `child_entry` test selected and `SHMT_CHILD_ROLE` set; without that
 //! variable `child_entry` does nothing, so it passes in a normal run. A child
-//! reports to its parent with `SHMT:key=value` lines on stdout.
+//! reports to its parent with `SHMT:key=value` lines on stdout (the helpers
+//! for both sides are in common/mod.rs).
 //!
 //! Every region name holds this process's id and a test tag, and every test
 //! removes its names at the end (also when it fails).
 
-use std::collections::HashMap;
-use std::fmt::Display;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,84 +19,34 @@ use shmtools_core::pool::{PoolHeader, FL_COUNT, POOL_HEADER_SIZE, SL_COUNT};
 use shmtools_core::region::{MAX_NAME, MIN_REGION};
 use shmtools_core::{AttachOptions, CreateOptions, ErrorCode, Pool, Region, TryAttach};
 
-const ROLE: &str = "SHMT_CHILD_ROLE";
-const REGION: &str = "SHMT_REGION";
-const SEED: &str = "SHMT_SEED";
-const OPS: &str = "SHMT_OPS";
+mod common;
+
+use common::{
+    attach, attach_opts, child_role, create, env_u64, say, spawn, unique_name, Proc, RemoveOnDrop,
+    Rng, CHILD_ATTACH_TIMEOUT, OFFSET, OPS, SEED,
+};
+
 const LEN: &str = "SHMT_LEN";
-const OFFSET: &str = "SHMT_OFFSET";
 const UMASK: &str = "SHMT_UMASK";
 const MODE: &str = "SHMT_MODE";
-const MARK: &str = "SHMT:";
 
-/// How long a child waits for its region before giving up (a safety net
-/// against a hung test, not an expectation about speed).
-const CHILD_ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a child that is meant to be killed keeps going on its own.
 const CHILD_MAX_LIFETIME: Duration = Duration::from_secs(60);
 
 // ---- helpers ----------------------------------------------------------------
 
 fn unique(tag: &str) -> String {
-    format!("shmt-test-{}-{tag}", std::process::id())
+    unique_name("", tag)
 }
 
 fn shm_path(name: &str) -> String {
     format!("/dev/shm/{name}")
 }
 
-/// Removes a region name when dropped, so a failing test leaves no litter.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = Region::remove(&self.0);
-    }
-}
-
-fn create(name: &str, bytes: u64) -> Region {
-    Region::create(name, bytes, &CreateOptions::default())
-        .unwrap_or_else(|e| panic!("creating {name}: {e}"))
-}
-
-fn attach_opts<'a>(timeout: Duration) -> AttachOptions<'a> {
-    AttachOptions {
-        timeout: Some(timeout),
-        poll: Duration::from_millis(5),
-        ..AttachOptions::default()
-    }
-}
-
-fn attach(name: &str) -> Region {
-    Region::attach(name, &attach_opts(CHILD_ATTACH_TIMEOUT))
-        .unwrap_or_else(|e| panic!("attaching {name}: {e}"))
-}
-
 fn code<T>(r: shmtools_core::Result<T>) -> ErrorCode {
     match r {
         Ok(_) => panic!("expected an error, got Ok"),
         Err(e) => e.code(),
-    }
-}
-
-/// splitmix64: small, seedable, good enough to drive tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 
@@ -165,143 +112,14 @@ fn poke(name: &str, off: u64, bytes: &[u8]) {
     f.write_all_at(bytes, off).expect("write into the object");
 }
 
-// ---- child processes --------------------------------------------------------
-
-/// A child process running `child_entry` in one role.
-struct Proc {
-    child: Option<Child>,
-    out: BufReader<ChildStdout>,
-    seen: HashMap<String, String>,
-    transcript: String,
-}
-
-fn spawn(role: &str, region: &str, env: &[(&str, String)]) -> Proc {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(REGION, region)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn a child test process");
-    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-    Proc {
-        child: Some(child),
-        out,
-        seen: HashMap::new(),
-        transcript: String::new(),
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("child not reaped").id()
-    }
-
-    /// Read the child's output up to the report `key` and return its value.
-    fn expect(&mut self, key: &str) -> String {
-        loop {
-            if let Some(v) = self.seen.get(key) {
-                return v.clone();
-            }
-            let mut line = String::new();
-            let n = self.out.read_line(&mut line).expect("read child output");
-            assert!(
-                n > 0,
-                "child ended without reporting '{key}'; its output:\n{}",
-                self.transcript
-            );
-            self.transcript.push_str(&line);
-            if let Some((k, v)) = line
-                .find(MARK)
-                .and_then(|at| line[at + MARK.len()..].trim_end().split_once('='))
-            {
-                self.seen.insert(k.to_string(), v.to_string());
-            }
-        }
-    }
-
-    /// Wait for the child to finish; it must exit with status 0.
-    fn finish_ok(mut self) -> HashMap<String, String> {
-        let mut rest = String::new();
-        self.out
-            .read_to_string(&mut rest)
-            .expect("read child output");
-        for line in rest.lines() {
-            self.transcript.push_str(line);
-            self.transcript.push('\n');
-            if let Some((k, v)) = line
-                .find(MARK)
-                .and_then(|at| line[at + MARK.len()..].trim_end().split_once('='))
-            {
-                self.seen.insert(k.to_string(), v.to_string());
-            }
-        }
-        let status = self
-            .child
-            .take()
-            .expect("child not reaped")
-            .wait()
-            .expect("wait for child");
-        assert!(
-            status.success(),
-            "child failed ({status}); its output:\n{}",
-            self.transcript
-        );
-        std::mem::take(&mut self.seen)
-    }
-
-    /// SIGKILL the child but leave it unreaped: a zombie, whose /proc entry
-    /// stays until our drop reaps it.
-    fn kill_leaving_a_zombie(&mut self) {
-        self.child
-            .as_mut()
-            .expect("child not reaped")
-            .kill()
-            .expect("kill the child");
-    }
-
-    /// SIGKILL the child and reap it (so its pid and tids are gone).
-    fn kill_and_reap(mut self) {
-        let mut child = self.child.take().expect("child not reaped");
-        child.kill().expect("kill the child");
-        let status = child.wait().expect("reap the child");
-        assert!(!status.success(), "the child was killed, not finished");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn say(key: &str, value: impl Display) {
-    // A leading newline: libtest may have written "test child_entry ... ".
-    println!("\n{MARK}{key}={value}");
-}
-
-fn env_u64(key: &str) -> u64 {
-    std::env::var(key)
-        .unwrap_or_else(|_| panic!("{key} not set"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number"))
-}
+// ---- child processes (see common/mod.rs) ------------------------------------
 
 /// The body of every child process; a no-op in the parent's own run.
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, name)) = child_role() else {
         return;
     };
-    let name = std::env::var(REGION).expect("SHMT_REGION set for children");
     match role.as_str() {
         "write_block" => child_write_block(&name),
         "check_and_free_block" => child_check_and_free_block(&name),

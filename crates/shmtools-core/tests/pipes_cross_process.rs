@@ -3,34 +3,35 @@
 //! Child processes are this test binary run again (`current_exe`) with only
 //! the `child_entry` test selected and `SHMT_CHILD_ROLE` set; without that
 //! variable `child_entry` does nothing, so it passes in a normal run. A child
-//! reports to its parent with `SHMT:key=value` lines on stdout.
+//! reports to its parent with `SHMT:key=value` lines on stdout (the helpers
+//! for both sides are in common/mod.rs).
 //!
 //! Every region name holds this process's id and a test tag, and every test
 //! removes its names at the end (also when it fails). Timeouts given to waits
 //! only guard against a hung test; the only timing assertions are lower bounds.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Display;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmtools_core::platform;
 use shmtools_core::{
-    AttachOptions, ClientSide, CreateOptions, Directory, Elem, ErrorCode, Key, KeyRef, PoolCheck,
-    PoolStats, Queue, Region, ServerSide, Value, Values, WaitFor,
+    ClientSide, Directory, Elem, ErrorCode, KeyRef, Queue, Region, ServerSide, Value, Values,
+    WaitFor,
 };
 
-const ROLE: &str = "SHMT_CHILD_ROLE";
-const REGION: &str = "SHMT_REGION";
+mod common;
+
+use common::{
+    attach_opts, baseline, child_role, create, env_str, env_u64, ks, say, spawn, unique_name, Proc,
+    RemoveOnDrop, ID,
+};
+
 const PIPE: &str = "SHMT_PIPE";
-const ID: &str = "SHMT_ID";
 const COUNT: &str = "SHMT_COUNT";
 const CAPACITY: &str = "SHMT_CAPACITY";
 const NAMES: &str = "SHMT_NAMES";
-const MARK: &str = "SHMT:";
 
 /// Waits that only stop a hung test; never an expectation about speed.
 const GUARD: Duration = Duration::from_secs(30);
@@ -38,57 +39,7 @@ const GUARD: Duration = Duration::from_secs(30);
 // ---- helpers ----------------------------------------------------------------
 
 fn unique(tag: &str) -> String {
-    format!("shmt-test-{}-pipes-{tag}", std::process::id())
-}
-
-/// Removes a region name when dropped, so a failing test leaves no litter.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = Region::remove(&self.0);
-    }
-}
-
-fn create(name: &str, bytes: u64) -> Region {
-    Region::create(name, bytes, &CreateOptions::default())
-        .unwrap_or_else(|e| panic!("creating {name}: {e}"))
-}
-
-fn opts<'a>(timeout: Duration) -> AttachOptions<'a> {
-    AttachOptions {
-        timeout: Some(timeout),
-        poll: Duration::from_millis(5),
-        ..AttachOptions::default()
-    }
-}
-
-/// The pool's figures at some moment, to compare against later.
-#[derive(Debug, PartialEq, Eq)]
-struct Baseline {
-    stats: PoolStats,
-    check: PoolCheck,
-}
-
-fn baseline(vals: &Values<'_>) -> Baseline {
-    Baseline {
-        stats: vals.pool().stats().expect("stats"),
-        check: vals.pool().check().expect("a consistent pool"),
-    }
-}
-
-fn ks(x: &str) -> Key {
-    Key::Str(x.to_string())
-}
-
-fn env_str(key: &str) -> String {
-    std::env::var(key).unwrap_or_else(|_| panic!("{key} not set"))
-}
-
-fn env_u64(key: &str) -> u64 {
-    env_str(key)
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number"))
+    unique_name("pipes-", tag)
 }
 
 // ---- messages -----------------------------------------------------------------
@@ -167,119 +118,14 @@ fn classify(v: &Value) -> Msg {
     Msg::Data(p, seq)
 }
 
-// ---- child processes --------------------------------------------------------
-
-/// A child process running `child_entry` in one role.
-struct Proc {
-    child: Option<Child>,
-    out: BufReader<ChildStdout>,
-    seen: HashMap<String, String>,
-    transcript: String,
-}
-
-fn spawn(role: &str, region: &str, env: &[(&str, String)]) -> Proc {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(REGION, region)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn a child test process");
-    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-    Proc {
-        child: Some(child),
-        out,
-        seen: HashMap::new(),
-        transcript: String::new(),
-    }
-}
-
-impl Proc {
-    fn note(&mut self, line: &str) {
-        self.transcript.push_str(line);
-        if let Some((k, v)) = line
-            .find(MARK)
-            .and_then(|at| line[at + MARK.len()..].trim_end().split_once('='))
-        {
-            self.seen.insert(k.to_string(), v.to_string());
-        }
-    }
-
-    /// Read the child's output up to the report `key` and return its value.
-    fn expect(&mut self, key: &str) -> String {
-        loop {
-            if let Some(v) = self.seen.get(key) {
-                return v.clone();
-            }
-            let mut line = String::new();
-            let n = self.out.read_line(&mut line).expect("read child output");
-            assert!(
-                n > 0,
-                "child ended without reporting '{key}'; its output:\n{}",
-                self.transcript
-            );
-            self.note(&line);
-        }
-    }
-
-    /// Wait for the child to finish; it must exit with status 0.
-    fn finish_ok(mut self) -> HashMap<String, String> {
-        let mut rest = String::new();
-        self.out
-            .read_to_string(&mut rest)
-            .expect("read child output");
-        for line in rest.lines() {
-            self.note(&format!("{line}\n"));
-        }
-        let status = self
-            .child
-            .take()
-            .expect("child not reaped")
-            .wait()
-            .expect("wait for child");
-        assert!(
-            status.success(),
-            "child failed ({status}); its output:\n{}",
-            self.transcript
-        );
-        std::mem::take(&mut self.seen)
-    }
-
-    /// SIGKILL the child and reap it.
-    fn kill_and_reap(&mut self) {
-        let mut child = self.child.take().expect("child not reaped");
-        child.kill().expect("kill the child");
-        let status = child.wait().expect("reap the child");
-        assert!(!status.success(), "the child was killed, not finished");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn say(key: &str, value: impl Display) {
-    // A leading newline: libtest may have written "test child_entry ... ".
-    println!("\n{MARK}{key}={value}");
-}
+// ---- child processes (see common/mod.rs) ------------------------------------
 
 /// The body of every child process; a no-op in the parent's own run.
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, name)) = child_role() else {
         return;
     };
-    let name = env_str(REGION);
     match role.as_str() {
         "produce" => child_produce(&name),
         "consume" => child_consume(&name),
@@ -295,7 +141,7 @@ fn child_entry() {
 /// object, the rest are stored by enqueue_value.
 fn child_produce(name: &str) {
     let (pipe, id, count) = (env_str(PIPE), env_u64(ID), env_u64(COUNT));
-    let o = opts(GUARD);
+    let o = attach_opts(GUARD);
     let run = |q: Queue<'_>, vals: Values<'_>| {
         for seq in 0..count {
             let sent = match seq % 3 {
@@ -340,7 +186,7 @@ fn child_produce(name: &str) {
 
 fn child_consume(name: &str) {
     let pipe = env_str(PIPE);
-    let c = ClientSide::start(name, &pipe, &opts(GUARD)).unwrap();
+    let c = ClientSide::start(name, &pipe, &attach_opts(GUARD)).unwrap();
     let q = c.pipe().unwrap();
     let mut pairs = Vec::new();
     let mut bad = Vec::new();
@@ -365,7 +211,7 @@ fn child_consume(name: &str) {
 
 /// Report, then block in dequeue until a packet comes (or the guard passes).
 fn child_blocked(name: &str) {
-    let c = ClientSide::start(name, &env_str(PIPE), &opts(GUARD)).unwrap();
+    let c = ClientSide::start(name, &env_str(PIPE), &attach_opts(GUARD)).unwrap();
     let q = c.pipe().unwrap();
     say("ready", std::process::id());
     match q.dequeue_value(Some(GUARD)).unwrap() {
@@ -377,7 +223,7 @@ fn child_blocked(name: &str) {
 /// Find every named pipe (Directory and ClientSide) and take its one packet.
 fn child_find(name: &str) {
     let names = env_str(NAMES);
-    let region = Region::attach(name, &opts(GUARD)).unwrap();
+    let region = Region::attach(name, &attach_opts(GUARD)).unwrap();
     let dir = Directory::open(&region).unwrap();
     let mut found = 0;
     for n in names.split(',') {
@@ -385,7 +231,7 @@ fn child_find(name: &str) {
             .find(n)
             .unwrap()
             .unwrap_or_else(|| panic!("pipe {n} not found"));
-        let c = ClientSide::start(name, n, &opts(Duration::ZERO)).unwrap();
+        let c = ClientSide::start(name, n, &attach_opts(Duration::ZERO)).unwrap();
         let q = c.pipe().unwrap();
         assert_eq!(q.offset(), p.queue, "ClientSide and Directory agree on {n}");
         assert_eq!(
@@ -408,7 +254,7 @@ fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once(
     let name = unique("mpmc");
     let _rm = RemoveOnDrop(name.clone());
     let region = create(&name, 16 << 20);
-    let server = ServerSide::start(&name, "work", CAP, &opts(GUARD)).unwrap();
+    let server = ServerSide::start(&name, "work", CAP, &attach_opts(GUARD)).unwrap();
     let q = server.pipe().unwrap();
     let vals = region.values().unwrap();
     let base = baseline(&vals);
@@ -541,7 +387,7 @@ fn dequeue_and_enqueue_never_time_out_early_and_leave_the_queue_and_pool_as_they
 
     // ClientSide for a pipe nobody creates.
     let t0 = Instant::now();
-    let e = ClientSide::start(&name, "never", &opts(t))
+    let e = ClientSide::start(&name, "never", &attach_opts(t))
         .err()
         .expect("a timeout");
     assert_eq!(e.code(), ErrorCode::Timeout);
@@ -553,7 +399,7 @@ fn dequeue_and_enqueue_never_time_out_early_and_leave_the_queue_and_pool_as_they
 /// mapping of the region, until stopped (or 20 s pass: a hang guard).
 fn bumper(name: String, word: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, bool)> {
     std::thread::spawn(move || {
-        let region = Region::attach(&name, &opts(GUARD)).unwrap();
+        let region = Region::attach(&name, &attach_opts(GUARD)).unwrap();
         let w: &AtomicU32 = region.span().u32_at(word).unwrap();
         let give_up = Instant::now() + Duration::from_secs(20);
         let mut bumps = 0;
@@ -620,7 +466,7 @@ fn a_consumer_killed_while_blocked_in_dequeue_does_not_break_the_queue_for_other
     let name = unique("killed");
     let _rm = RemoveOnDrop(name.clone());
     let region = create(&name, 1 << 20);
-    let server = ServerSide::start(&name, "k", 4, &opts(GUARD)).unwrap();
+    let server = ServerSide::start(&name, "k", 4, &attach_opts(GUARD)).unwrap();
     let q = server.pipe().unwrap();
     let vals = region.values().unwrap();
     let base = baseline(&vals);
@@ -676,7 +522,7 @@ fn the_pipe_directory_grows_past_eight_pipes_and_every_pipe_stays_findable() {
     for (i, n) in names.iter().enumerate() {
         // Half through ServerSide (its own mapping), half through the directory.
         let (off, cap) = if i % 2 == 0 {
-            let s = ServerSide::start(&name, n, 1 + i as u64, &opts(GUARD)).unwrap();
+            let s = ServerSide::start(&name, n, 1 + i as u64, &attach_opts(GUARD)).unwrap();
             let q = s.pipe().unwrap();
             (q.offset(), q.capacity())
         } else {

@@ -5,94 +5,28 @@
 //! variable `child_entry` does nothing, so it passes in a normal run. A child
 //! reports to its parent with `SHMT:key=value` lines on stdout and takes its
 //! cues ("go", "release") as lines on stdin, so the parent decides the order
-//! of the steps that matter without any sleeping.
+//! of the steps that matter without any sleeping (the helpers for both sides
+//! are in common/mod.rs).
 //!
 //! Every region name holds this process's id and a test tag, and every test
 //! removes its names at the end (also when it fails).
 
-use std::collections::HashMap;
-use std::fmt::Display;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Duration;
-
 use shmtools_core::value::wire::{T_ARR, T_TAB};
-use shmtools_core::{
-    AttachOptions, CreateOptions, Elem, ErrorCode, Key, KeyRef, PoolCheck, PoolStats, Region, Slot,
-    Value, Values,
+use shmtools_core::{Elem, ErrorCode, Key, KeyRef, Slot, Value, Values};
+
+mod common;
+
+use common::{
+    attach, await_cue, baseline, child_role, create, env_u64, ks, say, spawn_with_cues,
+    unique_name, Proc, RemoveOnDrop, Rng, ID, OFFSET, OPS, SEED,
 };
 
-const ROLE: &str = "SHMT_CHILD_ROLE";
-const REGION: &str = "SHMT_REGION";
-const OFFSET: &str = "SHMT_OFFSET";
-const SEED: &str = "SHMT_SEED";
-const OPS: &str = "SHMT_OPS";
-const ID: &str = "SHMT_ID";
 const CHILDREN: &str = "SHMT_CHILDREN";
-const MARK: &str = "SHMT:";
-
-/// How long a child waits for its region before giving up (a safety net
-/// against a hung test, not an expectation about speed).
-const CHILD_ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ---- helpers ----------------------------------------------------------------
 
 fn unique(tag: &str) -> String {
-    format!("shmt-test-{}-values-{tag}", std::process::id())
-}
-
-/// Removes a region name when dropped, so a failing test leaves no litter.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = Region::remove(&self.0);
-    }
-}
-
-fn create(name: &str, bytes: u64) -> Region {
-    Region::create(name, bytes, &CreateOptions::default())
-        .unwrap_or_else(|e| panic!("creating {name}: {e}"))
-}
-
-fn attach(name: &str) -> Region {
-    let opts = AttachOptions {
-        timeout: Some(CHILD_ATTACH_TIMEOUT),
-        poll: Duration::from_millis(5),
-        ..AttachOptions::default()
-    };
-    Region::attach(name, &opts).unwrap_or_else(|e| panic!("attaching {name}: {e}"))
-}
-
-/// The pool's figures at some moment, to compare against later.
-#[derive(Debug, PartialEq, Eq)]
-struct Baseline {
-    stats: PoolStats,
-    check: PoolCheck,
-}
-
-fn baseline(vals: &Values<'_>) -> Baseline {
-    Baseline {
-        stats: vals.pool().stats().expect("stats"),
-        check: vals.pool().check().expect("a consistent pool"),
-    }
-}
-
-/// splitmix64: small, seedable, good enough to drive tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+    unique_name("values-", tag)
 }
 
 /// FNV-1a 64, to compare values across processes in one short line.
@@ -106,10 +40,6 @@ fn s(x: &str) -> Value {
     Value::Str(x.to_string())
 }
 
-fn ks(x: &str) -> Key {
-    Key::Str(x.to_string())
-}
-
 /// Read a value out of a container slot (a new reference) and drop it again.
 fn take(vals: &Values<'_>, got: Option<Slot>) -> Option<Value> {
     got.map(|v| {
@@ -119,145 +49,14 @@ fn take(vals: &Values<'_>, got: Option<Slot>) -> Option<Value> {
     })
 }
 
-// ---- child processes --------------------------------------------------------
-
-/// A child process running `child_entry` in one role.
-struct Proc {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    out: BufReader<ChildStdout>,
-    seen: HashMap<String, String>,
-    transcript: String,
-}
-
-fn spawn(role: &str, region: &str, env: &[(&str, String)]) -> Proc {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env(REGION, region)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn a child test process");
-    let stdin = child.stdin.take();
-    let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-    Proc {
-        child: Some(child),
-        stdin,
-        out,
-        seen: HashMap::new(),
-        transcript: String::new(),
-    }
-}
-
-impl Proc {
-    fn note(&mut self, line: &str) {
-        self.transcript.push_str(line);
-        if let Some((k, v)) = line
-            .find(MARK)
-            .and_then(|at| line[at + MARK.len()..].trim_end().split_once('='))
-        {
-            self.seen.insert(k.to_string(), v.to_string());
-        }
-    }
-
-    /// Read the child's output up to the report `key` and return its value.
-    fn expect(&mut self, key: &str) -> String {
-        loop {
-            if let Some(v) = self.seen.get(key) {
-                return v.clone();
-            }
-            let mut line = String::new();
-            let n = self.out.read_line(&mut line).expect("read child output");
-            assert!(
-                n > 0,
-                "child ended without reporting '{key}'; its output:\n{}",
-                self.transcript
-            );
-            self.note(&line);
-        }
-    }
-
-    fn expect_u64(&mut self, key: &str) -> u64 {
-        let v = self.expect(key);
-        v.parse()
-            .unwrap_or_else(|_| panic!("report {key}={v} is not a number"))
-    }
-
-    /// Give the child its next cue.
-    fn send(&mut self, cue: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{cue}").expect("write to the child");
-        stdin.flush().expect("flush to the child");
-    }
-
-    /// Wait for the child to finish; it must exit with status 0.
-    fn finish_ok(mut self) -> HashMap<String, String> {
-        drop(self.stdin.take());
-        let mut rest = String::new();
-        self.out
-            .read_to_string(&mut rest)
-            .expect("read child output");
-        for line in rest.lines() {
-            self.note(&format!("{line}\n"));
-        }
-        let status = self
-            .child
-            .take()
-            .expect("child not reaped")
-            .wait()
-            .expect("wait for child");
-        assert!(
-            status.success(),
-            "child failed ({status}); its output:\n{}",
-            self.transcript
-        );
-        std::mem::take(&mut self.seen)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn say(key: &str, value: impl Display) {
-    // A leading newline: libtest may have written "test child_entry ... ".
-    println!("\n{MARK}{key}={value}");
-}
-
-/// Wait for the parent's next cue on stdin; it must be `cue`.
-fn await_cue(cue: &str) {
-    let mut line = String::new();
-    let n = std::io::stdin()
-        .read_line(&mut line)
-        .expect("read the parent's cue");
-    assert!(n > 0, "the parent went away before sending '{cue}'");
-    assert_eq!(line.trim_end(), cue, "unexpected cue");
-}
-
-fn env_u64(key: &str) -> u64 {
-    std::env::var(key)
-        .unwrap_or_else(|_| panic!("{key} not set"))
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number"))
-}
+// ---- child processes (see common/mod.rs) ------------------------------------
 
 /// The body of every child process; a no-op in the parent's own run.
 #[test]
 fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some((role, name)) = child_role() else {
         return;
     };
-    let name = std::env::var(REGION).expect("SHMT_REGION set for children");
     match role.as_str() {
         "mutate" => child_mutate(&name),
         "hammer" => child_hammer(&name),
@@ -361,7 +160,7 @@ fn a_tab_changed_by_another_process_is_seen_changed_by_its_creator() {
     let vals = region.values().unwrap();
     let base = baseline(&vals);
     let t = vals.store(&shared_start()).unwrap();
-    let out = spawn("mutate", &name, &[(OFFSET, t.bits.to_string())]).finish_ok();
+    let out = spawn_with_cues("mutate", &name, &[(OFFSET, t.bits.to_string())]).finish_ok();
     assert_eq!(out["keys"], "6");
     assert_eq!(
         vals.refcount(t).unwrap(),
@@ -571,7 +370,7 @@ fn processes_share_one_tab(tag: &str, when: ParentRelease, seed: u64) {
 
     let mut children: Vec<Proc> = (1..=N)
         .map(|id| {
-            spawn(
+            spawn_with_cues(
                 "hammer",
                 &name,
                 &[
