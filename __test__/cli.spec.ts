@@ -1,0 +1,87 @@
+/**
+ * The `shmtools` command, run as a real process (bin/shmtools.js) against
+ * regions made here.
+ */
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+
+import test from 'ava'
+import { SHMMain, ServerSide } from 'shmtools'
+
+import { REPO_ROOT, shmEntries, uniqueName } from './helpers.ts'
+
+const exec = promisify(execFile)
+const BIN = `${REPO_ROOT}/bin/shmtools.js`
+
+async function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await exec(process.execPath, [BIN, ...args])
+    return { code: 0, ...r }
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string }
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr }
+  }
+}
+
+function withPipe(t: { teardown(f: () => void): void }, tag: string) {
+  const name = uniqueName(tag)
+  const mem = new SHMMain(name, 1 << 20).start()
+  t.teardown(() => SHMMain.remove(name))
+  const server = new ServerSide(mem.region(), 'jobs', 8).start()
+  return { name, mem, pipe: server.pipe() }
+}
+
+test('ls lists a region with its size, pipes and creator; --json gives the same as data', async (t) => {
+  const { name } = withPipe(t, 'cli-ls')
+  const human = await cli('ls')
+  t.is(human.code, 0, human.stderr)
+  const line = human.stdout.split('\n').find((l) => l.startsWith(name))
+  t.truthy(line, human.stdout)
+  t.regex(line!, new RegExp(`^${name}\\s+1\\.0 MiB\\s+\\S+ KiB\\s+1\\s+1\\s+${process.pid}\\s+0600`))
+  const json = JSON.parse((await cli('ls', '--json')).stdout) as { name: string; size: number; pipes: number; creatorPid: number }[]
+  const row = json.find((r) => r.name === name)
+  t.like(row, { size: 1 << 20, pipes: 1, creatorPid: process.pid })
+})
+
+test('inspect shows the boot block, a consistent pool, and each pipe with depth, capacity and high-water mark', async (t) => {
+  const { name, pipe } = withPipe(t, 'cli-inspect')
+  pipe.enqueue({ a: 1 }, 0)
+  pipe.enqueue(2, 0)
+  pipe.enqueue(3, 0)
+  ;(pipe.dequeue(0) as { release(): void }).release()
+  const r = await cli('inspect', name)
+  t.is(r.code, 0, r.stderr)
+  t.regex(r.stdout, /layout {5}version 1, state ready, generation 1/)
+  t.regex(r.stdout, /check {6}consistent/)
+  t.regex(r.stdout, /jobs\s+2\s+8\s+3\s+3\s+1\s+\d+/)
+  const data = JSON.parse((await cli('inspect', name, '--json')).stdout)
+  t.like(data.pipeList[0], { name: 'jobs', depth: 2, capacity: 8, highWater: 3, totalEnqueued: 3, totalDequeued: 1 })
+  t.is(data.pool.bytesUsed, data.poolCheck.bytesUsed)
+})
+
+test('top prints pipe depths and message rates for a number of refreshes', async (t) => {
+  const { name, pipe } = withPipe(t, 'cli-top')
+  const feeding = setInterval(() => pipe.enqueue(1, 0) || (pipe.dequeue(0), pipe.enqueue(1, 0)), 5)
+  t.teardown(() => clearInterval(feeding))
+  const r = await cli('top', name, '--interval', '200', '--count', '2')
+  t.is(r.code, 0, r.stderr)
+  const frames = r.stdout.split('\n\n').filter((f) => f.includes('PIPE'))
+  t.is(frames.length, 2)
+  t.regex(frames[1], /jobs\s+\d\/8\s+[#.]{20}\s+\d+\s+\d+/)
+})
+
+test('rm removes a region by name and reports names that do not exist; bad commands exit 2 with the usage', async (t) => {
+  const name = uniqueName('cli-rm')
+  new SHMMain(name, 1 << 16).start().close()
+  const r = await cli('rm', name, `${name}-nope`)
+  t.is(r.code, 1)
+  t.regex(r.stdout, new RegExp(`removed: ${name}\\n`))
+  t.regex(r.stdout, /no such region/)
+  t.deepEqual(shmEntries(name), [])
+  const bad = await cli('frobnicate')
+  t.is(bad.code, 2)
+  t.regex(bad.stdout, /usage:/)
+  const missing = await cli('inspect', `${name}-nope`)
+  t.is(missing.code, 1)
+  t.regex(missing.stderr, /not a shmtools region/)
+})
