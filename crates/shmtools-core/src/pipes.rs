@@ -11,7 +11,7 @@
 //! with `ERR_SHM_EXISTS` when it does not; nothing is ever silently replaced.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::ShmMutex;
@@ -257,25 +257,7 @@ impl<'a> Directory<'a> {
             if let Some(p) = self.find(name)? {
                 return Ok(p);
             }
-            if opts.break_checker.is_some_and(|f| f()) {
-                return Err(Error::new(
-                    ErrorCode::Aborted,
-                    format!("waiting for pipe '{name}' was stopped by the break checker"),
-                ));
-            }
-            let mut nap = opts.poll.max(Duration::from_millis(1));
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "pipe '{name}' was not created in time; is its ServerSide running?"
-                        ),
-                    ));
-                }
-                nap = nap.min(d - now);
-            }
+            let nap = opts.next_nap(deadline, &format!("pipe '{name}'"), "its ServerSide")?;
             platform::futex_wait(&self.header.version, seen, Some(nap));
         }
     }

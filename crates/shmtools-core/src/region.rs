@@ -82,6 +82,39 @@ pub struct AttachOptions<'a> {
     pub debug: bool,
 }
 
+impl AttachOptions<'_> {
+    /// Between two looks for `what`: stop if the break checker says so or the
+    /// deadline has passed (naming `maker`, who should have made it), else
+    /// how long to wait before looking again.
+    pub(crate) fn next_nap(
+        &self,
+        deadline: Option<Instant>,
+        what: &str,
+        maker: &str,
+    ) -> Result<Duration> {
+        if self.break_checker.is_some_and(|f| f()) {
+            return Err(Error::new(
+                ErrorCode::Aborted,
+                format!("waiting for {what} was stopped by the break checker"),
+            ));
+        }
+        let nap = self.poll.max(Duration::from_millis(1));
+        match deadline {
+            None => Ok(nap),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return Err(Error::new(
+                        ErrorCode::Timeout,
+                        format!("{what} was not ready in time; is {maker} running?"),
+                    ));
+                }
+                Ok(nap.min(d - now))
+            }
+        }
+    }
+}
+
 impl Default for AttachOptions<'_> {
     fn default() -> Self {
         AttachOptions {
@@ -294,25 +327,7 @@ impl Region {
                     }
                 }
             }
-            if opts.break_checker.is_some_and(|f| f()) {
-                return Err(Error::new(
-                    ErrorCode::Aborted,
-                    format!("waiting for region '{name}' was stopped by the break checker"),
-                ));
-            }
-            let mut nap = opts.poll;
-            if let Some(d) = deadline {
-                let now = Instant::now();
-                if now >= d {
-                    return Err(Error::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "region '{name}' did not become ready in time; is its SHMMain running?"
-                        ),
-                    ));
-                }
-                nap = nap.min(d - now);
-            }
+            let nap = opts.next_nap(deadline, &format!("region '{name}'"), "its SHMMain")?;
             platform::sleep(nap);
         }
     }
