@@ -10,7 +10,7 @@ use napi::Env;
 use napi_derive::napi;
 use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
 use shmtools_core::value::{
-    T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_STR, T_TAB, T_TYPED, T_UINT,
+    T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
 use shmtools_core::ErrorCode;
 
@@ -42,6 +42,10 @@ pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Out> {
         T_UINT if slot.bits <= SAFE => return Ok(Either4::B(slot.bits as f64)),
         T_F64 => return Ok(Either4::B(f64::from_bits(slot.bits))),
         T_F32 => return Ok(Either4::B(f32::from_bits(slot.bits as u32) as f64)),
+        T_SSTR => {
+            let v = cell.region.values().map_err(js)?;
+            return v.load_str(slot).map(Either4::C).map_err(js);
+        }
         _ => {}
     }
     if let Some(w) = scalar_wire(slot) {

@@ -33,6 +33,12 @@ pub use wire::{Elem, Key, Value};
 
 /// Slot tags (the same numbers as the wire tags). 0 is an empty slot.
 pub const S_EMPTY: u8 = 0;
+/// A string of at most [`SSTR_MAX`] bytes kept inside its slot, with no
+/// object: bytes in the low 7 bytes of `bits`, the length in the top byte.
+/// Region-only (the wire says T_STR); most table keys are this short, and an
+/// inline key costs no allocation, no free and no indirection to compare.
+pub const T_SSTR: u8 = 14;
+pub const SSTR_MAX: usize = 7;
 pub use wire::{
     T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
 };
@@ -65,10 +71,34 @@ impl Slot {
         Slot { tag, bits: off }
     }
 
+    /// An inline string slot, if `b` is short enough.
+    pub fn short_str(b: &[u8]) -> Option<Slot> {
+        if b.len() > SSTR_MAX {
+            return None;
+        }
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        a[7] = b.len() as u8;
+        Some(Slot {
+            tag: T_SSTR,
+            bits: u64::from_le_bytes(a),
+        })
+    }
+
+    /// The bytes of an inline string slot (its length byte checked).
+    pub fn short_bytes(&self) -> Result<([u8; 8], usize)> {
+        let a = self.bits.to_le_bytes();
+        let n = a[7] as usize;
+        if self.tag != T_SSTR || n > SSTR_MAX {
+            return Err(Error::corrupt("an inline string slot has a bad length"));
+        }
+        Ok((a, n))
+    }
+
     fn read(span: Span<'_>, off: u64) -> Result<Slot> {
         let tag = span.u64_at(off)?.load(Ordering::Relaxed);
         let bits = span.u64_at(off + 8)?.load(Ordering::Relaxed);
-        if tag > T_TYPED as u64 {
+        if tag > T_TYPED as u64 && tag != T_SSTR as u64 {
             return Err(Error::corrupt(format!(
                 "slot at {off} has an unknown tag {tag}"
             )));
@@ -377,8 +407,13 @@ impl<'a> Values<'a> {
     }
 
     fn read_str(&self, slot: Slot) -> Result<String> {
-        String::from_utf8(self.read_bytes(slot)?)
-            .map_err(|_| Error::corrupt("a shared string is not valid UTF-8"))
+        let bytes = if slot.tag == T_SSTR {
+            let (a, n) = slot.short_bytes()?;
+            a[..n].to_vec()
+        } else {
+            self.read_bytes(slot)?
+        };
+        String::from_utf8(bytes).map_err(|_| Error::corrupt("a shared string is not valid UTF-8"))
     }
 
     /// Store an owned value tree; returns a slot owning one reference.

@@ -4,14 +4,17 @@
 use super::wire::{Elem, Reader, Writer, MAX_DEPTH, T_REF};
 use super::{
     KeyRef, Slot, Values, OBJ_HEADER, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT,
-    T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
+    T_NONE, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
 use crate::error::{Error, Result};
 
 impl<'a> Values<'a> {
     /// A new string object holding `bytes` (UTF-8 already checked).
     pub(super) fn new_str(&self, bytes: &[u8]) -> Result<Slot> {
-        self.new_blob(T_STR, 0, bytes.len() as u64, bytes)
+        match Slot::short_str(bytes) {
+            Some(inline) => Ok(inline),
+            None => self.new_blob(T_STR, 0, bytes.len() as u64, bytes),
+        }
     }
 
     fn new_blob(&self, kind: u8, sub: u8, len: u64, bytes: &[u8]) -> Result<Slot> {
@@ -237,6 +240,12 @@ impl<'a> Values<'a> {
                 w.u8(T_F32);
                 w.u32(slot.bits as u32);
             }
+            T_SSTR => {
+                let (a, n) = slot.short_bytes()?;
+                w.u8(T_STR);
+                w.len(n)?;
+                w.bytes(&a[..n]);
+            }
             T_STR | T_BYTES => {
                 let (off, n) = self.data(slot)?;
                 w.u8(slot.tag);
@@ -312,6 +321,12 @@ pub fn scalar_wire(slot: Slot) -> Option<Vec<u8>> {
     let mut w = Writer::default();
     match slot.tag {
         T_NONE => w.u8(T_NONE),
+        T_SSTR => {
+            let (a, n) = slot.short_bytes().ok()?;
+            w.u8(T_STR);
+            w.u32(n as u32);
+            w.bytes(&a[..n]);
+        }
         T_BOOL => {
             w.u8(T_BOOL);
             w.u8((slot.bits != 0) as u8);

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
     at, fits, key_hash, KeyRef, Slot, Values, ENTRY_SIZE, OBJ_HEADER, S_EMPTY, TAB_OBJ_SIZE, T_INT,
-    T_STR, T_TAB,
+    T_SSTR, T_STR, T_TAB,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::Guard;
@@ -125,6 +125,10 @@ impl<'a> Values<'a> {
     fn key_matches(&self, slot: Slot, key: KeyRef<'_>) -> Result<bool> {
         Ok(match (slot.tag, key) {
             (T_INT, KeyRef::Int(i)) => slot.bits as i64 == i,
+            (T_SSTR, KeyRef::Str(s)) => {
+                let (a, n) = slot.short_bytes()?;
+                &a[..n] == s
+            }
             (T_STR, KeyRef::Str(s)) => {
                 let (off, n) = self.data(slot)?;
                 if n != s.len() as u64 {
@@ -365,7 +369,7 @@ impl<'a> Values<'a> {
             match k.tag {
                 S_EMPTY => {}
                 T_INT => keys.push(Key::Int(k.bits as i64)),
-                T_STR => keys.push(Key::Str(self.read_str(k)?)),
+                T_STR | T_SSTR => keys.push(Key::Str(self.read_str(k)?)),
                 _ => {
                     return Err(Error::corrupt(format!(
                         "table {}: a key of kind {}",

@@ -264,7 +264,7 @@ fn sample() -> Value {
             Value::BigInt(true, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
         ),
         (
-            ks("typed"),
+            ks("typed array"),
             Value::Typed(
                 Elem::I32,
                 [1i32, -2, 3, -4]
@@ -277,14 +277,17 @@ fn sample() -> Value {
             ks("list"),
             Value::Arr(vec![
                 Value::Int(1),
-                s("x"),
+                s("x, long enough to be an object"),
                 Value::Tab(vec![(Key::Int(1), Value::F64(1.5))]),
                 Value::Arr(vec![]),
             ]),
         ),
         (
             Key::Int(-1),
-            Value::Tab(vec![(ks("deep"), Value::Arr(vec![s("y"), Value::None]))]),
+            Value::Tab(vec![(
+                ks("deep"),
+                Value::Arr(vec![s("y, long enough too"), Value::None]),
+            )]),
         ),
         (ks("f"), Value::F64(2.5)),
     ])
@@ -378,8 +381,12 @@ fn scalars_round_trip_bit_exactly_and_take_no_pool_memory() {
         scalar_wire(vals.store(&Value::F32(f32s[6])).unwrap()).unwrap(),
         Value::F32(f32s[6]).encode().unwrap()
     );
-    let obj = vals.store(&s("x")).unwrap();
+    let obj = vals.store(&s("x, long enough to be an object")).unwrap();
     assert_eq!(scalar_wire(obj), None);
+    // A string of up to 7 bytes lives in its slot: no object, wire T_STR.
+    let short = vals.store(&s("x")).unwrap();
+    assert_eq!(short.tag, crate::value::T_SSTR);
+    assert_eq!(scalar_wire(short).unwrap(), s("x").encode().unwrap());
     vals.release(obj).unwrap();
     assert_at(&vals, &base, "scalars");
 }
@@ -400,13 +407,20 @@ fn strings_round_trip_including_empty_astral_and_one_megabyte() {
     ] {
         let what = format!("string of {} bytes", st.len());
         assert_round_trip(vals, &Value::Str(st.clone()), &what);
-        // Stored as its UTF-8 bytes, no more, no less.
+        // Stored as its UTF-8 bytes, no more, no less: in the slot itself up
+        // to 7 bytes, in a string object beyond.
         let slot = vals.store(&Value::Str(st.clone())).unwrap();
-        let (off, n) = vals.data(slot).unwrap();
-        assert_eq!(n, st.len() as u64, "{what}");
-        let mut raw = vec![0; n as usize];
-        vals.span.read(off, &mut raw).unwrap();
-        assert!(raw == st.as_bytes(), "{what}: raw bytes");
+        if st.len() <= crate::value::SSTR_MAX {
+            assert_eq!(slot.tag, crate::value::T_SSTR, "{what}: inline");
+            let (a, n) = slot.short_bytes().unwrap();
+            assert!(&a[..n] == st.as_bytes(), "{what}: inline bytes");
+        } else {
+            let (off, n) = vals.data(slot).unwrap();
+            assert_eq!(n, st.len() as u64, "{what}");
+            let mut raw = vec![0; n as usize];
+            vals.span.read(off, &mut raw).unwrap();
+            assert!(raw == st.as_bytes(), "{what}: raw bytes");
+        }
         vals.release(slot).unwrap();
     }
 }
@@ -1048,8 +1062,8 @@ fn a_wire_ref_to_no_live_object_fails_the_whole_store_without_leaking() {
     // so the stores below cannot reuse it for an object of their own (a ref
     // to a reused block would name that new object, legitimately).
     let live = vals.store(&Value::Tab(vec![])).unwrap();
-    let freed = vals.store(&s("gone")).unwrap();
-    let fence = vals.store(&s("fence")).unwrap();
+    let freed = vals.store(&s("gone, a string object")).unwrap();
+    let fence = vals.store(&s("fence, a string object")).unwrap();
     vals.release(freed).unwrap();
     let raw = vals.pool().allocate(4).unwrap();
     assert_eq!(raw, freed.bits, "the freed block is reused first");
@@ -1326,7 +1340,7 @@ fn arr_set_replaces_below_len_appends_at_len_and_refuses_past_len() {
     let vals = sc.values();
     let base = baseline(&vals);
     let a = vals
-        .store(&Value::Arr(vec![Value::Int(0), s("one")]))
+        .store(&Value::Arr(vec![Value::Int(0), s("one, as an object")]))
         .unwrap();
     let one = vals.arr_get(a, 1).unwrap().unwrap();
     vals.arr_set(a, 1, vals.store(&s("uno")).unwrap()).unwrap();
@@ -1684,7 +1698,7 @@ fn out_of_memory_inside_tab_set_and_arr_push_leaves_the_container_unchanged() {
     );
     // Needs a string key object: refused; an int key fits in the room left.
     assert_eq!(
-        code(vals.tab_set(roomy, KeyRef::str("new"), Slot::NONE)),
+        code(vals.tab_set(roomy, KeyRef::str("a new, long key"), Slot::NONE)),
         ErrorCode::OutOfMemory
     );
     assert_eq!(vals.tab_keys(roomy).unwrap(), vec![Key::Int(0)]);
@@ -1966,8 +1980,12 @@ fn read_everything(
 fn stored_sample(vals: Values<'_>) -> (Slot, Layout, Vec<Slot>) {
     let root = vals.store(&sample()).unwrap();
     assert!(vals.tab_delete(root, KeyRef::str("f")).unwrap());
-    vals.tab_set(root, KeyRef::str("after"), vals.store(&s("tomb")).unwrap())
-        .unwrap();
+    vals.tab_set(
+        root,
+        KeyRef::str("after"),
+        vals.store(&s("tombstone value")).unwrap(),
+    )
+    .unwrap();
     let l = layout(vals, root);
     let mut held = Vec::new();
     for s in l
