@@ -74,52 +74,94 @@ impl<'a> Values<'a> {
                 tab.bits
             )));
         }
-        if s.cap > 0 {
-            fits(s.cap, ENTRY_SIZE, self.pool.capacity_unlocked(s.entries)?)?;
-            fits(s.index_cap, 4, self.pool.capacity_unlocked(s.index)?)?;
-        }
+        self.check_blocks(s.off, s.cap, s.entries, s.index, s.index_cap)?;
         Ok((g, s))
     }
 
     /// Create an empty table with room for `cap` entries; refcount 1.
     pub fn tab_new(&self, cap: u64) -> Result<Slot> {
-        let off = self.new_obj(T_TAB, 0, 0, TAB_OBJ_SIZE - OBJ_HEADER)?;
-        self.span
-            .fill(off + OBJ_HEADER, TAB_OBJ_SIZE - OBJ_HEADER, 0)?;
+        // The first entries and index live in the table's own block, right
+        // after its body: a new table is one allocation, not three. (When it
+        // outgrows them, bigger separate blocks take over; see tab_grow.)
+        let (index_cap, extra) = match cap {
+            0 => (0, 0),
+            _ => {
+                let too_big = || {
+                    Error::new(
+                        ErrorCode::OutOfMemory,
+                        format!("a table of {cap} entries cannot be allocated"),
+                    )
+                };
+                let index_cap = cap
+                    .checked_mul(2)
+                    .and_then(u64::checked_next_power_of_two)
+                    .ok_or_else(too_big)?
+                    .max(8);
+                let extra = cap
+                    .checked_mul(ENTRY_SIZE)
+                    .and_then(|e| e.checked_add(index_cap.checked_mul(4)?))
+                    .ok_or_else(too_big)?;
+                (index_cap, extra)
+            }
+        };
+        let body = TAB_OBJ_SIZE - OBJ_HEADER;
+        let off = self.new_obj(T_TAB, 0, 0, body + extra)?;
+        self.span.fill(off + OBJ_HEADER, body + extra, 0)?;
         let slot = Slot::object(T_TAB, off);
         if cap > 0 {
             let b = self.tab_body(slot)?;
-            if let Err(e) = self.tab_alloc(b, cap) {
-                let _ = self.release(slot);
-                return Err(e);
-            }
+            let entries = off + TAB_OBJ_SIZE;
+            b.cap.store(cap, Relaxed);
+            b.entries.store(entries, Relaxed);
+            b.index.store(entries + cap * ENTRY_SIZE, Relaxed);
+            b.index_cap.store(index_cap, Relaxed);
         }
         Ok(slot)
     }
 
-    /// Give an empty table its entry and index blocks.
-    fn tab_alloc(&self, b: &TabBody, cap: u64) -> Result<()> {
-        let bytes = cap.checked_mul(ENTRY_SIZE).ok_or_else(|| {
-            Error::new(
-                ErrorCode::OutOfMemory,
-                format!("a table of {cap} entries cannot be allocated"),
-            )
-        })?;
-        let index_cap = (cap * 2).next_power_of_two().max(8);
-        let entries = self.pool.allocate(bytes)?;
-        let index = match self.pool.allocate(index_cap * 4) {
-            Ok(i) => i,
-            Err(e) => {
-                self.pool.free(entries)?;
-                return Err(e);
+    /// Are the entries (and index) those inside the table's own block?
+    fn inline_entries(off: u64, entries: u64) -> bool {
+        entries == off + TAB_OBJ_SIZE
+    }
+
+    /// Check that the entries and index of a table at `off` fit where they are.
+    fn check_blocks(
+        &self,
+        off: u64,
+        cap: u64,
+        entries: u64,
+        index: u64,
+        index_cap: u64,
+    ) -> Result<()> {
+        if cap == 0 {
+            return Ok(());
+        }
+        if Self::inline_entries(off, entries) {
+            if Some(index)
+                != cap
+                    .checked_mul(ENTRY_SIZE)
+                    .and_then(|n| entries.checked_add(n))
+            {
+                return Err(Error::corrupt(format!(
+                    "table {off}: index not after its entries"
+                )));
             }
-        };
-        self.span.fill(index, index_cap * 4, 0)?;
-        b.cap.store(cap, Relaxed);
-        b.entries.store(entries, Relaxed);
-        b.index.store(index, Relaxed);
-        b.index_cap.store(index_cap, Relaxed);
-        Ok(())
+            let room = self
+                .pool
+                .capacity_unlocked(off)?
+                .saturating_sub(TAB_OBJ_SIZE - OBJ_HEADER);
+            let need = cap
+                .checked_mul(ENTRY_SIZE)
+                .and_then(|e| e.checked_add(index_cap.checked_mul(4)?));
+            return match need {
+                Some(n) if n <= room => Ok(()),
+                _ => Err(Error::corrupt(format!(
+                    "table {off}: entries larger than its block"
+                ))),
+            };
+        }
+        fits(cap, ENTRY_SIZE, self.pool.capacity_unlocked(entries)?)?;
+        fits(index_cap, 4, self.pool.capacity_unlocked(index)?)
     }
 
     fn key_matches(&self, slot: Slot, key: KeyRef<'_>) -> Result<bool> {
@@ -249,7 +291,7 @@ impl<'a> Values<'a> {
         b.cap.store(n.cap, Relaxed);
         b.used.store(n.used, Relaxed);
         b.count.store(n.count, Relaxed);
-        if old_entries != 0 {
+        if old_entries != 0 && !Self::inline_entries(s.off, old_entries) {
             self.pool.free(old_entries)?;
             self.pool.free(old_index)?;
         }
@@ -422,11 +464,8 @@ impl<'a> Values<'a> {
         if cap == 0 {
             return Ok(());
         }
-        fits(
-            used.min(cap),
-            ENTRY_SIZE,
-            self.pool.capacity_unlocked(entries)?,
-        )?;
+        let index_cap = b.index_cap.load(Relaxed);
+        self.check_blocks(off, cap, entries, index, index_cap)?;
         for e in 0..used.min(cap) {
             let eo = entries + e * ENTRY_SIZE;
             for so in [eo + 8, eo + 24] {
@@ -435,6 +474,9 @@ impl<'a> Values<'a> {
                     todo.push(s);
                 }
             }
+        }
+        if Self::inline_entries(off, entries) {
+            return Ok(()); // freed with the table's own block
         }
         self.pool.free(entries)?;
         self.pool.free(index)
