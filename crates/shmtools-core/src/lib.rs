@@ -23,6 +23,8 @@ pub mod platform;
 pub mod pool;
 pub mod queue;
 pub mod region;
+#[cfg(test)]
+mod scratch;
 pub mod value;
 
 pub use boot::BootInfo;

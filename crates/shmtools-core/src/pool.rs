@@ -708,49 +708,8 @@ mod tests {
 #[cfg(test)]
 mod region_tests {
     use super::*;
-    use crate::region::{CreateOptions, Region};
+    use crate::scratch::Scratch;
     use proptest::prelude::*;
-    use std::sync::atomic::AtomicU64 as Counter;
-
-    /// A region made for one test, destroyed (name removed) when dropped,
-    /// even if the test panics.
-    struct Scratch {
-        region: Option<Region>,
-    }
-
-    impl Scratch {
-        fn new(tag: &str, bytes: u64) -> Scratch {
-            static N: Counter = Counter::new(0);
-            let name = format!(
-                "shmt-test-{}-pool-{tag}-{}",
-                std::process::id(),
-                N.fetch_add(1, Relaxed)
-            );
-            let region = Region::create(&name, bytes, &CreateOptions::default())
-                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
-            Scratch {
-                region: Some(region),
-            }
-        }
-
-        fn region(&self) -> &Region {
-            self.region.as_ref().expect("region present until drop")
-        }
-
-        fn pool(&self) -> Pool<'_> {
-            self.region()
-                .pool()
-                .expect("a fresh region has a valid pool")
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            if let Some(r) = self.region.take() {
-                let _ = r.destroy();
-            }
-        }
-    }
 
     fn code<T: std::fmt::Debug>(r: Result<T>) -> ErrorCode {
         r.expect_err("expected an error").code()

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64 as Counter, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
@@ -19,49 +19,10 @@ use proptest::prelude::*;
 use super::wire::{Writer, MAX_DEPTH, T_REF};
 use super::*;
 use crate::pool::{PoolCheck, PoolStats};
-use crate::region::{CreateOptions, Region};
+use crate::region::Region;
+use crate::scratch::Scratch;
 
 // ---- helpers ----------------------------------------------------------------
-
-/// A region made for one test, destroyed (name removed) when dropped, even
-/// if the test panics. Names hold the process id, a tag and a counter.
-struct Scratch {
-    region: Option<Region>,
-}
-
-impl Scratch {
-    fn new(tag: &str, bytes: u64) -> Scratch {
-        static N: Counter = Counter::new(0);
-        let name = format!(
-            "shmt-test-{}-val-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Relaxed)
-        );
-        let region = Region::create(&name, bytes, &CreateOptions::default())
-            .unwrap_or_else(|e| panic!("creating {name}: {e}"));
-        Scratch {
-            region: Some(region),
-        }
-    }
-
-    fn region(&self) -> &Region {
-        self.region.as_ref().expect("region present until drop")
-    }
-
-    fn values(&self) -> Values<'_> {
-        self.region()
-            .values()
-            .expect("a fresh region has a valid pool")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(r) = self.region.take() {
-            let _ = r.destroy();
-        }
-    }
-}
 
 /// The pool's figures at some moment, to compare against later.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
