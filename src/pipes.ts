@@ -128,6 +128,9 @@ export class CQ<T = any> implements AsyncIterable<T> {
     for (;;) {
       const q = this.#native()
       const seen = native(() => q.seq(NOT_FULL))
+      // Encoded afresh on each try: a shared handle inside `value` may have
+      // been released while we waited, and must fail now rather than leave a
+      // stale reference in an old encoding.
       const wire = encodeFor(this.#region, value)
       if (native(() => q.enqueue(wire, 0))) return true
       const left = deadline - performance.now()

@@ -108,6 +108,12 @@ impl NativeQueue {
     pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
         let t = timeout(timeout_ms)?;
         let q = self.queue()?;
+        // A try (no wait) on a full pipe: say so before building the value,
+        // rather than build it and free it again (the async form retries
+        // this way on every wake-up). The real enqueue still rechecks.
+        if t == Some(Duration::ZERO) && q.len() >= q.capacity() {
+            return Ok(false);
+        }
         let slot = q.values().store_wire(&wire).map_err(js)?;
         match q.enqueue(slot, t) {
             Ok(true) => Ok(true),
