@@ -15,7 +15,7 @@ use crate::mem::Span;
 use crate::pool;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMTOOLS");
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The boot block occupies the whole first page; the pool header follows.
 pub const BOOT_SIZE: u64 = 4096;
 
@@ -44,12 +44,14 @@ pub struct BootBlock {
     pub pool_offset: AtomicU64,
     pub pool_size: AtomicU64,
     pub pipe_dir_offset: AtomicU64,
+    /// Offset of the holder table (who is attached, who holds what).
+    pub holders_offset: AtomicU64,
     /// FNV-1a over every field above except `state` (see `checksum`).
     pub checksum: AtomicU64,
 }
 
 pub const BOOT_FIELDS_SIZE: u64 = std::mem::size_of::<BootBlock>() as u64;
-const _: () = assert!(BOOT_FIELDS_SIZE == 88);
+const _: () = assert!(BOOT_FIELDS_SIZE == 96);
 const _: () = assert!(std::mem::offset_of!(BootBlock, magic) == 0);
 const _: () = assert!(std::mem::offset_of!(BootBlock, layout_version) == 8);
 const _: () = assert!(std::mem::offset_of!(BootBlock, state) == 12);
@@ -62,7 +64,8 @@ const _: () = assert!(std::mem::offset_of!(BootBlock, created_unix_ms) == 48);
 const _: () = assert!(std::mem::offset_of!(BootBlock, pool_offset) == 56);
 const _: () = assert!(std::mem::offset_of!(BootBlock, pool_size) == 64);
 const _: () = assert!(std::mem::offset_of!(BootBlock, pipe_dir_offset) == 72);
-const _: () = assert!(std::mem::offset_of!(BootBlock, checksum) == 80);
+const _: () = assert!(std::mem::offset_of!(BootBlock, holders_offset) == 80);
+const _: () = assert!(std::mem::offset_of!(BootBlock, checksum) == 88);
 const _: () = assert!(BOOT_FIELDS_SIZE <= BOOT_SIZE);
 
 /// A validated copy of the boot block's fields.
@@ -78,6 +81,7 @@ pub struct BootInfo {
     pub pool_offset: u64,
     pub pool_size: u64,
     pub pipe_dir_offset: u64,
+    pub holders_offset: u64,
 }
 
 impl BootInfo {
@@ -104,6 +108,7 @@ impl BootInfo {
             self.pool_offset,
             self.pool_size,
             self.pipe_dir_offset,
+            self.holders_offset,
         ];
         for w in words {
             for b in w.to_le_bytes() {
@@ -136,6 +141,7 @@ pub fn write(b: &BootBlock, info: &BootInfo) {
     b.pool_offset.store(info.pool_offset, r);
     b.pool_size.store(info.pool_size, r);
     b.pipe_dir_offset.store(info.pipe_dir_offset, r);
+    b.holders_offset.store(info.holders_offset, r);
     b.checksum.store(info.checksum(), r);
     b.state.store(STATE_INITIALIZING, r);
 }
@@ -170,6 +176,7 @@ fn read_fields(b: &BootBlock, state: u32) -> BootInfo {
         pool_offset: b.pool_offset.load(r),
         pool_size: b.pool_size.load(r),
         pipe_dir_offset: b.pipe_dir_offset.load(r),
+        holders_offset: b.holders_offset.load(r),
     }
 }
 
@@ -226,6 +233,12 @@ fn validate(info: &BootInfo, checksum: u64, file_size: u64, name: &str) -> Resul
         || info.pipe_dir_offset >= info.region_size
     {
         return bad("the pipe directory offset lies outside the pool");
+    }
+    if info.holders_offset < arena
+        || !info.holders_offset.is_multiple_of(pool::ALIGN)
+        || info.holders_offset >= info.region_size
+    {
+        return bad("the holder table offset lies outside the pool");
     }
     Ok(())
 }

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     Aborted,
     /// Any other operating-system failure.
     Io,
+    /// Other processes are attached (or hold every record) and the call
+    /// needs them gone.
+    Busy,
 }
 
 impl ErrorCode {
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Permission => "ERR_SHM_PERMISSION",
             ErrorCode::Aborted => "ERR_SHM_ABORTED",
             ErrorCode::Io => "ERR_SHM_IO",
+            ErrorCode::Busy => "ERR_SHM_BUSY",
         }
     }
 }

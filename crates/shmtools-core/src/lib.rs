@@ -8,7 +8,8 @@
 //! - [`lock`]: a process-shared mutex that survives its holder's death.
 //! - [`pool`]: the allocator inside a region.
 //! - [`boot`]: the boot block that starts every region.
-//! - [`region`]: create / attach / remove regions.
+//! - [`holders`]: who is attached and what each process holds (reclaim).
+//! - [`region`]: create / attach / remove regions, gc and repair.
 //! - [`value`]: refcounted values in a region (Tab, Arr, strings, typed arrays).
 //! - [`queue`]: CQ, the bounded queue with futex wake-ups.
 //! - [`pipes`]: the pipe directory, ServerSide and ClientSide.
@@ -16,6 +17,7 @@
 
 pub mod boot;
 pub mod error;
+pub mod holders;
 pub mod lock;
 pub mod mem;
 pub mod pipes;
@@ -23,14 +25,16 @@ pub mod platform;
 pub mod pool;
 pub mod queue;
 pub mod region;
+mod repair;
 #[cfg(test)]
 mod scratch;
 pub mod value;
 
 pub use boot::BootInfo;
 pub use error::{Error, ErrorCode, Result};
+pub use holders::{HolderInfo, Reclaim, Repair};
 pub use pipes::{ClientSide, Directory, PipeEnd, PipeInfo, ServerSide};
 pub use pool::{Pool, PoolCheck, PoolStats};
 pub use queue::{Queue, QueueStats, WaitFor};
-pub use region::{AttachOptions, CreateOptions, Region, TryAttach};
+pub use region::{AttachOptions, CreateOptions, Gc, Region, TryAttach};
 pub use value::{Elem, Key, KeyRef, Shared, Slot, Value, Values};

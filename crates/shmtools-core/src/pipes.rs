@@ -127,6 +127,18 @@ impl<'a> Directory<'a> {
         Ok((count, entries))
     }
 
+    /// The directory's own blocks: its header and its entries block (for
+    /// `repair`).
+    pub(crate) fn blocks(&self) -> Result<Vec<u64>> {
+        let (_, entries) = self.entries()?;
+        let cap = self.header.cap.load(Relaxed);
+        Ok(if cap > 0 {
+            vec![self.off, entries]
+        } else {
+            vec![self.off]
+        })
+    }
+
     fn read_entry(&self, e: u64) -> Result<PipeInfo> {
         let span = self.values.pool().span();
         let mut name = [0u8; 64];

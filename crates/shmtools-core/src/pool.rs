@@ -408,6 +408,25 @@ impl<'a> Pool<'a> {
         Ok(c)
     }
 
+    /// Every block in use, as (payload offset, payload capacity), in address
+    /// order (for `repair`).
+    pub fn used_blocks(&self) -> Result<Vec<(u64, u64)>> {
+        let _g = self.lock()?;
+        let mut out = Vec::new();
+        let mut off = self.start;
+        while off < self.end {
+            let b = self.block(off)?;
+            if b.used {
+                out.push((off + HEADER, b.size - HEADER));
+            }
+            off += b.size;
+        }
+        if off != self.end {
+            return Err(Error::corrupt("blocks overrun the arena"));
+        }
+        Ok(out)
+    }
+
     /// Rebuild free lists, back-links and counters from the chain of headers.
     /// Called when a process died holding the pool lock. Blocks in use stay in
     /// use (their owners may be alive); adjacent free blocks are merged.

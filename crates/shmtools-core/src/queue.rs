@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::{Slot, Values, SLOT_SIZE, S_EMPTY};
+use crate::value::{Shared, Slot, Values, SLOT_SIZE, S_EMPTY};
 
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
 /// Most packets a queue may hold.
@@ -319,32 +320,106 @@ impl<'a> Queue<'a> {
 
     /// Enqueue, waiting up to `timeout` for room (None: forever). On
     /// `Ok(false)` (timed out) the caller still owns the slot.
+    ///
+    /// While it waits, the slot is recorded in the process's ledger (when the
+    /// queue's values have a session), so a process killed while blocked on
+    /// a full pipe gives its packet back.
     pub fn enqueue(&self, slot: Slot, timeout: Option<Duration>) -> Result<bool> {
+        self.enqueue_recorded(slot, None, timeout)
+    }
+
+    /// [`Queue::enqueue`] of a slot the caller already recorded in its
+    /// ledger (`held`): it leaves the ledger as it enters the queue. On
+    /// `Ok(false)` or an error the caller owns the slot again, unrecorded.
+    pub fn enqueue_recorded(
+        &self,
+        slot: Slot,
+        mut held: Option<Held>,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let seen = self.seq(WaitFor::NotFull);
-            if self.try_enqueue(slot)? {
-                return Ok(true);
+            {
+                let _b = self.values.busy();
+                if !self.values.unhold(held.take())? {
+                    return Err(Error::new(
+                        crate::error::ErrorCode::Closed,
+                        "the region was closed while enqueueing",
+                    ));
+                }
+                if self.try_enqueue(slot)? {
+                    return Ok(true);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    self.values.reclaim_if_due();
+                    return Ok(false);
+                }
+                held = self.values.hold(slot).ok().flatten();
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                let _b = self.values.busy();
+                self.values.unhold(held)?;
+                self.values.reclaim_if_due();
                 return Ok(false);
             }
             self.wait(WaitFor::NotFull, seen, deadline);
         }
     }
 
-    /// Dequeue, waiting up to `timeout` for a packet (None: forever).
+    /// Dequeue, waiting up to `timeout` for a packet (None: forever). The
+    /// slot is the caller's, unrecorded: prefer [`Queue::dequeue_then`] or
+    /// [`Queue::dequeue_shared`], which record it as they take it.
     pub fn dequeue(&self, timeout: Option<Duration>) -> Result<Option<Slot>> {
+        self.dequeue_then(timeout, |s| s)
+    }
+
+    /// Dequeue, waiting up to `timeout`, and hand the packet to `take` inside
+    /// the same in-progress mark as the dequeue itself (so a crash between
+    /// the two is known to the reclaimer). `take` usually records the
+    /// reference in the ledger by wrapping it in a handle.
+    pub fn dequeue_then<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut take: impl FnMut(Slot) -> T,
+    ) -> Result<Option<T>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let seen = self.seq(WaitFor::NotEmpty);
-            if let Some(s) = self.try_dequeue()? {
-                return Ok(Some(s));
+            {
+                let _b = self.values.busy();
+                if let Some(s) = self.try_dequeue()? {
+                    return Ok(Some(take(s)));
+                }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.values.reclaim_if_due();
                 return Ok(None);
             }
             self.wait(WaitFor::NotEmpty, seen, deadline);
+        }
+    }
+
+    /// Dequeue into a [`Shared`] handle (recorded in the ledger).
+    pub fn dequeue_shared(&self, timeout: Option<Duration>) -> Result<Option<Shared<'a>>> {
+        let values = self.values;
+        self.dequeue_then(timeout, |s| Shared::from_owned(values, s))
+    }
+
+    /// Enqueue another reference to `v` (zero copy); false on timeout.
+    pub fn enqueue_shared(&self, v: &Shared<'_>, timeout: Option<Duration>) -> Result<bool> {
+        let held = {
+            let _b = self.values.busy();
+            self.values.retain(v.slot())?;
+            self.values.hold(v.slot()).ok().flatten()
+        };
+        match self.enqueue_recorded(v.slot(), held, timeout) {
+            Ok(true) => Ok(true),
+            other => {
+                let _b = self.values.busy();
+                let _ = self.values.release(v.slot());
+                other
+            }
         }
     }
 
@@ -354,10 +429,15 @@ impl<'a> Queue<'a> {
         v: &crate::value::Value,
         timeout: Option<Duration>,
     ) -> Result<bool> {
-        let slot = self.values.store(v)?;
-        match self.enqueue(slot, timeout) {
+        let (slot, held) = {
+            let _b = self.values.busy();
+            let slot = self.values.store(v)?;
+            (slot, self.values.hold(slot).ok().flatten())
+        };
+        match self.enqueue_recorded(slot, held, timeout) {
             Ok(true) => Ok(true),
             other => {
+                let _b = self.values.busy();
                 let _ = self.values.release(slot);
                 other
             }
@@ -366,14 +446,26 @@ impl<'a> Queue<'a> {
 
     /// Dequeue and deep-copy the packet out (its reference is released).
     pub fn dequeue_value(&self, timeout: Option<Duration>) -> Result<Option<crate::value::Value>> {
-        match self.dequeue(timeout)? {
-            Some(slot) => {
-                let v = self.values.load(slot);
-                self.values.release(slot)?;
-                v.map(Some)
-            }
+        match self.dequeue_shared(timeout)? {
+            Some(s) => s.load().map(Some),
             None => Ok(None),
         }
+    }
+
+    /// The queue's blocks (header, slots) and the packets it holds, read
+    /// without the lock (for `repair`, which runs alone).
+    pub(crate) fn parts(&self) -> Result<(Vec<u64>, Vec<Slot>)> {
+        let h = self.header;
+        let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        self.check_state(head, tail)?;
+        let mut slots = Vec::new();
+        for i in head..tail {
+            let s = Slot::read_at(self.values, self.slots + (i % self.capacity) * SLOT_SIZE)?;
+            if s.is_object() {
+                slots.push(s);
+            }
+        }
+        Ok((vec![self.off, self.slots], slots))
     }
 
     /// Release every packet still queued (when a queue is torn down).

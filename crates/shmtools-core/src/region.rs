@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::boot::{self, BootInfo, Peek, BOOT_SIZE};
 use crate::error::{Error, ErrorCode, Result};
+use crate::holders::{self, HolderInfo, Holders, Reclaim, Repair, Session};
 use crate::mem::Span;
 use crate::platform::{self, Mapping};
 use crate::pool::{self, Pool};
@@ -127,6 +128,7 @@ impl Default for AttachOptions<'_> {
 }
 
 /// The outcome of one look for a region.
+#[allow(clippy::large_enum_variant)] // made once per attach; boxing buys nothing
 pub enum TryAttach {
     Ready(Region),
     /// Not there yet, or being created; look again later.
@@ -142,6 +144,22 @@ pub struct Region {
     replaced_generation: Option<u64>,
     /// (device, inode) of the object we mapped.
     identity: (u64, u64),
+    /// This attachment's record in the holder table (None for an inspecting
+    /// tool that holds nothing).
+    session: Option<Session>,
+}
+
+/// What [`Region::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gc {
+    pub reclaim: Reclaim,
+    /// Set when a repair ran (it runs when a reclaim was uncertain, now or
+    /// earlier, and no other process is attached).
+    pub repair: Option<Repair>,
+    /// A repair is owed but other processes are attached.
+    pub repair_pending: bool,
+    /// Live processes attached besides this one.
+    pub others_alive: Vec<u32>,
 }
 
 impl Region {
@@ -214,6 +232,7 @@ impl Region {
             let dir = pool.allocate(PIPE_DIR_BYTES)?;
             span.fill(dir, PIPE_DIR_BYTES, 0)?;
             crate::pipes::Directory::init(crate::value::Values::new(pool), dir)?;
+            let holders = Holders::create(pool, holders::capacity_for(bytes))?;
             let info = BootInfo {
                 layout_version: boot::LAYOUT_VERSION,
                 state: boot::STATE_INITIALIZING,
@@ -227,6 +246,7 @@ impl Region {
                 pool_offset: BOOT_SIZE,
                 pool_size: bytes - BOOT_SIZE,
                 pipe_dir_offset: dir,
+                holders_offset: holders,
             };
             let b = boot::boot_block(span)?;
             boot::write(b, &info);
@@ -245,18 +265,44 @@ impl Region {
             }
         };
         log(&format!("region '{name}' ready (generation {generation})"));
-        Ok(Region {
+        let mut region = Region {
             name: name.to_string(),
             map,
             info,
             replaced_generation: old_generation,
             identity,
-        })
+            session: None,
+        };
+        region.register()?;
+        Ok(region)
+    }
+
+    /// Take a record in the holder table, then give back what dead
+    /// processes held (and repair, if one is owed and nobody else is here).
+    fn register(&mut self) -> Result<()> {
+        let s = {
+            let v = self.values()?;
+            Holders::open(self.span(), self.info.holders_offset)?.register(v)?
+        };
+        self.session = Some(s);
+        let _ = self.gc();
+        Ok(())
     }
 
     /// Look once for the region: ready, not yet, or an error that waiting
     /// cannot fix (bad magic, corrupt header, permission, dead creator).
     pub fn try_attach(name: &str) -> Result<TryAttach> {
+        Region::try_attach_as(name, true)
+    }
+
+    /// Map a ready region without taking a holder record: for tools that
+    /// look (`shmtools ls`, `inspect`) and must not count as attached. Values
+    /// taken through such a region are not recorded in any ledger.
+    pub fn try_inspect(name: &str) -> Result<TryAttach> {
+        Region::try_attach_as(name, false)
+    }
+
+    fn try_attach_as(name: &str, register: bool) -> Result<TryAttach> {
         validate_name(name)?;
         let Some(fd) = platform::shm_open_existing(name)? else {
             return Ok(TryAttach::NotYet("the region does not exist yet"));
@@ -297,13 +343,19 @@ impl Region {
             }
             Peek::Ready(info) => {
                 Pool::open(span, info.pool_offset)?;
-                Ok(TryAttach::Ready(Region {
+                Holders::open(span, info.holders_offset)?;
+                let mut region = Region {
                     name: name.to_string(),
                     map,
                     info,
                     replaced_generation: None,
                     identity: st.identity,
-                }))
+                    session: None,
+                };
+                if register {
+                    region.register()?;
+                }
+                Ok(TryAttach::Ready(region))
             }
         }
     }
@@ -392,9 +444,80 @@ impl Region {
         Pool::open(self.span(), self.info.pool_offset)
     }
 
-    /// Value operations (store, load, Tab/Arr access, refcounts) on this region.
+    /// Value operations (store, load, Tab/Arr access, refcounts) on this
+    /// region; references held through them are recorded in this process's
+    /// ledger.
     pub fn values(&self) -> Result<crate::value::Values<'_>> {
-        Ok(crate::value::Values::new(self.pool()?))
+        Ok(crate::value::Values::with_session(
+            self.pool()?,
+            self.session.as_ref(),
+        ))
+    }
+
+    /// The holder table: who is attached and what they hold.
+    pub fn holders(&self) -> Result<Holders<'_>> {
+        Holders::open(self.span(), self.info.holders_offset)
+    }
+
+    /// This attachment's session, if it took a record.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// Every attached process (and dead ones not yet reclaimed).
+    pub fn holder_list(&self) -> Result<Vec<HolderInfo>> {
+        self.holders()?
+            .list(self.session.as_ref().map(Session::index))
+    }
+
+    /// Give back everything held by processes that are gone.
+    pub fn reclaim_dead(&self) -> Result<Reclaim> {
+        self.holders()?.reclaim_dead(self.values()?)
+    }
+
+    /// Reclaim the dead, then, if a reclaim could not be exact (a process
+    /// died inside an operation) and no other live process is attached,
+    /// repair: recount every reference from what is reachable and free the
+    /// rest.
+    pub fn gc(&self) -> Result<Gc> {
+        let t = self.holders()?;
+        let reclaim = t.reclaim_dead(self.values()?)?;
+        let own = self.session.as_ref().map(Session::index);
+        let others_alive = t.others_alive(own)?;
+        let owed = t.header().needs_repair.load(Ordering::Relaxed) != 0;
+        let repair = if owed && others_alive.is_empty() {
+            match crate::repair::repair(self) {
+                Ok(r) => Some(r),
+                Err(e) if e.code() == ErrorCode::Busy => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(Gc {
+            reclaim,
+            repair_pending: owed && repair.is_none(),
+            repair,
+            others_alive,
+        })
+    }
+
+    /// Recount every reference from what is reachable (pipes and the
+    /// ledgers) and free every block nothing reaches. Only when no other
+    /// live process is attached (`ERR_SHM_BUSY` otherwise); this process must
+    /// hold its references through handles (recorded), not raw slots.
+    pub fn repair(&self) -> Result<Repair> {
+        crate::repair::repair(self)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if let (Ok(t), Ok(pool)) = (self.holders(), self.pool()) {
+                let _ = t.deregister(crate::value::Values::new(pool), &s);
+            }
+        }
     }
 }
 

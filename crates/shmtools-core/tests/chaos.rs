@@ -13,8 +13,11 @@
 //! every survivor makes progress, the pool stays consistent (a lock held by a
 //! killed process is taken over and the pool rebuilt), the queue keeps
 //! working, and packets go missing only with a killed consumer (at most one
-//! each: the packet it had just taken). Memory held by killed processes is
-//! not reclaimed (no such feature yet); the pool figures are only printed.
+//! each: the packet it had just taken), and everything the killed processes
+//! held is given back: after each round `gc` reclaims every dead session, and
+//! a repair (which recounts every reference from what is reachable) then
+//! finds nothing left to fix, unless the reclaim reported a process killed
+//! inside an operation; at the end the pool is back to its starting figures.
 //!
 //! The seed is printed; `SHMT_CHAOS_SEED=<n>` replays a run's schedule (the
 //! scheduling of the processes themselves is not reproducible, of course).
@@ -28,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use shmtools_core::{ClientSide, PoolCheck, PoolStats, ServerSide, Value};
+use shmtools_core::{ClientSide, PoolCheck, PoolStats, Region, ServerSide, Value};
 
 mod common;
 
@@ -336,6 +339,10 @@ struct Ledger {
     bad: Vec<String>,
     consumer_kills: u64,
     producer_kills: u64,
+    /// References given back by gc from killed processes' ledgers.
+    reclaimed_refs: u64,
+    /// Killed processes whose reclaim could not be exact.
+    uncertain: u64,
 }
 
 impl Ledger {
@@ -394,6 +401,7 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
     let pool = region.pool().unwrap();
     let start_stats = pool.stats().unwrap();
     let t0 = Instant::now();
+    let mut reclaimed_before = (0, 0, 0);
 
     let mut ledger = Ledger::default();
     let mut next_id = 0u64;
@@ -477,6 +485,69 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
         }
         eprintln!("round {round}: {}", summary.join(", "));
 
+        // What the dead held is given back: their sessions are reclaimed, and
+        // a repair, which recounts every reference from what is reachable,
+        // finds nothing more to free or fix (unless a reclaim said it could
+        // not be exact: a kill inside an operation).
+        let counters = |r: &Region| {
+            let h = r.holders().unwrap().header();
+            (
+                h.reclaimed_sessions.load(Ordering::Relaxed),
+                h.uncertain_reclaims.load(Ordering::Relaxed),
+                h.reclaimed_refs.load(Ordering::Relaxed),
+            )
+        };
+        let gc = region
+            .gc()
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): gc: {e}"));
+        let (sessions, uncertain, refs) = counters(&region);
+        // Replacements that attached may have reclaimed some already; a
+        // process killed before it attached (no report yet) had no session.
+        let attached = dead.iter().filter(|k| k.progress() > 0).count() as u64;
+        let got = sessions - reclaimed_before.0;
+        assert!(
+            (attached..=dead.len() as u64).contains(&got),
+            "round {round} (seed {seed}): {got} sessions reclaimed for {} killed processes \
+             ({attached} of them had attached): {gc:?}",
+            dead.len()
+        );
+        let dead_listed: Vec<_> = region
+            .holder_list()
+            .unwrap()
+            .into_iter()
+            .filter(|h| !h.alive)
+            .collect();
+        assert!(
+            dead_listed.is_empty(),
+            "round {round} (seed {seed}): dead sessions left: {dead_listed:?}"
+        );
+        let round_uncertain = uncertain - reclaimed_before.1;
+        ledger.reclaimed_refs += refs - reclaimed_before.2;
+        ledger.uncertain += round_uncertain;
+        let repair = region
+            .repair()
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): repair: {e}"));
+        // After gc, nothing is left over: a reclaim that was exact left
+        // nothing to repair, and an uncertain one had gc repair already.
+        assert_eq!(
+            (repair.blocks_freed, repair.refcounts_fixed),
+            (0, 0),
+            "round {round} (seed {seed}): after gc a repair still found unreachable blocks \
+             or wrong counts: {repair:?} (gc: {gc:?}, uncertain reclaims this round: {round_uncertain})"
+        );
+        if round_uncertain == 0 {
+            assert!(
+                gc.repair
+                    .is_none_or(|r| (r.blocks_freed, r.refcounts_fixed) == (0, 0)),
+                "round {round} (seed {seed}): every reclaim was exact, yet gc's repair \
+                 found leftovers: {gc:?}"
+            );
+        }
+        reclaimed_before = (sessions, uncertain, refs);
+        eprintln!(
+            "round {round}: {got} killed sessions reclaimed ({round_uncertain} not exact); gc: {gc:?}"
+        );
+
         // The pool is consistent, whoever died holding its lock.
         let check = pool
             .check()
@@ -557,9 +628,12 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
     eprintln!("pool before the drain: {}", pool_line(&before.0, &before.1));
     eprintln!("pool after the drain:  {}", pool_line(&after.0, &after.1));
     eprintln!(
-        "(not reclaimed: {} bytes in {} blocks held by killed processes or leaked)",
-        after.0.bytes_used - start_stats.bytes_used,
-        after.0.blocks_used - start_stats.blocks_used
+        "reclaimed from killed processes: {} references; reclaims that were not exact: {}",
+        ledger.reclaimed_refs, ledger.uncertain
+    );
+    assert_eq!(
+        after.0, start_stats,
+        "seed {seed}: the pool is back to its starting figures once drained"
     );
 
     assert_eq!(

@@ -429,8 +429,9 @@ fn a_stale_region_is_replaced_by_the_next_generation_and_old_mappings_keep_their
     let old = Region::attach(&name, &attach_opts(Duration::from_secs(5))).unwrap();
     let off = old.pool().unwrap().allocate(300).unwrap();
     write_pattern(&old, off, 1, 300);
-    let old_stats = old.pool().unwrap().stats().unwrap();
     drop(first); // unmapped, not destroyed: the object stays behind
+                 // (dropping it also ended its session, giving its ledger back)
+    let old_stats = old.pool().unwrap().stats().unwrap();
 
     let second = create(&name, 256 * 1024);
     assert_eq!(second.info().generation, 2);
@@ -439,8 +440,8 @@ fn a_stale_region_is_replaced_by_the_next_generation_and_old_mappings_keep_their
     let new_pool = second.pool().unwrap();
     assert_eq!(
         new_pool.check().unwrap().blocks_used,
-        1,
-        "only the pipe directory"
+        3,
+        "only the pipe directory, the holder table and the creator's ledger"
     );
     assert_ne!(new_pool.stats().unwrap(), old_stats);
     assert_pattern(&old, off, 1, 300);
@@ -669,6 +670,9 @@ fn a_process_dying_while_holding_the_pool_lock_is_taken_over_and_the_pool_rebuil
         waiter.join().expect("the waiting thread")
     });
     assert!(!std::path::Path::new(&format!("/proc/{child_pid}")).exists());
+    // The child's session (its ledger) is given back by the reclaim.
+    let got = region.reclaim_dead().unwrap();
+    assert_eq!(got.sessions, 1, "{got:?}");
     // The child emptied the free lists: the allocation succeeded only
     // because the lock was recovered and the pool rebuilt from its blocks.
     assert_pattern(&region, off, 5, 1000);
@@ -901,7 +905,11 @@ fn boot_block_damage_is_reported_as_corrupt_or_incompatible() {
 
     // A layout version this build does not read.
     fresh();
-    poke(&name, version_at, &2u32.to_le_bytes());
+    poke(
+        &name,
+        version_at,
+        &(shmtools_core::boot::LAYOUT_VERSION + 1).to_le_bytes(),
+    );
     assert_eq!(code(Region::try_attach(&name)), ErrorCode::Incompatible);
 
     // Still initialising, creator (us) alive: not ready yet, so wait.

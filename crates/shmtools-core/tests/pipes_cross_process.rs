@@ -504,6 +504,8 @@ fn a_consumer_killed_while_blocked_in_dequeue_does_not_break_the_queue_for_other
         "sleepers still counted after the kill: {}",
         sleepers.load(Ordering::Relaxed)
     );
+    // The victim's session (it held nothing but its ledger) is given back.
+    assert_eq!(region.reclaim_dead().unwrap().sessions, 1);
     assert_eq!(baseline(&vals), base);
     drop(server);
     assert!(region.destroy().unwrap());

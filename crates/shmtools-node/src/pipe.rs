@@ -114,11 +114,17 @@ impl NativeQueue {
         if t == Some(Duration::ZERO) && q.len() >= q.capacity() {
             return Ok(false);
         }
-        let slot = q.values().store_wire(&wire).map_err(js)?;
-        match q.enqueue(slot, t) {
+        let v = q.values();
+        let (slot, held) = {
+            let _b = v.busy();
+            let slot = v.store_wire(&wire).map_err(js)?;
+            (slot, v.hold(slot).ok().flatten())
+        };
+        match q.enqueue_recorded(slot, held, t) {
             Ok(true) => Ok(true),
             other => {
-                let _ = q.values().release(slot);
+                let _b = v.busy();
+                let _ = v.release(slot);
                 other.map_err(js)
             }
         }
@@ -135,6 +141,7 @@ impl NativeQueue {
             if q.len() >= q.capacity() {
                 return Ok(i);
             }
+            let _b = v.busy();
             let slot = v.store_one(&mut r).map_err(js)?;
             if !q.try_enqueue(slot).map_err(js)? {
                 let _ = v.release(slot);
@@ -148,8 +155,10 @@ impl NativeQueue {
     #[napi(catch_unwind)]
     pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Out>> {
         let t = timeout(timeout_ms)?;
-        let s = self.queue()?.dequeue(t).map_err(js)?;
-        self.out(s)
+        self.queue()?
+            .dequeue_then(t, |s| from_slot(&self.cell, s))
+            .map_err(js)?
+            .transpose()
     }
 
     /// Dequeue if a packet is there or arrives within `spin_us` microseconds,
@@ -162,8 +171,11 @@ impl NativeQueue {
         let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
         loop {
             let seen = q.seq(WaitFor::NotEmpty);
-            if let Some(s) = q.try_dequeue().map_err(js)? {
-                return self.out(Some(s));
+            {
+                let _b = q.values().busy();
+                if let Some(s) = q.try_dequeue().map_err(js)? {
+                    return self.out(Some(s));
+                }
             }
             while q.seq(WaitFor::NotEmpty) == seen {
                 if std::time::Instant::now() >= until {
@@ -179,7 +191,9 @@ impl NativeQueue {
     pub fn dequeue_many(&self, max: u32) -> Result<Vec<Out>> {
         let q = self.queue()?;
         let mut out = Vec::new();
+        let v = q.values();
         while out.len() < max as usize {
+            let _b = v.busy();
             match q.try_dequeue().map_err(js)? {
                 Some(s) => out.push(from_slot(&self.cell, s)?),
                 None => break,

@@ -151,12 +151,9 @@ impl NativeRegion {
     #[napi(catch_unwind)]
     pub fn store(&self, wire: Buffer) -> Result<Out> {
         let cell = self.cell()?;
-        let slot = cell
-            .region
-            .values()
-            .map_err(js)?
-            .store_wire(&wire)
-            .map_err(js)?;
+        let v = cell.region.values().map_err(js)?;
+        let _b = v.busy();
+        let slot = v.store_wire(&wire).map_err(js)?;
         from_slot(cell, slot)
     }
 
@@ -165,6 +162,7 @@ impl NativeRegion {
     pub fn value_at(&self, offset: f64) -> Result<NativeValue> {
         let cell = self.cell()?;
         let v = cell.region.values().map_err(js)?;
+        let _b = v.busy();
         let slot = v.slot_of(to_u64(offset, "offset")?).map_err(js)?;
         v.retain(slot).map_err(js)?;
         Ok(NativeValue::adopt(cell.clone(), slot))
@@ -229,14 +227,34 @@ impl NativeRegion {
     #[napi(catch_unwind)]
     pub fn allocate(&self, bytes: f64) -> Result<f64> {
         let n = to_u64(bytes, "bytes")?;
-        let off = self.region()?.pool().map_err(js)?.allocate(n).map_err(js)?;
+        let r = self.region()?;
+        let pool = r.pool().map_err(js)?;
+        let v = r.values().map_err(js)?;
+        let _b = v.busy();
+        let off = pool.allocate(n).map_err(js)?;
+        if let Some(s) = r.session() {
+            // Recorded, so the block is freed if this process dies holding it.
+            if let Err(e) = s.hold_raw(pool, off) {
+                let _ = pool.free(off);
+                return Err(js(e));
+            }
+        }
         Ok(off as f64)
     }
 
     #[napi(catch_unwind)]
     pub fn free(&self, offset: f64) -> Result<()> {
         let off = to_u64(offset, "offset")?;
-        self.region()?.pool().map_err(js)?.free(off).map_err(js)
+        let r = self.region()?;
+        let pool = r.pool().map_err(js)?;
+        let v = r.values().map_err(js)?;
+        let _b = v.busy();
+        // Checked before unrecording, so a bad offset leaves the ledger alone.
+        pool.capacity(off).map_err(js)?;
+        if let Some(s) = r.session() {
+            s.unhold_raw(pool, off).map_err(js)?;
+        }
+        pool.free(off).map_err(js)
     }
 
     #[napi(catch_unwind)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either4};
 use napi::Env;
 use napi_derive::napi;
+use shmtools_core::holders::Held;
 use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
 use shmtools_core::value::{
     T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
@@ -22,6 +23,8 @@ use napi::Result;
 pub struct NativeValue {
     cell: Arc<RegionCell>,
     slot: Slot,
+    /// Where the reference is recorded in this process's ledger.
+    held: Option<Held>,
     released: bool,
 }
 
@@ -79,12 +82,34 @@ fn int_key(key: &str) -> Option<i64> {
 }
 
 impl NativeValue {
+    /// Wrap a reference the caller owns, recording it in the ledger (so it
+    /// is given back if this process dies). Call inside `busy()`.
     pub fn adopt(cell: Arc<RegionCell>, slot: Slot) -> NativeValue {
+        let held = cell
+            .region
+            .values()
+            .ok()
+            .and_then(|v| v.hold(slot).ok().flatten());
         NativeValue {
             cell,
             slot,
+            held,
             released: false,
         }
+    }
+
+    /// Unrecord and release this handle's reference (once).
+    fn give_back(&mut self) -> shmtools_core::Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        let v = self.cell.region.values()?;
+        let _b = v.busy();
+        if v.unhold(self.held.take())? {
+            v.release(self.slot)?;
+        }
+        Ok(())
     }
 
     fn values(&self) -> Result<Values<'_>> {
@@ -179,21 +204,15 @@ impl NativeValue {
     /// Drop this handle's reference now. Idempotent.
     #[napi(catch_unwind)]
     pub fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
-        self.cell
-            .region
-            .values()
-            .and_then(|v| v.release(self.slot))
-            .map_err(js)
+        self.give_back().map_err(js)
     }
 
     /// Another handle to the same value (reference + 1).
     #[napi(catch_unwind)]
     pub fn duplicate(&self) -> Result<NativeValue> {
-        self.values()?.retain(self.slot).map_err(js)?;
+        let v = self.values()?;
+        let _b = v.busy();
+        v.retain(self.slot).map_err(js)?;
         Ok(NativeValue::adopt(self.cell.clone(), self.slot))
     }
 
@@ -211,6 +230,7 @@ impl NativeValue {
     pub fn tab_get(&self, key: String) -> Result<Option<Out>> {
         self.expect(T_TAB, "a table")?;
         let v = self.values()?;
+        let _b = v.busy();
         let s = self.find(&key, |k| v.tab_get(self.slot, k))?;
         opt(&self.cell, s)
     }
@@ -220,6 +240,7 @@ impl NativeValue {
     pub fn tab_set(&self, key: String, wire: Buffer) -> Result<()> {
         self.expect(T_TAB, "a table")?;
         let v = self.values()?;
+        let _b = v.busy();
         let value = self.store_for_me(&v, &wire)?;
         let k = match int_key(&key) {
             Some(i) if v.tab_has(self.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
@@ -241,6 +262,7 @@ impl NativeValue {
     pub fn tab_delete(&self, key: String) -> Result<bool> {
         self.expect(T_TAB, "a table")?;
         let v = self.values()?;
+        let _b = v.busy();
         Ok(self
             .find(&key, |k| {
                 v.tab_delete(self.slot, k).map(|b| b.then_some(()))
@@ -279,10 +301,9 @@ impl NativeValue {
     #[napi(catch_unwind)]
     pub fn arr_get(&self, index: u32) -> Result<Option<Out>> {
         self.expect(T_ARR, "a list")?;
-        let s = self
-            .values()?
-            .arr_get(self.slot, index as u64)
-            .map_err(js)?;
+        let v = self.values()?;
+        let _b = v.busy();
+        let s = v.arr_get(self.slot, index as u64).map_err(js)?;
         opt(&self.cell, s)
     }
 
@@ -290,6 +311,7 @@ impl NativeValue {
     pub fn arr_set(&self, index: u32, wire: Buffer) -> Result<()> {
         self.expect(T_ARR, "a list")?;
         let v = self.values()?;
+        let _b = v.busy();
         let value = self.store_for_me(&v, &wire)?;
         v.arr_set(self.slot, index as u64, value).map_err(js)
     }
@@ -299,6 +321,7 @@ impl NativeValue {
     pub fn arr_push(&self, wire: Buffer) -> Result<f64> {
         self.expect(T_ARR, "a list")?;
         let v = self.values()?;
+        let _b = v.busy();
         let value = self.store_for_me(&v, &wire)?;
         Ok(v.arr_push(self.slot, value).map_err(js)? as f64)
     }
@@ -306,7 +329,9 @@ impl NativeValue {
     #[napi(catch_unwind)]
     pub fn arr_pop(&self) -> Result<Option<Out>> {
         self.expect(T_ARR, "a list")?;
-        let s = self.values()?.arr_pop(self.slot).map_err(js)?;
+        let v = self.values()?;
+        let _b = v.busy();
+        let s = v.arr_pop(self.slot).map_err(js)?;
         opt(&self.cell, s)
     }
 
@@ -360,11 +385,6 @@ impl Drop for NativeValue {
     fn drop(&mut self) {
         // The GC safety net: a handle never released explicitly gives its
         // reference back when V8 collects it.
-        if !self.released {
-            self.released = true;
-            if let Ok(v) = self.cell.region.values() {
-                let _ = v.release(self.slot);
-            }
-        }
+        let _ = self.give_back();
     }
 }

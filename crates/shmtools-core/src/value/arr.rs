@@ -202,6 +202,35 @@ impl<'a> Values<'a> {
         Ok(())
     }
 
+    /// The elements block of an array and every object slot in it, without
+    /// locking (for `repair`).
+    pub(crate) fn arr_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
+        let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
+        let (len, cap, elems) = (
+            b.len.load(Relaxed),
+            b.cap.load(Relaxed),
+            b.elems.load(Relaxed),
+        );
+        let (mut blocks, mut slots) = (Vec::new(), Vec::new());
+        if cap == 0 {
+            return Ok((blocks, slots));
+        }
+        if len > cap {
+            return Err(Error::corrupt(format!(
+                "array {off} is longer than its capacity"
+            )));
+        }
+        fits(cap, SLOT_SIZE, self.pool.capacity_unlocked(elems)?)?;
+        for i in 0..len {
+            let v = Slot::read(self.span, elems + i * SLOT_SIZE)?;
+            if v.is_object() {
+                slots.push(v);
+            }
+        }
+        blocks.push(elems);
+        Ok((blocks, slots))
+    }
+
     pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
         let len = b.len.load(Relaxed);

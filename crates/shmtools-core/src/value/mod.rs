@@ -26,6 +26,7 @@ pub mod wire;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::holders::{Busy, Held, Session};
 use crate::lock::ShmMutex;
 use crate::mem::Span;
 use crate::pool::Pool;
@@ -203,18 +204,80 @@ pub struct Obj {
 pub struct Values<'a> {
     pub(crate) span: Span<'a>,
     pub(crate) pool: Pool<'a>,
+    /// The attached process's session, where held references are recorded
+    /// (None for a bare pool, as in tools that only inspect).
+    pub(crate) session: Option<&'a Session>,
 }
 
 impl<'a> Values<'a> {
+    /// Value operations without a session: references taken through this are
+    /// not recorded, so a crash leaks them until a repair.
     pub fn new(pool: Pool<'a>) -> Values<'a> {
         Values {
             span: pool.span(),
             pool,
+            session: None,
+        }
+    }
+
+    pub fn with_session(pool: Pool<'a>, session: Option<&'a Session>) -> Values<'a> {
+        Values {
+            span: pool.span(),
+            pool,
+            session,
         }
     }
 
     pub fn pool(&self) -> Pool<'a> {
         self.pool
+    }
+
+    pub fn session(&self) -> Option<&'a Session> {
+        self.session
+    }
+
+    /// Mark an operation that moves references as in progress until the
+    /// guard drops: a process killed meanwhile is reclaimed as "uncertain".
+    pub fn busy(&self) -> Busy<'a> {
+        match self.session {
+            Some(s) => s.busy(self.span),
+            None => Busy::none(),
+        }
+    }
+
+    /// Record a reference the caller owns in this process's ledger, so it is
+    /// given back if the process dies. None for scalars or without a session.
+    pub fn hold(&self, slot: Slot) -> Result<Option<Held>> {
+        match self.session {
+            Some(s) => s.hold(self.pool, slot),
+            None => Ok(None),
+        }
+    }
+
+    /// Take a reference back out of the ledger before giving it away or
+    /// releasing it. False: the session was closed and already released it.
+    pub fn unhold(&self, held: Option<Held>) -> Result<bool> {
+        match (self.session, held) {
+            (Some(s), Some(h)) => s.unhold(self.pool, h),
+            _ => Ok(true),
+        }
+    }
+
+    /// Give back what dead processes held, at most once a second per
+    /// process (called after a wait timed out). Errors are ignored: this is
+    /// housekeeping on behalf of others.
+    pub fn reclaim_if_due(&self) {
+        if let Some(s) = self.session {
+            if s.reclaim_due(std::time::Duration::from_secs(1)) {
+                if let Ok(t) = crate::holders::Holders::open(self.span, s.table()) {
+                    let _ = t.reclaim_dead(*self);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn header_at(&self, off: u64) -> Result<&'a ObjHeader> {
+        self.header(off)
     }
 
     fn header(&self, off: u64) -> Result<&'a ObjHeader> {
@@ -488,30 +551,40 @@ fn at(span: Span<'_>, off: u64) -> Result<&AtomicU64> {
 
 /// A reference to a shared value that releases itself when dropped: the Rust
 /// face of the seed's `Shared(pool, v)` proxy.
+///
+/// The reference is recorded in the process's ledger (when the `Values` came
+/// from an attached [`crate::Region`]), so it is given back if the process dies
+/// holding it.
 pub struct Shared<'a> {
     values: Values<'a>,
     slot: Slot,
+    held: Option<Held>,
 }
 
 impl<'a> Shared<'a> {
     /// Deep-copy `v` into the region (the seed's `Shared(shm, Tab())`).
     pub fn new(values: Values<'a>, v: &Value) -> Result<Shared<'a>> {
+        let _b = values.busy();
         let slot = values.store(v)?;
-        Ok(Shared { values, slot })
+        Ok(Shared::from_owned(values, slot))
     }
 
-    /// Adopt a slot that already owns one reference.
+    /// Adopt a slot that already owns one reference, recording it in the
+    /// ledger (if the ledger cannot grow, the reference is kept unrecorded).
     pub fn from_owned(values: Values<'a>, slot: Slot) -> Shared<'a> {
-        Shared { values, slot }
+        let held = values.hold(slot).ok().flatten();
+        Shared { values, slot, held }
     }
 
     pub fn slot(&self) -> Slot {
         self.slot
     }
 
-    /// Give up ownership without releasing (the caller now owns the reference).
+    /// Give up ownership without releasing (the caller now owns the
+    /// reference, no longer recorded in the ledger).
     pub fn into_slot(self) -> Slot {
         let s = self.slot;
+        let _ = self.values.unhold(self.held);
         std::mem::forget(self);
         s
     }
@@ -527,6 +600,7 @@ impl<'a> Shared<'a> {
 
     /// `t[key]`, as an owned copy (None if absent).
     pub fn get(&self, key: &Key) -> Result<Option<Value>> {
+        let _b = self.values.busy();
         match self.values.tab_get(self.slot, key.into())? {
             Some(s) => Shared::from_owned(self.values, s).load().map(Some),
             None => Ok(None),
@@ -535,6 +609,7 @@ impl<'a> Shared<'a> {
 
     /// `t[key] = v` (deep copy of `v`).
     pub fn set(&self, key: &Key, v: &Value) -> Result<()> {
+        let _b = self.values.busy();
         let s = self.values.store(v)?;
         self.values.tab_set(self.slot, key.into(), s)
     }
@@ -545,22 +620,24 @@ impl<'a> Shared<'a> {
         if self.values.would_cycle(self.slot, other.slot)? {
             return Err(Error::invalid("storing this value here would make a cycle"));
         }
+        let _b = self.values.busy();
         self.values.retain(other.slot)?;
         self.values.tab_set(self.slot, key.into(), other.slot)
     }
 
     /// Another handle to the same value (reference count + 1).
     pub fn try_clone(&self) -> Result<Shared<'a>> {
+        let _b = self.values.busy();
         self.values.retain(self.slot)?;
-        Ok(Shared {
-            values: self.values,
-            slot: self.slot,
-        })
+        Ok(Shared::from_owned(self.values, self.slot))
     }
 }
 
 impl Drop for Shared<'_> {
     fn drop(&mut self) {
-        let _ = self.values.release(self.slot);
+        let _b = self.values.busy();
+        if let Ok(true) = self.values.unhold(self.held) {
+            let _ = self.values.release(self.slot);
+        }
     }
 }

@@ -454,6 +454,47 @@ impl<'a> Values<'a> {
         Ok(out)
     }
 
+    /// The separate blocks a table owns (entries and index, unless they are
+    /// inside its own block) and every object slot in it, without locking:
+    /// for `repair`, which runs with no other process attached.
+    pub(crate) fn tab_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
+        let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
+        let (used, cap, count) = (
+            b.used.load(Relaxed),
+            b.cap.load(Relaxed),
+            b.count.load(Relaxed),
+        );
+        let (entries, index, index_cap) = (
+            b.entries.load(Relaxed),
+            b.index.load(Relaxed),
+            b.index_cap.load(Relaxed),
+        );
+        if used > cap || count > used {
+            return Err(Error::corrupt(format!(
+                "table {off} has inconsistent sizes"
+            )));
+        }
+        let (mut blocks, mut slots) = (Vec::new(), Vec::new());
+        if cap == 0 {
+            return Ok((blocks, slots));
+        }
+        self.check_blocks(off, cap, entries, index, index_cap)?;
+        for e in 0..used {
+            let eo = entries + e * ENTRY_SIZE;
+            for so in [eo + 8, eo + 24] {
+                let s = Slot::read(self.span, so)?;
+                if s.is_object() {
+                    slots.push(s);
+                }
+            }
+        }
+        if !Self::inline_entries(off, entries) {
+            blocks.push(entries);
+            blocks.push(index);
+        }
+        Ok((blocks, slots))
+    }
+
     /// Called when the last reference goes: queue children, free the blocks.
     pub(super) fn tab_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
