@@ -98,7 +98,10 @@ pub struct HolderRecord {
     pub attached_unix_ms: AtomicU64,
     /// Live ledger entries (kept by the owner, for `inspect`).
     pub held: AtomicU64,
-    pub _reserved: [AtomicU64; 2],
+    /// A number drawn at registration: tells a session its record is still
+    /// its own (not reclaimed and handed to someone else).
+    pub nonce: AtomicU64,
+    pub _reserved: AtomicU64,
 }
 pub const RECORD_SIZE: u64 = std::mem::size_of::<HolderRecord>() as u64;
 const _: () = assert!(RECORD_SIZE == 64);
@@ -109,6 +112,7 @@ const _: () = assert!(std::mem::offset_of!(HolderRecord, busy) == 24);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, reclaiming) == 28);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, attached_unix_ms) == 32);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, held) == 40);
+const _: () = assert!(std::mem::offset_of!(HolderRecord, nonce) == 48);
 
 /// One session as `inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +264,8 @@ impl<'a> Holders<'a> {
         r.reclaiming.store(0, Relaxed);
         r.held.store(0, Relaxed);
         r.attached_unix_ms.store(now_ms(), Relaxed);
+        let nonce = fresh_nonce();
+        r.nonce.store(nonce, Relaxed);
         r.state
             .store(STATE_LIVE, std::sync::atomic::Ordering::Release);
         Ok(Session {
@@ -267,6 +273,7 @@ impl<'a> Holders<'a> {
             record: self.off + HOLDERS_HEADER_SIZE + i as u64 * RECORD_SIZE,
             index: i,
             pid,
+            nonce,
             local: Mutex::new(Local {
                 ledger,
                 cap: LEDGER_START,
@@ -356,8 +363,8 @@ impl<'a> Holders<'a> {
         local.closed = true;
         let _g = self.lock();
         let r = self.record(s.index)?;
-        if r.state.load(Relaxed) != STATE_LIVE || r.pid.load(Relaxed) != s.pid {
-            return Ok(());
+        if r.state.load(Relaxed) != STATE_LIVE || r.nonce.load(Relaxed) != s.nonce {
+            return Ok(()); // reclaimed already (taken for dead), not ours now
         }
         let ledger = r.ledger.load(Relaxed);
         r.ledger.store(0, Relaxed);
@@ -392,6 +399,18 @@ fn free_record(r: &HolderRecord) {
     r.busy.store(0, Relaxed);
     r.held.store(0, Relaxed);
     r.reclaiming.store(0, Relaxed);
+    r.nonce.store(0, Relaxed);
+}
+
+fn fresh_nonce() -> u64 {
+    use std::sync::atomic::AtomicU64 as Counter;
+    static N: Counter = Counter::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mix = t ^ (platform::current_pid() as u64) << 32 ^ N.fetch_add(1, Relaxed);
+    // Never 0 (the value of a free record).
+    mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
 }
 
 fn now_ms() -> u64 {
@@ -499,6 +518,7 @@ pub struct Session {
     record: u64,
     index: u32,
     pid: u32,
+    nonce: u64,
     local: Mutex<Local>,
     last_reclaim: Mutex<Option<Instant>>,
 }
@@ -548,11 +568,17 @@ impl Session {
         }
     }
 
-    fn check_owner(&self) -> Result<()> {
+    fn check_owner(&self, span: Span<'_>) -> Result<()> {
         if self.pid != platform::current_pid() {
             return Err(Error::new(
                 ErrorCode::InvalidState,
                 "this region was attached by the parent of a fork(); attach again in the child",
+            ));
+        }
+        if self.record(span)?.nonce.load(Relaxed) != self.nonce {
+            return Err(Error::new(
+                ErrorCode::Closed,
+                "this process's holder record was reclaimed (was the process taken for dead?); attach again",
             ));
         }
         Ok(())
@@ -561,7 +587,7 @@ impl Session {
     /// Record `entry` in the ledger (growing it if needed); the caller must
     /// already own what it names.
     fn hold_entry(&self, pool: Pool<'_>, entry: u64) -> Result<Held> {
-        self.check_owner()?;
+        self.check_owner(pool.span())?;
         let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
         if l.closed {
             return Err(Error::new(
@@ -628,10 +654,18 @@ impl Session {
     /// Take a reference out of the ledger; the caller owns it again. False if
     /// the session was closed meanwhile (the reference was released then).
     pub fn unhold(&self, pool: Pool<'_>, h: Held) -> Result<bool> {
-        self.check_owner()?;
         let mut l = self.local.lock().unwrap_or_else(|p| p.into_inner());
         if l.closed {
             return Ok(false);
+        }
+        if let Err(e) = self.check_owner(pool.span()) {
+            // Our ledger was given back by someone else: the reference was
+            // released with it.
+            if e.code() == ErrorCode::Closed {
+                l.closed = true;
+                return Ok(false);
+            }
+            return Err(e);
         }
         let span = pool.span();
         let e = span.u64_at(l.ledger + h.0 as u64 * 8)?;

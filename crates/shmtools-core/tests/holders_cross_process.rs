@@ -1,0 +1,255 @@
+//! Who holds what, across real processes: a process that dies holding values,
+//! raw blocks and packets has them given back by `gc`; a reused pid is not
+//! taken for the dead; `repair` refuses while another process is attached and
+//! fixes what no ledger knew about once it is alone.
+//!
+//! Children are this test binary run again with `SHMT_CHILD_ROLE` set (see
+//! common/mod.rs); they report with `SHMT:key=value` lines.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{
+    attach, await_cue, baseline, child_role, create, ks, say, spawn, spawn_with_cues, unique_name,
+    RemoveOnDrop,
+};
+use shmtools_core::{ErrorCode, Shared, Value};
+
+const GUARD: Duration = Duration::from_secs(20);
+
+fn big_value(i: i64) -> Value {
+    Value::Tab(vec![
+        (ks("i"), Value::Int(i)),
+        (
+            ks("text"),
+            Value::Str("held by a process about to die".repeat(4)),
+        ),
+        (
+            ks("list"),
+            Value::Arr(vec![Value::Int(1), Value::Str("a longer string".into())]),
+        ),
+    ])
+}
+
+/// The body of every child process; a no-op in the parent's own run.
+#[test]
+fn child_entry() {
+    let Some((role, name)) = child_role() else {
+        return;
+    };
+    match role.as_str() {
+        "hoard" => child_hoard(&name),
+        "sit" => {
+            let _r = attach(&name);
+            say("ready", 1);
+            std::thread::sleep(GUARD * 2);
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// Hold 300 values (the ledger grows past its first block), a raw block, a
+/// dequeued packet and a packet stuck waiting on a full pipe; then wait to be
+/// killed.
+fn child_hoard(name: &str) {
+    let end = shmtools_core::ClientSide::start(name, "full", &common::attach_opts(GUARD)).unwrap();
+    let region = end.region();
+    let v = region.values().unwrap();
+    let held: Vec<Shared<'_>> = (0..300)
+        .map(|i| Shared::new(v, &big_value(i)).unwrap())
+        .collect();
+    let raw = region.pool().unwrap().allocate(5000).unwrap();
+    region
+        .session()
+        .unwrap()
+        .hold_raw(region.pool().unwrap(), raw)
+        .unwrap();
+    let q = end.pipe().unwrap();
+    let got = q.dequeue_shared(Some(GUARD)).unwrap().expect("a packet");
+    say("held", held.len() + 1);
+    // Once the parent has refilled the pipe (capacity 1), this blocks with
+    // its packet recorded until the parent kills us.
+    await_cue("go");
+    say("blocking", 1);
+    let _ = q.enqueue_value(&big_value(-1), Some(GUARD * 2));
+    drop((held, got));
+}
+
+#[test]
+fn a_killed_process_has_its_values_blocks_and_packets_given_back() {
+    let name = unique_name("holders-", "hoard");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 4 << 20);
+    let server =
+        shmtools_core::ServerSide::start(&name, "full", 1, &common::attach_opts(GUARD)).unwrap();
+    let q = server.pipe().unwrap();
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+
+    assert!(q.enqueue_value(&big_value(1000), Some(GUARD)).unwrap());
+    let mut child = spawn_with_cues("hoard", &name, &[]);
+    assert_eq!(child.expect_u64("held"), 301);
+    assert!(q.enqueue_value(&big_value(1001), Some(GUARD)).unwrap());
+    child.send("go");
+    child.expect("blocking");
+    // (a condition, with a guard) until its packet waits in its ledger
+    let give_up = std::time::Instant::now() + GUARD;
+    let held = || {
+        region
+            .holder_list()
+            .unwrap()
+            .iter()
+            .find(|h| h.pid == child.pid())
+            .map_or(0, |h| h.held)
+    };
+    while held() < 303 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the packet was never recorded"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = child.pid();
+    let listed = region.holder_list().unwrap();
+    let h = listed
+        .iter()
+        .find(|h| h.pid == pid)
+        .expect("the child is listed");
+    assert!(h.alive && !h.own, "{h:?}");
+    assert_eq!(h.held, 303, "values, the raw block, two packets: {h:?}");
+
+    // While it lives, nothing of it is reclaimed and repair is refused.
+    assert_eq!(region.reclaim_dead().unwrap().sessions, 0);
+    let e = region.repair().unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+
+    child.kill_and_reap();
+    let gc = region.gc().unwrap();
+    assert_eq!(gc.reclaim.sessions, 1, "{gc:?}");
+    assert_eq!(gc.reclaim.raw_blocks, 1, "{gc:?}");
+    // 300 values, the dequeued packet and the one waiting for room.
+    assert_eq!(gc.reclaim.references, 302, "{gc:?}");
+    assert_eq!(
+        gc.reclaim.uncertain, 0,
+        "it was killed while asleep: {gc:?}"
+    );
+    assert!(region.holder_list().unwrap().iter().all(|h| h.pid != pid));
+
+    // Only the packet still queued remains; once taken, the pool is back to
+    // where it started, and a repair finds nothing to do.
+    let left = q.dequeue_value(Some(Duration::ZERO)).unwrap();
+    assert_eq!(left, Some(big_value(1001)));
+    assert_eq!(baseline(&vals), base);
+    let r = region.repair().unwrap();
+    assert_eq!((r.blocks_freed, r.refcounts_fixed), (0, 0), "{r:?}");
+    drop(server);
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_record_whose_pid_lives_on_under_another_start_time_is_reclaimed() {
+    let name = unique_name("holders-", "pidreuse");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    {
+        // A second session of this process, with a value recorded in it...
+        let other = attach(&name);
+        let ov = other.values().unwrap();
+        let s = Shared::new(ov, &big_value(7)).unwrap();
+        std::mem::forget(s); // as if the process vanished holding it
+                             // ...whose record is made to look like an earlier process that had
+                             // our pid: same pid, different start time.
+        let t = region.holders().unwrap();
+        let idx = other.session().unwrap().index();
+        let rec = t.record(idx).unwrap();
+        rec.start_time.fetch_add(1, Relaxed);
+        let got = region.reclaim_dead().unwrap();
+        assert_eq!((got.sessions, got.references), (1, 1), "{got:?}");
+        // `other` going away must not end a record that is no longer its.
+    }
+    assert_eq!(baseline(&vals), base);
+    assert_eq!(region.holder_list().unwrap().len(), 1);
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn repair_frees_what_no_ledger_knew_and_corrects_counts_once_alone() {
+    let name = unique_name("holders-", "repair");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+
+    // A value taken without recording it (a raw slot), a counted reference
+    // too many on a recorded one, and a raw block nobody recorded.
+    let lost = vals.store(&big_value(1)).unwrap();
+    let kept = Shared::new(vals, &big_value(2)).unwrap();
+    vals.retain(kept.slot()).unwrap();
+    let stray = region.pool().unwrap().allocate(777).unwrap();
+
+    // Not while another process is attached.
+    let mut sitter = spawn("sit", &name, &[]);
+    sitter.expect("ready");
+    assert_eq!(region.repair().unwrap_err().code(), ErrorCode::Busy);
+    sitter.kill_and_reap();
+
+    let r = region.repair().unwrap();
+    assert_eq!(r.refcounts_fixed, 1, "{r:?}");
+    assert!(
+        r.blocks_freed >= 2,
+        "the lost value's blocks and the stray block: {r:?}"
+    );
+    assert_eq!(kept.refcount().unwrap(), 1);
+    assert_eq!(kept.load().unwrap(), big_value(2));
+    // The stale slot of the freed value is refused, not misread.
+    assert!(vals.load(lost).is_err());
+    let _ = stray;
+    drop(kept);
+    assert_eq!(baseline(&vals), base);
+    assert_eq!(region.holders().unwrap().header().repairs.load(Relaxed), 1);
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn the_ledger_grows_and_shrinks_back_and_a_clean_close_gives_everything_back() {
+    let name = unique_name("holders-", "ledger");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 4 << 20);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let many: Vec<_> = (0..1000)
+        .map(|i| Shared::new(vals, &Value::Str(format!("value number {i}"))).unwrap())
+        .collect();
+    let me = region.holder_list().unwrap();
+    assert_eq!(me.len(), 1);
+    assert!(me[0].own && me[0].alive && me[0].held == 1000, "{me:?}");
+    drop(many);
+    assert_eq!(region.holder_list().unwrap()[0].held, 0);
+    // (the same bytes and blocks; the small ledger may sit elsewhere now)
+    let used = |b: common::Baseline| (b.stats.bytes_used, b.stats.blocks_used);
+    assert_eq!(
+        used(baseline(&vals)),
+        (base.stats.bytes_used, base.stats.blocks_used),
+        "the grown ledger went back to its first size"
+    );
+
+    // A second attachment that still holds values when it is dropped.
+    {
+        let other = attach(&name);
+        let ov = other.values().unwrap();
+        for i in 0..10 {
+            std::mem::forget(Shared::new(ov, &big_value(i)).unwrap());
+        }
+        assert_eq!(region.holder_list().unwrap().len(), 2);
+    }
+    assert_eq!(region.holder_list().unwrap().len(), 1);
+    assert_eq!(
+        used(baseline(&vals)),
+        (base.stats.bytes_used, base.stats.blocks_used)
+    );
+    assert!(region.destroy().unwrap());
+}
