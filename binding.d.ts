@@ -94,6 +94,15 @@ export declare class NativeRegion {
   write(offset: number, data: Uint8Array, at: number): void
   /** Copy `length` bytes out of the allocated block at `offset`, from `at`. */
   read(offset: number, length: number, at: number): Buffer
+  /** Every attached process (and dead ones not yet reclaimed). */
+  holders(): Array<HolderEntry>
+  /** Give back what dead processes held; repair if owed and alone. */
+  gc(): GcReport
+  /**
+   * Recount every reference from what is reachable and free the rest
+   * (ERR_SHM_BUSY while another process is attached).
+   */
+  repair(): RepairReport
   /**
    * Unmap (once no handle or view of this mapping is left); the region
    * itself stays in /dev/shm. Idempotent.
@@ -163,6 +172,41 @@ export declare function checkRegionArgs(name: string, bytes: number): void
 /** Create a region (the seed's SHMMain::start). Replaces a stale one. */
 export declare function createRegion(name: string, bytes: number, mode: number): NativeRegion
 
+/** What gc did. */
+export interface GcReport {
+  /** Sessions of dead processes given back. */
+  sessions: number
+  references: number
+  rawBlocks: number
+  /** Of those sessions, how many died inside an operation. */
+  uncertain: number
+  /** Set when a repair ran. */
+  repair?: RepairReport
+  /** A repair is owed but other processes are attached. */
+  repairPending: boolean
+  othersAlive: Array<number>
+}
+
+/** One attached process, as the holder table records it. */
+export interface HolderEntry {
+  index: number
+  pid: number
+  startTime: number
+  attachedAtMs: number
+  /** References and raw blocks it holds now. */
+  held: number
+  /** False for a process that is gone but not yet reclaimed. */
+  alive: boolean
+  /** This very attachment. */
+  own: boolean
+}
+
+/**
+ * One look at a region for a tool that only reads it (`shmtools ls`,
+ * `inspect`): no holder record is taken and nothing is reclaimed.
+ */
+export declare function inspectRegion(name: string): NativeRegion | null
+
 export interface PipeEntry {
   name: string
   capacity: number
@@ -214,5 +258,13 @@ export interface RegionInfo {
 /** Remove a region's name from /dev/shm; false if there was none. */
 export declare function removeRegion(name: string): boolean
 
+/** What a repair found and fixed. */
+export interface RepairReport {
+  blocksFreed: number
+  bytesFreed: number
+  refcountsFixed: number
+  objectsLive: number
+}
+
 /** One look for a region: the handle if it is ready, null if not yet. */
-export declare function tryAttachRegion(name: string): NativeRegion | null
+export declare function tryAttachRegion(name: string, gc?: boolean | undefined | null): NativeRegion | null

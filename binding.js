@@ -842,5 +842,6 @@ module.exports.cancelWait = nativeBinding.cancelWait
 module.exports.checkPipeArgs = nativeBinding.checkPipeArgs
 module.exports.checkRegionArgs = nativeBinding.checkRegionArgs
 module.exports.createRegion = nativeBinding.createRegion
+module.exports.inspectRegion = nativeBinding.inspectRegion
 module.exports.removeRegion = nativeBinding.removeRegion
 module.exports.tryAttachRegion = nativeBinding.tryAttachRegion

@@ -8,7 +8,7 @@ import { promisify } from 'node:util'
 import test from 'ava'
 import { SHMMain, ServerSide } from 'shmtools'
 
-import { REPO_ROOT, shmEntries, uniqueName } from './helpers.ts'
+import { REPO_ROOT, runChild, shmEntries, startChild, uniqueName } from './helpers.ts'
 
 const exec = promisify(execFile)
 const BIN = `${REPO_ROOT}/bin/shmtools.js`
@@ -37,10 +37,11 @@ test('ls lists a region with its size, pipes and creator; --json gives the same 
   t.is(human.code, 0, human.stderr)
   const line = human.stdout.split('\n').find((l) => l.startsWith(name))
   t.truthy(line, human.stdout)
-  t.regex(line!, new RegExp(`^${name}\\s+1\\.0 MiB\\s+\\S+ KiB\\s+1\\s+1\\s+${process.pid}\\s+0600`))
+  // (this process is attached twice: the SHMMain and the ServerSide)
+  t.regex(line!, new RegExp(`^${name}\\s+1\\.0 MiB\\s+\\S+ KiB\\s+1\\s+${process.pid}\\s+live\\s+1\\s+${process.pid}\\s+0600`))
   const json = JSON.parse((await cli('ls', '--json')).stdout) as { name: string; size: number; pipes: number; creatorPid: number }[]
   const row = json.find((r) => r.name === name)
-  t.like(row, { size: 1 << 20, pipes: 1, creatorPid: process.pid })
+  t.like(row, { size: 1 << 20, pipes: 1, creatorPid: process.pid, attached: [process.pid], dead: 0, stale: false })
 })
 
 test('inspect shows the boot block, a consistent pool, and each pipe with depth, capacity and high-water mark', async (t) => {
@@ -51,12 +52,50 @@ test('inspect shows the boot block, a consistent pool, and each pipe with depth,
   ;(pipe.dequeue(0) as { release(): void }).release()
   const r = await cli('inspect', name)
   t.is(r.code, 0, r.stderr)
-  t.regex(r.stdout, /layout {5}version 1, state ready, generation 1/)
+  t.regex(r.stdout, /layout {5}version 2, state ready, generation 1/)
   t.regex(r.stdout, /check {6}consistent/)
+  t.regex(r.stdout, new RegExp(`HOLDER\\s+PID[^\\n]*\\n\\d+\\s+${process.pid}\\s+yes`))
   t.regex(r.stdout, /jobs\s+2\s+8\s+3\s+3\s+1\s+\d+/)
   const data = JSON.parse((await cli('inspect', name, '--json')).stdout)
   t.like(data.pipeList[0], { name: 'jobs', depth: 2, capacity: 8, highWater: 3, totalEnqueued: 3, totalDequeued: 1 })
   t.is(data.pool.bytesUsed, data.poolCheck.bytesUsed)
+  t.deepEqual(
+    data.holders.map((h: { pid: number }) => h.pid),
+    [process.pid],
+    'this process only; inspect itself does not attach',
+  )
+})
+
+test('gc gives back what a SIGKILLed process held; ls marks the dead until then, and a region nobody is attached to as stale', async (t) => {
+  const { name, mem } = withPipe(t, 'cli-gc')
+  const before = mem.pool().stats()
+  const child = startChild(['hold', name, '50'])
+  t.teardown(() => child.kill())
+  await child.waitForLine(/"held":51/)
+  t.true(mem.pool().stats().bytesUsed > before.bytesUsed)
+  child.kill('SIGKILL')
+  await child.done
+  const ls = JSON.parse((await cli('ls', '--json')).stdout) as { name: string; dead: number; attached: number[] }[]
+  t.like(
+    ls.find((r) => r.name === name),
+    { dead: 1, attached: [process.pid] },
+  )
+  const human = await cli('gc', name)
+  t.is(human.code, 0, human.stderr)
+  t.regex(human.stdout, /reclaimed 1 dead process: 50 references, 1 raw blocks/)
+  t.deepEqual(mem.pool().stats(), before)
+  const again = JSON.parse((await cli('gc', name, '--json')).stdout)
+  t.like(again, { sessions: 0, references: 0, rawBlocks: 0 })
+  // A region whose creator exited (closing it) has nobody attached: stale.
+  const left = uniqueName('cli-stale')
+  t.teardown(() => SHMMain.remove(left))
+  const made = await runChild(['create', left, String(1 << 16), '0'])
+  t.is(made.code, 0, made.stderr)
+  const after = JSON.parse((await cli('ls', '--json')).stdout) as { name: string; stale: boolean; attached: number[] }[]
+  t.like(
+    after.find((r) => r.name === left),
+    { stale: true, attached: [] },
+  )
 })
 
 test('top prints pipe depths and message rates for a number of refreshes', async (t) => {

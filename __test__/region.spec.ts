@@ -40,7 +40,7 @@ test('a region created here and attached from another process shares its bytes b
   const info = lastJson<RegionInfo>(w)
   t.is(info.creatorPid, process.pid)
   t.is(info.magic, 'SHMTOOLS')
-  t.is(info.layoutVersion, 1)
+  t.is(info.layoutVersion, 2)
   t.is(info.state, 'ready')
   t.is(info.size, bytes)
   t.is(info.generation, 1)
@@ -170,12 +170,12 @@ test('a stale region is replaced by the next SHMMain (generation 2); mappings of
   cleanup(t, name)
   const a = new SHMMain(name, 128 * KiB).start()
   t.is(a.info().generation, 1)
-  const off = a.pool().allocate(32)
-  const data = Buffer.from('data of generation one')
-  a.pool().write(off, data)
-
   const old = attachSync(name, { timeoutMs: 10_000 })
   t.teardown(() => old.close())
+  // (a raw block belongs to the attachment that allocated it: `old` keeps it)
+  const off = old.pool().allocate(32)
+  const data = Buffer.from('data of generation one')
+  old.pool().write(off, data)
   a.close() // not destroyed: the region stays in /dev/shm, stale
   t.true(existsSync(`${SHM_DIR}/${name}`))
 

@@ -672,6 +672,7 @@ test('isSHM: true for live handles of that pool only; false for plain values, re
   const viaAgain = again.valueAt(tab.offset) as SharedTab
   t.true(isSHM(viaAgain, f.pool))
   viaAgain.release()
+  again.close() // (its holder record, and ledger, go with it)
   for (const h of [list, tab, arr, typed]) {
     h.release()
     t.false(isSHM(h, f.pool), 'released')
@@ -916,7 +917,11 @@ test('GC safety net: 1000 values and their nested handles dropped without releas
   const got = lastJson<{ peak: PoolStats; baseline: PoolStats; after: PoolStats; rounds: number }>(r)
   t.true(got.peak.bytesUsed > got.baseline.bytesUsed, 'values were really allocated')
   t.true(got.rounds < 50, `gave back within the bound (took ${got.rounds} rounds)`)
-  t.deepEqual(got.after, got.baseline)
+  // Every byte is back. (Holding 1000 values grew this process's ledger of
+  // references and it shrank back when they went, so the free space may be
+  // laid out differently: compare what is used, not the largest free block.)
+  const used = (s: PoolStats) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
+  t.deepEqual(used(got.after), used(got.baseline))
 })
 
 // 7 Bad input --------------------------------------------------------------------

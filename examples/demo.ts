@@ -53,7 +53,7 @@ const codes = await Promise.all([
 // Every packet was released by the client: the pool is back to the pipes alone.
 using mem = attachSync(region, { timeoutMs: 1000 })
 const stats = mem.pool().stats()
-console.log(`\npool after the run: ${stats.blocksUsed} blocks in use (${stats.bytesUsed} bytes): the directory and two pipes`)
+console.log(`\npool after the run: ${stats.blocksUsed} blocks in use (${stats.bytesUsed} bytes): the directory, the holder table, this process's ledger and two pipes`)
 SHMMain.remove(region)
 const ok = codes.every((c) => c === 0)
 console.log(ok ? `all three processes exited 0; ${count} packets went server → middle → client` : `exit codes: ${codes}`)

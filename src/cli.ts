@@ -4,10 +4,12 @@
  *   shmtools ls [--json]
  *   shmtools inspect <region> [--json]
  *   shmtools rm <region>...
+ *   shmtools gc <region> [--json]
  *   shmtools top <region> [--interval ms] [--count n]
  *
  * It only reads what a region says about itself (through the same validated
- * paths as the library) and never changes a region except with `rm`.
+ * paths as the library, without counting as an attached process) and never
+ * changes a region except with `rm` and `gc`.
  */
 import { readdirSync, statSync } from 'node:fs'
 
@@ -28,6 +30,12 @@ export interface RegionSummary {
   createdAt: string
   mode: string
   owner: number
+  /** Pids of the live processes attached. */
+  attached: number[]
+  /** Attached processes that died and whose share is not reclaimed yet. */
+  dead: number
+  /** Nobody alive is attached: a left-over region (shmtools rm removes it). */
+  stale: boolean
 }
 
 export interface PipeSummary {
@@ -46,6 +54,7 @@ export interface RegionReport extends RegionSummary {
   pool: ReturnType<binding.NativeRegion['poolStats']>
   poolCheck: ReturnType<binding.NativeRegion['poolCheck']> | { error: string }
   pipeList: PipeSummary[]
+  holders: binding.HolderEntry[]
 }
 
 function alive(pid: number): boolean {
@@ -57,10 +66,13 @@ function alive(pid: number): boolean {
   }
 }
 
-/** One look at a region without waiting; null if `name` is not a shmtools region. */
+/**
+ * One look at a region without waiting and without taking a holder record;
+ * null if `name` is not a shmtools region.
+ */
 function open(name: string): binding.NativeRegion | null {
   try {
-    return binding.tryAttachRegion(name) ?? null
+    return binding.inspectRegion(name) ?? null
   } catch {
     return null
   }
@@ -69,6 +81,8 @@ function open(name: string): binding.NativeRegion | null {
 function summary(name: string, r: binding.NativeRegion): RegionSummary {
   const info = r.info()
   const st = statSync(`${SHM_DIR}/${name}`)
+  const holders = r.holders()
+  const attached = [...new Set(holders.filter((h) => h.alive).map((h) => h.pid))]
   return {
     name,
     size: info.size,
@@ -80,6 +94,9 @@ function summary(name: string, r: binding.NativeRegion): RegionSummary {
     createdAt: new Date(info.createdAtMs).toISOString(),
     mode: (st.mode & 0o777).toString(8).padStart(4, '0'),
     owner: st.uid,
+    attached,
+    dead: holders.filter((h) => !h.alive).length,
+    stale: attached.length === 0,
   }
 }
 
@@ -132,6 +149,7 @@ export function inspectRegion(name: string): RegionReport {
       pool: r.poolStats(),
       poolCheck,
       pipeList,
+      holders: r.holders(),
     }
   } finally {
     r.close()
@@ -148,12 +166,14 @@ const mib = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` :
 function printList(rows: RegionSummary[]): string {
   if (rows.length === 0) return 'no shmtools regions in /dev/shm'
   return table([
-    ['REGION', 'SIZE', 'USED', 'PIPES', 'GEN', 'CREATOR', 'MODE', 'CREATED'],
+    ['REGION', 'SIZE', 'USED', 'PIPES', 'ATTACHED', 'STATE', 'GEN', 'CREATOR', 'MODE', 'CREATED'],
     ...rows.map((r) => [
       r.name,
       mib(r.size),
       mib(r.used),
       r.pipes,
+      r.attached.length ? r.attached.join(',') : '-',
+      (r.stale ? 'stale' : 'live') + (r.dead ? ` (${r.dead} dead to reclaim: shmtools gc)` : ''),
       r.generation,
       `${r.creatorPid}${r.creatorAlive ? '' : ' (exited)'}`,
       r.mode,
@@ -173,14 +193,49 @@ function printReport(r: RegionReport): string {
     `check      ${check}`,
     '',
   ]
-  if (r.pipeList.length === 0) return lines.concat('no pipes').join('\n')
-  return (
-    lines.join('\n') +
-    table([
-      ['PIPE', 'DEPTH', 'CAPACITY', 'HIGH-WATER', 'ENQUEUED', 'DEQUEUED', 'CREATOR'],
-      ...r.pipeList.map((p) => [p.name, p.depth, p.capacity, p.highWater, p.totalEnqueued, p.totalDequeued, p.creatorPid]),
-    ])
-  )
+  const holders = r.holders.length
+    ? table([
+        ['HOLDER', 'PID', 'ALIVE', 'HELD', 'ATTACHED'],
+        ...r.holders.map((h) => [h.index, h.pid, h.alive ? 'yes' : 'no (shmtools gc reclaims it)', h.held, new Date(h.attachedAtMs).toISOString()]),
+      ])
+    : 'no attached processes (stale)'
+  const pipes = r.pipeList.length
+    ? table([
+        ['PIPE', 'DEPTH', 'CAPACITY', 'HIGH-WATER', 'ENQUEUED', 'DEQUEUED', 'CREATOR'],
+        ...r.pipeList.map((p) => [p.name, p.depth, p.capacity, p.highWater, p.totalEnqueued, p.totalDequeued, p.creatorPid]),
+      ])
+    : 'no pipes'
+  return [...lines, holders, '', pipes].join('\n')
+}
+
+/** Reclaim what dead processes held, and repair if owed and nobody else is attached. */
+export function gcRegion(name: string): binding.GcReport {
+  let r: binding.NativeRegion | null
+  try {
+    // Attach without the automatic reclaim, so this run reports what it did.
+    r = binding.tryAttachRegion(name, false) ?? null
+  } catch (e) {
+    throw new ShmError(ErrorCodes.NOT_FOUND, `'${name}' is not a shmtools region this user can open: ${(e as Error).message}`)
+  }
+  if (!r) throw new ShmError(ErrorCodes.NOT_FOUND, `'${name}' is not a ready shmtools region (see: shmtools ls)`)
+  try {
+    return r.gc()
+  } finally {
+    r.close()
+  }
+}
+
+function printGc(name: string, g: binding.GcReport): string {
+  const lines = [
+    `${name}: reclaimed ${g.sessions} dead process${g.sessions === 1 ? '' : 'es'}: ${g.references} references, ${g.rawBlocks} raw blocks` +
+      (g.uncertain ? ` (${g.uncertain} died inside an operation)` : ''),
+  ]
+  if (g.repair) {
+    lines.push(`repaired: ${g.repair.blocksFreed} blocks (${g.repair.bytesFreed} bytes) freed, ${g.repair.refcountsFixed} counts corrected, ${g.repair.objectsLive} values live`)
+  } else if (g.repairPending) {
+    lines.push(`a repair is owed; it runs when no other process is attached (now: ${g.othersAlive.join(', ')})`)
+  }
+  return lines.join('\n')
 }
 
 async function top(name: string, intervalMs: number, count: number, write: (s: string) => void): Promise<void> {
@@ -213,6 +268,8 @@ const USAGE = `usage:
   shmtools ls [--json]                 regions in /dev/shm: size, use, pipes, creator
   shmtools inspect <region> [--json]   boot block, pool figures and check, pipes
   shmtools rm <region>...              remove regions (processes that map them keep them)
+  shmtools gc <region> [--json]        give back what dead processes held; repair
+                                       when owed and nobody else is attached
   shmtools top <region> [--interval ms] [--count n]
                                        live pipe depths and message rates`
 
@@ -250,6 +307,12 @@ export async function main(args: string[], write: (s: string) => void = (s) => p
         write(`${removed ? 'removed' : 'no such region'}: ${name}\n`)
       }
       return missing ? 1 : 0
+    }
+    case 'gc': {
+      if (rest.length !== 1) break
+      const g = gcRegion(rest[0])
+      out(g, printGc(rest[0], g))
+      return 0
     }
     case 'top': {
       if (rest.length !== 1) break

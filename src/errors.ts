@@ -18,6 +18,8 @@ export const ErrorCodes = {
   PERMISSION: 'ERR_SHM_PERMISSION',
   ABORTED: 'ERR_SHM_ABORTED',
   IO: 'ERR_SHM_IO',
+  /** Other processes are attached (repair), or every holder record is taken. */
+  BUSY: 'ERR_SHM_BUSY',
   /** A JS value that cannot be stored (function, symbol, cycle, class instance, ...). */
   UNSUPPORTED: 'ERR_SHM_UNSUPPORTED',
 } as const

@@ -3,7 +3,7 @@
  * SHMMain / ServerSide / ClientSide. See README.md.
  */
 export { SHMMain, Region, Pool, attach, attachSync } from './region'
-export type { AttachOptions, SHMMainOptions, RegionInfo, PoolStats, PoolCheck } from './region'
+export type { AttachOptions, SHMMainOptions, RegionInfo, PoolStats, PoolCheck, GcReport, HolderEntry, RepairReport } from './region'
 export { ServerSide, ClientSide, CQ } from './pipes'
 export type { WaitOptions, SideOptions, PipeStats } from './pipes'
 export { Shared, isSHM, SharedTyped } from './values'

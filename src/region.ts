@@ -4,7 +4,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 
 import * as binding from '../binding'
-import type { NativeRegion, PoolCheck, PoolStats, RegionInfo } from '../binding'
+import type { GcReport, HolderEntry, NativeRegion, PoolCheck, PoolStats, RegionInfo, RepairReport } from '../binding'
 import { logger, type Log } from './debug'
 import { wrap, type SharedArr, type SharedTab, type SharedTyped } from './values'
 import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
@@ -17,7 +17,7 @@ import {
   checkTimeout,
 } from './options'
 
-export type { PoolCheck, PoolStats, RegionInfo }
+export type { GcReport, HolderEntry, PoolCheck, PoolStats, RegionInfo, RepairReport }
 
 /** Options of `attach()` / `attachSync()` (and of ServerSide/ClientSide start). */
 export interface AttachOptions {
@@ -148,6 +148,35 @@ export class Region {
   pool(): Pool {
     this.native()
     return this.#pool
+  }
+
+  /**
+   * Every process attached to this region (one entry per attachment), with
+   * how many references each holds; `alive: false` marks a process that is
+   * gone and whose share has not been reclaimed yet.
+   */
+  holders(): HolderEntry[] {
+    return native(() => this.native().holders())
+  }
+
+  /**
+   * Give back everything held by attached processes that died (their values,
+   * raw blocks and packets in hand). If one of them died inside an operation
+   * (`uncertain`), a repair is owed; it runs here when no other process is
+   * attached (`repairPending` says it is still owed). Attaching, and a wait
+   * that times out, reclaim the dead on their own as well.
+   */
+  gc(): GcReport {
+    return native(() => this.native().gc())
+  }
+
+  /**
+   * Recount every reference from what is reachable (pipes, and the handles
+   * of this process) and free every block nothing reaches. Refused with
+   * `ERR_SHM_BUSY` while another process is attached.
+   */
+  repair(): RepairReport {
+    return native(() => this.native().repair())
   }
 
   /** Unmap the region from this process. Idempotent. */

@@ -36,7 +36,7 @@ pub const HOLDERS_MAGIC: u64 = u64::from_le_bytes(*b"SHMHOLDR");
 /// Ledger entry kind of a raw pool block (not a value).
 pub const RAW: u8 = 0xFF;
 /// Entries of a fresh ledger (and the size it shrinks back to when empty).
-pub const LEDGER_START: u64 = 64;
+pub const LEDGER_START: u64 = 256;
 /// Most entries a ledger may grow to (one process holding 16M references).
 pub const LEDGER_MAX: u64 = 1 << 24;
 const OFF_MASK: u64 = (1 << 56) - 1;
@@ -678,7 +678,7 @@ impl Session {
         l.count -= 1;
         let r = self.record(span)?;
         r.held.store(l.count, Relaxed);
-        if l.count == 0 && l.cap > LEDGER_START * 4 {
+        if l.count == 0 && l.cap > LEDGER_START {
             // Everything was given back: return the big ledger to the pool.
             if let Ok(small) = new_ledger(pool, LEDGER_START) {
                 r.ledger.store(small, Relaxed);
@@ -703,6 +703,11 @@ impl Session {
             Some(i) => self.unhold(pool, Held(i)),
             None => Ok(false),
         }
+    }
+
+    /// References and raw blocks recorded now.
+    pub fn held_count(&self) -> u64 {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).count
     }
 
     /// Has a reclaim of dead sessions run in the last `every`? If not, note

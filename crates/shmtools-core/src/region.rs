@@ -273,36 +273,48 @@ impl Region {
             identity,
             session: None,
         };
-        region.register()?;
+        region.register(false)?;
         Ok(region)
     }
 
     /// Take a record in the holder table, then give back what dead
     /// processes held (and repair, if one is owed and nobody else is here).
-    fn register(&mut self) -> Result<()> {
+    fn register(&mut self, gc: bool) -> Result<()> {
         let s = {
             let v = self.values()?;
             Holders::open(self.span(), self.info.holders_offset)?.register(v)?
         };
         self.session = Some(s);
-        let _ = self.gc();
+        if gc {
+            // Housekeeping on behalf of the dead: its failure (a damaged
+            // value, say) must not stop this process from attaching.
+            let _ = self.gc();
+        }
         Ok(())
     }
 
     /// Look once for the region: ready, not yet, or an error that waiting
     /// cannot fix (bad magic, corrupt header, permission, dead creator).
     pub fn try_attach(name: &str) -> Result<TryAttach> {
-        Region::try_attach_as(name, true)
+        Region::try_attach_as(name, Some(true))
+    }
+
+    /// [`Region::try_attach`] without the reclaim of the dead that attaching
+    /// normally runs (for `shmtools gc`, which wants to report it).
+    pub fn try_attach_without_gc(name: &str) -> Result<TryAttach> {
+        Region::try_attach_as(name, Some(false))
     }
 
     /// Map a ready region without taking a holder record: for tools that
     /// look (`shmtools ls`, `inspect`) and must not count as attached. Values
     /// taken through such a region are not recorded in any ledger.
     pub fn try_inspect(name: &str) -> Result<TryAttach> {
-        Region::try_attach_as(name, false)
+        Region::try_attach_as(name, None)
     }
 
-    fn try_attach_as(name: &str, register: bool) -> Result<TryAttach> {
+    /// `register`: None to take no record, Some(gc) to take one and then
+    /// (if `gc`) reclaim the dead.
+    fn try_attach_as(name: &str, register: Option<bool>) -> Result<TryAttach> {
         validate_name(name)?;
         let Some(fd) = platform::shm_open_existing(name)? else {
             return Ok(TryAttach::NotYet("the region does not exist yet"));
@@ -352,8 +364,8 @@ impl Region {
                     identity: st.identity,
                     session: None,
                 };
-                if register {
-                    region.register()?;
+                if let Some(gc) = register {
+                    region.register(gc)?;
                 }
                 Ok(TryAttach::Ready(region))
             }
@@ -511,13 +523,24 @@ impl Region {
     }
 }
 
+impl Region {
+    /// End this attachment's session now (it is ended when the Region is
+    /// dropped anyway): whatever it still holds is released, and it no
+    /// longer counts as attached. Later holds fail; later releases of what
+    /// it held are no-ops. Idempotent.
+    pub fn end_session(&self) -> Result<()> {
+        match &self.session {
+            Some(s) => self
+                .holders()?
+                .deregister(crate::value::Values::new(self.pool()?), s),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take() {
-            if let (Ok(t), Ok(pool)) = (self.holders(), self.pool()) {
-                let _ = t.deregister(crate::value::Values::new(pool), &s);
-            }
-        }
+        let _ = self.end_session();
     }
 }
 

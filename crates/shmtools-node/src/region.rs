@@ -59,6 +59,17 @@ pub struct RegionCell {
 }
 
 impl RegionCell {
+    /// A closed mapping stops counting as attached once it holds nothing
+    /// (its handles were all released); until then its session keeps their
+    /// references recorded.
+    pub fn end_session_if_idle(&self) {
+        if self.closed.load(Ordering::Acquire)
+            && self.region.session().is_some_and(|s| s.held_count() == 0)
+        {
+            let _ = self.region.end_session();
+        }
+    }
+
     pub fn open(&self) -> Result<&Region> {
         if self.closed.load(Ordering::Acquire) {
             return Err(err(
@@ -98,10 +109,74 @@ pub fn create_region(name: String, bytes: f64, mode: u32) -> Result<NativeRegion
 
 /// One look for a region: the handle if it is ready, null if not yet.
 #[napi(catch_unwind)]
-pub fn try_attach_region(name: String) -> Result<Option<NativeRegion>> {
-    match Region::try_attach(&name).map_err(js)? {
+pub fn try_attach_region(name: String, gc: Option<bool>) -> Result<Option<NativeRegion>> {
+    let r = if gc.unwrap_or(true) {
+        Region::try_attach(&name)
+    } else {
+        Region::try_attach_without_gc(&name)
+    };
+    match r.map_err(js)? {
         TryAttach::Ready(r) => Ok(Some(wrap(r, Vec::new()))),
         TryAttach::NotYet(_) => Ok(None),
+    }
+}
+
+/// One look at a region for a tool that only reads it (`shmtools ls`,
+/// `inspect`): no holder record is taken and nothing is reclaimed.
+#[napi(catch_unwind)]
+pub fn inspect_region(name: String) -> Result<Option<NativeRegion>> {
+    match Region::try_inspect(&name).map_err(js)? {
+        TryAttach::Ready(r) => Ok(Some(wrap(r, Vec::new()))),
+        TryAttach::NotYet(_) => Ok(None),
+    }
+}
+
+/// One attached process, as the holder table records it.
+#[napi(object)]
+pub struct HolderEntry {
+    pub index: u32,
+    pub pid: u32,
+    pub start_time: f64,
+    pub attached_at_ms: f64,
+    /// References and raw blocks it holds now.
+    pub held: f64,
+    /// False for a process that is gone but not yet reclaimed.
+    pub alive: bool,
+    /// This very attachment.
+    pub own: bool,
+}
+
+/// What a repair found and fixed.
+#[napi(object)]
+pub struct RepairReport {
+    pub blocks_freed: f64,
+    pub bytes_freed: f64,
+    pub refcounts_fixed: f64,
+    pub objects_live: f64,
+}
+
+/// What gc did.
+#[napi(object)]
+pub struct GcReport {
+    /// Sessions of dead processes given back.
+    pub sessions: f64,
+    pub references: f64,
+    pub raw_blocks: f64,
+    /// Of those sessions, how many died inside an operation.
+    pub uncertain: f64,
+    /// Set when a repair ran.
+    pub repair: Option<RepairReport>,
+    /// A repair is owed but other processes are attached.
+    pub repair_pending: bool,
+    pub others_alive: Vec<u32>,
+}
+
+fn repair_report(r: shmtools_core::Repair) -> RepairReport {
+    RepairReport {
+        blocks_freed: r.blocks_freed as f64,
+        bytes_freed: r.bytes_freed as f64,
+        refcounts_fixed: r.refcounts_fixed as f64,
+        objects_live: r.objects_live as f64,
     }
 }
 
@@ -306,12 +381,53 @@ impl NativeRegion {
         }
     }
 
+    /// Every attached process (and dead ones not yet reclaimed).
+    #[napi(catch_unwind)]
+    pub fn holders(&self) -> Result<Vec<HolderEntry>> {
+        let list = self.region()?.holder_list().map_err(js)?;
+        Ok(list
+            .into_iter()
+            .map(|h| HolderEntry {
+                index: h.index,
+                pid: h.pid,
+                start_time: h.start_time as f64,
+                attached_at_ms: h.attached_unix_ms as f64,
+                held: h.held as f64,
+                alive: h.alive,
+                own: h.own,
+            })
+            .collect())
+    }
+
+    /// Give back what dead processes held; repair if owed and alone.
+    #[napi(catch_unwind)]
+    pub fn gc(&self) -> Result<GcReport> {
+        let g = self.region()?.gc().map_err(js)?;
+        Ok(GcReport {
+            sessions: g.reclaim.sessions as f64,
+            references: g.reclaim.references as f64,
+            raw_blocks: g.reclaim.raw_blocks as f64,
+            uncertain: g.reclaim.uncertain as f64,
+            repair: g.repair.map(repair_report),
+            repair_pending: g.repair_pending,
+            others_alive: g.others_alive,
+        })
+    }
+
+    /// Recount every reference from what is reachable and free the rest
+    /// (ERR_SHM_BUSY while another process is attached).
+    #[napi(catch_unwind)]
+    pub fn repair(&self) -> Result<RepairReport> {
+        Ok(repair_report(self.region()?.repair().map_err(js)?))
+    }
+
     /// Unmap (once no handle or view of this mapping is left); the region
     /// itself stays in /dev/shm. Idempotent.
     #[napi(catch_unwind)]
     pub fn close(&mut self) {
         if let Some(c) = self.cell.take() {
             c.closed.store(true, Ordering::Release);
+            c.end_session_if_idle();
         }
     }
 
@@ -321,6 +437,7 @@ impl NativeRegion {
         match self.cell.take() {
             Some(c) => {
                 c.closed.store(true, Ordering::Release);
+                c.end_session_if_idle();
                 c.region.destroy().map_err(js)
             }
             None => Ok(false),

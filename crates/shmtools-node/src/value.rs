@@ -106,10 +106,14 @@ impl NativeValue {
         self.released = true;
         let v = self.cell.region.values()?;
         let _b = v.busy();
-        if v.unhold(self.held.take())? {
-            v.release(self.slot)?;
-        }
-        Ok(())
+        let out = if v.unhold(self.held.take())? {
+            v.release(self.slot)
+        } else {
+            Ok(())
+        };
+        drop(_b);
+        self.cell.end_session_if_idle();
+        out
     }
 
     fn values(&self) -> Result<Values<'_>> {
