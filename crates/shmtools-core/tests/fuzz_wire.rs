@@ -188,6 +188,7 @@ fn store_wire_accepts_what_decode_accepts_and_leaves_nothing_behind() {
 
     let mut runner = TestRunner::new(Config {
         cases: 600,
+        source_file: Some(file!()),
         ..Config::default()
     });
     let strategy = (arb_value(), any::<u64>(), any::<bool>());
