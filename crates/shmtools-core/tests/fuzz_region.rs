@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use shmtools_core::boot::{BOOT_FIELDS_SIZE, BOOT_SIZE};
 use shmtools_core::mem::Span;
 use shmtools_core::pool::POOL_HEADER_SIZE;
@@ -127,11 +127,10 @@ fn damaged_boot_blocks_and_pool_headers_are_refused_with_a_code_never_a_panic() 
     let plausible = [BOOT_SIZE, SIZE, SIZE - BOOT_SIZE, 8528, 8528 + 16, 1];
 
     let outcomes = RefCell::new(BTreeMap::<&'static str, u64>::new());
-    let mut runner = TestRunner::new(Config {
-        cases: 800,
-        source_file: Some(file!()),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(fuzz_support::config(
+        800,
+        "tests/fuzz_region.proptest-regressions",
+    ));
     let result = runner.run(&any::<u64>(), |seed| {
         let ctx = format!("seed {seed}");
         let _dog = Watchdog::new(format!("fuzz_region {ctx}"));

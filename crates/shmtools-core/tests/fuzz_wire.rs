@@ -9,7 +9,7 @@
 
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use shmtools_core::value::scalar_wire;
 use shmtools_core::value::wire::{
     T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_REF, T_STR, T_TAB, T_TYPED,
@@ -108,7 +108,7 @@ fn pieces() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_support::config(3000, "tests/fuzz_wire.proptest-regressions"))]
 
     #[test]
     fn random_bytes_decode_to_a_value_or_an_invalid_arg_error(
@@ -124,7 +124,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_support::config(1500, "tests/fuzz_wire.proptest-regressions"))]
 
     #[test]
     fn damaged_encodings_decode_to_a_value_or_an_invalid_arg_error(
@@ -186,11 +186,10 @@ fn store_wire_accepts_what_decode_accepts_and_leaves_nothing_behind() {
     let base = baseline(&vals);
     let plausible = [anchor.bits];
 
-    let mut runner = TestRunner::new(Config {
-        cases: 600,
-        source_file: Some(file!()),
-        ..Config::default()
-    });
+    let mut runner = TestRunner::new(fuzz_support::config(
+        600,
+        "tests/fuzz_wire.proptest-regressions",
+    ));
     let strategy = (arb_value(), any::<u64>(), any::<bool>());
     let outcome = runner.run(&strategy, |(v, seed, damaged)| {
         let good = v.encode().unwrap();

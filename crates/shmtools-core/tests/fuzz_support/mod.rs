@@ -27,6 +27,18 @@ use shmtools_core::{Elem, ErrorCode, Key, Result, Value};
 
 use crate::common::Rng;
 
+/// A proptest configuration running `cases` cases, which records failing
+/// inputs in `file` (relative to the crate) and replays them first next time.
+pub fn config(cases: u32, file: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(file),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 /// `ranges` (half-open byte ranges) with every byte of `holes` taken out.
 pub fn carve(ranges: &[(u64, u64)], holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = ranges.iter().copied().filter(|r| r.0 < r.1).collect();
