@@ -117,7 +117,10 @@ impl<'a> Directory<'a> {
             ));
         }
         if cap > 0 {
-            let room = self.values.pool().capacity_unlocked(entries)?;
+            let room = self
+                .values
+                .pool()
+                .linked_capacity(entries, "the pipe directory")?;
             if cap.saturating_mul(ENTRY_SIZE) > room {
                 return Err(Error::corrupt(
                     "the pipe directory is larger than its block",

@@ -304,6 +304,18 @@ impl<'a> Pool<'a> {
         Ok(self.used_block(payload)?.size - HEADER)
     }
 
+    /// [`Pool::capacity_unlocked`] of an offset read from the region itself
+    /// (a link from one structure to its block), not passed by a caller: if
+    /// it is not an allocated block, the region contradicts itself, so the
+    /// error is ERR_SHM_CORRUPT. `what` names the link for the message.
+    pub fn linked_capacity(&self, payload: u64, what: &str) -> Result<u64> {
+        self.capacity_unlocked(payload).map_err(|_| {
+            Error::corrupt(format!(
+                "{what} links offset {payload}, which is not an allocated block"
+            ))
+        })
+    }
+
     /// Payload capacity of an allocated block (at least what was asked for).
     pub fn capacity(&self, payload: u64) -> Result<u64> {
         Ok(self.used_block(payload)?.size - HEADER)

@@ -144,7 +144,7 @@ impl<'a> Queue<'a> {
         let capacity = h.capacity.load(Relaxed);
         let slots = h.slots.load(Relaxed);
         validate_capacity(capacity).map_err(|_| Error::corrupt("a queue has a bad capacity"))?;
-        let room = values.pool().capacity_unlocked(slots)?;
+        let room = values.pool().linked_capacity(slots, "a queue")?;
         if capacity * SLOT_SIZE > room {
             return Err(Error::corrupt("a queue's slots block is too small"));
         }
@@ -248,9 +248,17 @@ impl<'a> Queue<'a> {
         if tail - head == self.capacity {
             return Ok(false);
         }
+        // The counters only grow; one at the end of its range was written
+        // by someone else, and moving it on would overflow.
+        let next = tail.checked_add(1).ok_or_else(|| {
+            Error::corrupt(format!(
+                "queue at {}: its tail counter is at the end of its range",
+                self.off
+            ))
+        })?;
         slot.write_at(self.values, self.slots + (tail % self.capacity) * SLOT_SIZE)?;
-        h.tail.store(tail + 1, Relaxed);
-        let depth = tail + 1 - head;
+        h.tail.store(next, Relaxed);
+        let depth = next - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }

@@ -49,7 +49,11 @@ impl<'a> Values<'a> {
             )));
         }
         if s.cap > 0 {
-            fits(s.cap, SLOT_SIZE, self.pool.capacity_unlocked(s.elems)?)?;
+            fits(
+                s.cap,
+                SLOT_SIZE,
+                self.pool.linked_capacity(s.elems, "a list")?,
+            )?;
         }
         Ok((b, g, s))
     }
@@ -239,7 +243,11 @@ impl<'a> Values<'a> {
         if cap == 0 {
             return Ok(());
         }
-        fits(len.min(cap), SLOT_SIZE, self.pool.capacity_unlocked(elems)?)?;
+        fits(
+            len.min(cap),
+            SLOT_SIZE,
+            self.pool.linked_capacity(elems, "a list")?,
+        )?;
         for i in 0..len.min(cap) {
             let v = Slot::read(self.span, elems + i * SLOT_SIZE)?;
             if v.is_object() {

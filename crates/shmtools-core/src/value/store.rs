@@ -6,7 +6,7 @@ use super::{
     KeyRef, Slot, Values, OBJ_HEADER, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT,
     T_NONE, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 impl<'a> Values<'a> {
     /// A new string object holding `bytes` (UTF-8 already checked).
@@ -204,15 +204,22 @@ impl<'a> Values<'a> {
     }
 
     /// The slot of the live object at `off` (its kind read from the header).
+    /// `off` is a caller's (a `valueAt` offset, a wire reference): if no live
+    /// value is there, the offset is what is wrong, so every refusal is
+    /// ERR_SHM_INVALID_ARG, except ERR_SHM_CLOSED for a released value.
     pub fn slot_of(&self, off: u64) -> Result<Slot> {
-        let h = self.header(off)?;
+        let not_a_value = || Error::invalid(format!("no shared value at offset {off}"));
+        let h = self.header(off).map_err(|_| not_a_value())?;
         let kind = (h.meta.load(std::sync::atomic::Ordering::Relaxed) >> 16) as u8;
         let slot = Slot::object(kind, off);
         if !slot.is_object() {
-            return Err(Error::invalid(format!("no shared value at offset {off}")));
+            return Err(not_a_value());
         }
-        self.obj(slot)?;
-        Ok(slot)
+        match self.obj(slot) {
+            Ok(_) => Ok(slot),
+            Err(e) if e.code() == ErrorCode::Closed => Err(e),
+            Err(_) => Err(not_a_value()),
+        }
     }
 
     /// Encode the value in `slot` (deep copy) onto `w`.

@@ -160,8 +160,13 @@ impl<'a> Values<'a> {
                 ))),
             };
         }
-        fits(cap, ENTRY_SIZE, self.pool.capacity_unlocked(entries)?)?;
-        fits(index_cap, 4, self.pool.capacity_unlocked(index)?)
+        let entries_room = self.pool.linked_capacity(entries, "a table's entries")?;
+        fits(cap, ENTRY_SIZE, entries_room)?;
+        fits(
+            index_cap,
+            4,
+            self.pool.linked_capacity(index, "a table's index")?,
+        )
     }
 
     fn key_matches(&self, slot: Slot, key: KeyRef<'_>) -> Result<bool> {

@@ -1,0 +1,269 @@
+//! Fuzz target for the pipe directory and queue readers: `Directory::open`,
+//! `list`, `find`, `create`, `wait_for`, `ClientSide::start`, and
+//! `Queue::open` with every queue operation (`len`, `stats`, `try_enqueue`,
+//! `try_dequeue`, `enqueue_value`, `dequeue_value`, `drain`) and the values
+//! that come out of a damaged queue (`load`, `release`).
+//!
+//! Each case makes a region with a few pipes holding a few packets (some
+//! already taken, so head and tail have moved), damages the directory
+//! header (not its lock), its entries block, queue headers (not their
+//! locks) and slot blocks, block headers included, and calls everything.
+//!
+//! Properties: no panic, no wait beyond what was asked (every wait here is
+//! given no time at all); every error of the directory and the queues is
+//! ERR_SHM_CORRUPT, or ERR_SHM_OUT_OF_MEMORY, ERR_SHM_EXISTS (a pipe name
+//! whose capacity was damaged) or ERR_SHM_TIMEOUT (a pipe that is gone);
+//! values taken out of a damaged queue load and release with a value or the
+//! codes of the value readers (READ in fuzz_support); and the pool's
+//! `check()` afterwards passes or reports corruption.
+//!
+//! Replay: proptest prints the failing input (pipes, packets and damage
+//! seed) and records it in tests/fuzz_pipes.proptest-regressions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shmtools_core::pipes::ENTRY_SIZE;
+use shmtools_core::queue::QUEUE_HEADER_SIZE;
+use shmtools_core::value::SLOT_SIZE;
+use shmtools_core::{
+    AttachOptions, ClientSide, Directory, ErrorCode, Key, PipeInfo, Queue, Slot, Value,
+};
+
+mod common;
+mod fuzz_support;
+
+use common::{create, unique_name, RemoveOnDrop, Rng};
+use fuzz_support::{carve, scribble, tolerate, Watchdog, READ};
+
+/// The directory and the queues only ever read offsets from the region, so
+/// what they find wrong is corruption, whatever the field.
+const CORRUPT: &[ErrorCode] = &[ErrorCode::Corrupt];
+
+const SIZE: u64 = 256 * 1024;
+
+fn packet(i: u64) -> Value {
+    match i % 4 {
+        0 => Value::Int(i as i64),
+        1 => Value::Str(format!("packet number {i}, long enough for an object")),
+        2 => Value::Tab(vec![
+            (Key::Str("seq".into()), Value::UInt(i)),
+            (Key::Str("body".into()), Value::Bytes(vec![i as u8; 24])),
+        ]),
+        _ => Value::Arr(vec![Value::F64(i as f64), Value::Str("x".into())]),
+    }
+}
+
+fn no_wait() -> AttachOptions<'static> {
+    AttachOptions {
+        timeout: Some(Duration::ZERO),
+        ..AttachOptions::default()
+    }
+}
+
+fn word(span: shmtools_core::mem::Span<'_>, off: u64) -> u64 {
+    span.u64_at(off).unwrap().load(Ordering::Relaxed)
+}
+
+/// Every queue operation on a (possibly damaged) queue.
+fn exercise_queue(ctx: &str, q: Queue<'_>) {
+    let vals = q.values();
+    let _ = (q.len(), q.stats(), q.is_empty(), q.capacity(), q.offset());
+    for _ in 0..2 {
+        if let Some(Some(slot)) = tolerate(ctx, "try_dequeue", q.try_dequeue(), CORRUPT) {
+            tolerate(ctx, "load", vals.load(slot), READ);
+            tolerate(ctx, "release", vals.release(slot), READ);
+        }
+    }
+    tolerate(
+        ctx,
+        "dequeue_value",
+        q.dequeue_value(Some(Duration::ZERO)),
+        READ,
+    );
+    tolerate(ctx, "try_enqueue", q.try_enqueue(Slot::NONE), CORRUPT);
+    tolerate(
+        ctx,
+        "enqueue_value",
+        q.enqueue_value(&packet(1), Some(Duration::ZERO)),
+        &[ErrorCode::Corrupt, ErrorCode::OutOfMemory],
+    );
+    tolerate(ctx, "drain", q.drain(), READ);
+    let _ = q.stats();
+}
+
+proptest! {
+    #![proptest_config(fuzz_support::config(500, "tests/fuzz_pipes.proptest-regressions"))]
+
+    #[test]
+    fn a_damaged_pipe_directory_or_queue_gives_values_or_coded_errors(
+        pipes in prop::collection::vec((1u64..=6, 0u64..=8, 0u64..=4), 1..5),
+        seed in any::<u64>(),
+    ) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let name = unique_name("fuzz-", &format!("pipes-{}", N.fetch_add(1, Ordering::Relaxed)));
+        let _rm = RemoveOnDrop(name.clone());
+        let ctx = format!("seed {seed}, pipes {pipes:?}");
+        let _dog = Watchdog::new(format!("fuzz_pipes {ctx}"));
+        let region = create(&name, SIZE);
+        let span = region.span();
+
+        // Pipes (capacity, packets put, packets taken), before any damage.
+        let infos: Vec<PipeInfo> = {
+            let dir = Directory::open(&region).unwrap();
+            let mut infos = Vec::new();
+            for (i, &(cap, put, take)) in pipes.iter().enumerate() {
+                let (p, _) = dir.create(&format!("pipe-{i}"), cap).unwrap();
+                let q = dir.queue(&p).unwrap();
+                for k in 0..put {
+                    q.enqueue_value(&packet(k), Some(Duration::ZERO)).unwrap();
+                }
+                for _ in 0..take {
+                    q.dequeue_value(Some(Duration::ZERO)).unwrap();
+                }
+                infos.push(p);
+            }
+            infos
+        };
+        region.pool().unwrap().check().unwrap();
+
+        // Where damage may go.
+        let dir = region.info().pipe_dir_offset;
+        let dir_header = carve(&[(dir - 16, dir + 64)], &[(dir + 8, dir + 24)]);
+        let entries = word(span, dir + 40);
+        let dir_cap = word(span, dir + 32);
+        let entry_block = vec![(entries - 16, entries + dir_cap * ENTRY_SIZE)];
+        let mut queues = Vec::new();
+        let mut slots = Vec::new();
+        let mut plausible = vec![dir, entries];
+        for p in &infos {
+            let q = p.queue;
+            queues.push((q - 16, q + QUEUE_HEADER_SIZE));
+            queues = carve(&queues, &[(q + 8, q + 24)]);
+            let s = word(span, q + 48);
+            slots.push((s - 16, s + p.capacity * SLOT_SIZE));
+            plausible.extend([q, s]);
+            for i in 0..p.capacity {
+                let bits = word(span, s + i * SLOT_SIZE + 8);
+                if bits != 0 {
+                    plausible.push(bits);
+                }
+            }
+        }
+        let mut rng = Rng(seed);
+        let mut did = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let ranges = match rng.below(10) {
+                0..=1 => &dir_header,
+                2..=3 => &entry_block,
+                4..=7 => &queues,
+                _ => &slots,
+            };
+            did.push(scribble(span, &mut rng, ranges, &plausible));
+        }
+        let ctx = format!("{ctx}, damage {did:?}");
+
+        // Everything, on the damaged pipes.
+        let Some(dir) = tolerate(&ctx, "Directory::open", Directory::open(&region), CORRUPT) else {
+            return Ok(());
+        };
+        let _ = dir.version();
+        let listed = tolerate(&ctx, "list", dir.list(), CORRUPT).unwrap_or_default();
+        for p in infos.iter().chain(&listed) {
+            if let Some(q) = tolerate(&ctx, "queue", dir.queue(p), CORRUPT) {
+                exercise_queue(&ctx, q);
+            }
+        }
+        for p in &infos {
+            tolerate(&ctx, "find", dir.find(&p.name), CORRUPT);
+            let again = dir.create(&p.name, p.capacity);
+            tolerate(&ctx, "create existing", again, &[ErrorCode::Corrupt, ErrorCode::Exists]);
+            let waited = dir.wait_for(&p.name, &no_wait());
+            tolerate(&ctx, "wait_for", waited, &[ErrorCode::Corrupt, ErrorCode::Timeout]);
+        }
+        let client = ClientSide::start(&name, &infos[0].name, &no_wait());
+        if let Some(c) = tolerate(&ctx, "ClientSide::start", client, &[ErrorCode::Corrupt, ErrorCode::Timeout]) {
+            if let Some(q) = tolerate(&ctx, "ClientSide pipe", c.pipe(), CORRUPT) {
+                exercise_queue(&ctx, q);
+            }
+        }
+        let made = dir.create("made-after-damage", 3);
+        let allowed = [ErrorCode::Corrupt, ErrorCode::OutOfMemory, ErrorCode::Exists];
+        if let Some((p, _)) = tolerate(&ctx, "create new", made, &allowed) {
+            if let Some(q) = tolerate(&ctx, "new queue", dir.queue(&p), CORRUPT) {
+                exercise_queue(&ctx, q);
+            }
+        }
+        tolerate(&ctx, "find absent", dir.find("absent"), CORRUPT);
+        if let Ok(pool) = region.pool() {
+            tolerate(&ctx, "check", pool.check(), &[ErrorCode::Corrupt]);
+        }
+        let _ = region.destroy();
+    }
+}
+
+/// Found by the target above: a queue whose head and tail both read
+/// u64::MAX passed the state check (empty, within capacity), and the next
+/// enqueue overflowed `tail + 1` (a panic in a debug build, a wrapped tail in
+/// a release build). It must be ERR_SHM_CORRUPT, the queue left as it was.
+#[test]
+fn an_enqueue_at_the_end_of_the_counter_range_is_corrupt_not_an_overflow() {
+    let name = unique_name("fuzz-", "tail-max");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("edge", 4).unwrap();
+    let q = dir.queue(&p).unwrap();
+    let span = region.span();
+    for field in [32, 40] {
+        span.u64_at(p.queue + field)
+            .unwrap()
+            .store(u64::MAX, Ordering::Relaxed);
+    }
+    let e = q
+        .try_enqueue(Slot::NONE)
+        .expect_err("no room past the counter's end");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    let e = q
+        .enqueue_value(&packet(2), Some(Duration::ZERO))
+        .expect_err("the same through enqueue_value");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    assert_eq!(word(span, p.queue + 40), u64::MAX, "tail unchanged");
+    assert_eq!(q.try_dequeue().unwrap(), None, "still empty");
+    region.pool().unwrap().check().unwrap();
+    assert!(region.destroy().unwrap());
+}
+
+/// Found by the target above: a pipe directory whose entries link had been
+/// overwritten answered ERR_SHM_INVALID_ARG ("not an allocated block"), the
+/// code for a caller's bad offset, though the offset came from the region.
+/// The same held for a queue's slots link. Both are ERR_SHM_CORRUPT now.
+#[test]
+fn a_damaged_link_in_the_directory_or_a_queue_is_corrupt_not_a_bad_argument() {
+    let name = unique_name("fuzz-", "links");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("linked", 2).unwrap();
+    let span = region.span();
+    let at = |off: u64| span.u64_at(off).unwrap();
+    let slots = at(p.queue + 48).load(Ordering::Relaxed);
+    at(p.queue + 48).store(slots + 32, Ordering::Relaxed);
+    let e = dir
+        .queue(&p)
+        .err()
+        .expect("a queue whose slots are not a block");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    at(p.queue + 48).store(slots, Ordering::Relaxed);
+    dir.queue(&p).unwrap();
+
+    let dir_off = region.info().pipe_dir_offset;
+    let entries = at(dir_off + 40).load(Ordering::Relaxed);
+    at(dir_off + 40).store(1, Ordering::Relaxed);
+    assert_eq!(dir.list().unwrap_err().code(), ErrorCode::Corrupt);
+    assert_eq!(dir.find("linked").unwrap_err().code(), ErrorCode::Corrupt);
+    at(dir_off + 40).store(entries, Ordering::Relaxed);
+    assert_eq!(dir.list().unwrap(), vec![p]);
+    assert!(region.destroy().unwrap());
+}
