@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::{Guard, ShmMutex};
@@ -263,7 +263,7 @@ impl<'a> Holders<'a> {
         r.busy.store(0, Relaxed);
         r.reclaiming.store(0, Relaxed);
         r.held.store(0, Relaxed);
-        r.attached_unix_ms.store(now_ms(), Relaxed);
+        r.attached_unix_ms.store(platform::now_unix_ms(), Relaxed);
         let nonce = fresh_nonce();
         r.nonce.store(nonce, Relaxed);
         r.state
@@ -405,18 +405,12 @@ fn free_record(r: &HolderRecord) {
 fn fresh_nonce() -> u64 {
     use std::sync::atomic::AtomicU64 as Counter;
     static N: Counter = Counter::new(0);
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let mix = t ^ (platform::current_pid() as u64) << 32 ^ N.fetch_add(1, Relaxed);
     // Never 0 (the value of a free record).
     mix.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn new_ledger(pool: Pool<'_>, entries: u64) -> Result<u64> {

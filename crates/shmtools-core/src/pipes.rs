@@ -11,7 +11,7 @@
 //! with `ERR_SHM_EXISTS` when it does not; nothing is ever silently replaced.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::ShmMutex;
@@ -217,9 +217,7 @@ impl<'a> Directory<'a> {
             queue,
             capacity,
             creator_pid: platform::current_pid(),
-            created_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            created_unix_ms: platform::now_unix_ms(),
         };
         let e = entries + count * ENTRY_SIZE;
         let span = self.values.pool().span();

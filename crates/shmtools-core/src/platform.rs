@@ -227,8 +227,38 @@ pub fn futex_wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
+/// This process's id and start time, cached per thread and refreshed after
+/// a fork:
+/// the holder code asks for the pid on every operation that moves a
+/// reference, and getpid is a system call.
+fn process_identity() -> (u32, u64) {
+    register_at_fork();
+    thread_local! {
+        static CACHE: Cell<(u64, u32, u64)> = const { Cell::new((u64::MAX, 0, 0)) };
+    }
+    let epoch = FORK_EPOCH.load(Ordering::Relaxed);
+    CACHE.with(|c| {
+        let (e, pid, start) = c.get();
+        if e == epoch {
+            return (pid, start);
+        }
+        let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        let start = start_time(pid).unwrap_or(0);
+        c.set((epoch, pid, start));
+        (pid, start)
+    })
+}
+
 pub fn current_pid() -> u32 {
-    rustix::process::getpid().as_raw_nonzero().get() as u32
+    process_identity().0
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch (0 if the clock is
+/// before it).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bumped in the child after every fork(), so per-thread caches of the
@@ -243,13 +273,17 @@ extern "C" fn after_fork_in_child() {
 /// The calling thread's identity: (thread id, thread start time), cached per
 /// thread. gettid is a system call (~100 ns) and the lock needs it twice per
 /// operation, so the cache matters on the allocator's hot path.
-pub fn thread_identity() -> (u32, u64) {
+fn register_at_fork() {
     static AT_FORK: std::sync::Once = std::sync::Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: registers a handler that only bumps an atomic counter, which
         // is async-signal-safe as fork requires of child handlers.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+}
+
+pub fn thread_identity() -> (u32, u64) {
+    register_at_fork();
     thread_local! {
         static CACHE: Cell<(u64, u32, u64)> = const { Cell::new((u64::MAX, 0, 0)) };
     }
@@ -294,10 +328,10 @@ pub fn current_thread_start_time() -> u64 {
     thread_identity().1
 }
 
-/// Start time of this process, cached.
+/// Start time of this process, cached (and refreshed in a forked child,
+/// which is a new process with a start time of its own).
 pub fn current_process_start_time() -> u64 {
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| start_time(current_pid()).unwrap_or(0))
+    process_identity().1
 }
 
 /// Is the process or thread `id` that started at `start` (0: unknown) still there?

@@ -4,7 +4,7 @@
 //! find it.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::boot::{self, BootInfo, Peek, BOOT_SIZE};
 use crate::error::{Error, ErrorCode, Result};
@@ -240,9 +240,7 @@ impl Region {
                 generation,
                 creator_pid: platform::current_pid(),
                 creator_start_time: platform::current_process_start_time(),
-                created_unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                created_unix_ms: platform::now_unix_ms(),
                 pool_offset: BOOT_SIZE,
                 pool_size: bytes - BOOT_SIZE,
                 pipe_dir_offset: dir,
