@@ -235,11 +235,14 @@ impl<'a> Holders<'a> {
     }
 
     /// Claim a record for this process and give it a fresh ledger. Dead
-    /// sessions are reclaimed first when the table is full.
+    /// sessions are reclaimed first when the table is full. A pool too full
+    /// for the ledger does not stop the attach: the ledger is then made with
+    /// the first reference held.
     pub fn register(&self, values: Values<'a>) -> Result<Session> {
         let pid = platform::current_pid();
         let start = platform::current_process_start_time();
-        let ledger = new_ledger(values.pool(), LEDGER_START)?;
+        let ledger = new_ledger(values.pool(), LEDGER_START).unwrap_or(0);
+        let cap = if ledger == 0 { 0 } else { LEDGER_START };
         let _g = self.lock();
         let mut found = self.find_free()?;
         if found.is_none() {
@@ -247,7 +250,9 @@ impl<'a> Holders<'a> {
             found = self.find_free()?;
         }
         let Some(i) = found else {
-            let _ = values.pool().free(ledger);
+            if ledger != 0 {
+                let _ = values.pool().free(ledger);
+            }
             return Err(Error::new(
                 ErrorCode::Busy,
                 format!(
@@ -276,7 +281,7 @@ impl<'a> Holders<'a> {
             nonce,
             local: Mutex::new(Local {
                 ledger,
-                cap: LEDGER_START,
+                cap,
                 next: 0,
                 count: 0,
                 free: Vec::new(),
@@ -615,7 +620,7 @@ impl Session {
         }
         let span = pool.span();
         let _b = self.busy(span);
-        let cap = l.cap * 2;
+        let cap = (l.cap * 2).max(LEDGER_START);
         let new = new_ledger(pool, cap)?;
         for i in 0..l.cap {
             let v = span.u64_at(l.ledger + i * 8)?.load(Relaxed);
@@ -626,7 +631,10 @@ impl Session {
         self.record(span)?.ledger.store(new, Relaxed);
         let old = std::mem::replace(&mut l.ledger, new);
         l.cap = cap;
-        pool.free(old)
+        match old {
+            0 => Ok(()), // none yet: the pool was full at attach
+            old => pool.free(old),
+        }
     }
 
     /// Record an object reference the caller owns. Scalars need no record.
