@@ -218,13 +218,7 @@ impl<'a> Holders<'a> {
         if i >= self.capacity {
             return Err(Error::invalid(format!("no holder record {i}")));
         }
-        let p = self.span.ptr_at(
-            self.off + HOLDERS_HEADER_SIZE + i as u64 * RECORD_SIZE,
-            RECORD_SIZE,
-        )?;
-        // SAFETY: inside the table (open() checked the whole table fits the
-        // span), 16-aligned; HolderRecord is all atomics.
-        Ok(unsafe { &*(p as *const HolderRecord) })
+        record_at(self.span, record_offset(self.off, i))
     }
 
     fn lock(&self) -> Guard<'a> {
@@ -275,7 +269,7 @@ impl<'a> Holders<'a> {
             .store(STATE_LIVE, std::sync::atomic::Ordering::Release);
         Ok(Session {
             table: self.off,
-            record: self.off + HOLDERS_HEADER_SIZE + i as u64 * RECORD_SIZE,
+            record: record_offset(self.off, i),
             index: i,
             pid,
             nonce,
@@ -380,10 +374,10 @@ impl<'a> Holders<'a> {
 
     /// Pids of the live processes attached, other than this one (its other
     /// sessions, e.g. a second `Region` of the same name, do not count).
-    pub(crate) fn others_alive(&self, own: Option<u32>) -> Result<Vec<u32>> {
+    pub(crate) fn others_alive(&self) -> Result<Vec<u32>> {
         let me = platform::current_pid();
         let mut pids = Vec::new();
-        for h in self.list(own)? {
+        for h in self.list(None)? {
             if h.pid != me && h.alive && !pids.contains(&h.pid) {
                 pids.push(h.pid);
             }
@@ -394,6 +388,18 @@ impl<'a> Holders<'a> {
     pub(crate) fn lock_for_repair(&self) -> Guard<'a> {
         self.lock()
     }
+}
+
+fn record_offset(table: u64, i: u32) -> u64 {
+    table + HOLDERS_HEADER_SIZE + i as u64 * RECORD_SIZE
+}
+
+fn record_at(span: Span<'_>, off: u64) -> Result<&HolderRecord> {
+    let p = span.ptr_at(off, RECORD_SIZE)?;
+    // SAFETY: in bounds (ptr_at); 16-aligned, as every record offset is a
+    // table (a pool block) plus 64 + 64 × i; HolderRecord is all atomics,
+    // valid for any bit pattern.
+    Ok(unsafe { &*(p as *const HolderRecord) })
 }
 
 fn free_record(r: &HolderRecord) {
@@ -431,25 +437,43 @@ fn release_ledger(values: Values<'_>, ledger: u64) -> Result<(u64, u64)> {
         return Ok((0, 0));
     }
     let pool = values.pool();
-    let n = pool.capacity_unlocked(ledger)? / 8;
     let (mut refs, mut raws) = (0, 0);
     let mut first_err = None;
-    for i in 0..n {
-        let e = pool.span().u64_at(ledger + i * 8)?;
-        let v = e.swap(0, Relaxed);
-        if v == 0 {
-            continue;
-        }
-        let r = match decode(v) {
-            Entry::Raw(off) => pool.free(off).map(|()| raws += 1),
-            Entry::Value(slot) => values.release(slot).map(|()| refs += 1),
-        };
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        }
-    }
+    // Each entry is cleared before what it names is released.
+    for_each_entry(
+        pool,
+        ledger,
+        |e| e.swap(0, Relaxed),
+        |entry| {
+            let r = match entry {
+                Entry::Raw(off) => pool.free(off).map(|()| raws += 1),
+                Entry::Value(slot) => values.release(slot).map(|()| refs += 1),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        },
+    )?;
     pool.free(ledger)?;
     first_err.map_or(Ok((refs, raws)), Err)
+}
+
+/// Visit every non-empty entry of the ledger at `ledger`, reading each word
+/// with `take` (a load, or a swap that clears it).
+fn for_each_entry(
+    pool: Pool<'_>,
+    ledger: u64,
+    take: impl Fn(&AtomicU64) -> u64,
+    mut visit: impl FnMut(Entry),
+) -> Result<()> {
+    let n = pool.capacity_unlocked(ledger)? / 8;
+    for i in 0..n {
+        let v = take(pool.span().u64_at(ledger + i * 8)?);
+        if v != 0 {
+            visit(decode(v));
+        }
+    }
+    Ok(())
 }
 
 enum Entry {
@@ -474,18 +498,16 @@ fn decode(v: u64) -> Entry {
 /// Every object slot and raw block a ledger holds (for `repair`).
 pub(crate) fn ledger_entries(pool: Pool<'_>, ledger: u64) -> Result<(Vec<Slot>, Vec<u64>)> {
     let (mut slots, mut raws) = (Vec::new(), Vec::new());
-    if ledger == 0 {
-        return Ok((slots, raws));
-    }
-    let n = pool.capacity_unlocked(ledger)? / 8;
-    for i in 0..n {
-        let v = pool.span().u64_at(ledger + i * 8)?.load(Relaxed);
-        if v != 0 {
-            match decode(v) {
+    if ledger != 0 {
+        for_each_entry(
+            pool,
+            ledger,
+            |e| e.load(Relaxed),
+            |entry| match entry {
                 Entry::Raw(off) => raws.push(off),
                 Entry::Value(s) => slots.push(s),
-            }
-        }
+            },
+        )?;
     }
     Ok((slots, raws))
 }
@@ -550,10 +572,7 @@ impl Session {
     }
 
     fn record<'a>(&self, span: Span<'a>) -> Result<&'a HolderRecord> {
-        let p = span.ptr_at(self.record, RECORD_SIZE)?;
-        // SAFETY: in bounds (ptr_at) and 16-aligned (the table is a pool
-        // block, records are 64 bytes); HolderRecord is all atomics.
-        Ok(unsafe { &*(p as *const HolderRecord) })
+        record_at(span, self.record)
     }
 
     /// Count an operation in progress until the guard drops.

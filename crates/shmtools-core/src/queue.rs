@@ -365,12 +365,8 @@ impl<'a> Queue<'a> {
                 }
                 held = self.values.hold(slot).ok().flatten();
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                let _b = self.values.busy();
-                self.values.unhold(held)?;
-                self.values.reclaim_if_due();
-                return Ok(false);
-            }
+            // (once the deadline has passed, this returns at once and the
+            // next round answers false)
             self.wait(WaitFor::NotFull, seen, deadline);
         }
     }

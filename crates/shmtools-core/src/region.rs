@@ -492,8 +492,7 @@ impl Region {
     pub fn gc(&self) -> Result<Gc> {
         let t = self.holders()?;
         let reclaim = t.reclaim_dead(self.values()?)?;
-        let own = self.session.as_ref().map(Session::index);
-        let others_alive = t.others_alive(own)?;
+        let others_alive = t.others_alive()?;
         let owed = t.header().needs_repair.load(Ordering::Relaxed) != 0;
         let repair = if owed && others_alive.is_empty() {
             match crate::repair::repair(self) {

@@ -27,10 +27,9 @@ pub(crate) fn repair(region: &Region) -> Result<Repair> {
     let _g = table.lock_for_repair();
     let values = region.values()?;
     let pool = values.pool();
-    let own = region.session().map(|s| s.index());
     // The dead first, so their ledgers are given back, not swept.
     table.reclaim_locked(values)?;
-    let others = table.others_alive(own)?;
+    let others = table.others_alive()?;
     if !others.is_empty() {
         return Err(Error::new(
             ErrorCode::Busy,
