@@ -29,15 +29,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shmtools_core::{ClientSide, PoolCheck, PoolStats, Region, ServerSide, Value};
 
 mod common;
 
 use common::{
-    attach_opts, child_role, create, env_str, env_u64, ks, unique_name, RemoveOnDrop, Rng, ID,
-    MARK, REGION, ROLE,
+    attach_opts, child_role, create, env_str, env_u64, ks, seed_from_env, unique_name,
+    RemoveFileOnDrop, RemoveOnDrop, Rng, ID, MARK, REGION, ROLE,
 };
 
 const PIPE: &str = "chaos";
@@ -297,29 +297,8 @@ impl Drop for Kid {
     }
 }
 
-/// Removes a stop marker file when dropped.
-struct RemoveFileOnDrop(PathBuf);
-
-impl Drop for RemoveFileOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var(SEED_VAR) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_VAR}={s} is not a number")),
-        Err(_) => {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64;
-            t ^ (u64::from(std::process::id()) << 32)
-        }
-    }
+    seed_from_env(SEED_VAR)
 }
 
 fn parse_pair(s: &str) -> (u64, u64) {

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shmtools_core::platform;
 use shmtools_core::{ClientSide, Directory, Error, ErrorCode, Key, Value};
@@ -36,8 +36,8 @@ use shmtools_core::{ClientSide, Directory, Error, ErrorCode, Key, Value};
 mod common;
 
 use common::{
-    attach, attach_opts, child_role, create, env_str, env_u64, unique_name, RemoveOnDrop, Rng, ID,
-    MARK, REGION, ROLE, SEED,
+    attach, attach_opts, child_role, create, env_str, env_u64, seed_from_env, unique_name,
+    RemoveFileOnDrop, RemoveOnDrop, Rng, ID, MARK, REGION, ROLE, SEED,
 };
 
 const PIPE: &str = "under-attack";
@@ -365,29 +365,8 @@ impl Drop for Kid {
     }
 }
 
-/// Removes the stop file when dropped.
-struct RemoveFileOnDrop(PathBuf);
-
-impl Drop for RemoveFileOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn seed() -> u64 {
-    match std::env::var(SEED_VAR) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_VAR}={s} is not a number")),
-        Err(_) => {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64;
-            t ^ (u64::from(std::process::id()) << 32)
-        }
-    }
+    seed_from_env(SEED_VAR)
 }
 
 fn describe(status: Option<ExitStatus>) -> String {

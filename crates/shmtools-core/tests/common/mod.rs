@@ -285,3 +285,30 @@ pub fn env_u64(key: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("{key} is not a number"))
 }
+
+/// Removes a file (a stop marker) when dropped, also when a test fails.
+pub struct RemoveFileOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveFileOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A seed for a randomized test: from the environment variable `var` when set
+/// (to replay a run), else from the clock and the pid.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={s} is not a number")),
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+            t ^ (u64::from(std::process::id()) << 32)
+        }
+    }
+}
