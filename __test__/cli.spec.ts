@@ -26,7 +26,13 @@ async function cli(...args: string[]): Promise<{ code: number; stdout: string; s
 function withPipe(t: { teardown(f: () => void): void }, tag: string) {
   const name = uniqueName(tag)
   const mem = new SHMMain(name, 1 << 20).start()
-  t.teardown(() => SHMMain.remove(name))
+  // Closed only at the end, so the region object stays referenced: one the
+  // GC collects stops counting as attached, and the tests look for this
+  // process among the holders.
+  t.teardown(() => {
+    mem.close()
+    SHMMain.remove(name)
+  })
   const server = new ServerSide(mem.region(), 'jobs', 8).start()
   return { name, mem, pipe: server.pipe() }
 }

@@ -11,7 +11,7 @@
  * paths as the library, without counting as an attached process) and never
  * changes a region except with `rm` and `gc`.
  */
-import { readdirSync, statSync } from 'node:fs'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 
 import * as binding from '../binding'
 import { ErrorCodes, ShmError } from './errors'
@@ -108,6 +108,9 @@ export function list(): RegionSummary[] {
     if (!r) continue
     try {
       out.push(summary(name, r))
+    } catch (e) {
+      // Removed by its owner while we looked: not a region any more.
+      if (existsSync(`${SHM_DIR}/${name}`)) throw e
     } finally {
       r.close()
     }
