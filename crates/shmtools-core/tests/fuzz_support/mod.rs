@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -212,7 +213,12 @@ impl Watchdog {
             while !flag.load(Ordering::Acquire) {
                 let now = Instant::now();
                 if now >= until {
-                    eprintln!("HANG: {what} has not finished after {HANG:?}; aborting");
+                    // Straight to the stream, not eprintln!: the test
+                    // harness captures that, and the abort would lose it.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "HANG: {what} has not finished after {HANG:?}; aborting"
+                    );
                     std::process::abort();
                 }
                 std::thread::park_timeout((until - now).min(Duration::from_millis(200)));
