@@ -101,7 +101,11 @@ pub struct HolderRecord {
     /// A number drawn at registration: tells a session its record is still
     /// its own (not reclaimed and handed to someone else).
     pub nonce: AtomicU64,
-    pub _reserved: AtomicU64,
+    /// References this session took but could not record (its ledger could
+    /// not grow). While non-zero, this process may not run a repair (it
+    /// would free them under its own feet); the table's `needs_repair` is
+    /// set, so a later process repairs once alone.
+    pub unrecorded: AtomicU64,
 }
 pub const RECORD_SIZE: u64 = std::mem::size_of::<HolderRecord>() as u64;
 const _: () = assert!(RECORD_SIZE == 64);
@@ -113,6 +117,7 @@ const _: () = assert!(std::mem::offset_of!(HolderRecord, reclaiming) == 28);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, attached_unix_ms) == 32);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, held) == 40);
 const _: () = assert!(std::mem::offset_of!(HolderRecord, nonce) == 48);
+const _: () = assert!(std::mem::offset_of!(HolderRecord, unrecorded) == 56);
 
 /// One session as `inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,8 +240,6 @@ impl<'a> Holders<'a> {
     pub fn register(&self, values: Values<'a>) -> Result<Session> {
         let pid = platform::current_pid();
         let start = platform::current_process_start_time();
-        let ledger = new_ledger(values.pool(), LEDGER_START).unwrap_or(0);
-        let cap = if ledger == 0 { 0 } else { LEDGER_START };
         let _g = self.lock();
         let mut found = self.find_free()?;
         if found.is_none() {
@@ -244,9 +247,6 @@ impl<'a> Holders<'a> {
             found = self.find_free()?;
         }
         let Some(i) = found else {
-            if ledger != 0 {
-                let _ = values.pool().free(ledger);
-            }
             return Err(Error::new(
                 ErrorCode::Busy,
                 format!(
@@ -256,9 +256,14 @@ impl<'a> Holders<'a> {
             ));
         };
         let r = self.record(i)?;
+        // Allocated under the table lock, so a repair (which holds it) never
+        // sees the new ledger before the record that owns it.
+        let ledger = new_ledger(values.pool(), LEDGER_START).unwrap_or(0);
+        let cap = if ledger == 0 { 0 } else { LEDGER_START };
         r.pid.store(pid, Relaxed);
         r.start_time.store(start, Relaxed);
         r.ledger.store(ledger, Relaxed);
+        r.unrecorded.store(0, Relaxed);
         r.busy.store(0, Relaxed);
         r.reclaiming.store(0, Relaxed);
         r.held.store(0, Relaxed);
@@ -310,7 +315,7 @@ impl<'a> Holders<'a> {
                 start_time: start,
                 attached_unix_ms: r.attached_unix_ms.load(Relaxed),
                 held: r.held.load(Relaxed),
-                alive: platform::is_alive(pid, start),
+                alive: platform::is_process_alive(pid, start),
                 own: own == Some(i),
             });
         }
@@ -329,7 +334,7 @@ impl<'a> Holders<'a> {
         for i in 0..self.capacity {
             let r = self.record(i)?;
             if r.state.load(Relaxed) != STATE_LIVE
-                || platform::is_alive(r.pid.load(Relaxed), r.start_time.load(Relaxed))
+                || platform::is_process_alive(r.pid.load(Relaxed), r.start_time.load(Relaxed))
             {
                 continue;
             }
@@ -339,8 +344,16 @@ impl<'a> Holders<'a> {
                 self.header.uncertain_reclaims.fetch_add(1, Relaxed);
                 got.uncertain += 1;
             }
-            let (refs, raws) = release_ledger(values, r.ledger.load(Relaxed))?;
-            r.ledger.store(0, Relaxed);
+            // Unlinked before anything is released: a reclaimer that dies
+            // part way leaves `reclaiming` set and no ledger to give back
+            // twice (the next one calls it uncertain; a repair finishes).
+            let ledger = r.ledger.swap(0, Relaxed);
+            let (refs, raws, clean) = release_ledger(values, ledger);
+            if !clean && !uncertain {
+                self.header.needs_repair.store(1, Relaxed);
+                self.header.uncertain_reclaims.fetch_add(1, Relaxed);
+                got.uncertain += 1;
+            }
             got.references += refs;
             got.raw_blocks += raws;
             got.sessions += 1;
@@ -365,11 +378,21 @@ impl<'a> Holders<'a> {
         if r.state.load(Relaxed) != STATE_LIVE || r.nonce.load(Relaxed) != s.nonce {
             return Ok(()); // reclaimed already (taken for dead), not ours now
         }
-        let ledger = r.ledger.load(Relaxed);
-        r.ledger.store(0, Relaxed);
-        let released = release_ledger(values, ledger);
+        // Marked like a reclaim, so a kill part way through is known.
+        r.reclaiming.store(1, Relaxed);
+        let ledger = r.ledger.swap(0, Relaxed);
+        let (_, _, clean) = release_ledger(values, ledger);
+        if !clean || r.unrecorded.load(Relaxed) != 0 {
+            self.header.needs_repair.store(1, Relaxed);
+        }
         free_record(r);
-        released.map(|_| ())
+        if clean {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                "this process's ledger could not be given back entirely (damaged region bytes); run `shmtools gc` once no other process is attached",
+            ))
+        }
     }
 
     /// Pids of the live processes attached, other than this one (its other
@@ -411,6 +434,7 @@ fn free_record(r: &HolderRecord) {
     r.held.store(0, Relaxed);
     r.reclaiming.store(0, Relaxed);
     r.nonce.store(0, Relaxed);
+    r.unrecorded.store(0, Relaxed);
 }
 
 fn fresh_nonce() -> u64 {
@@ -430,17 +454,18 @@ fn new_ledger(pool: Pool<'_>, entries: u64) -> Result<u64> {
     Ok(off)
 }
 
-/// Release every entry of the ledger at `ledger` (clearing each first), then
-/// free the ledger block. Returns (references, raw blocks) released.
-fn release_ledger(values: Values<'_>, ledger: u64) -> Result<(u64, u64)> {
+/// Release every entry of the ledger at `ledger` (already unlinked from its
+/// record; each entry is cleared before what it names is released), then
+/// free the ledger block. Returns (references, raw blocks, clean): an entry
+/// that fails (a damaged region) is skipped, the others still go back, and
+/// `clean` is false so the caller flags a repair.
+fn release_ledger(values: Values<'_>, ledger: u64) -> (u64, u64, bool) {
     if ledger == 0 {
-        return Ok((0, 0));
+        return (0, 0, true);
     }
     let pool = values.pool();
-    let (mut refs, mut raws) = (0, 0);
-    let mut first_err = None;
-    // Each entry is cleared before what it names is released.
-    for_each_entry(
+    let (mut refs, mut raws, mut clean) = (0, 0, true);
+    let walked = for_each_entry(
         pool,
         ledger,
         |e| e.swap(0, Relaxed),
@@ -449,13 +474,13 @@ fn release_ledger(values: Values<'_>, ledger: u64) -> Result<(u64, u64)> {
                 Entry::Raw(off) => pool.free(off).map(|()| raws += 1),
                 Entry::Value(slot) => values.release(slot).map(|()| refs += 1),
             };
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
+            clean &= r.is_ok();
         },
-    )?;
-    pool.free(ledger)?;
-    first_err.map_or(Ok((refs, raws)), Err)
+    );
+    // A ledger block that cannot be walked is not freed either: a repair
+    // finds it unreachable and frees it then.
+    clean &= walked.is_ok() && pool.free(ledger).is_ok();
+    (refs, raws, clean)
 }
 
 /// Visit every non-empty entry of the ledger at `ledger`, reading each word
@@ -578,7 +603,7 @@ impl Session {
     /// Count an operation in progress until the guard drops.
     pub fn busy<'a>(&self, span: Span<'a>) -> Busy<'a> {
         match self.record(span) {
-            Ok(r) if self.pid == platform::current_pid() => {
+            Ok(r) if self.pid == platform::current_pid() && r.nonce.load(Relaxed) == self.nonce => {
                 r.busy.fetch_add(1, Relaxed);
                 Busy(Some(&r.busy))
             }
@@ -662,6 +687,19 @@ impl Session {
             return Ok(None);
         }
         self.hold_entry(pool, encode_value(slot)).map(Some)
+    }
+
+    /// Note that a reference the caller owns could not be recorded: repairs
+    /// by this process are refused from now on, and the region owes one.
+    pub fn note_unrecorded(&self, span: Span<'_>) {
+        if let Ok(t) = Holders::open(span, self.table) {
+            t.header.needs_repair.store(1, Relaxed);
+        }
+        if let Ok(r) = self.record(span) {
+            if self.pid == platform::current_pid() && r.nonce.load(Relaxed) == self.nonce {
+                r.unrecorded.fetch_add(1, Relaxed);
+            }
+        }
     }
 
     /// Record a raw pool block the caller allocated.

@@ -348,6 +348,37 @@ pub fn is_alive(id: u32, start: u64) -> bool {
     }
 }
 
+/// Is the process `pid` that started at `start` still there? Like
+/// [`is_alive`], except that a zombie leader whose other threads still run
+/// (its main thread called `pthread_exit`) counts as alive: the process
+/// can still use what it holds.
+pub fn is_process_alive(pid: u32, start: u64) -> bool {
+    match stat_fields(pid) {
+        Some((b'Z', now)) if pid != 0 && (start == 0 || now == start) => other_task_runs(pid),
+        _ => is_alive(pid, start),
+    }
+}
+
+/// Does any thread of `pid` other than its leader still run?
+fn other_task_runs(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        tid != pid
+            && std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 1..];
+                    rest.split_ascii_whitespace().next()?.bytes().next()
+                })
+                .is_some_and(|state| state != b'Z' && state != b'X')
+    })
+}
+
 /// Sleep the calling thread (used only where nothing can wake us: waiting for
 /// an object to be created by another process).
 pub fn sleep(d: Duration) {
@@ -357,6 +388,48 @@ pub fn sleep(d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_whose_main_thread_exited_is_alive_while_another_thread_runs() {
+        // python3 stands in for such a process: its main thread calls
+        // pthread_exit while a second thread sleeps on.
+        let script = "import threading,time,ctypes,sys\n\
+                      t=threading.Thread(target=lambda: time.sleep(30))\n\
+                      t.start()\n\
+                      print('up', flush=True)\n\
+                      ctypes.CDLL(None).pthread_exit(None)\n";
+        let child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("skipped: python3 is not installed (needed to make a zombie leader)");
+            return;
+        };
+        let pid = child.id();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // Wait (bounded) for the leader to turn into a zombie.
+        let mut state = 0;
+        for _ in 0..500 {
+            state = stat_fields(pid).map_or(0, |f| f.0);
+            if state == b'Z' {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let start = stat_fields(pid).map_or(0, |f| f.1);
+        let (as_thread, as_process) = (is_alive(pid, start), is_process_alive(pid, start));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(state, b'Z', "the leader never became a zombie");
+        assert!(!as_thread, "the leader thread itself is gone");
+        assert!(as_process, "but its process still runs");
+        assert!(!is_process_alive(pid, start), "after the kill it is gone");
+    }
 
     #[test]
     fn a_wake_of_all_wakes_every_sleeper_not_just_one() {

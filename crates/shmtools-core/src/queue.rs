@@ -327,43 +327,74 @@ impl<'a> Queue<'a> {
     }
 
     /// Enqueue, waiting up to `timeout` for room (None: forever). On
-    /// `Ok(false)` (timed out) the caller still owns the slot.
+    /// `Ok(false)` (timed out) or an error the caller still owns the slot,
+    /// except for `ERR_SHM_CLOSED`: the session was closed while waiting and
+    /// the slot, recorded in its ledger meanwhile, went back with it.
     ///
     /// While it waits, the slot is recorded in the process's ledger (when the
     /// queue's values have a session), so a process killed while blocked on
     /// a full pipe gives its packet back.
     pub fn enqueue(&self, slot: Slot, timeout: Option<Duration>) -> Result<bool> {
-        self.enqueue_recorded(slot, None, timeout)
+        self.enqueue_inner(slot, None, timeout, false)
     }
 
-    /// [`Queue::enqueue`] of a slot the caller already recorded in its
-    /// ledger (`held`): it leaves the ledger as it enters the queue. On
-    /// `Ok(false)` or an error the caller owns the slot again, unrecorded.
+    /// [`Queue::enqueue`] of a reference the caller owns and may have
+    /// recorded in its ledger (`held`), which it consumes: on `Ok(true)` it
+    /// is in the queue; on `Ok(false)` (timed out) or an error it has been
+    /// released (inside the same in-progress mark, so a crash is never an
+    /// unflagged leak).
     pub fn enqueue_recorded(
+        &self,
+        slot: Slot,
+        held: Option<Held>,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        self.enqueue_inner(slot, held, timeout, true)
+    }
+
+    fn enqueue_inner(
         &self,
         slot: Slot,
         mut held: Option<Held>,
         timeout: Option<Duration>,
+        consume: bool,
     ) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        // Release `slot` if it is ours to release, keeping the error.
+        let give_up = |e: Option<Error>| -> Result<bool> {
+            if consume {
+                let _ = self.values.release(slot);
+            }
+            e.map_or(Ok(false), Err)
+        };
         loop {
             let seen = self.seq(WaitFor::NotFull);
             {
                 let _b = self.values.busy();
-                if !self.values.unhold(held.take())? {
-                    return Err(Error::new(
-                        crate::error::ErrorCode::Closed,
-                        "the region was closed while enqueueing",
-                    ));
+                match self.values.unhold(held.take()) {
+                    Ok(true) => {}
+                    // Closed (or reclaimed) while we waited: the reference
+                    // went back with the ledger; nothing is left to release.
+                    Ok(false) => {
+                        return Err(Error::new(
+                            crate::error::ErrorCode::Closed,
+                            "the region was closed while enqueueing",
+                        ))
+                    }
+                    Err(e) => return give_up(Some(e)),
                 }
-                if self.try_enqueue(slot)? {
-                    return Ok(true);
+                match self.try_enqueue(slot) {
+                    Ok(true) => return Ok(true),
+                    Ok(false) => {}
+                    Err(e) => return give_up(Some(e)),
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
+                    let out = give_up(None);
+                    drop(_b);
                     self.values.reclaim_if_due();
-                    return Ok(false);
+                    return out;
                 }
-                held = self.values.hold(slot).ok().flatten();
+                held = self.values.hold(slot);
             }
             // (once the deadline has passed, this returns at once and the
             // next round answers false)
@@ -415,16 +446,9 @@ impl<'a> Queue<'a> {
         let held = {
             let _b = self.values.busy();
             self.values.retain(v.slot())?;
-            self.values.hold(v.slot()).ok().flatten()
+            self.values.hold(v.slot())
         };
-        match self.enqueue_recorded(v.slot(), held, timeout) {
-            Ok(true) => Ok(true),
-            other => {
-                let _b = self.values.busy();
-                let _ = self.values.release(v.slot());
-                other
-            }
-        }
+        self.enqueue_recorded(v.slot(), held, timeout)
     }
 
     /// Store `v` and enqueue it; on timeout the stored copy is released again.
@@ -436,16 +460,9 @@ impl<'a> Queue<'a> {
         let (slot, held) = {
             let _b = self.values.busy();
             let slot = self.values.store(v)?;
-            (slot, self.values.hold(slot).ok().flatten())
+            (slot, self.values.hold(slot))
         };
-        match self.enqueue_recorded(slot, held, timeout) {
-            Ok(true) => Ok(true),
-            other => {
-                let _b = self.values.busy();
-                let _ = self.values.release(slot);
-                other
-            }
-        }
+        self.enqueue_recorded(slot, held, timeout)
     }
 
     /// Dequeue and deep-copy the packet out (its reference is released).

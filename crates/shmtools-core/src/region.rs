@@ -342,7 +342,7 @@ impl Region {
             Peek::Unwritten => Ok(TryAttach::NotYet("the region is being initialised")),
             Peek::NotReady(info) => {
                 if info.state == boot::STATE_INITIALIZING
-                    && !platform::is_alive(info.creator_pid, info.creator_start_time)
+                    && !platform::is_process_alive(info.creator_pid, info.creator_start_time)
                 {
                     return Err(Error::corrupt(format!(
                         "the creator of region '{name}' (pid {}) died before the region was ready; start a new SHMMain (it replaces this one)",

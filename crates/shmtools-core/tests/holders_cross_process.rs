@@ -253,3 +253,106 @@ fn the_ledger_grows_and_shrinks_back_and_a_clean_close_gives_everything_back() {
     );
     assert!(region.destroy().unwrap());
 }
+
+#[test]
+fn a_damaged_ledger_entry_does_not_stop_a_reclaim_and_a_repair_finishes_it() {
+    let name = unique_name("holders-", "damaged");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    {
+        // A second session holding three values, then made to look like a
+        // process that died (see the pid-reuse test) with one of its ledger
+        // entries overwritten.
+        let other = attach(&name);
+        let ov = other.values().unwrap();
+        for i in 0..3 {
+            std::mem::forget(Shared::new(ov, &big_value(i)).unwrap());
+        }
+        let t = region.holders().unwrap();
+        let rec = t.record(other.session().unwrap().index()).unwrap();
+        let ledger = rec.ledger.load(Relaxed);
+        let first = region.span().u64_at(ledger).unwrap();
+        let e = first.load(Relaxed);
+        assert_ne!(e, 0, "the first value is recorded in entry 0");
+        first.store((e >> 56) << 56 | 16, Relaxed); // same kind, no object there
+        rec.start_time.fetch_add(1, Relaxed);
+
+        let gc = region.gc().unwrap();
+        assert_eq!(gc.reclaim.sessions, 1, "{gc:?}");
+        assert_eq!(gc.reclaim.references, 2, "the two intact entries: {gc:?}");
+        assert_eq!(gc.reclaim.uncertain, 1, "{gc:?}");
+        // Alone, gc repairs at once: the value behind the damaged entry is
+        // unreachable and goes back to the pool.
+        let r = gc
+            .repair
+            .expect("a repair was owed and this process is alone");
+        assert!(r.blocks_freed >= 1, "{r:?}");
+        assert!(!gc.repair_pending);
+    }
+    assert_eq!(baseline(&vals), base);
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_reference_the_ledger_cannot_take_forbids_repair_by_its_process_until_it_closes() {
+    let name = unique_name("holders-", "unrecorded");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 256 << 10);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    {
+        let worker = attach(&name);
+        let wv = worker.values().unwrap();
+        let pool = worker.pool().unwrap();
+        // Fill the ledger's first block exactly, keep one more value aside,
+        // then fill the pool so the ledger cannot double.
+        let start = shmtools_core::holders::LEDGER_START as usize;
+        let held: Vec<_> = (0..start)
+            .map(|i| Shared::new(wv, &Value::Str(format!("recorded value {i:04}"))).unwrap())
+            .collect();
+        let extra = wv.store(&Value::Str("one value too many".into())).unwrap();
+        let mut filler = Vec::new();
+        while let Ok(off) = pool.allocate(start as u64 * 16) {
+            filler.push(off);
+        }
+        let unrecorded = Shared::from_owned(wv, extra);
+        assert_eq!(
+            worker
+                .holder_list()
+                .unwrap()
+                .iter()
+                .find(|h| h.own)
+                .unwrap()
+                .held,
+            start as u64,
+            "the extra value could not be recorded"
+        );
+
+        for who in [&region, &worker] {
+            let e = who.repair().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Busy, "{e}");
+            assert!(e.to_string().contains("could not record"), "{e}");
+        }
+        let gc = region.gc().unwrap();
+        assert!(gc.repair.is_none() && gc.repair_pending, "{gc:?}");
+        // It stays usable meanwhile.
+        assert_eq!(
+            unrecorded.load().unwrap(),
+            Value::Str("one value too many".into())
+        );
+        for off in filler {
+            pool.free(off).unwrap();
+        }
+        drop((held, unrecorded));
+    }
+    // Closed: the repair it owed runs, and finds everything in order.
+    let gc = region.gc().unwrap();
+    let r = gc
+        .repair
+        .expect("the owed repair runs once the session closed");
+    assert_eq!((r.blocks_freed, r.refcounts_fixed), (0, 0), "{r:?}");
+    assert_eq!(baseline(&vals), base);
+    assert!(region.destroy().unwrap());
+}

@@ -118,16 +118,10 @@ impl NativeQueue {
         let (slot, held) = {
             let _b = v.busy();
             let slot = v.store_wire(&wire).map_err(js)?;
-            (slot, v.hold(slot).ok().flatten())
+            (slot, v.hold(slot))
         };
-        match q.enqueue_recorded(slot, held, t) {
-            Ok(true) => Ok(true),
-            other => {
-                let _b = v.busy();
-                let _ = v.release(slot);
-                other.map_err(js)
-            }
-        }
+        // Consumes the stored copy: released again unless it went in.
+        q.enqueue_recorded(slot, held, t).map_err(js)
     }
 
     /// Enqueue as many of the concatenated encoded values as fit right now,

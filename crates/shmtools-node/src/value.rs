@@ -85,11 +85,7 @@ impl NativeValue {
     /// Wrap a reference the caller owns, recording it in the ledger (so it
     /// is given back if this process dies). Call inside `busy()`.
     pub fn adopt(cell: Arc<RegionCell>, slot: Slot) -> NativeValue {
-        let held = cell
-            .region
-            .values()
-            .ok()
-            .and_then(|v| v.hold(slot).ok().flatten());
+        let held = cell.region.values().ok().and_then(|v| v.hold(slot));
         NativeValue {
             cell,
             slot,

@@ -247,10 +247,20 @@ impl<'a> Values<'a> {
 
     /// Record a reference the caller owns in this process's ledger, so it is
     /// given back if the process dies. None for scalars or without a session.
-    pub fn hold(&self, slot: Slot) -> Result<Option<Held>> {
-        match self.session {
-            Some(s) => s.hold(self.pool, slot),
-            None => Ok(None),
+    /// If the ledger cannot take it (no room to grow), the reference stays
+    /// the caller's, unrecorded, and the region is flagged for a repair
+    /// (which this process is then no longer allowed to run).
+    pub fn hold(&self, slot: Slot) -> Option<Held> {
+        let s = self.session?;
+        match s.hold(self.pool, slot) {
+            Ok(h) => h,
+            // A closed session records nothing; the caller's release works
+            // as usual.
+            Err(e) if e.code() == ErrorCode::Closed => None,
+            Err(_) => {
+                s.note_unrecorded(self.span);
+                None
+            }
         }
     }
 
@@ -572,7 +582,7 @@ impl<'a> Shared<'a> {
     /// Adopt a slot that already owns one reference, recording it in the
     /// ledger (if the ledger cannot grow, the reference is kept unrecorded).
     pub fn from_owned(values: Values<'a>, slot: Slot) -> Shared<'a> {
-        let held = values.hold(slot).ok().flatten();
+        let held = values.hold(slot);
         Shared { values, slot, held }
     }
 

@@ -51,6 +51,8 @@ impl<'a> Values<'a> {
         if !matches!(value.tag, T_TAB | T_ARR) {
             return Ok(false);
         }
+        // The walk holds snapshot references for a moment (see load_wire).
+        let _b = self.busy();
         let target = container.bits;
         let mut seen = std::collections::HashSet::new();
         let mut todo = vec![value];
@@ -224,6 +226,10 @@ impl<'a> Values<'a> {
 
     /// Encode the value in `slot` (deep copy) onto `w`.
     pub fn load_wire(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        // Containers are copied from snapshots that hold a reference to each
+        // child until the copy is done: a process killed meanwhile must be
+        // known to have been inside an operation.
+        let _b = self.busy();
         self.emit(slot, w, 0)
     }
 
