@@ -3,6 +3,7 @@
  * regions made here.
  */
 import { execFile } from 'node:child_process'
+import { closeSync, openSync, writeSync } from 'node:fs'
 import { promisify } from 'node:util'
 
 import test from 'ava'
@@ -50,6 +51,26 @@ test('ls lists a region with its size, pipes and creator; --json gives the same 
   t.like(row, { size: 1 << 20, pipes: 1, creatorPid: process.pid, attached: [process.pid], dead: 0, stale: false })
 })
 
+test('ls still lists a region whose pipe directory is damaged, saying what could not be read', async (t) => {
+  const { name, mem } = withPipe(t, 'cli-damaged')
+  const dir = mem.info().pipeDirOffset
+  const fd = openSync(`/dev/shm/${name}`, 'r+')
+  try {
+    writeSync(fd, Buffer.alloc(16, 0xab), 0, 16, dir)
+  } finally {
+    closeSync(fd)
+  }
+  const r = await cli('ls', '--json')
+  t.is(r.code, 0, r.stderr)
+  const row = (JSON.parse(r.stdout) as { name: string; pipes: number; error?: string }[]).find((x) => x.name === name)
+  t.truthy(row, r.stdout)
+  t.regex(row!.error ?? '', /ERR_SHM_CORRUPT/)
+  t.is(row!.pipes, 0)
+  const human = await cli('ls')
+  t.is(human.code, 0, human.stderr)
+  t.regex(human.stdout, new RegExp(`${name}.*DAMAGED`))
+})
+
 test('inspect shows the boot block, a consistent pool, and each pipe with depth, capacity and high-water mark', async (t) => {
   const { name, pipe } = withPipe(t, 'cli-inspect')
   pipe.enqueue({ a: 1 }, 0)
@@ -58,7 +79,7 @@ test('inspect shows the boot block, a consistent pool, and each pipe with depth,
   ;(pipe.dequeue(0) as { release(): void }).release()
   const r = await cli('inspect', name)
   t.is(r.code, 0, r.stderr)
-  t.regex(r.stdout, /layout {5}version 2, state ready, generation 1/)
+  t.regex(r.stdout, /layout {5}version 3, state ready, generation 1/)
   t.regex(r.stdout, /check {6}consistent/)
   t.regex(r.stdout, new RegExp(`HOLDER\\s+PID[^\\n]*\\n\\d+\\s+${process.pid}\\s+yes`))
   t.regex(r.stdout, /jobs\s+2\s+8\s+3\s+3\s+1\s+\d+/)

@@ -36,6 +36,8 @@ export interface RegionSummary {
   dead: number
   /** Nobody alive is attached: a left-over region (shmtools rm removes it). */
   stale: boolean
+  /** Parts of the region that could not be read (damaged bytes); absent when all could. */
+  error?: string
 }
 
 export interface PipeSummary {
@@ -81,13 +83,24 @@ function open(name: string): binding.NativeRegion | null {
 function summary(name: string, r: binding.NativeRegion): RegionSummary {
   const info = r.info()
   const st = statSync(`${SHM_DIR}/${name}`)
-  const holders = r.holders()
+  // A damaged region is still listed: each part that cannot be read says so
+  // in `error` instead of failing the whole listing.
+  const errors: string[] = []
+  const attempt = <T>(f: () => T, fallback: T): T => {
+    try {
+      return f()
+    } catch (e) {
+      errors.push((e as Error).message)
+      return fallback
+    }
+  }
+  const holders = attempt(() => r.holders(), [])
   const attached = [...new Set(holders.filter((h) => h.alive).map((h) => h.pid))]
   return {
     name,
     size: info.size,
-    used: r.poolStats().bytesUsed,
-    pipes: r.listPipes().length,
+    used: attempt(() => r.poolStats().bytesUsed, 0),
+    pipes: attempt(() => r.listPipes().length, 0),
     generation: info.generation,
     creatorPid: info.creatorPid,
     creatorAlive: alive(info.creatorPid),
@@ -97,6 +110,7 @@ function summary(name: string, r: binding.NativeRegion): RegionSummary {
     attached,
     dead: holders.filter((h) => !h.alive).length,
     stale: attached.length === 0,
+    ...(errors.length ? { error: errors.join('; ') } : {}),
   }
 }
 
@@ -176,7 +190,9 @@ function printList(rows: RegionSummary[]): string {
       mib(r.used),
       r.pipes,
       r.attached.length ? r.attached.join(',') : '-',
-      (r.stale ? 'stale' : 'live') + (r.dead ? ` (${r.dead} dead to reclaim: shmtools gc)` : ''),
+      r.error
+        ? `DAMAGED (shmtools inspect ${r.name}): ${r.error}`
+        : (r.stale ? 'stale' : 'live') + (r.dead ? ` (${r.dead} dead to reclaim: shmtools gc)` : ''),
       r.generation,
       `${r.creatorPid}${r.creatorAlive ? '' : ' (exited)'}`,
       r.mode,
