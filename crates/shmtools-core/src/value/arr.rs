@@ -202,7 +202,12 @@ impl<'a> Values<'a> {
         Ok(())
     }
 
-    pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+    pub(super) fn arr_drop_children(
+        &self,
+        off: u64,
+        todo: &mut Vec<Slot>,
+        frees: &mut Vec<u64>,
+    ) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
         let len = b.len.load(Relaxed);
         let cap = b.cap.load(Relaxed);
@@ -217,6 +222,7 @@ impl<'a> Values<'a> {
                 todo.push(v);
             }
         }
-        self.pool.free(elems)
+        frees.push(elems);
+        Ok(())
     }
 }
