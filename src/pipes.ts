@@ -221,7 +221,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   enqueueMany(values: readonly T[], options?: EnqueueManyOptions): number {
     if (!Array.isArray(values)) throw new ShmArgumentError('enqueueMany takes an array of values')
-    const t = checkTimeout(options?.timeoutMs ?? 0)
+    const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
     const q = this.#native()
     if (values.length === 0) return 0
     const wire = encodeManyFor(this.#region, values)
@@ -236,8 +236,8 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   dequeueMany(max = 256, options?: DequeueManyOptions): T[] {
     checkCount(max, 'max')
-    const t = checkTimeout(options?.timeoutMs ?? 0)
-    const copy = options?.copy ?? false
+    const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
+    const copy = options?.copy === undefined ? false : options.copy
     if (typeof copy !== 'boolean') throw new ShmArgumentError(`copy must be a boolean, got ${typeof copy}`)
     const q = this.#native()
     const n = Math.min(max, 0xffffffff) // no pipe holds more
