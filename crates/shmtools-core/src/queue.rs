@@ -31,7 +31,7 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 const SPINS: u32 = 4000;
 /// Most values [`Queue::enqueue_wire_many`] builds under one hold of the pool
 /// lock (others wait for it meanwhile).
-pub const BATCH: usize = 256;
+pub const BATCH: usize = 64;
 
 /// Shared-memory layout of a queue header (96 bytes).
 #[repr(C)]
