@@ -297,7 +297,7 @@ async function scenario1(): Promise<void> {
     report.out()
     report.out(
       `${n} messages \`{seq, payload: 32 chars}\` per run, median of ${C.reps}; the consumer (the parent) reads \`seq\` of every message ` +
-        `(shmtools: through the handle, which it then releases) and checks the sum. shmtools pipe capacity 1024.`,
+        `(shmtools: through the handle, which it then releases; the copy form: from the plain copy) and checks the sum. shmtools pipe capacity 1024.`,
     )
     report.out()
     report.out(
