@@ -235,7 +235,12 @@ impl<'a> Values<'a> {
         Ok((blocks, slots))
     }
 
-    pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+    pub(super) fn arr_drop_children(
+        &self,
+        off: u64,
+        todo: &mut Vec<Slot>,
+        frees: &mut Vec<u64>,
+    ) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
         let len = b.len.load(Relaxed);
         let cap = b.cap.load(Relaxed);
@@ -254,6 +259,7 @@ impl<'a> Values<'a> {
                 todo.push(v);
             }
         }
-        self.pool.free(elems)
+        frees.push(elems);
+        Ok(())
     }
 }
