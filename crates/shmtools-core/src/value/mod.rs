@@ -292,7 +292,10 @@ impl<'a> Values<'a> {
 
     /// Run `f` with the pool lock held once for every allocation and free it
     /// makes (see [`Pool::with_held`] for what `f` may and may not do). The
-    /// copy `f` gets keeps the session.
+    /// copy `f` gets keeps the session, for `busy()`; it must not hold or
+    /// unhold (the ledger takes its process-local lock before the pool lock,
+    /// so doing it under the pool lock could deadlock with another thread).
+    /// The caller marks itself busy around the whole call.
     pub(crate) fn with_pool_held<R>(&self, f: impl FnOnce(Values<'a>) -> Result<R>) -> Result<R> {
         self.pool.with_held(|pool| {
             f(Values {
@@ -434,6 +437,9 @@ impl<'a> Values<'a> {
     /// the pool lock. Every slot is released even if one fails; the first
     /// error is returned.
     pub fn release_many(&self, slots: &[Slot]) -> Result<()> {
+        // One mark for the batch (releases are usually inside the caller's
+        // already; nested marks just count).
+        let _b = self.busy();
         let todo = slots
             .iter()
             .rev()

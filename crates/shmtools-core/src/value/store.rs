@@ -231,10 +231,14 @@ impl<'a> Values<'a> {
     /// its lock and without retaining each entry. Values shared with others
     /// are read as load_wire reads them.
     pub fn load_wire_owned(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        // Shared containers are still read from snapshots (see load_wire).
+        let _b = self.busy();
         self.emit_owned(slot, w, 0)
     }
 
-    pub(super) fn emit_owned(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+    /// [`Values::load_wire_owned`] without its in-progress mark, for callers
+    /// that already hold one around a whole batch.
+    pub(crate) fn emit_owned(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid(format!(
                 "values nest deeper than {MAX_DEPTH} levels (or contain themselves)"
