@@ -179,21 +179,27 @@ impl NativeQueue {
     pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
-        let mut slots = Vec::new();
-        q.dequeue_many(max as usize, t, &mut slots).map_err(js)?;
-        // Every slot gets its owner, even if one of them cannot be converted.
-        let mut out = Vec::with_capacity(slots.len());
-        let mut first = None;
-        for s in slots {
-            match from_slot(&self.cell, s) {
-                Ok(o) => out.push(o),
-                Err(e) => {
-                    let _ = q.values().release(s);
-                    first.get_or_insert(e);
+        // Each packet gets its owner inside the in-progress mark of the
+        // dequeue: a handle (recorded in the ledger as it is made) or a plain
+        // value (copied out and released). from_slot consumes its reference
+        // even when it fails, so a failed one is not released again here.
+        let (out, first) = q
+            .dequeue_many_then(max as usize, t, |slots| {
+                let mut out = Vec::with_capacity(slots.len());
+                let mut first = None;
+                for s in slots {
+                    match from_slot(&self.cell, s) {
+                        Ok(o) => out.push(o),
+                        Err(e) => {
+                            first.get_or_insert(e);
+                        }
+                    }
                 }
-            }
-        }
+                (out, first)
+            })
+            .map_err(js)?;
         match first {
+            // (the handles made are dropped, giving their references back)
             Some(e) => Err(e),
             None => Ok(out),
         }
