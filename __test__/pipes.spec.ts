@@ -3,7 +3,8 @@
  * and consumers, timeouts (also while the futex words keep moving),
  * backpressure, async waits that leave the event loop free and end on an
  * AbortSignal, ServerSide / ClientSide start-up, joining and refusing, bad
- * input, and `for await` over a pipe.
+ * input, `for await` over a pipe, and a process killed holding handles from
+ * dequeueMany having them given back by gc().
  *
  * Child processes run __test__/fixtures/pipe-child.ts; the messages they
  * exchange are built and checked by __test__/fixtures/pipe-messages.ts.
@@ -1008,4 +1009,33 @@ test.serial('the batch forms wait up to timeoutMs (never returning early) and re
   t.throws(() => q.dequeueMany(1, { copy: true }), closed)
   t.throws(() => q.enqueueMany(['x'], { timeoutMs: 10 }), closed)
   t.deepEqual(pool.stats(), baseline)
+})
+
+test.serial('a process SIGKILLed holding handles from dequeueMany has every one given back by gc(); the copy form left it holding nothing', async (t) => {
+  const { name, region, pool } = fresh(t, 'many-killed')
+  const q = new ServerSide(region, 'p', 64).start().pipe()
+  const baseline = pool.stats()
+  const values = Array.from({ length: 40 }, (_, i) => ({ i, text: `packet ${i} of a batch, `.repeat(3), list: [i, `item ${i} of a list`] }))
+  t.is(q.enqueueMany(values), 40)
+  const child = startPipeChild(['hoard-many', name, 'p', '4', '28'])
+  killOnTeardown(t, child)
+  const got = JSON.parse(await child.waitForLine(/"took":/)) as { copied: unknown[]; took: number; held: number }
+  t.deepEqual(got.copied, values.slice(0, 4), 'the copy form gave plain values')
+  t.is(got.took, 28)
+  t.is(got.held, 28, 'one ledger entry per handle, none for the copies')
+  t.like(
+    region.holders().find((h) => h.pid === child.proc.pid),
+    { alive: true, held: 28 },
+  )
+  t.true(pool.stats().bytesUsed > baseline.bytesUsed)
+
+  child.kill('SIGKILL')
+  await child.done
+  t.like(region.gc(), { sessions: 1, references: 28, rawBlocks: 0, uncertain: 0 })
+  t.is(region.holders().find((h) => h.pid === child.proc.pid), undefined)
+  // What is still queued comes out whole; then every block is back.
+  t.deepEqual(q.dequeueMany(64, { copy: true }), values.slice(32))
+  const used = (s: { bytesUsed: number; blocksUsed: number }) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
+  t.deepEqual(used(pool.stats()), used(baseline))
+  t.is(pool.check().blocksUsed, baseline.blocksUsed)
 })
