@@ -81,6 +81,8 @@ function killOnTeardown(t: ExecutionContext, ...children: LiveChild[]): void {
 
 const ms = (t0: number) => performance.now() - t0
 const fmt = (d: number) => `${d.toFixed(1)} ms`
+/** What a pool uses (where its free space lies may change, e.g. after a ledger grew and shrank back). */
+const used = (s: { bytesUsed: number; blocksUsed: number }) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
 
 const invalidArg = { code: ErrorCodes.INVALID_ARG, instanceOf: TypeError } as const
 const closed = { code: ErrorCodes.CLOSED } as const
@@ -967,7 +969,10 @@ test.serial('enqueueMany puts in the prefix that fits, in batches of any length;
   t.deepEqual(handles.map((h: { toJS(): unknown }) => h.toJS()), values.slice(300, 800))
   for (const h of handles) h.release()
   t.deepEqual(q.dequeueMany(1000, { copy: true }), values.slice(800, 1000))
-  t.deepEqual(pool.stats(), baseline)
+  // Every byte is back. (The 500 handles grew this process's ledger, which
+  // shrank back into a new block when they went: compare what is used, not
+  // the largest free block.)
+  t.deepEqual(used(pool.stats()), used(baseline))
 })
 
 test.serial('the batch forms wait up to timeoutMs (never returning early) and refuse bad options with ERR_SHM_INVALID_ARG, changing nothing', (t) => {
@@ -1035,7 +1040,6 @@ test.serial('a process SIGKILLed holding handles from dequeueMany has every one 
   t.is(region.holders().find((h) => h.pid === child.proc.pid), undefined)
   // What is still queued comes out whole; then every block is back.
   t.deepEqual(q.dequeueMany(64, { copy: true }), values.slice(32))
-  const used = (s: { bytesUsed: number; blocksUsed: number }) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
   t.deepEqual(used(pool.stats()), used(baseline))
   t.is(pool.check().blocksUsed, baseline.blocksUsed)
 })
