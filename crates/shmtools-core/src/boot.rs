@@ -15,7 +15,7 @@ use crate::mem::Span;
 use crate::pool;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMTOOLS");
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// The boot block occupies the whole first page; the pool header follows.
 pub const BOOT_SIZE: u64 = 4096;
 

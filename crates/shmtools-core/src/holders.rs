@@ -692,13 +692,18 @@ impl Session {
     /// Note that a reference the caller owns could not be recorded: repairs
     /// by this process are refused from now on, and the region owes one.
     pub fn note_unrecorded(&self, span: Span<'_>) {
-        if let Ok(t) = Holders::open(span, self.table) {
-            t.header.needs_repair.store(1, Relaxed);
-        }
+        self.flag_repair(span);
         if let Ok(r) = self.record(span) {
             if self.pid == platform::current_pid() && r.nonce.load(Relaxed) == self.nonce {
                 r.unrecorded.fetch_add(1, Relaxed);
             }
+        }
+    }
+
+    /// Mark the region as owing a repair.
+    pub fn flag_repair(&self, span: Span<'_>) {
+        if let Ok(t) = Holders::open(span, self.table) {
+            t.header.needs_repair.store(1, Relaxed);
         }
     }
 

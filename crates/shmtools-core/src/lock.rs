@@ -157,6 +157,13 @@ impl ShmMutex {
         }
     }
 
+    /// Make the lock look held by a thread that no longer exists, as if its
+    /// owner had been killed inside (for tests of recovery).
+    #[cfg(test)]
+    pub(crate) fn hold_as_dead_for_test(&self) {
+        self.word.store(TID_MASK - 7, Ordering::Relaxed);
+    }
+
     /// True only when the owner `tid` certainly no longer exists.
     fn owner_is_dead(&self, tid: u32) -> bool {
         if tid == 0 {

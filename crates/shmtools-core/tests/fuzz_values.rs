@@ -92,11 +92,10 @@ fn explore(vals: Values<'_>, root: Slot) -> Found {
                 let (used, cap) = (word(span, off + TAB_USED), word(span, off + TAB_CAP));
                 let entries = word(span, off + TAB_ENTRIES);
                 if cap > 0 && entries != off + 80 {
-                    for p in [entries, word(span, off + TAB_INDEX)] {
-                        let b = block_of(&pool, p);
-                        f.blocks.push(b);
-                        f.links.push((b.0, b.0 + 16));
-                    }
+                    // A grown block: 32 bytes of geometry, entries, index.
+                    let b = block_of(&pool, entries - 32);
+                    f.blocks.push(b);
+                    f.links.push((b.0, b.0 + 16 + 32));
                 }
                 for e in 0..used {
                     for at in [entries + e * ENTRY_SIZE + 8, entries + e * ENTRY_SIZE + 24] {
@@ -111,9 +110,10 @@ fn explore(vals: Values<'_>, root: Slot) -> Found {
                 let len = word(span, off + ARR_LEN);
                 let elems = word(span, off + ARR_ELEMS);
                 if elems != 0 {
-                    let b = block_of(&pool, elems);
+                    // The elements block: a 16-byte header (its capacity), slots.
+                    let b = block_of(&pool, elems - 16);
                     f.blocks.push(b);
-                    f.links.push((b.0, b.0 + 16));
+                    f.links.push((b.0, b.0 + 16 + 16));
                 }
                 for i in 0..len {
                     todo.push(Slot::read_at(vals, elems + i * SLOT_SIZE).unwrap());

@@ -1,10 +1,21 @@
 //! Arr: a growable list of value slots in one block.
+//!
+//! The elements block starts with a 16-byte header holding its capacity, so
+//! a grow is published by the one store of `elems` (the new capacity is in
+//! the block). Crash safety, as for tables: a push writes beyond `len` and
+//! publishes by storing `len`; a pop stores `len` first; an element replaced
+//! in place passes through an empty tag. `arr_recover`, run by whoever takes
+//! the lock over from a dead writer, makes the list consistent again.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{fits, ArrBody, Slot, Values, ARR_OBJ_SIZE, OBJ_HEADER, SLOT_SIZE, T_ARR};
+use super::{fits, ArrBody, Slot, Values, ARR_OBJ_SIZE, OBJ_HEADER, SLOT_SIZE, S_EMPTY, T_ARR};
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::Guard;
+
+/// Bytes before the first element in an elements block: the capacity and a
+/// spare word.
+pub const ELEMS_HEADER: u64 = 16;
 
 struct ArrState {
     len: u64,
@@ -13,7 +24,7 @@ struct ArrState {
 }
 
 impl<'a> Values<'a> {
-    fn arr_body(&self, arr: Slot) -> Result<&'a ArrBody> {
+    pub(super) fn arr_body(&self, arr: Slot) -> Result<&'a ArrBody> {
         self.arr_body_checked(arr, true)
     }
 
@@ -37,6 +48,9 @@ impl<'a> Values<'a> {
     fn arr_lock(&self, arr: Slot) -> Result<(&'a ArrBody, Guard<'a>, ArrState)> {
         let b = self.arr_body(arr)?;
         let g = b.lock.lock();
+        if g.recovered {
+            self.arr_recover(b, arr.bits)?;
+        }
         let s = ArrState {
             len: b.len.load(Relaxed),
             cap: b.cap.load(Relaxed),
@@ -49,13 +63,74 @@ impl<'a> Values<'a> {
             )));
         }
         if s.cap > 0 {
-            fits(
-                s.cap,
-                SLOT_SIZE,
-                self.pool.linked_capacity(s.elems, "a list")?,
-            )?;
+            self.check_elems(s.elems, s.cap)?;
         }
         Ok((b, g, s))
+    }
+
+    /// Check that an elements block at `elems` holds `cap` elements and says so.
+    fn check_elems(&self, elems: u64, cap: u64) -> Result<()> {
+        let block = elems
+            .checked_sub(ELEMS_HEADER)
+            .ok_or_else(|| Error::corrupt(format!("list elements at {elems}")))?;
+        let room = self.pool.linked_capacity(block, "a list")?;
+        fits(cap, SLOT_SIZE, room.saturating_sub(ELEMS_HEADER))?;
+        if self.span.u64_at(block)?.load(Relaxed) != cap {
+            return Err(Error::corrupt(format!(
+                "list elements at {elems}: the block's header disagrees with the list's capacity"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new elements block for `cap` elements (header written), unlinked.
+    fn new_elems(&self, cap: u64) -> Result<u64> {
+        let bytes = cap
+            .checked_mul(SLOT_SIZE)
+            .and_then(|n| n.checked_add(ELEMS_HEADER))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::OutOfMemory,
+                    format!("a list of {cap} elements cannot be allocated"),
+                )
+            })?;
+        let block = self.pool.allocate(bytes)?;
+        self.span.u64_at(block)?.store(cap, Relaxed);
+        self.span.u64_at(block + 8)?.store(0, Relaxed);
+        Ok(block + ELEMS_HEADER)
+    }
+
+    /// Make a list whose lock was taken over from a dead writer consistent
+    /// again (see the module's note); idempotent.
+    pub(crate) fn arr_recover(&self, b: &ArrBody, off: u64) -> Result<()> {
+        self.flag_repair();
+        let elems = b.elems.load(Relaxed);
+        if elems == 0 {
+            b.len.store(0, Relaxed);
+            b.cap.store(0, Relaxed);
+            return Ok(());
+        }
+        let block = elems
+            .checked_sub(ELEMS_HEADER)
+            .ok_or_else(|| Error::corrupt(format!("list {off}: elements at {elems}")))?;
+        // The block's own capacity wins: a grow publishes `elems` first.
+        let cap = self.span.u64_at(block)?.load(Relaxed);
+        self.check_elems(elems, cap)?;
+        let len = b.len.load(Relaxed);
+        if len > cap {
+            return Err(Error::corrupt(format!(
+                "list {off}: longer than its capacity after its writer died"
+            )));
+        }
+        for i in 0..len {
+            let so = elems + i * SLOT_SIZE;
+            if Slot::read(self.span, so)?.tag == S_EMPTY {
+                // A replacement cut short: the element is lost, now null.
+                Slot::NONE.write(self.span, so)?;
+            }
+        }
+        b.cap.store(cap, Relaxed);
+        Ok(())
     }
 
     /// Create an empty list with room for `cap` elements; refcount 1.
@@ -66,13 +141,7 @@ impl<'a> Values<'a> {
         let slot = Slot::object(T_ARR, off);
         if cap > 0 {
             let b = self.arr_body(slot)?;
-            let bytes = cap.checked_mul(SLOT_SIZE).ok_or_else(|| {
-                Error::new(
-                    ErrorCode::OutOfMemory,
-                    format!("a list of {cap} elements cannot be allocated"),
-                )
-            });
-            match bytes.and_then(|n| self.pool.allocate(n)) {
+            match self.new_elems(cap) {
                 Ok(e) => {
                     b.elems.store(e, Relaxed);
                     b.cap.store(cap, Relaxed);
@@ -112,7 +181,7 @@ impl<'a> Values<'a> {
             if i < s.len {
                 let so = s.elems + i * SLOT_SIZE;
                 let old = Slot::read(self.span, so)?;
-                value.write(self.span, so)?;
+                value.replace(self.span, so)?;
                 return Ok(old);
             }
             if i > s.len {
@@ -165,8 +234,10 @@ impl<'a> Values<'a> {
         }
         let so = s.elems + (s.len - 1) * SLOT_SIZE;
         let v = Slot::read(self.span, so)?;
-        Slot::EMPTY.write(self.span, so)?;
+        // `len` first: a crash after it leaves the list popped (the element,
+        // now the dead caller's, goes to a repair).
         b.len.store(s.len - 1, Relaxed);
+        Slot::EMPTY.write(self.span, so)?;
         Ok(Some(v))
     }
 
@@ -189,17 +260,19 @@ impl<'a> Values<'a> {
 
     fn arr_grow(&self, b: &ArrBody, s: &mut ArrState) -> Result<()> {
         let cap = (s.cap * 2).max(4);
-        let elems = self.pool.allocate(cap * SLOT_SIZE)?;
+        let elems = self.new_elems(cap)?;
         if s.len > 0 {
             let mut buf = vec![0; (s.len * SLOT_SIZE) as usize];
             self.span.read(s.elems, &mut buf)?;
             self.span.write(elems, &buf)?;
         }
         let old = s.elems;
+        // `elems` first: the new block (which holds its capacity) is the list
+        // from this store on.
         b.elems.store(elems, Relaxed);
         b.cap.store(cap, Relaxed);
         if s.cap > 0 {
-            self.pool.free(old)?;
+            self.pool.free(old - ELEMS_HEADER)?;
         }
         s.elems = elems;
         s.cap = cap;
@@ -210,6 +283,10 @@ impl<'a> Values<'a> {
     /// locking (for `repair`).
     pub(crate) fn arr_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
+        // Any holder of its lock is dead (repair runs alone): recover first.
+        if b.lock.lock().recovered {
+            self.arr_recover(b, off)?;
+        }
         let (len, cap, elems) = (
             b.len.load(Relaxed),
             b.cap.load(Relaxed),
@@ -224,14 +301,14 @@ impl<'a> Values<'a> {
                 "array {off} is longer than its capacity"
             )));
         }
-        fits(cap, SLOT_SIZE, self.pool.capacity_unlocked(elems)?)?;
+        self.check_elems(elems, cap)?;
         for i in 0..len {
             let v = Slot::read(self.span, elems + i * SLOT_SIZE)?;
             if v.is_object() {
                 slots.push(v);
             }
         }
-        blocks.push(elems);
+        blocks.push(elems - ELEMS_HEADER);
         Ok((blocks, slots))
     }
 
@@ -242,24 +319,24 @@ impl<'a> Values<'a> {
         frees: &mut Vec<u64>,
     ) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
+        // No reference is left: a holder of the lock is a writer that died.
+        if b.lock.lock().recovered {
+            self.arr_recover(b, off)?;
+        }
         let len = b.len.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let elems = b.elems.load(Relaxed);
         if cap == 0 {
             return Ok(());
         }
-        fits(
-            len.min(cap),
-            SLOT_SIZE,
-            self.pool.linked_capacity(elems, "a list")?,
-        )?;
+        self.check_elems(elems, cap)?;
         for i in 0..len.min(cap) {
             let v = Slot::read(self.span, elems + i * SLOT_SIZE)?;
             if v.is_object() {
                 todo.push(v);
             }
         }
-        frees.push(elems);
+        frees.push(elems - ELEMS_HEADER);
         Ok(())
     }
 }

@@ -32,6 +32,14 @@ use crate::mem::Span;
 use crate::pool::Pool;
 pub use wire::{Elem, Key, Value};
 
+static CONTAINERS_RECOVERED: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has rebuilt a table or list whose writer
+/// died holding its lock (for tests and diagnostics).
+pub fn containers_recovered() -> u64 {
+    CONTAINERS_RECOVERED.load(Ordering::Relaxed)
+}
+
 /// Slot tags (the same numbers as the wire tags). 0 is an empty slot.
 pub const S_EMPTY: u8 = 0;
 /// A string of at most [`SSTR_MAX`] bytes kept inside its slot, with no
@@ -113,6 +121,16 @@ impl Slot {
     fn write(self, span: Span<'_>, off: u64) -> Result<()> {
         span.u64_at(off)?.store(self.tag as u64, Ordering::Relaxed);
         span.u64_at(off + 8)?.store(self.bits, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Overwrite a slot that readers may see after a crash: the tag passes
+    /// through empty, so a writer killed part way leaves an empty slot (which
+    /// a recovery reads as a lost value), never a new tag with old bits.
+    fn replace(self, span: Span<'_>, off: u64) -> Result<()> {
+        span.u64_at(off)?.store(S_EMPTY as u64, Ordering::Relaxed);
+        span.u64_at(off + 8)?.store(self.bits, Ordering::Relaxed);
+        span.u64_at(off)?.store(self.tag as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -270,6 +288,15 @@ impl<'a> Values<'a> {
         match (self.session, held) {
             (Some(s), Some(h)) => s.unhold(self.pool, h),
             _ => Ok(true),
+        }
+    }
+
+    /// Note that a container was recovered from a dead writer (which may
+    /// have left something unreachable): the region owes a repair.
+    pub(crate) fn flag_repair(&self) {
+        CONTAINERS_RECOVERED.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.session {
+            s.flag_repair(self.span);
         }
     }
 

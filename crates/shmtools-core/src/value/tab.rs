@@ -2,15 +2,28 @@
 //!
 //! Entries live in one block, appended in insertion order (40 bytes each:
 //! hash, key slot, value slot); an open-addressing index of u32 cells (entry
-//! number plus one; 0 is empty) finds them. Deleting empties the entry's key slot and keeps
-//! its index cell, so probes pass over it; when the entries block is full it
-//! is rebuilt without the deleted ones. Keys are strings (string objects owned
-//! by the Tab) or integers.
+//! number plus one; 0 is empty) finds them. Deleting empties the entry's key
+//! slot and keeps its index cell, so probes pass over it; when the entries
+//! block is full it is rebuilt without the deleted ones. Keys are strings
+//! (string objects owned by the Tab) or integers.
+//!
+//! A new table keeps its first entries and index inside its own block; a
+//! grown one has them in a separate block that starts with a header saying
+//! its geometry (see docs/LAYOUT.md).
+//!
+//! Crash safety: every change is ordered so that a writer killed at any
+//! instruction leaves a state that `tab_recover` (run by the next process to
+//! take the table's lock, which is told its owner died) turns back into a
+//! consistent table, at worst leaking what the dead writer was moving (a
+//! repair returns that). An append writes its entry beyond `used` and
+//! publishes it by storing `used`; a value replaced in place passes through
+//! an empty tag, never a torn (tag, bits) pair; a grow builds its new block
+//! completely and publishes it with the one store of `entries`.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{
-    at, fits, key_hash, KeyRef, Slot, Values, ENTRY_SIZE, OBJ_HEADER, S_EMPTY, TAB_OBJ_SIZE, T_INT,
+    at, key_hash, KeyRef, Slot, Values, ENTRY_SIZE, OBJ_HEADER, S_EMPTY, TAB_OBJ_SIZE, T_INT,
     T_SSTR, T_STR, T_TAB,
 };
 use crate::error::{Error, ErrorCode, Result};
@@ -26,6 +39,10 @@ pub(super) struct FreshTab<'a> {
     state: TabState,
 }
 
+/// Bytes before the entries of a grown table's block: cap, index_cap, the
+/// entry count at the grow, and a spare word.
+pub const GROWN_HEADER: u64 = 32;
+
 /// Validated view of a Tab's body, read under its lock.
 struct TabState {
     off: u64,
@@ -38,7 +55,7 @@ struct TabState {
 }
 
 impl<'a> Values<'a> {
-    fn tab_body(&self, tab: Slot) -> Result<&'a TabBody> {
+    pub(super) fn tab_body(&self, tab: Slot) -> Result<&'a TabBody> {
         self.tab_body_checked(tab, true)
     }
 
@@ -62,6 +79,9 @@ impl<'a> Values<'a> {
     fn tab_lock(&self, tab: Slot) -> Result<(Guard<'a>, TabState)> {
         let b = self.tab_body(tab)?;
         let g = b.lock.lock();
+        if g.recovered {
+            self.tab_recover(b, tab.bits)?;
+        }
         let s = self.tab_state(tab, b)?;
         Ok((g, s))
     }
@@ -275,13 +295,111 @@ impl<'a> Values<'a> {
                 ))),
             };
         }
-        let entries_room = self.pool.linked_capacity(entries, "a table's entries")?;
-        fits(cap, ENTRY_SIZE, entries_room)?;
-        fits(
+        let (block, room) = self.grown_block(entries)?;
+        let need = cap
+            .checked_mul(ENTRY_SIZE)
+            .and_then(|e| e.checked_add(index_cap.checked_mul(4)?));
+        if need.is_none_or(|n| n > room) || Some(index) != entries.checked_add(cap * ENTRY_SIZE) {
+            return Err(Error::corrupt(format!(
+                "table {off}: entries and index do not fit their block"
+            )));
+        }
+        let h = self.grown_header(block)?;
+        if h.0 != cap || h.1 != index_cap {
+            return Err(Error::corrupt(format!(
+                "table {off}: its sizes differ from its block's header"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The block holding out-of-line entries that start at `entries`, and
+    /// the room after its header.
+    fn grown_block(&self, entries: u64) -> Result<(u64, u64)> {
+        let block = entries
+            .checked_sub(GROWN_HEADER)
+            .ok_or_else(|| Error::corrupt(format!("table entries at {entries}")))?;
+        let room = self
+            .pool
+            .linked_capacity(block, "a table's entries")?
+            .checked_sub(GROWN_HEADER)
+            .ok_or_else(|| Error::corrupt(format!("table entries block {block} too small")))?;
+        Ok((block, room))
+    }
+
+    /// (cap, index_cap, used at the grow) from a grown block's header.
+    fn grown_header(&self, block: u64) -> Result<(u64, u64, u64)> {
+        let w = |i: u64| self.span.u64_at(block + i * 8).map(|a| a.load(Relaxed));
+        Ok((w(0)?, w(1)?, w(2)?))
+    }
+
+    /// Bring back to a consistent state a table whose lock was taken over
+    /// from a dead writer (see the module's note). Idempotent: if this
+    /// process dies here too, the next one starts over. What the dead writer
+    /// was moving in or out is left unreachable, for a repair.
+    pub(crate) fn tab_recover(&self, b: &TabBody, off: u64) -> Result<()> {
+        self.flag_repair();
+        let entries = b.entries.load(Relaxed);
+        if entries == 0 {
+            // Never had entries (a grow publishes `entries` before the rest).
+            for f in [&b.count, &b.used, &b.cap, &b.index, &b.index_cap] {
+                f.store(0, Relaxed);
+            }
+            return Ok(());
+        }
+        let (cap, index_cap, used) = if Self::inline_entries(off, entries) {
+            // Never grown: the geometry is still the one set at creation.
+            let (c, i, u) = (&b.cap, &b.index_cap, &b.used);
+            (c.load(Relaxed), i.load(Relaxed), u.load(Relaxed))
+        } else {
+            let (block, _) = self.grown_block(entries)?;
+            let (cap, index_cap, grow_used) = self.grown_header(block)?;
+            let index = entries.checked_add(cap.saturating_mul(ENTRY_SIZE));
+            if Some(b.index.load(Relaxed)) == index {
+                (cap, index_cap, b.used.load(Relaxed)) // the grow was published
+            } else {
+                (cap, index_cap, grow_used) // killed while publishing a grow
+            }
+        };
+        if used > cap || cap > 0 && !index_cap.is_power_of_two() {
+            return Err(Error::corrupt(format!(
+                "table {off}: sizes beyond repair after its writer died"
+            )));
+        }
+        let index = entries + cap * ENTRY_SIZE;
+        self.check_blocks(off, cap, entries, index, index_cap)?;
+        let mut s = TabState {
+            off,
+            count: 0,
+            used,
+            cap,
+            entries,
+            index,
             index_cap,
-            4,
-            self.pool.linked_capacity(index, "a table's index")?,
-        )
+        };
+        self.span.fill(index, index_cap * 4, 0)?;
+        for e in 0..used {
+            let eo = entries + e * ENTRY_SIZE;
+            let k = Slot::read(self.span, eo + 8)?;
+            if k.tag == S_EMPTY {
+                // Deleted (perhaps half way): its value goes with it.
+                Slot::EMPTY.write(self.span, eo + 24)?;
+                continue;
+            }
+            if Slot::read(self.span, eo + 24)?.tag == S_EMPTY {
+                // A replacement cut short: the key stays, with no value.
+                Slot::NONE.write(self.span, eo + 24)?;
+            }
+            self.index_insert(&s, at(self.span, eo)?.load(Relaxed), e)?;
+            s.count += 1;
+        }
+        s.used = used;
+        b.index_cap.store(index_cap, Relaxed);
+        b.cap.store(cap, Relaxed);
+        b.used.store(used, Relaxed);
+        b.count.store(s.count, Relaxed);
+        b.index.store(index, Relaxed);
+        Ok(())
     }
 
     fn key_matches(&self, slot: Slot, key: KeyRef<'_>) -> Result<bool> {
@@ -349,30 +467,26 @@ impl<'a> Values<'a> {
         Err(Error::corrupt(format!("table {}: index is full", s.off)))
     }
 
-    /// Make room for one more entry: rebuild into bigger blocks, dropping
+    /// Make room for one more entry: rebuild into a bigger block, dropping
     /// deleted entries. Called with the lock held.
     fn tab_grow(&self, b: &TabBody, s: &mut TabState) -> Result<()> {
         let new_cap = (s.count * 2).max(4);
         let index_cap = (new_cap * 2).next_power_of_two().max(8);
-        let entries = self.pool.allocate(new_cap * ENTRY_SIZE)?;
-        let index = match self.pool.allocate(index_cap * 4) {
-            Ok(i) => i,
-            Err(e) => {
-                self.pool.free(entries)?;
-                return Err(e);
-            }
-        };
+        let block = self
+            .pool
+            .allocate(GROWN_HEADER + new_cap * ENTRY_SIZE + index_cap * 4)?;
+        let entries = block + GROWN_HEADER;
         let mut n = TabState {
             off: s.off,
             count: 0,
             used: 0,
             cap: new_cap,
             entries,
-            index,
+            index: entries + new_cap * ENTRY_SIZE,
             index_cap,
         };
         let copied = (|| {
-            self.span.fill(index, index_cap * 4, 0)?;
+            self.span.fill(n.index, index_cap * 4, 0)?;
             for e in 0..s.used {
                 let eo = s.entries + e * ENTRY_SIZE;
                 let k = Slot::read(self.span, eo + 8)?;
@@ -397,23 +511,27 @@ impl<'a> Values<'a> {
                 n.used += 1;
                 n.count += 1;
             }
+            for (i, w) in [new_cap, index_cap, n.used, 0].into_iter().enumerate() {
+                self.span.u64_at(block + i as u64 * 8)?.store(w, Relaxed);
+            }
             Ok(())
         })();
         if let Err(e) = copied {
-            let _ = self.pool.free(entries);
-            let _ = self.pool.free(index);
+            let _ = self.pool.free(block);
             return Err(e);
         }
-        let (old_entries, old_index) = (s.entries, s.index);
+        let old_entries = s.entries;
+        // `entries` first: from this store on, the new block is the table
+        // (a recovery reads the rest from its header); `index` last says the
+        // publication is complete.
         b.entries.store(n.entries, Relaxed);
-        b.index.store(n.index, Relaxed);
         b.index_cap.store(n.index_cap, Relaxed);
         b.cap.store(n.cap, Relaxed);
         b.used.store(n.used, Relaxed);
         b.count.store(n.count, Relaxed);
+        b.index.store(n.index, Relaxed);
         if old_entries != 0 && !Self::inline_entries(s.off, old_entries) {
-            self.pool.free(old_entries)?;
-            self.pool.free(old_index)?;
+            self.pool.free(old_entries - GROWN_HEADER)?;
         }
         *s = n;
         Ok(())
@@ -452,7 +570,7 @@ impl<'a> Values<'a> {
         if let Some(e) = self.tab_find(&s, key, hash)? {
             let vo = s.entries + e * ENTRY_SIZE + 24;
             let old = Slot::read(self.span, vo)?;
-            value.write(self.span, vo)?;
+            value.replace(self.span, vo)?;
             return Ok(old);
         }
         if s.used == s.cap {
@@ -579,6 +697,10 @@ impl<'a> Values<'a> {
     /// for `repair`, which runs with no other process attached.
     pub(crate) fn tab_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
+        // Any holder of its lock is dead (repair runs alone): recover first.
+        if b.lock.lock().recovered {
+            self.tab_recover(b, off)?;
+        }
         let (used, cap, count) = (
             b.used.load(Relaxed),
             b.cap.load(Relaxed),
@@ -609,8 +731,7 @@ impl<'a> Values<'a> {
             }
         }
         if !Self::inline_entries(off, entries) {
-            blocks.push(entries);
-            blocks.push(index);
+            blocks.push(entries - GROWN_HEADER);
         }
         Ok((blocks, slots))
     }
@@ -623,6 +744,11 @@ impl<'a> Values<'a> {
         frees: &mut Vec<u64>,
     ) -> Result<()> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
+        // No reference is left, so a holder of its lock can only be a writer
+        // that died: recover what it left half done before reading.
+        if b.lock.lock().recovered {
+            self.tab_recover(b, off)?;
+        }
         let used = b.used.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let entries = b.entries.load(Relaxed);
@@ -644,7 +770,7 @@ impl<'a> Values<'a> {
         if Self::inline_entries(off, entries) {
             return Ok(()); // freed with the table's own block
         }
-        frees.extend([entries, index]);
+        frees.push(entries - GROWN_HEADER);
         Ok(())
     }
 }
