@@ -233,8 +233,11 @@ impl<'a> Pool<'a> {
     /// the lock per block would bounce its cache line between the processes
     /// allocating and freeing. `f` must not keep the copy, and must not take
     /// a lock that someone holding it could be waiting on the pool under:
-    /// only locks of objects nobody else can reach yet (values being built)
-    /// are safe.
+    /// only locks of objects nobody else can reach (values being built, and
+    /// containers being freed: their count reached 0, so a holder of their
+    /// lock can only be a writer that died, whose lock is taken over) are
+    /// safe. Nor may it hold or unhold in a ledger (see
+    /// `Values::with_pool_held`).
     pub(crate) fn with_held<R>(&self, f: impl FnOnce(Pool<'a>) -> Result<R>) -> Result<R> {
         let _g = self.lock()?;
         f(Pool {

@@ -263,7 +263,7 @@ impl<'a> Values<'a> {
         self.emit(slot, w, 0)
     }
 
-    fn emit(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+    pub(super) fn emit(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid(format!(
                 "values nest deeper than {MAX_DEPTH} levels (or contain themselves)"

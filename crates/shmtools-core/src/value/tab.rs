@@ -187,6 +187,12 @@ impl<'a> Values<'a> {
     /// ordinary locked path.
     pub(super) fn tab_emit_owned(&self, tab: Slot, w: &mut Writer, depth: usize) -> Result<()> {
         let b = self.tab_body(tab)?;
+        if b.lock.holder() != 0 {
+            // Nobody else has a reference, so only a writer that died inside
+            // a change can hold the lock: take the locked path, whose lock
+            // rebuilds the table before it is read.
+            return self.emit(tab, w, depth);
+        }
         let s = self.tab_state(tab, b)?;
         w.u8(T_TAB);
         let count_at = w.buf.len();
