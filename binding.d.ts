@@ -20,10 +20,13 @@ export declare class NativeQueue {
    */
   enqueue(wire: Buffer, timeoutMs?: number | undefined | null): boolean
   /**
-   * Enqueue as many of the concatenated encoded values as fit right now,
-   * without waiting; returns how many went in (the rest were not stored).
+   * Enqueue as many of the `count` concatenated encoded values as fit,
+   * waiting up to `timeout_ms` for room for the first (undefined or 0: no
+   * wait; Infinity: forever); returns how many went in (the rest were not
+   * stored). Built in batches under one hold of the pool lock each, and
+   * enqueued under one hold of the queue lock each.
    */
-  enqueueMany(wire: Buffer, count: number): number
+  enqueueMany(wire: Buffer, count: number, timeoutMs?: number | undefined | null): number
   /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
   dequeue(timeoutMs?: number | undefined | null): Out | null
   /**
@@ -33,8 +36,22 @@ export declare class NativeQueue {
    * waking through a thread costs tens.
    */
   dequeueSpin(spinUs: number): Out | null
-  /** Dequeue up to `max` packets that are there now, without waiting. */
-  dequeueMany(max: number): Array<Out>
+  /**
+   * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+   * (undefined or 0: no wait; Infinity: forever), as handles and values.
+   */
+  dequeueMany(max: number, timeoutMs?: number | undefined | null): Array<Out>
+  /**
+   * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+   * (undefined or 0: no wait; Infinity: forever), and return deep copies of
+   * them as concatenated encodings; the packets are released here, their
+   * blocks going back to the pool together. Up to 64 KiB of encodings come
+   * as a string, one character per byte (latin1), after a flag character
+   * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
+   * faster than a Buffer (see decodeBatch in src/wire.ts). Larger batches
+   * come as a Buffer of the encodings alone. Nothing came: an empty string.
+   */
+  dequeueManyCopy(max: number, timeoutMs?: number | undefined | null): string | Buffer
   /**
    * The futex sequence for `kind` (0 not empty, 1 not full); read it before
    * a failed attempt, then wait for it to move.

@@ -3,7 +3,8 @@
  * and consumers, timeouts (also while the futex words keep moving),
  * backpressure, async waits that leave the event loop free and end on an
  * AbortSignal, ServerSide / ClientSide start-up, joining and refusing, bad
- * input, and `for await` over a pipe.
+ * input, `for await` over a pipe, and a process killed holding handles from
+ * dequeueMany having them given back by gc().
  *
  * Child processes run __test__/fixtures/pipe-child.ts; the messages they
  * exchange are built and checked by __test__/fixtures/pipe-messages.ts.
@@ -80,6 +81,8 @@ function killOnTeardown(t: ExecutionContext, ...children: LiveChild[]): void {
 
 const ms = (t0: number) => performance.now() - t0
 const fmt = (d: number) => `${d.toFixed(1)} ms`
+/** What a pool uses (where its free space lies may change, e.g. after a ledger grew and shrank back). */
+const used = (s: { bytesUsed: number; blocksUsed: number }) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
 
 const invalidArg = { code: ErrorCodes.INVALID_ARG, instanceOf: TypeError } as const
 const closed = { code: ErrorCodes.CLOSED } as const
@@ -221,6 +224,14 @@ test.serial('4×4: every message arrives exactly once with every send and receiv
 
 test.serial('4 producers × 1 async consumer: FIFO per producer, eof after each producer\'s last message', async (t) => {
   await deliverExactlyOnce(t, ['many', 'async', 'sync', 'many'], ['async'], 500, 8)
+})
+
+test.serial('batch forms across processes: enqueueMany with a timeout → dequeueMany({ copy: true }) delivers every message once, in order, with its contents, and frees every block', async (t) => {
+  await deliverExactlyOnce(t, ['batch'], ['copy'], 2000, 16)
+})
+
+test.serial('the copy form mixes with the handle forms: producers (batch, sync, many) × consumers (copy, sync, copy) share one pipe, exactly once, nothing leaks', async (t) => {
+  await deliverExactlyOnce(t, ['batch', 'sync', 'many'], ['copy', 'sync', 'copy'], 1500, 16)
 })
 
 // 2 ---------------------------------------------------------------------------
@@ -854,10 +865,10 @@ test.serial('enqueueMany with an unsupported value anywhere in the batch throws 
   const q = new ServerSide(region, 'p', 1000).start().pipe()
   const values: unknown[] = Array.from({ length: 300 }, (_, i) => i)
   values.push(() => 'not storable')
-  // Short batches are all or nothing (see the unsupported-values test); a
-  // long one is encoded and enqueued in chunks of 256, so a bad value in a
-  // later chunk throws after the earlier chunks went in: a retry of the
-  // batch would then send them twice.
+  // The whole batch is encoded before any of it goes in, however long it is
+  // (it is then built and enqueued in chunks): a bad value late in a long
+  // batch must not leave the earlier ones sent, or a retry would send them
+  // twice.
   t.throws(() => q.enqueueMany(values), { code: ErrorCodes.UNSUPPORTED })
   t.is(q.length, 0, 'packets went in although enqueueMany threw')
 })
@@ -890,4 +901,145 @@ test.serial('an abort right after an async wait parks is never lost, even with o
   // Liveness, not speed: a correct cancel takes well under a millisecond
   // here; a lost wake-up costs the whole second of the futex slice.
   t.true(worst < 500, `an aborted wait took ${fmt(worst)} to reject`)
+})
+
+// batch forms -----------------------------------------------------------------
+
+test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() gives, for every kind of value, shared or not, in small and large batches', (t) => {
+  const { region, pool } = fresh(t, 'copy-kinds', 16 * MiB)
+  const q = new ServerSide(region, 'p', 64).start().pipe()
+  const baseline = pool.stats()
+  const shared = Shared(pool, { rows: [{ id: 1, name: 'first row, long enough' }], total: 1 })
+  const sharedArr = Shared(pool, ['a', 'bb', 'a string that is not short'])
+  const plain: unknown[] = [
+    { seq: 1, payload: 'x'.repeat(32) },
+    { 'ключ': 'значение', emoji: '😀 and more text', short: 'é', ['__proto__']: 'data, not a prototype' },
+    { neg: -0, nan: NaN, inf: -Infinity, big: 2n ** 70n, small: -(2n ** 64n), float: 0.1, max: Number.MAX_SAFE_INTEGER },
+    { bytes: Buffer.from([0, 1, 2, 255]), f64: new Float64Array([1.5, -2]), i8: new Int8Array([-1, 2]), u64: new BigUint64Array([2n ** 63n]) },
+    { nested: { deeper: { list: [1, 'two', null, true, [3, { four: 4 }]] } } },
+    [1, 'not a table', { inList: true }],
+    'a bare string', 42, null, true,
+    { ref: shared, list: sharedArr },
+  ]
+  const expected = plain.map((v) => {
+    if (typeof v === 'object' && v !== null && 'ref' in v) return { ref: shared.toJS(), list: sharedArr.toJS() }
+    return v
+  })
+  t.is(q.enqueueMany(plain), plain.length)
+  // The same shared table twice more, by reference: read while others hold it.
+  t.is(q.enqueueMany([shared, shared]), 2)
+  t.is(shared.refCount, 4, 'one handle, one reference inside a packet, two packets')
+  const got = q.dequeueMany(100, { copy: true })
+  t.deepEqual(got, [...expected, shared.toJS(), shared.toJS()])
+  t.true(Object.hasOwn(got[1] as object, '__proto__'))
+  t.is(Object.getPrototypeOf(got[1]), Object.prototype)
+  t.true(Object.is((got[2] as { neg: number }).neg, -0))
+  t.is(shared.refCount, 1, 'the packets were released')
+  t.is(q.length, 0)
+
+  // A batch larger than what is handed over as text (64 KiB) comes as bytes.
+  const big = Array.from({ length: 5 }, (_, i) => ({ i, text: `${i}`.repeat(30_000) + 'ü' }))
+  t.is(q.enqueueMany(big), 5)
+  t.deepEqual(q.dequeueMany(5, { copy: true }), big)
+  // Only what is there, and nothing when empty.
+  t.is(q.enqueueMany([1, 2, 3]), 3)
+  t.deepEqual(q.dequeueMany(2, { copy: true }), [1, 2])
+  t.deepEqual(q.dequeueMany(2, { copy: true }), [3])
+  t.deepEqual(q.dequeueMany(2, { copy: true }), [])
+
+  shared.release()
+  sharedArr.release()
+  t.deepEqual(pool.stats(), baseline)
+  pool.check()
+})
+
+test.serial('enqueueMany puts in the prefix that fits, in batches of any length; dequeueMany takes at most max, in order', (t) => {
+  const { region, pool } = fresh(t, 'many-prefix', 16 * MiB)
+  const q = new ServerSide(region, 'p', 700).start().pipe()
+  const baseline = pool.stats()
+  const values = Array.from({ length: 1000 }, (_, i) => ({ i, s: `value number ${i}` }))
+  t.is(q.enqueueMany(values), 700, 'only as many as there is room for')
+  t.is(q.length, 700)
+  t.is(q.enqueueMany(values), 0, 'full: nothing, without waiting')
+  const first = q.dequeueMany(300, { copy: true })
+  t.deepEqual(first, values.slice(0, 300))
+  t.is(q.enqueueMany(values.slice(700)), 300)
+  const handles = q.dequeueMany(500)
+  t.is(handles.length, 500)
+  t.deepEqual(handles.map((h: { toJS(): unknown }) => h.toJS()), values.slice(300, 800))
+  for (const h of handles) h.release()
+  t.deepEqual(q.dequeueMany(1000, { copy: true }), values.slice(800, 1000))
+  // Every byte is back. (The 500 handles grew this process's ledger, which
+  // shrank back into a new block when they went: compare what is used, not
+  // the largest free block.)
+  t.deepEqual(used(pool.stats()), used(baseline))
+})
+
+test.serial('the batch forms wait up to timeoutMs (never returning early) and refuse bad options with ERR_SHM_INVALID_ARG, changing nothing', (t) => {
+  const { region, pool } = fresh(t, 'many-timeouts')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  const baseline = pool.stats()
+  let t0 = performance.now()
+  t.deepEqual(q.dequeueMany(4, { copy: true, timeoutMs: 60 }), [])
+  let took = ms(t0)
+  t.true(took >= 59, `dequeueMany copy returned after ${fmt(took)}`)
+  t0 = performance.now()
+  t.deepEqual(q.dequeueMany(4, { timeoutMs: 60 }), [])
+  took = ms(t0)
+  t.true(took >= 59, `dequeueMany returned after ${fmt(took)}`)
+  t.is(q.enqueueMany(['a', 'b']), 2)
+  t0 = performance.now()
+  t.is(q.enqueueMany(['c'], { timeoutMs: 60 }), 0)
+  took = ms(t0)
+  t.true(took >= 59, `enqueueMany returned after ${fmt(took)}`)
+  t.log(`timeouts of 60 ms took ${fmt(took)} (enqueueMany)`)
+  const stats = q.stats()
+  const used = pool.stats()
+
+  for (const bad of [-1, NaN, '5', null]) {
+    t.throws(() => q.dequeueMany(4, { copy: true, timeoutMs: bad as number }), invalidArg, `dequeueMany timeoutMs ${String(bad)}`)
+    t.throws(() => q.enqueueMany(['x'], { timeoutMs: bad as number }), invalidArg, `enqueueMany timeoutMs ${String(bad)}`)
+  }
+  for (const copy of ['yes', 1, null]) {
+    t.throws(() => q.dequeueMany(4, { copy: copy as unknown as boolean }), invalidArg, `copy ${String(copy)}`)
+  }
+  for (const max of [-1, 1.5, '3', NaN]) t.throws(() => q.dequeueMany(max as number, { copy: true }), invalidArg, `max ${String(max)}`)
+  t.throws(() => q.enqueueMany('abc' as unknown as string[]), invalidArg)
+  t.throws(() => q.enqueueMany([1, () => 2]), { code: ErrorCodes.UNSUPPORTED })
+  t.deepEqual(q.stats(), stats)
+  t.deepEqual(pool.stats(), used)
+
+  t.deepEqual(q.dequeueMany(10, { copy: true, timeoutMs: 0 }), ['a', 'b'])
+  q.close()
+  t.throws(() => q.dequeueMany(1, { copy: true }), closed)
+  t.throws(() => q.enqueueMany(['x'], { timeoutMs: 10 }), closed)
+  t.deepEqual(pool.stats(), baseline)
+})
+
+test.serial('a process SIGKILLed holding handles from dequeueMany has every one given back by gc(); the copy form left it holding nothing', async (t) => {
+  const { name, region, pool } = fresh(t, 'many-killed')
+  const q = new ServerSide(region, 'p', 64).start().pipe()
+  const baseline = pool.stats()
+  const values = Array.from({ length: 40 }, (_, i) => ({ i, text: `packet ${i} of a batch, `.repeat(3), list: [i, `item ${i} of a list`] }))
+  t.is(q.enqueueMany(values), 40)
+  const child = startPipeChild(['hoard-many', name, 'p', '4', '28'])
+  killOnTeardown(t, child)
+  const got = JSON.parse(await child.waitForLine(/"took":/)) as { copied: unknown[]; took: number; held: number }
+  t.deepEqual(got.copied, values.slice(0, 4), 'the copy form gave plain values')
+  t.is(got.took, 28)
+  t.is(got.held, 28, 'one ledger entry per handle, none for the copies')
+  t.like(
+    region.holders().find((h) => h.pid === child.proc.pid),
+    { alive: true, held: 28 },
+  )
+  t.true(pool.stats().bytesUsed > baseline.bytesUsed)
+
+  child.kill('SIGKILL')
+  await child.done
+  t.like(region.gc(), { sessions: 1, references: 28, rawBlocks: 0, uncertain: 0 })
+  t.is(region.holders().find((h) => h.pid === child.proc.pid), undefined)
+  // What is still queued comes out whole; then every block is back.
+  t.deepEqual(q.dequeueMany(64, { copy: true }), values.slice(32))
+  t.deepEqual(used(pool.stats()), used(baseline))
+  t.is(pool.check().blocksUsed, baseline.blocksUsed)
 })

@@ -103,7 +103,8 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
       }
       case 'shm-sync':
       case 'shm-async':
-      case 'shm-batch': {
+      case 'shm-batch':
+      case 'shm-copy': {
         const side = client(a.region, a.pipe)
         const out = side.pipe()
         await ctx.ready()
@@ -111,6 +112,18 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
           for (let seq = 0; seq < n; seq++) out.enq({ seq, payload: PAYLOAD })
         } else if (a.transport === 'shm-async') {
           for (let seq = 0; seq < n; seq++) await out.enqueueAsync({ seq, payload: PAYLOAD })
+        } else if (a.transport === 'shm-copy') {
+          // Batches of 256; when the pipe is full, wait (blocking) for room.
+          for (let seq = 0; seq < n; seq += 256) {
+            let batch = []
+            for (let i = seq; i < Math.min(seq + 256, n); i++) batch.push({ seq: i, payload: PAYLOAD })
+            for (;;) {
+              const sent = out.enqueueMany(batch, { timeoutMs: 30_000 })
+              if (sent === batch.length) break
+              if (sent === 0) throw new Error('oneway shm-copy: no room for 30 s')
+              batch = batch.slice(sent)
+            }
+          }
         } else {
           for (let seq = 0; seq < n; seq += 64) {
             const batch = []

@@ -185,7 +185,7 @@ const seqSum = (n: number) => (n * (n - 1)) / 2
 
 // ---- 1. small objects one way ------------------------------------------------------
 
-type OnewayForm = 'ps' | 'sock' | 'worker' | 'shm-sync' | 'shm-async' | 'shm-batch'
+type OnewayForm = 'ps' | 'sock' | 'worker' | 'shm-sync' | 'shm-async' | 'shm-batch' | 'shm-copy'
 
 async function scenario1(): Promise<void> {
   const n = C.oneway
@@ -254,6 +254,12 @@ async function scenario1(): Promise<void> {
             v.release()
           }
         }
+      } else if (form === 'shm-copy') {
+        while (got < n) {
+          const many = pipe.dequeueMany(256, { copy: true, timeoutMs: 30_000 }) as { seq: number }[]
+          if (many.length === 0) throw new Error('oneway shm-copy: nothing for 30 s')
+          for (const v of many) see(v.seq)
+        }
       }
       await watch(finished, [agent])
       const t = performance.now() - t0
@@ -271,6 +277,7 @@ async function scenario1(): Promise<void> {
       ['shm-sync', 'shmtools enq / deq (sync)'],
       ['shm-async', 'shmtools enqueueAsync / dequeueAsync'],
       ['shm-batch', 'shmtools enqueueMany(64) / dequeueMany(256)'],
+      ['shm-copy', 'shmtools enqueueMany(256) / dequeueMany(256, { copy: true })'],
     ]
     const rate = new Map<OnewayForm, number>()
     const spread = new Map<OnewayForm, number[]>()
@@ -290,7 +297,7 @@ async function scenario1(): Promise<void> {
     report.out()
     report.out(
       `${n} messages \`{seq, payload: 32 chars}\` per run, median of ${C.reps}; the consumer (the parent) reads \`seq\` of every message ` +
-        `(shmtools: through the handle, which it then releases) and checks the sum. shmtools pipe capacity 1024.`,
+        `(shmtools: through the handle, which it then releases; the copy form: from the plain copy) and checks the sum. shmtools pipe capacity 1024.`,
     )
     report.out()
     report.out(

@@ -6,10 +6,11 @@
 import type { NativeQueue, PipeStats } from '../binding'
 import * as binding from '../binding'
 import { logger, type Log } from './debug'
-import { AbortError, ErrorCodes, native, ShmError } from './errors'
+import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
-import { encodeFor, wrap } from './values'
+import { encodeFor, encodeManyFor, wrap } from './values'
+import { decodeBatch, decodeMany } from './wire'
 
 export type { PipeStats }
 
@@ -24,6 +25,35 @@ let nextWaitId = 1
 export interface WaitOptions {
   /** Abort the wait; the promise rejects with an AbortError. */
   signal?: AbortSignal
+}
+
+/** Options of enqueueMany. */
+export interface EnqueueManyOptions {
+  /**
+   * Wait up to this long for room for the first value, blocking this thread
+   * (0, the default: no wait; Infinity: forever). Once there is room, the
+   * call puts in as many as fit and returns.
+   */
+  timeoutMs?: number
+}
+
+/** Options of dequeueMany. */
+export interface DequeueManyOptions {
+  /**
+   * Return plain JS copies of the packets (as `toJS()` would give) instead of
+   * handles, and release the packets at once. One native call copies the
+   * whole batch out into one buffer and frees the packets together, so no
+   * handle is made per packet: the fastest way to read many small messages.
+   * The packets are the same shared values either way; only what this reader
+   * gets differs. Default false.
+   */
+  copy?: boolean
+  /**
+   * Wait up to this long for the first packet, blocking this thread (0, the
+   * default: no wait; Infinity: forever). Once one is there, the call takes
+   * up to `max` that are there and returns.
+   */
+  timeoutMs?: number
 }
 
 /** Pipe names and capacities follow the core's rules (one place for them). */
@@ -182,30 +212,40 @@ export class CQ<T = any> implements AsyncIterable<T> {
   }
 
   /**
-   * Enqueue as many of `values` as fit now, without waiting; returns how many
-   * went in (a prefix of `values`).
+   * Enqueue as many of `values` as fit now (or, with `timeoutMs`, wait that
+   * long for room for the first); returns how many went in (a prefix of
+   * `values`; 0 if there was no room in time). Every value is encoded first,
+   * so one that cannot be stored throws before any goes in. Then one native
+   * call builds the values that fit, a batch at a time (one pool-lock hold per
+   * batch), and enqueues each batch under one hold of the pipe's lock.
    */
-  enqueueMany(values: readonly T[]): number {
+  enqueueMany(values: readonly T[], options?: EnqueueManyOptions): number {
+    if (!Array.isArray(values)) throw new ShmArgumentError('enqueueMany takes an array of values')
+    const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
     const q = this.#native()
-    // Encode everything first: a value that cannot be stored fails the whole
-    // call before any packet goes in.
-    const parts = values.map((v) => Buffer.from(encodeFor(this.#region, v)))
-    let done = 0
-    // Then send in chunks, so one call carries many values.
-    while (done < parts.length) {
-      const chunk = parts.slice(done, done + 256)
-      const n = native(() => q.enqueueMany(Buffer.concat(chunk), chunk.length))
-      done += n
-      if (n < chunk.length) break
-    }
-    return done
+    if (values.length === 0) return 0
+    const wire = encodeManyFor(this.#region, values)
+    return native(() => q.enqueueMany(wire, values.length, t))
   }
 
-  /** Dequeue up to `max` packets that are there now, without waiting. */
-  dequeueMany(max = 256): T[] {
+  /**
+   * Dequeue up to `max` packets that are there now (or, with `timeoutMs`,
+   * wait that long for the first). Handles and values as dequeue() gives
+   * them; with `{ copy: true }`, plain JS copies (see DequeueManyOptions).
+   * Returns an empty array if there was nothing.
+   */
+  dequeueMany(max = 256, options?: DequeueManyOptions): T[] {
     checkCount(max, 'max')
+    const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
+    const copy = options?.copy === undefined ? false : options.copy
+    if (typeof copy !== 'boolean') throw new ShmArgumentError(`copy must be a boolean, got ${typeof copy}`)
     const q = this.#native()
-    return native(() => q.dequeueMany(max)).map((v) => wrap(this.#region, v) as T)
+    const n = Math.min(max, 0xffffffff) // no pipe holds more
+    if (copy) {
+      const got = native(() => q.dequeueManyCopy(n, t))
+      return (typeof got === 'string' ? decodeBatch(got) : decodeMany(got)) as T[]
+    }
+    return native(() => q.dequeueMany(n, t)).map((v) => wrap(this.#region, v) as T)
   }
 
   /** `for await (const packet of pipe)`: dequeues until the pipe is closed. */

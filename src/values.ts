@@ -13,7 +13,7 @@ import { inspect } from 'node:util'
 import type { NativeValue } from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
-import { decode, ELEM_CTORS, encode, type RefSource, type SharedTypedArray } from './wire'
+import { decode, ELEM_CTORS, encode, encodeMany, type RefSource, type SharedTypedArray } from './wire'
 
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
@@ -91,6 +91,11 @@ class Handle implements RefSource {
 /** Encode a JS value for storing into `region` (handles become references). */
 export function encodeFor(region: Region, value: unknown): Buffer {
   return encode(value, region.regionKey(), refOf)
+}
+
+/** Encode several JS values back to back for storing into `region`. */
+export function encodeManyFor(region: Region, values: readonly unknown[]): Buffer {
+  return encodeMany(values, region.regionKey(), refOf)
 }
 
 /** Turn what the binding returns for a value into its JS face. */

@@ -340,6 +340,45 @@ export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer 
 
 const shared = new Encoder()
 
+/**
+ * Encode several values back to back into one Buffer (each exactly as
+ * encode() would), for the pipes' batch calls. Throws before anything is
+ * returned if any of them cannot be stored.
+ */
+export function encodeMany(values: readonly unknown[], regionKey: string, refOf: RefLookup): Buffer {
+  const e = shared.busy ? new Encoder() : shared
+  e.reset(regionKey, refOf)
+  e.busy = true
+  try {
+    for (let i = 0; i < values.length; i++) e.value(values[i], 0)
+  } finally {
+    e.busy = false
+  }
+  // Same lifetime as encode()'s result: until the next encode.
+  return e.buf.subarray(0, e.pos)
+}
+
+/** Decode a run of back-to-back encoded values (see encodeMany) into plain JS values. */
+export function decodeMany(buf: Buffer): unknown[] {
+  const out: unknown[] = []
+  const d = new Decoder(buf)
+  while (d.pos < buf.length) out.push(d.value())
+  return out
+}
+
+/**
+ * Decode a batch the binding handed over as a string: a flag character (0:
+ * every string in it is ASCII; 1: some are not), then back-to-back encoded
+ * values, one byte per character (latin1). See BatchDecoder below.
+ */
+export function decodeBatch(s: string): unknown[] {
+  const out: unknown[] = []
+  if (s.length === 0) return out
+  const d = new BatchDecoder(s, s.charCodeAt(0) === 0)
+  while (d.pos < s.length) out.push(d.value())
+  return out
+}
+
 /** Decode wire bytes into plain JS values (a deep copy). */
 export function decode(buf: Buffer): unknown {
   const d = new Decoder(buf)
@@ -457,6 +496,170 @@ class Decoder {
         const copy = new Uint8Array(bytes)
         copy.set(this.buf.subarray(this.pos, this.pos + bytes))
         this.pos += bytes
+        return new Ctor(copy.buffer)
+      }
+      default:
+        throw new ShmError(ErrorCodes.CORRUPT, `unknown value tag ${tag}`)
+    }
+  }
+}
+
+const keyCache: (string | undefined)[] = new Array(512).fill(undefined)
+const f64 = new Float64Array(1)
+const f32 = new Float32Array(f64.buffer, 0, 1)
+const f64Bytes = new Uint8Array(f64.buffer)
+
+/**
+ * The wire format read from a string holding one byte per character (what
+ * the batch copy returns: one native string for a whole batch, instead of a
+ * Buffer). Reading bytes is charCodeAt, and an ASCII string's text is a
+ * substring of the batch, which V8 makes without copying and without a call
+ * into native code (a string of 13 or more characters then shares the batch's
+ * memory while it lives; batches handed over this way are small, so that is
+ * bounded). Table keys repeat from message to message: a small cache returns
+ * the same string for the same bytes, so each key is made (and internalized
+ * by V8 as a property name) once, not per message. Bytes, typed arrays, big
+ * integers and non-ASCII strings take a Buffer copy of their bytes.
+ */
+class BatchDecoder {
+  pos = 1
+  constructor(
+    readonly s: string,
+    /** Every string in the batch is ASCII (the binding says so). */
+    readonly ascii: boolean,
+  ) {}
+
+  need(n: number): void {
+    if (this.pos + n > this.s.length) throw new ShmError(ErrorCodes.CORRUPT, 'a shared value ends too early')
+  }
+
+  u32(): number {
+    this.need(4)
+    const s = this.s
+    const p = this.pos
+    this.pos = p + 4
+    return (s.charCodeAt(p) | (s.charCodeAt(p + 1) << 8) | (s.charCodeAt(p + 2) << 16) | (s.charCodeAt(p + 3) << 24)) >>> 0
+  }
+
+  bytes(n: number): Buffer {
+    this.need(n)
+    const b = Buffer.from(this.s.substring(this.pos, this.pos + n), 'latin1')
+    this.pos += n
+    return b
+  }
+
+  /** A string of `n` UTF-8 bytes at the current position. */
+  text(n: number): string {
+    this.need(n)
+    const s = this.s
+    const p = this.pos
+    this.pos = p + n
+    if (!this.ascii) {
+      for (let i = p; i < p + n; i++) {
+        if (s.charCodeAt(i) >= 0x80) return Buffer.from(s.substring(p, p + n), 'latin1').toString('utf8')
+      }
+    }
+    return s.substring(p, p + n)
+  }
+
+  key(): string {
+    const s = this.s
+    if (s.charCodeAt(this.pos) !== T_STR) return String(this.value())
+    this.pos++
+    const n = this.u32()
+    this.need(n)
+    const p = this.pos
+    if (n > 24) return this.text(n)
+    let h = n
+    for (let i = p; i < p + n; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) | 0
+    const slot = h & 511
+    const c = keyCache[slot]
+    if (c !== undefined && c.length === n) {
+      let i = 0
+      while (i < n && c.charCodeAt(i) === s.charCodeAt(p + i)) i++
+      if (i === n) {
+        this.pos = p + n
+        return c
+      }
+    }
+    const k = this.text(n)
+    // Only an ASCII key has one character per byte, as the check above assumes.
+    if (k.length === n) keyCache[slot] = k
+    return k
+  }
+
+  scalar8(): void {
+    this.need(8)
+    const s = this.s
+    for (let i = 0; i < 8; i++) f64Bytes[i] = s.charCodeAt(this.pos + i)
+    this.pos += 8
+  }
+
+  value(): unknown {
+    this.need(1)
+    const tag = this.s.charCodeAt(this.pos++)
+    switch (tag) {
+      case T_NONE:
+        return null
+      case T_BOOL:
+        this.need(1)
+        return this.s.charCodeAt(this.pos++) !== 0
+      case T_INT:
+      case T_UINT: {
+        const lo = this.u32()
+        const hi = tag === T_INT ? this.u32() | 0 : this.u32()
+        if (hi >= -0x200000 && hi < 0x200000) return hi * TWO32 + lo
+        return (BigInt(hi) << 32n) | BigInt(lo)
+      }
+      case T_F64:
+        this.scalar8()
+        return f64[0]
+      case T_F32: {
+        this.need(4)
+        for (let i = 0; i < 4; i++) f64Bytes[i] = this.s.charCodeAt(this.pos + i)
+        this.pos += 4
+        return f32[0]
+      }
+      case T_STR:
+        return this.text(this.u32())
+      case T_BYTES:
+        return this.bytes(this.u32())
+      case T_BIGINT: {
+        this.need(1)
+        const neg = this.s.charCodeAt(this.pos++) !== 0
+        const mag = this.bytes(this.u32())
+        let hex = ''
+        for (let i = mag.length - 1; i >= 0; i--) hex += mag[i].toString(16).padStart(2, '0')
+        const v = hex ? BigInt('0x' + hex) : 0n
+        return neg ? -v : v
+      }
+      case T_TAB: {
+        const n = this.u32()
+        const o: Record<string, unknown> = {}
+        for (let i = 0; i < n; i++) {
+          const k = this.key()
+          const v = this.value()
+          // '__proto__' is data here, not the prototype setter.
+          if (k === '__proto__') Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true })
+          else o[k] = v
+        }
+        return o
+      }
+      case T_ARR: {
+        const n = this.u32()
+        const a = new Array(n)
+        for (let i = 0; i < n; i++) a[i] = this.value()
+        return a
+      }
+      case T_TYPED: {
+        this.need(1)
+        const code = this.s.charCodeAt(this.pos++)
+        const Ctor = ELEM_CTORS[code]
+        if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, `unknown typed-array element type ${code}`)
+        const count = this.u32()
+        const raw = this.bytes(count * Ctor.BYTES_PER_ELEMENT)
+        const copy = new Uint8Array(raw.length)
+        copy.set(raw)
         return new Ctor(copy.buffer)
       }
       default:

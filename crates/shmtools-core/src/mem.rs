@@ -42,16 +42,26 @@ impl<'a> Span<'a> {
         off.checked_add(n).is_some_and(|end| end <= self.len)
     }
 
+    #[inline]
     fn check(&self, off: u64, n: u64, align: u64) -> Result<()> {
         if !off.is_multiple_of(align) || !self.contains(off, n) {
-            return Err(Error::corrupt(format!(
-                "offset {off} (+{n} bytes) is outside the {} byte region or misaligned",
-                self.len
-            )));
+            return Err(self.outside(off, n));
         }
         Ok(())
     }
 
+    /// The error of a failed check, kept out of line: checks run on every
+    /// access, and building the message inline slows the path that passes.
+    #[cold]
+    #[inline(never)]
+    fn outside(&self, off: u64, n: u64) -> Error {
+        Error::corrupt(format!(
+            "offset {off} (+{n} bytes) is outside the {} byte region or misaligned",
+            self.len
+        ))
+    }
+
+    #[inline]
     pub fn u64_at(&self, off: u64) -> Result<&'a AtomicU64> {
         self.check(off, 8, 8)?;
         // SAFETY: in bounds and 8-aligned (checked above, base is page-aligned);
@@ -60,6 +70,7 @@ impl<'a> Span<'a> {
         Ok(unsafe { &*(self.base.add(off as usize) as *const AtomicU64) })
     }
 
+    #[inline]
     pub fn u32_at(&self, off: u64) -> Result<&'a AtomicU32> {
         self.check(off, 4, 4)?;
         // SAFETY: as for u64_at, with 4-byte size and alignment.

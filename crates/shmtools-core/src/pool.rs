@@ -115,6 +115,9 @@ pub struct Pool<'a> {
     header: &'a PoolHeader,
     start: u64,
     end: u64,
+    /// This copy is used inside [`Pool::with_held`], whose caller already
+    /// holds the pool lock: its operations do not take it again.
+    held: bool,
 }
 
 /// End of the arena that starts at `start` in a span of `len` bytes: the
@@ -175,6 +178,7 @@ impl<'a> Pool<'a> {
             header,
             start,
             end,
+            held: false,
         };
         pool.write_header(start, (end - start) & SIZE_MASK, false)?;
         pool.set_prev_size(start, 0)?;
@@ -202,6 +206,7 @@ impl<'a> Pool<'a> {
             header,
             start,
             end,
+            held: false,
         })
     }
 
@@ -209,13 +214,55 @@ impl<'a> Pool<'a> {
         self.span
     }
 
-    /// Take the pool lock, rebuilding the pool first if its last holder died.
-    fn lock(&self) -> Result<Guard<'a>> {
+    /// Take the pool lock, rebuilding the pool first if its last holder died
+    /// (nothing to take inside [`Pool::with_held`]: the caller holds it).
+    fn lock(&self) -> Result<Option<Guard<'a>>> {
+        if self.held {
+            return Ok(None);
+        }
         let g = self.header.lock.lock();
         if g.recovered {
             self.rebuild()?;
         }
-        Ok(g)
+        Ok(Some(g))
+    }
+
+    /// Run `f` with the pool lock held once for all of its allocations and
+    /// frees: `f` gets a copy of the pool that does not lock again. For
+    /// batches (a run of messages stored or freed together), where taking
+    /// the lock per block would bounce its cache line between the processes
+    /// allocating and freeing. `f` must not keep the copy, and must not take
+    /// a lock that someone holding it could be waiting on the pool under:
+    /// only locks of objects nobody else can reach (values being built, and
+    /// containers being freed: their count reached 0, so a holder of their
+    /// lock can only be a writer that died, whose lock is taken over) are
+    /// safe. Nor may it hold or unhold in a ledger (see
+    /// `Values::with_pool_held`).
+    pub(crate) fn with_held<R>(&self, f: impl FnOnce(Pool<'a>) -> Result<R>) -> Result<R> {
+        let _g = self.lock()?;
+        f(Pool {
+            held: true,
+            ..*self
+        })
+    }
+
+    /// Free several blocks under one hold of the pool lock. Every block is
+    /// tried; the first error is returned (the blocks it concerns are left
+    /// as they were, as [`Pool::free`] leaves them).
+    pub fn free_many(&self, payloads: &[u64]) -> Result<()> {
+        match payloads {
+            [] => Ok(()),
+            [one] => self.free(*one),
+            _ => self.with_held(|p| {
+                let mut first = None;
+                for &at in payloads {
+                    if let Err(e) = p.free(at) {
+                        first.get_or_insert(e);
+                    }
+                }
+                first.map_or(Ok(()), Err)
+            }),
+        }
     }
 
     /// Allocate `n` bytes (16-byte aligned); returns the region offset of the
@@ -600,16 +647,15 @@ impl<'a> Pool<'a> {
     // ---- validated block access ------------------------------------------
 
     /// Read and validate the header of the block at `off`.
+    #[inline]
     fn block(&self, off: u64) -> Result<Block> {
         if off < self.start || off >= self.end || !off.is_multiple_of(ALIGN) {
-            return Err(Error::corrupt(format!(
-                "block offset {off} is outside the pool"
-            )));
+            return Err(block_outside(off));
         }
         let word = self.span.u64_at(off)?.load(Relaxed);
         let size = word & SIZE_MASK;
         if word & TAG_MASK != TAG || size < MIN_BLOCK || size > self.end - off {
-            return Err(Error::corrupt(format!("block {off} has a bad header")));
+            return Err(bad_header(off));
         }
         Ok(Block {
             off,
@@ -628,20 +674,18 @@ impl<'a> Pool<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn used_block(&self, payload: u64) -> Result<Block> {
-        let b = payload
-            .checked_sub(HEADER)
-            .filter(|&o| o >= self.start && o < self.end && o % ALIGN == 0)
-            .map(|o| self.block(o))
-            .transpose()
-            .ok()
-            .flatten();
-        match b {
-            Some(b) if b.used => Ok(b),
-            _ => Err(Error::invalid(format!(
-                "offset {payload} is not an allocated block of this pool (freed twice?)"
-            ))),
+        if let Some(o) = payload.checked_sub(HEADER) {
+            if o >= self.start && o < self.end && o.is_multiple_of(ALIGN) {
+                if let Ok(b) = self.block(o) {
+                    if b.used {
+                        return Ok(b);
+                    }
+                }
+            }
         }
+        Err(not_allocated(payload))
     }
 
     fn prev_block(&self, off: u64, prev_size: u64) -> Result<Block> {
@@ -685,6 +729,28 @@ impl<'a> Pool<'a> {
             .get(fl)
             .ok_or_else(|| Error::corrupt("size class out of range"))
     }
+}
+
+// Errors of the checks on every block access, built out of line (see
+// Span::outside).
+#[cold]
+#[inline(never)]
+fn block_outside(off: u64) -> Error {
+    Error::corrupt(format!("block offset {off} is outside the pool"))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_header(off: u64) -> Error {
+    Error::corrupt(format!("block {off} has a bad header"))
+}
+
+#[cold]
+#[inline(never)]
+fn not_allocated(payload: u64) -> Error {
+    Error::invalid(format!(
+        "offset {payload} is not an allocated block of this pool (freed twice?)"
+    ))
 }
 
 fn header_at(span: Span<'_>, pool_off: u64) -> Result<&PoolHeader> {

@@ -30,6 +30,9 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 /// Spins on the futex word before sleeping (a message often arrives within a
 /// few microseconds when the other side is running on another core).
 const SPINS: u32 = 4000;
+/// Most values [`Queue::enqueue_wire_many`] builds under one hold of the pool
+/// lock (others wait for it meanwhile).
+pub const BATCH: usize = 64;
 
 /// Shared-memory layout of a queue header (96 bytes).
 #[repr(C)]
@@ -299,6 +302,301 @@ impl<'a> Queue<'a> {
             }
             return Ok(Some(slot));
         }
+    }
+
+    /// Enqueue as many of `slots` as there is room for, without waiting,
+    /// under one hold of the lock; returns how many went in (always a
+    /// prefix). The references of those moved into the queue; the caller
+    /// still owns the rest. An error is returned only if nothing went in
+    /// (after a packet went in, a failure ends the prefix there), so the
+    /// caller always knows which references are still its own. Call inside
+    /// `values.busy()`, as the caller still owns references it must put
+    /// somewhere (queue, ledger or release) before the mark ends.
+    pub fn try_enqueue_many(&self, slots: &[Slot]) -> Result<usize> {
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let g = self.lock();
+        let h = self.header;
+        let (head, mut tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        self.check_state(head, tail)?;
+        let room = slots.len().min((self.capacity - (tail - head)) as usize);
+        let mut n = 0;
+        for &slot in &slots[..room] {
+            // Slot first, then tail, one packet at a time: a process killed
+            // half-way has published a prefix, each packet whole.
+            let at = self.slots + (tail % self.capacity) * SLOT_SIZE;
+            if let Err(e) = slot.write_at(self.values, at) {
+                if n == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            tail += 1;
+            h.tail.store(tail, Relaxed);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let depth = tail - head;
+        if depth > h.high_water.load(Relaxed) {
+            h.high_water.store(depth, Relaxed);
+        }
+        h.total_enqueued.fetch_add(n as u64, Relaxed);
+        h.not_empty
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        drop(g);
+        if h.sleepers_empty.load(Relaxed) > 0 {
+            platform::futex_wake(&h.not_empty, n as u32);
+        }
+        Ok(n)
+    }
+
+    /// Dequeue up to `max` packets without waiting, under one hold of the
+    /// lock, appending them to `out` (their references are the caller's,
+    /// unrecorded); returns how many. An error is returned only if nothing
+    /// was taken. Call inside `values.busy()` and record or release what
+    /// comes out before the mark ends: prefer [`Queue::dequeue_many_then`].
+    pub fn try_dequeue_many(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let g = self.lock();
+        let h = self.header;
+        let (mut head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        self.check_state(head, tail)?;
+        let mut got = 0;
+        let mut taken = 0;
+        while got < max && head != tail {
+            // Per packet as in try_dequeue: take it out, empty the slot, then
+            // move head, so a packet is never delivered twice.
+            let at = self.slots + (head % self.capacity) * SLOT_SIZE;
+            let slot = match Slot::read_at(self.values, at)
+                .and_then(|s| Slot::EMPTY.write_at(self.values, at).map(|()| s))
+            {
+                Ok(s) => s,
+                Err(e) if taken == 0 => return Err(e),
+                Err(_) => break,
+            };
+            head += 1;
+            h.head.store(head, Relaxed);
+            taken += 1;
+            if slot.tag != S_EMPTY {
+                out.push(slot);
+                got += 1;
+            }
+        }
+        if taken == 0 {
+            return Ok(0);
+        }
+        h.total_dequeued.fetch_add(taken, Relaxed);
+        h.not_full
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        drop(g);
+        if h.sleepers_full.load(Relaxed) > 0 {
+            platform::futex_wake(&h.not_full, taken.min(u32::MAX as u64) as u32);
+        }
+        Ok(got)
+    }
+
+    /// Dequeue up to `max` packets, waiting up to `timeout` (None: forever)
+    /// for the first one, and hand them to `take` inside the same
+    /// in-progress mark as the dequeue (as [`Queue::dequeue_then`] does for
+    /// one): `take` must record every reference (a handle) or consume it
+    /// (copy out and release) before it returns. On timeout, or if `max` is
+    /// 0, `take` gets an empty batch.
+    pub fn dequeue_many_then<T>(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        take: impl FnOnce(Vec<Slot>) -> T,
+    ) -> Result<T> {
+        if max == 0 {
+            return Ok(take(Vec::new()));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let seen = self.seq(WaitFor::NotEmpty);
+            {
+                let _b = self.values.busy();
+                let mut slots = Vec::with_capacity(max.min(self.capacity as usize));
+                if self.try_dequeue_many(max, &mut slots)? > 0 {
+                    return Ok(take(slots));
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.values.reclaim_if_due();
+                return Ok(take(Vec::new()));
+            }
+            self.wait(WaitFor::NotEmpty, seen, deadline);
+        }
+    }
+
+    /// Dequeue up to `max` packets, waiting up to `timeout` (None: forever)
+    /// for the first one; appends them to `out` and returns how many (0 only
+    /// on timeout, or if `max` is 0). The slots are the caller's, unrecorded:
+    /// prefer [`Queue::dequeue_many_shared`] or [`Queue::dequeue_many_then`].
+    pub fn dequeue_many(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        out: &mut Vec<Slot>,
+    ) -> Result<usize> {
+        self.dequeue_many_then(max, timeout, |slots| {
+            let n = slots.len();
+            out.extend(slots);
+            n
+        })
+    }
+
+    /// Dequeue up to `max` packets into [`Shared`] handles, each recorded in
+    /// the ledger inside the mark of the dequeue; empty on timeout.
+    pub fn dequeue_many_shared(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Shared<'a>>> {
+        let values = self.values;
+        self.dequeue_many_then(max, timeout, |slots| {
+            slots
+                .into_iter()
+                .map(|s| Shared::from_owned(values, s))
+                .collect()
+        })
+    }
+
+    /// Build `count` values from their concatenated encodings (`bytes`) and
+    /// enqueue as many as fit now, without waiting; returns how many went in
+    /// (a prefix). Only values there is room for are built: a chunk of up to
+    /// [`BATCH`] under one hold of the pool lock, then enqueued under one hold
+    /// of the queue lock. A value that cannot be built (bad bytes, a dead
+    /// reference, a full pool) leaves nothing of its chunk behind: it is an
+    /// error if nothing went in yet, and otherwise ends the call, which
+    /// returns the count sent so far (so a retry with the rest meets the
+    /// error). Values past those that fit are not looked at.
+    ///
+    /// The whole call is one in-progress mark: every value built is in the
+    /// queue or released again before it ends, so none is left in this
+    /// process's hands unrecorded (a process killed inside is reclaimed as
+    /// uncertain, and a repair finds what it was building).
+    pub fn try_enqueue_wire_many(&self, bytes: &[u8], count: usize) -> Result<usize> {
+        let _b = self.values.busy();
+        let mut r = crate::value::wire::Reader::new(bytes);
+        let mut sent = 0;
+        while sent < count {
+            let room = (self.capacity - self.len()) as usize;
+            let n = (count - sent).min(room).min(BATCH);
+            if n == 0 {
+                break;
+            }
+            let last = sent + n == count;
+            let built = self.values.with_pool_held(|v| {
+                let mut slots = Vec::with_capacity(n);
+                for _ in 0..n {
+                    match v.store_one(&mut r) {
+                        Ok(s) => slots.push(s),
+                        Err(e) => {
+                            let _ = v.release_many(&slots);
+                            return Err(e);
+                        }
+                    }
+                }
+                if last && !r.at_end() {
+                    let _ = v.release_many(&slots);
+                    return Err(Error::invalid("trailing bytes after the encoded values"));
+                }
+                Ok(slots)
+            });
+            let slots = match built {
+                Ok(s) => s,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            };
+            // Another producer may have taken some of the room meanwhile.
+            let k = match self.try_enqueue_many(&slots) {
+                Ok(k) => k,
+                Err(e) => {
+                    // Nothing of this chunk went in (see try_enqueue_many).
+                    let _ = self.values.release_many(&slots);
+                    if sent == 0 {
+                        return Err(e);
+                    }
+                    break;
+                }
+            };
+            sent += k;
+            if k < slots.len() {
+                // Built for nothing: free them again. (Packets already went
+                // in, so the count is what the caller must hear.)
+                let _ = self.values.release_many(&slots[k..]);
+                break;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// [`Queue::try_enqueue_wire_many`], waiting up to `timeout` (None:
+    /// forever) for room for the first value; 0 only on timeout (or if
+    /// `count` is 0). Nothing is built while it waits: each try builds only
+    /// what there is room for, so a process killed while waiting holds none
+    /// of the batch.
+    pub fn enqueue_wire_many(
+        &self,
+        bytes: &[u8],
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        if count == 0 {
+            return Ok(0);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let seen = self.seq(WaitFor::NotFull);
+            let n = self.try_enqueue_wire_many(bytes, count)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.values.reclaim_if_due();
+                return Ok(0);
+            }
+            self.wait(WaitFor::NotFull, seen, deadline);
+        }
+    }
+
+    /// Dequeue up to `max` packets (waiting up to `timeout` for the first, as
+    /// [`Queue::dequeue_many`]), append a deep copy of each to `w` as
+    /// concatenated encodings, and release them, freeing their blocks under
+    /// one hold of the pool lock; returns how many. The packets themselves
+    /// are ordinary shared values: only the reader gets copies. If one cannot
+    /// be copied out (a damaged value), every packet taken is still released
+    /// and the error is returned.
+    ///
+    /// Dequeue, copy and release happen inside one in-progress mark, so the
+    /// packets need no ledger entries: a process killed in between is
+    /// reclaimed as uncertain and a repair gives back what it had taken.
+    pub fn dequeue_many_wire(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        w: &mut crate::value::wire::Writer,
+    ) -> Result<usize> {
+        let values = self.values;
+        self.dequeue_many_then(max, timeout, |slots| {
+            let mut copied = Ok(());
+            for &s in &slots {
+                // (the mark of dequeue_many_then covers the copy too)
+                copied = values.emit_owned(s, w, 0);
+                if copied.is_err() {
+                    break;
+                }
+            }
+            let released = values.release_many(&slots);
+            copied?;
+            released?;
+            Ok(slots.len())
+        })?
     }
 
     /// Sleep until the word `w` moves on from `seen`, or `deadline` passes,

@@ -41,6 +41,7 @@ fn child_entry() {
     };
     match role.as_str() {
         "hoard" => child_hoard(&name),
+        "hoard-many" => child_hoard_many(&name),
         "sit" => {
             let _r = attach(&name);
             say("ready", 1);
@@ -75,6 +76,114 @@ fn child_hoard(name: &str) {
     say("blocking", 1);
     let _ = q.enqueue_value(&big_value(-1), Some(GUARD * 2));
     drop((held, got));
+}
+
+fn batch_value(i: i64) -> Value {
+    Value::Tab(vec![
+        (ks("i"), Value::Int(i)),
+        (
+            ks("text"),
+            Value::Str(format!("packet {i} of a batch, ").repeat(3)),
+        ),
+    ])
+}
+
+/// Take 4 packets of pipe "many" with the copy form and 28 as handles (kept),
+/// then block in a batch enqueue on the full pipe "full" until killed.
+fn child_hoard_many(name: &str) {
+    let region = attach(name);
+    let dir = shmtools_core::Directory::open(&region).unwrap();
+    let queue = |p: &str| dir.queue(&dir.find(p).unwrap().expect("the pipe")).unwrap();
+    let (many, full) = (queue("many"), queue("full"));
+    let mut w = shmtools_core::value::wire::Writer::default();
+    say(
+        "copied",
+        many.dequeue_many_wire(4, Some(GUARD), &mut w).unwrap(),
+    );
+    let kept = many.dequeue_many_shared(28, Some(GUARD)).unwrap();
+    say("took", kept.len());
+    say("held", region.session().unwrap().held_count());
+    let bytes: Vec<u8> = (0..10)
+        .flat_map(|i| batch_value(100 + i).encode().unwrap())
+        .collect();
+    say("blocking", 1);
+    let _ = full.enqueue_wire_many(&bytes, 10, Some(GUARD * 2));
+    drop(kept);
+}
+
+#[test]
+fn a_process_killed_holding_batch_dequeued_handles_and_waiting_in_a_batch_enqueue_gives_back_exactly_those(
+) {
+    let name = unique_name("holders-", "many");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 4 << 20);
+    let many =
+        shmtools_core::ServerSide::start(&name, "many", 64, &common::attach_opts(GUARD)).unwrap();
+    let full =
+        shmtools_core::ServerSide::start(&name, "full", 2, &common::attach_opts(GUARD)).unwrap();
+    let (mq, fq) = (many.pipe().unwrap(), full.pipe().unwrap());
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let bytes: Vec<u8> = (0..40)
+        .flat_map(|i| batch_value(i).encode().unwrap())
+        .collect();
+    assert_eq!(mq.enqueue_wire_many(&bytes, 40, Some(GUARD)).unwrap(), 40);
+    for i in 0..2 {
+        assert!(fq.enqueue_value(&batch_value(-1 - i), Some(GUARD)).unwrap());
+    }
+
+    let mut child = spawn("hoard-many", &name, &[]);
+    assert_eq!(child.expect_u64("copied"), 4);
+    assert_eq!(child.expect_u64("took"), 28);
+    assert_eq!(
+        child.expect_u64("held"),
+        28,
+        "one ledger entry per handle, none for the copies"
+    );
+    child.expect("blocking");
+    // (a condition, with a guard) until the child sleeps waiting for room
+    let sleepers = region.span().u32_at(fq.offset() + 68).unwrap();
+    let give_up = std::time::Instant::now() + GUARD;
+    while sleepers.load(Relaxed) == 0 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the child never waited"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = child.pid();
+    let h = region.holder_list().unwrap();
+    let h = h
+        .iter()
+        .find(|h| h.pid == pid)
+        .expect("the child is listed");
+    assert_eq!(h.held, 28, "nothing of the waiting batch is held: {h:?}");
+
+    child.kill_and_reap();
+    let gc = region.gc().unwrap();
+    assert_eq!(gc.reclaim.sessions, 1, "{gc:?}");
+    assert_eq!(gc.reclaim.references, 28, "{gc:?}");
+    assert_eq!(gc.reclaim.uncertain, 0, "killed while asleep: {gc:?}");
+
+    // What is still queued comes out whole; then the pool is as it was.
+    let mut left = Vec::new();
+    for s in mq.dequeue_many_shared(64, Some(Duration::ZERO)).unwrap() {
+        left.push(s.load().unwrap());
+    }
+    assert_eq!(left, (32..40).map(batch_value).collect::<Vec<_>>());
+    for i in 0..2 {
+        assert_eq!(
+            fq.dequeue_value(Some(Duration::ZERO)).unwrap(),
+            Some(batch_value(-1 - i))
+        );
+    }
+    assert_eq!(fq.len(), 0, "the waiting batch never went in");
+    let used = |b: common::Baseline| (b.stats.bytes_used, b.stats.blocks_used);
+    assert_eq!(used(baseline(&vals)), used(base));
+    let r = region.repair().unwrap();
+    assert_eq!((r.blocks_freed, r.refcounts_fixed), (0, 0), "{r:?}");
+    drop((many, full));
+    assert!(region.destroy().unwrap());
 }
 
 #[test]

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, Object};
+use napi::bindgen_prelude::{Buffer, Either, Object};
+use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
 use shmtools_core::queue::{Queue, WaitFor};
-use shmtools_core::value::{wire::Reader, Values};
+use shmtools_core::value::wire::Writer;
 use shmtools_core::{Directory, ErrorCode};
 
 use crate::convert::{err, js, to_u64};
@@ -124,25 +125,17 @@ impl NativeQueue {
         q.enqueue_recorded(slot, held, t).map_err(js)
     }
 
-    /// Enqueue as many of the concatenated encoded values as fit right now,
-    /// without waiting; returns how many went in (the rest were not stored).
+    /// Enqueue as many of the `count` concatenated encoded values as fit,
+    /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
+    /// wait; Infinity: forever); returns how many went in (the rest were not
+    /// stored). Built in batches under one hold of the pool lock each, and
+    /// enqueued under one hold of the queue lock each.
     #[napi(catch_unwind)]
-    pub fn enqueue_many(&self, wire: Buffer, count: u32) -> Result<u32> {
+    pub fn enqueue_many(&self, wire: Buffer, count: u32, timeout_ms: Option<f64>) -> Result<u32> {
+        let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
-        let v: Values<'_> = q.values();
-        let mut r = Reader::new(&wire);
-        for i in 0..count {
-            if q.len() >= q.capacity() {
-                return Ok(i);
-            }
-            let _b = v.busy();
-            let slot = v.store_one(&mut r).map_err(js)?;
-            if !q.try_enqueue(slot).map_err(js)? {
-                let _ = v.release(slot);
-                return Ok(i);
-            }
-        }
-        Ok(count)
+        let sent = q.enqueue_wire_many(&wire, count as usize, t).map_err(js)?;
+        Ok(sent as u32)
     }
 
     /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
@@ -180,20 +173,68 @@ impl NativeQueue {
         }
     }
 
-    /// Dequeue up to `max` packets that are there now, without waiting.
+    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+    /// (undefined or 0: no wait; Infinity: forever), as handles and values.
     #[napi(catch_unwind)]
-    pub fn dequeue_many(&self, max: u32) -> Result<Vec<Out>> {
+    pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
+        let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
-        let mut out = Vec::new();
-        let v = q.values();
-        while out.len() < max as usize {
-            let _b = v.busy();
-            match q.try_dequeue().map_err(js)? {
-                Some(s) => out.push(from_slot(&self.cell, s)?),
-                None => break,
-            }
+        // Each packet gets its owner inside the in-progress mark of the
+        // dequeue: a handle (recorded in the ledger as it is made) or a plain
+        // value (copied out and released). from_slot consumes its reference
+        // even when it fails, so a failed one is not released again here.
+        let (out, first) = q
+            .dequeue_many_then(max as usize, t, |slots| {
+                let mut out = Vec::with_capacity(slots.len());
+                let mut first = None;
+                for s in slots {
+                    match from_slot(&self.cell, s) {
+                        Ok(o) => out.push(o),
+                        Err(e) => {
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                (out, first)
+            })
+            .map_err(js)?;
+        match first {
+            // (the handles made are dropped, giving their references back)
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
+    }
+
+    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+    /// (undefined or 0: no wait; Infinity: forever), and return deep copies of
+    /// them as concatenated encodings; the packets are released here, their
+    /// blocks going back to the pool together. Up to 64 KiB of encodings come
+    /// as a string, one character per byte (latin1), after a flag character
+    /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
+    /// faster than a Buffer (see decodeBatch in src/wire.ts). Larger batches
+    /// come as a Buffer of the encodings alone. Nothing came: an empty string.
+    #[napi(catch_unwind)]
+    pub fn dequeue_many_copy<'env>(
+        &self,
+        env: &'env Env,
+        max: u32,
+        timeout_ms: Option<f64>,
+    ) -> Result<Either<JsString<'env>, Buffer>> {
+        const AS_TEXT_MAX: usize = 64 << 10;
+        let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
+        let q = self.queue()?;
+        let mut w = Writer::default();
+        w.u8(0); // the flag, set below
+        q.dequeue_many_wire(max as usize, t, &mut w).map_err(js)?;
+        if w.buf.len() == 1 {
+            return env.create_string_latin1(b"").map(Either::A);
+        }
+        if w.buf.len() > AS_TEXT_MAX {
+            w.buf.remove(0);
+            return Ok(Either::B(w.buf.into()));
+        }
+        w.buf[0] = w.non_ascii as u8;
+        env.create_string_latin1(&w.buf).map(Either::A)
     }
 
     /// The futex sequence for `kind` (0 not empty, 1 not full); read it before

@@ -36,6 +36,9 @@ pub type Out = Either4<NativeValue, f64, String, Buffer>;
 /// string directly for those (the common cases, without a Buffer); the wire
 /// bytes for the rest (None, booleans, big integers, bytes, 64-bit integers
 /// beyond ±2^53). Anything not a handle has its reference released here.
+/// The slot's reference is consumed even when this fails, so the caller
+/// never releases it again. Call inside `values.busy()`, the mark of the
+/// dequeue that produced the slot.
 pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Out> {
     const SAFE: u64 = 1 << 53;
     match slot.tag {

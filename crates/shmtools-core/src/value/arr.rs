@@ -312,7 +312,12 @@ impl<'a> Values<'a> {
         Ok((blocks, slots))
     }
 
-    pub(super) fn arr_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+    pub(super) fn arr_drop_children(
+        &self,
+        off: u64,
+        todo: &mut Vec<Slot>,
+        frees: &mut Vec<u64>,
+    ) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
         // No reference is left: a holder of the lock is a writer that died.
         if b.lock.lock().recovered {
@@ -331,6 +336,7 @@ impl<'a> Values<'a> {
                 todo.push(v);
             }
         }
-        self.pool.free(elems - ELEMS_HEADER)
+        frees.push(elems - ELEMS_HEADER);
+        Ok(())
     }
 }

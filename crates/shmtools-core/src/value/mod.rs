@@ -317,6 +317,22 @@ impl<'a> Values<'a> {
         self.header(off)
     }
 
+    /// Run `f` with the pool lock held once for every allocation and free it
+    /// makes (see [`Pool::with_held`] for what `f` may and may not do). The
+    /// copy `f` gets keeps the session, for `busy()`; it must not hold or
+    /// unhold (the ledger takes its process-local lock before the pool lock,
+    /// so doing it under the pool lock could deadlock with another thread).
+    /// The caller marks itself busy around the whole call.
+    pub(crate) fn with_pool_held<R>(&self, f: impl FnOnce(Values<'a>) -> Result<R>) -> Result<R> {
+        self.pool.with_held(|pool| {
+            f(Values {
+                span: self.span,
+                pool,
+                session: self.session,
+            })
+        })
+    }
+
     fn header(&self, off: u64) -> Result<&'a ObjHeader> {
         let p = self.span.ptr_at(off, OBJ_HEADER)?;
         if !off.is_multiple_of(16) {
@@ -430,22 +446,57 @@ impl<'a> Values<'a> {
     }
 
     /// Drop one reference; the last one frees the object and releases what it
-    /// held. Iterative, so depth does not matter.
+    /// held. Iterative, so depth does not matter. The blocks of everything
+    /// freed go back to the pool under one hold of its lock.
     pub fn release(&self, slot: Slot) -> Result<()> {
         if !slot.is_object() {
             return Ok(());
         }
-        let mut todo = vec![slot];
-        let mut first_err = None;
+        // Vec::new() does not allocate: dropping one of several references
+        // (the common case) costs no allocation.
+        let (mut todo, mut frees) = (Vec::new(), Vec::new());
+        let first = self.release_one(slot, &mut todo, &mut frees).err();
+        self.finish_release(todo, frees, first)
+    }
+
+    /// Drop one reference of each slot (as [`Values::release`] does for
+    /// one), freeing every block that becomes unused under a single hold of
+    /// the pool lock. Every slot is released even if one fails; the first
+    /// error is returned.
+    pub fn release_many(&self, slots: &[Slot]) -> Result<()> {
+        // One mark for the batch (releases are usually inside the caller's
+        // already; nested marks just count).
+        let _b = self.busy();
+        let todo = slots
+            .iter()
+            .rev()
+            .copied()
+            .filter(Slot::is_object)
+            .collect();
+        self.finish_release(todo, Vec::new(), None)
+    }
+
+    fn finish_release(
+        &self,
+        mut todo: Vec<Slot>,
+        frees: Vec<u64>,
+        mut first_err: Option<Error>,
+    ) -> Result<()> {
+        let mut frees = frees;
         while let Some(s) = todo.pop() {
-            if let Err(e) = self.release_one(s, &mut todo) {
+            if let Err(e) = self.release_one(s, &mut todo, &mut frees) {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Err(e) = self.pool.free_many(&frees) {
+            first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    fn release_one(&self, slot: Slot, todo: &mut Vec<Slot>) -> Result<()> {
+    /// Drop one reference to `slot`; if it was the last, queue its children
+    /// on `todo` and its blocks on `frees`.
+    fn release_one(&self, slot: Slot, todo: &mut Vec<Slot>, frees: &mut Vec<u64>) -> Result<()> {
         let o = self.obj(slot)?;
         let h = self.header(o.off)?;
         let old = h.refcount.fetch_sub(1, Ordering::AcqRel);
@@ -460,13 +511,14 @@ impl<'a> Values<'a> {
             return Ok(());
         }
         match o.kind {
-            T_TAB => self.tab_drop_children(o.off, todo)?,
-            T_ARR => self.arr_drop_children(o.off, todo)?,
+            T_TAB => self.tab_drop_children(o.off, todo, frees)?,
+            T_ARR => self.arr_drop_children(o.off, todo, frees)?,
             _ => {}
         }
         // Make stale slots pointing here fail validation rather than alias.
         h.meta.store(0, Ordering::Relaxed);
-        self.pool.free(o.off)
+        frees.push(o.off);
+        Ok(())
     }
 
     /// Body offset and byte length of a Str, Bytes, BigInt or Typed object.

@@ -143,7 +143,7 @@ impl<'a> Values<'a> {
             }
             T_TAB => {
                 let n = r.count(2)?;
-                let tab = self.tab_new(n as u64)?;
+                let mut tab = self.tab_new_fresh(n as u64)?;
                 let filled = (|| {
                     for _ in 0..n {
                         let kt = r.u8()?;
@@ -164,14 +164,15 @@ impl<'a> Values<'a> {
                             }
                         };
                         let v = self.build(r, depth + 1)?;
-                        self.tab_set(tab, key, v)?;
+                        // The table is ours alone until build returns it.
+                        self.fresh_tab_set(&mut tab, key, v)?;
                     }
                     Ok(())
                 })();
                 match filled {
-                    Ok(()) => Ok(tab),
+                    Ok(()) => Ok(tab.slot),
                     Err(e) => {
-                        let _ = self.release(tab);
+                        let _ = self.release(tab.slot);
                         Err(e)
                     }
                 }
@@ -224,6 +225,35 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// [`Values::load_wire`] for a value whose reference the caller owns
+    /// (a packet just dequeued): if that is the only reference (count 1),
+    /// nobody else can reach the value, so a table is read in place without
+    /// its lock and without retaining each entry. Values shared with others
+    /// are read as load_wire reads them.
+    pub fn load_wire_owned(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        // Shared containers are still read from snapshots (see load_wire).
+        let _b = self.busy();
+        self.emit_owned(slot, w, 0)
+    }
+
+    /// [`Values::load_wire_owned`] without its in-progress mark, for callers
+    /// that already hold one around a whole batch.
+    pub(crate) fn emit_owned(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "values nest deeper than {MAX_DEPTH} levels (or contain themselves)"
+            )));
+        }
+        // Count 1 is the reference held by whoever gave us `slot` (the caller,
+        // or a table only the caller holds): no one else can take another,
+        // since taking one needs a reference or the lock of a container that
+        // holds one.
+        if slot.tag == T_TAB && self.refcount(slot)? == 1 {
+            return self.tab_emit_owned(slot, w, depth);
+        }
+        self.emit(slot, w, depth)
+    }
+
     /// Encode the value in `slot` (deep copy) onto `w`.
     pub fn load_wire(&self, slot: Slot, w: &mut Writer) -> Result<()> {
         // Containers are copied from snapshots that hold a reference to each
@@ -233,7 +263,7 @@ impl<'a> Values<'a> {
         self.emit(slot, w, 0)
     }
 
-    fn emit(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+    pub(super) fn emit(&self, slot: Slot, w: &mut Writer, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid(format!(
                 "values nest deeper than {MAX_DEPTH} levels (or contain themselves)"
@@ -258,12 +288,17 @@ impl<'a> Values<'a> {
                 w.u8(T_STR);
                 w.len(n)?;
                 w.bytes(&a[..n]);
+                w.non_ascii |= !a[..n].is_ascii();
             }
             T_STR | T_BYTES => {
                 let (off, n) = self.data(slot)?;
                 w.u8(slot.tag);
                 w.len(n as usize)?;
+                let start = w.buf.len();
                 self.copy_out(off, n, w)?;
+                if slot.tag == T_STR {
+                    w.non_ascii |= !w.buf[start..].is_ascii();
+                }
             }
             T_BIGINT => {
                 let o = self.obj(slot)?;

@@ -28,7 +28,16 @@ use super::{
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::lock::Guard;
+use crate::value::wire::Writer;
 use crate::value::{Key, TabBody};
+
+/// A table being built by [`Values::tab_new_fresh`]: not yet stored
+/// anywhere, so only its builder can reach it.
+pub(super) struct FreshTab<'a> {
+    pub(super) slot: Slot,
+    body: &'a TabBody,
+    state: TabState,
+}
 
 /// Bytes before the entries of a grown table's block: cap, index_cap, the
 /// entry count at the grow, and a spare word.
@@ -73,6 +82,13 @@ impl<'a> Values<'a> {
         if g.recovered {
             self.tab_recover(b, tab.bits)?;
         }
+        let s = self.tab_state(tab, b)?;
+        Ok((g, s))
+    }
+
+    /// Read and validate a table's geometry (under its lock, or when nobody
+    /// else can reach the table).
+    fn tab_state(&self, tab: Slot, b: &TabBody) -> Result<TabState> {
         let s = TabState {
             off: tab.bits,
             count: b.count.load(Relaxed),
@@ -95,7 +111,112 @@ impl<'a> Values<'a> {
             )));
         }
         self.check_blocks(s.off, s.cap, s.entries, s.index, s.index_cap)?;
-        Ok((g, s))
+        Ok(s)
+    }
+
+    /// A new empty table (refcount 1) to fill with [`Values::fresh_tab_set`]
+    /// before anyone else can see it.
+    pub(super) fn tab_new_fresh(&self, cap: u64) -> Result<FreshTab<'a>> {
+        let slot = self.tab_new(cap)?;
+        let built = (|| {
+            let body = self.tab_body(slot)?;
+            let state = self.tab_state(slot, body)?;
+            Ok(FreshTab { slot, body, state })
+        })();
+        if built.is_err() {
+            let _ = self.release(slot);
+        }
+        built
+    }
+
+    /// [`Values::tab_set`] on a table being built: nobody else holds a
+    /// reference to it or can reach it, so its lock is not needed (nor taken
+    /// and its geometry revalidated per entry). `value`'s reference moves in;
+    /// on error it is released.
+    pub(super) fn fresh_tab_set(
+        &self,
+        t: &mut FreshTab<'a>,
+        key: KeyRef<'_>,
+        value: Slot,
+    ) -> Result<()> {
+        let r = (|| {
+            let s = &mut t.state;
+            let hash = key_hash(key);
+            if let Some(e) = self.tab_find(s, key, hash)? {
+                let vo = s.entries + e * ENTRY_SIZE + 24;
+                let old = Slot::read(self.span, vo)?;
+                value.write(self.span, vo)?;
+                return Ok(old);
+            }
+            if s.used == s.cap {
+                self.tab_grow(t.body, s)?;
+            }
+            let k = self.key_slot(key)?;
+            let eo = s.entries + s.used * ENTRY_SIZE;
+            let written = (|| {
+                at(self.span, eo)?.store(hash, Relaxed);
+                k.write(self.span, eo + 8)?;
+                value.write(self.span, eo + 24)?;
+                self.index_insert(s, hash, s.used)
+            })();
+            if let Err(e) = written {
+                let _ = self.release(k);
+                return Err(e);
+            }
+            s.used += 1;
+            s.count += 1;
+            // Kept current entry by entry, so that releasing a half-built
+            // table releases exactly what it holds.
+            t.body.used.store(s.used, Relaxed);
+            t.body.count.store(s.count, Relaxed);
+            Ok(Slot::NONE)
+        })();
+        match r {
+            Ok(old) => self.release(old),
+            Err(e) => {
+                let _ = self.release(value);
+                Err(e)
+            }
+        }
+    }
+
+    /// Encode a table that only the caller holds (see
+    /// [`Values::load_wire_owned`]): read in place, without its lock and
+    /// without taking a reference to each entry. Nested tables held only by
+    /// this one are read the same way; anything else shared takes the
+    /// ordinary locked path.
+    pub(super) fn tab_emit_owned(&self, tab: Slot, w: &mut Writer, depth: usize) -> Result<()> {
+        let b = self.tab_body(tab)?;
+        if b.lock.holder() != 0 {
+            // Nobody else has a reference, so only a writer that died inside
+            // a change can hold the lock: take the locked path, whose lock
+            // rebuilds the table before it is read.
+            return self.emit(tab, w, depth);
+        }
+        let s = self.tab_state(tab, b)?;
+        w.u8(T_TAB);
+        let count_at = w.buf.len();
+        w.u32(0);
+        let mut n: u32 = 0;
+        for e in 0..s.used {
+            let eo = s.entries + e * ENTRY_SIZE;
+            let k = Slot::read(self.span, eo + 8)?;
+            if k.tag == S_EMPTY {
+                continue;
+            }
+            let v = Slot::read(self.span, eo + 24)?;
+            self.emit_owned(k, w, depth + 1)?;
+            self.emit_owned(v, w, depth + 1)?;
+            n += 1;
+        }
+        if n as u64 != s.count {
+            return Err(Error::corrupt(format!(
+                "table {} holds {n} entries but counts {}",
+                tab.bits, s.count
+            )));
+        }
+        w.buf[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+        Ok(())
     }
 
     /// Create an empty table with room for `cap` entries; refcount 1.
@@ -622,7 +743,12 @@ impl<'a> Values<'a> {
     }
 
     /// Called when the last reference goes: queue children, free the blocks.
-    pub(super) fn tab_drop_children(&self, off: u64, todo: &mut Vec<Slot>) -> Result<()> {
+    pub(super) fn tab_drop_children(
+        &self,
+        off: u64,
+        todo: &mut Vec<Slot>,
+        frees: &mut Vec<u64>,
+    ) -> Result<()> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
         // No reference is left, so a holder of its lock can only be a writer
         // that died: recover what it left half done before reading.
@@ -650,6 +776,7 @@ impl<'a> Values<'a> {
         if Self::inline_entries(off, entries) {
             return Ok(()); // freed with the table's own block
         }
-        self.pool.free(entries - GROWN_HEADER)
+        frees.push(entries - GROWN_HEADER);
+        Ok(())
     }
 }

@@ -2539,3 +2539,37 @@ fn a_container_dropped_while_its_dead_writer_held_the_lock_frees_its_blocks() {
     vals.release(a).unwrap();
     assert_at(&vals, &base, "both dropped after recovery");
 }
+
+#[test]
+fn a_table_copied_out_by_its_only_holder_is_recovered_first_if_a_dead_writer_held_its_lock() {
+    let sc = Scratch::new("ownedcut", 1 << 20);
+    let vals = sc.values();
+    let base = baseline(&vals);
+    let t = vals.tab_new(4).unwrap();
+    for k in 0..4 {
+        vals.tab_set(t, KeyRef::Int(k), int(k * 10)).unwrap();
+    }
+    let old = tab_fields(vals, t);
+    // This set grows the table; cut it right after the store of `entries`.
+    vals.tab_set(t, KeyRef::Int(4), int(40)).unwrap();
+    let b = vals.tab_body(t).unwrap();
+    for (field, word) in [(5, &b.index_cap), (2, &b.cap), (1, &b.used), (0, &b.count)] {
+        word.store(old[field], Relaxed);
+    }
+    b.index.store(old[4], Relaxed);
+    assert_eq!(vals.refcount(t).unwrap(), 1, "the reader's reference only");
+    let mut w = Writer::default();
+    assert_eq!(
+        code(vals.load_wire_owned(t, &mut w)),
+        ErrorCode::Corrupt,
+        "the crafted state is the broken one"
+    );
+    b.lock.hold_as_dead_for_test();
+    let mut w = Writer::default();
+    vals.load_wire_owned(t, &mut w).unwrap();
+    let want = Value::Tab((0..4).map(|k| (Key::Int(k), Value::Int(k * 10))).collect());
+    assert_eq!(Value::decode(&w.buf).unwrap(), want);
+    assert_eq!(b.lock.holder(), 0, "recovered and let go");
+    vals.release(t).unwrap();
+    assert_at(&vals, &base, "released after the copy");
+}

@@ -118,6 +118,10 @@ pub enum Value {
 #[derive(Default)]
 pub struct Writer {
     pub buf: Vec<u8>,
+    /// Some string written so far (a key or a value) is not ASCII. A reader
+    /// handed the bytes as latin1 text may take the string bytes as they are
+    /// while this is false.
+    pub non_ascii: bool,
 }
 
 impl Writer {
