@@ -208,6 +208,116 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What [`Reader::skip_value`] learnt about the value it stepped over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Some string in it (a key or a value) is not ASCII.
+    pub non_ascii: bool,
+    /// It holds references to existing objects (T_REF).
+    pub refs: bool,
+}
+
+impl<'a> Reader<'a> {
+    /// The position of the next byte to read.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The bytes read since position `start` (an earlier [`Reader::pos`]).
+    pub fn since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start.min(self.pos)..self.pos]
+    }
+
+    /// Step over one encoded value without building anything, checking it
+    /// as the decoder would: known tags, counts the input can hold, string
+    /// bytes that are UTF-8, table keys that are strings or integers, depth
+    /// at most [`MAX_DEPTH`]. On success the reader is past the value. The
+    /// walk keeps its own stack (no recursion), so hostile depth cannot
+    /// overflow ours.
+    pub fn skip_value(&mut self) -> Result<Skipped> {
+        let mut out = Skipped::default();
+        // Items still to read at each open container level; for a table,
+        // keys and values count separately (2 per entry) and a key is due
+        // when the count left is even.
+        let mut open: Vec<(bool, u64)> = Vec::new();
+        loop {
+            if open.len() > MAX_DEPTH {
+                return Err(Error::invalid(format!(
+                    "values nest deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            let key_due = matches!(open.last(), Some((true, left)) if left % 2 == 0);
+            let tag = self.u8()?;
+            if key_due && tag != T_STR && tag != T_INT {
+                return Err(Error::invalid("a table key must be a string or an integer"));
+            }
+            match tag {
+                T_NONE => {}
+                T_BOOL => {
+                    self.take(1)?;
+                }
+                T_INT | T_UINT | T_F64 => {
+                    self.take(8)?;
+                }
+                T_F32 => {
+                    self.take(4)?;
+                }
+                T_STR => {
+                    let n = self.count(1)?;
+                    let s = self.take(n)?;
+                    if !s.is_ascii() {
+                        std::str::from_utf8(s)
+                            .map_err(|_| Error::invalid("a string is not valid UTF-8"))?;
+                        out.non_ascii = true;
+                    }
+                }
+                T_BYTES => {
+                    let n = self.count(1)?;
+                    self.take(n)?;
+                }
+                T_BIGINT => {
+                    self.take(1)?;
+                    let n = self.count(1)?;
+                    self.take(n)?;
+                }
+                T_TYPED => {
+                    let elem = Elem::from_code(self.u8()?)
+                        .ok_or_else(|| Error::invalid("unknown typed-array element type"))?;
+                    let n = self.count(elem.size() as usize)?;
+                    self.take(n * elem.size() as usize)?;
+                }
+                T_REF => {
+                    self.take(8)?;
+                    out.refs = true;
+                }
+                T_TAB | T_ARR => {
+                    let tab = tag == T_TAB;
+                    let n = self.count(if tab { 2 } else { 1 })? as u64;
+                    // Counted as an item of its parent below, once it closes.
+                    open.push((tab, if tab { 2 * n } else { n }));
+                    // An empty container closes at once.
+                }
+                t => return Err(Error::invalid(format!("unknown value tag {t}"))),
+            }
+            // One item done (a scalar, or a container now closed); close
+            // every level it completes.
+            if !matches!(tag, T_TAB | T_ARR) {
+                match open.last_mut() {
+                    None => return Ok(out),
+                    Some((_, left)) => *left -= 1,
+                }
+            }
+            while let Some(&(_, 0)) = open.last() {
+                open.pop();
+                match open.last_mut() {
+                    None => return Ok(out),
+                    Some((_, left)) => *left -= 1,
+                }
+            }
+        }
+    }
+}
+
 impl Value {
     /// Encode into the wire format.
     pub fn encode(&self) -> Result<Vec<u8>> {
