@@ -276,7 +276,19 @@ impl<'a> Queue<'a> {
     }
 
     /// Dequeue without waiting; the returned slot's reference is the caller's.
+    /// A packed packet is built into real objects first (see
+    /// [`Values::unpack`]): if that fails (damaged bytes, a full pool) the
+    /// packet is released and the error returned. Call inside
+    /// `values.busy()`.
     pub fn try_dequeue(&self) -> Result<Option<Slot>> {
+        match self.try_dequeue_raw()? {
+            Some(s) => self.values.unpack(s).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Queue::try_dequeue`] giving packed packets as they are.
+    fn try_dequeue_raw(&self) -> Result<Option<Slot>> {
         let g = self.lock();
         let h = self.header;
         loop {
@@ -356,9 +368,39 @@ impl<'a> Queue<'a> {
     /// Dequeue up to `max` packets without waiting, under one hold of the
     /// lock, appending them to `out` (their references are the caller's,
     /// unrecorded); returns how many. An error is returned only if nothing
-    /// was taken. Call inside `values.busy()` and record or release what
-    /// comes out before the mark ends: prefer [`Queue::dequeue_many_then`].
+    /// is appended: packed packets are built into real objects after the
+    /// lock is let go (see [`Values::unpack`]), and if one cannot be, every
+    /// packet this call took is released and the error returned. Call inside
+    /// `values.busy()` and record or release what comes out before the mark
+    /// ends: prefer [`Queue::dequeue_many_then`].
     pub fn try_dequeue_many(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
+        let start = out.len();
+        let got = self.try_dequeue_many_raw(max, out)?;
+        self.unpack_from(out, start)?;
+        Ok(got)
+    }
+
+    /// Build the packed packets of `out[start..]` into real objects in
+    /// place; on a failure, release them all, truncate `out` back to `start`
+    /// and return the error.
+    fn unpack_from(&self, out: &mut Vec<Slot>, start: usize) -> Result<()> {
+        for i in start..out.len() {
+            match self.values.unpack(out[i]) {
+                Ok(s) => out[i] = s,
+                Err(e) => {
+                    // (unpack consumed out[i] itself)
+                    let _ = self.values.release_many(&out[start..i]);
+                    let _ = self.values.release_many(&out[i + 1..]);
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Queue::try_dequeue_many`] giving packed packets as they are.
+    fn try_dequeue_many_raw(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
         if max == 0 {
             return Ok(0);
         }
@@ -412,6 +454,19 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         take: impl FnOnce(Vec<Slot>) -> T,
     ) -> Result<T> {
+        self.dequeue_many_raw_then(max, timeout, |mut slots| {
+            self.unpack_from(&mut slots, 0)?;
+            Ok(take(slots))
+        })?
+    }
+
+    /// [`Queue::dequeue_many_then`] giving packed packets as they are.
+    fn dequeue_many_raw_then<T>(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        take: impl FnOnce(Vec<Slot>) -> T,
+    ) -> Result<T> {
         if max == 0 {
             return Ok(take(Vec::new()));
         }
@@ -421,7 +476,7 @@ impl<'a> Queue<'a> {
             {
                 let _b = self.values.busy();
                 let mut slots = Vec::with_capacity(max.min(self.capacity as usize));
-                if self.try_dequeue_many(max, &mut slots)? > 0 {
+                if self.try_dequeue_many_raw(max, &mut slots)? > 0 {
                     return Ok(take(slots));
                 }
             }
@@ -494,7 +549,7 @@ impl<'a> Queue<'a> {
             let built = self.values.with_pool_held(|v| {
                 let mut slots = Vec::with_capacity(n);
                 for _ in 0..n {
-                    match v.store_one(&mut r) {
+                    match v.store_packet_one(&mut r) {
                         Ok(s) => slots.push(s),
                         Err(e) => {
                             let _ = v.release_many(&slots);
@@ -583,7 +638,8 @@ impl<'a> Queue<'a> {
         w: &mut crate::value::wire::Writer,
     ) -> Result<usize> {
         let values = self.values;
-        self.dequeue_many_then(max, timeout, |slots| {
+        // Packed packets are copied out as they are (checked), not built.
+        self.dequeue_many_raw_then(max, timeout, |slots| {
             let mut copied = Ok(());
             for &s in &slots {
                 // (the mark of dequeue_many_then covers the copy too)
@@ -716,12 +772,22 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         mut take: impl FnMut(Slot) -> T,
     ) -> Result<Option<T>> {
+        self.dequeue_raw_then(timeout, |s| self.values.unpack(s).map(&mut take))?
+            .transpose()
+    }
+
+    /// [`Queue::dequeue_then`] giving a packed packet as it is.
+    fn dequeue_raw_then<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut take: impl FnMut(Slot) -> T,
+    ) -> Result<Option<T>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
-                if let Some(s) = self.try_dequeue()? {
+                if let Some(s) = self.try_dequeue_raw()? {
                     return Ok(Some(take(s)));
                 }
             }
@@ -757,16 +823,25 @@ impl<'a> Queue<'a> {
     ) -> Result<bool> {
         let (slot, held) = {
             let _b = self.values.busy();
-            let slot = self.values.store(v)?;
+            let slot = self.values.store_packet(&v.encode()?)?;
             (slot, self.values.hold(slot))
         };
         self.enqueue_recorded(slot, held, timeout)
     }
 
-    /// Dequeue and deep-copy the packet out (its reference is released).
+    /// Dequeue and deep-copy the packet out (its reference is released); a
+    /// packed packet's bytes are checked and decoded as they are, without
+    /// building objects. The copy is made inside the mark of the dequeue.
     pub fn dequeue_value(&self, timeout: Option<Duration>) -> Result<Option<crate::value::Value>> {
-        match self.dequeue_shared(timeout)? {
-            Some(s) => s.load().map(Some),
+        let values = self.values;
+        let wire = self.dequeue_raw_then(timeout, |s| {
+            let mut w = crate::value::wire::Writer::default();
+            let copied = values.emit_owned(s, &mut w, 0);
+            let released = values.release(s);
+            copied.and(released).map(|()| w.buf)
+        })?;
+        match wire {
+            Some(buf) => crate::value::Value::decode(&buf?).map(Some),
             None => Ok(None),
         }
     }
@@ -790,7 +865,7 @@ impl<'a> Queue<'a> {
     /// Release every packet still queued (when a queue is torn down).
     pub fn drain(&self) -> Result<u64> {
         let mut n = 0;
-        while let Some(s) = self.try_dequeue()? {
+        while let Some(s) = self.try_dequeue_raw()? {
             self.values.release(s)?;
             n += 1;
         }

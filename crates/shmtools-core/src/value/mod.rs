@@ -18,6 +18,8 @@
 mod arr;
 mod store;
 pub use store::scalar_wire;
+#[cfg(test)]
+mod packed_tests;
 mod tab;
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,16 @@ pub const S_EMPTY: u8 = 0;
 /// inline key costs no allocation, no free and no indirection to compare.
 pub const T_SSTR: u8 = 14;
 pub const SSTR_MAX: usize = 7;
+/// A packed packet: an object whose body is the wire encoding of one table
+/// or list, stored with one allocation and one copy instead of an object per
+/// container and per long string. Region-only, and only ever a queue packet
+/// (or a ledger entry of one being enqueued): a dequeue that hands out
+/// handles builds the real objects from it first, and the copy form copies
+/// its bytes out as they are (after checking them again). See
+/// docs/ARCHITECTURE.md ("Packed packets").
+pub const T_PACKED: u8 = 15;
+/// Largest encoding stored packed; larger values are built as objects.
+pub const PACKED_MAX: usize = 4 << 10;
 pub use wire::{
     T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
 };
@@ -73,7 +85,7 @@ impl Slot {
     };
 
     pub fn is_object(&self) -> bool {
-        (T_STR..=T_TYPED).contains(&self.tag)
+        (T_STR..=T_TYPED).contains(&self.tag) || self.tag == T_PACKED
     }
 
     pub fn object(tag: u8, off: u64) -> Slot {
@@ -107,7 +119,7 @@ impl Slot {
     fn read(span: Span<'_>, off: u64) -> Result<Slot> {
         let tag = span.u64_at(off)?.load(Ordering::Relaxed);
         let bits = span.u64_at(off + 8)?.load(Ordering::Relaxed);
-        if tag > T_TYPED as u64 && tag != T_SSTR as u64 {
+        if tag > T_TYPED as u64 && tag != T_SSTR as u64 && tag != T_PACKED as u64 {
             return Err(Error::corrupt(format!(
                 "slot at {off} has an unknown tag {tag}"
             )));
@@ -379,7 +391,7 @@ impl<'a> Values<'a> {
         let len = h.len.load(Ordering::Relaxed);
         let sub = (meta >> 24) as u8;
         let body = match kind {
-            T_STR | T_BYTES | T_BIGINT => Some(len),
+            T_STR | T_BYTES | T_BIGINT | T_PACKED => Some(len),
             T_TYPED => Elem::from_code(sub)
                 .ok_or_else(|| Error::corrupt("bad typed-array element type"))?
                 .size()
@@ -521,11 +533,12 @@ impl<'a> Values<'a> {
         Ok(())
     }
 
-    /// Body offset and byte length of a Str, Bytes, BigInt or Typed object.
+    /// Body offset and byte length of a Str, Bytes, BigInt, Typed or packed
+    /// object.
     pub fn data(&self, slot: Slot) -> Result<(u64, u64)> {
         let o = self.obj(slot)?;
         let n = match o.kind {
-            T_STR | T_BYTES | T_BIGINT => o.len,
+            T_STR | T_BYTES | T_BIGINT | T_PACKED => o.len,
             T_TYPED => o.len * Elem::from_code(o.sub).map_or(1, Elem::size),
             _ => {
                 return Err(Error::invalid(

@@ -1,10 +1,10 @@
 //! Between the wire format and the region: build shared objects from encoded
 //! bytes (all or nothing), and encode a shared value back out.
 
-use super::wire::{Elem, Reader, Writer, MAX_DEPTH, T_REF};
+use super::wire::{Elem, Reader, Skipped, Writer, MAX_DEPTH, T_REF};
 use super::{
-    KeyRef, Slot, Values, OBJ_HEADER, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT,
-    T_NONE, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
+    KeyRef, Slot, Values, OBJ_HEADER, PACKED_MAX, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64,
+    T_INT, T_NONE, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
 use crate::error::{Error, ErrorCode, Result};
 
@@ -91,6 +91,97 @@ impl<'a> Values<'a> {
     /// concatenated encodings); the result owns one reference.
     pub fn store_one(&self, r: &mut Reader<'_>) -> Result<Slot> {
         self.build(r, 0)
+    }
+
+    /// Store a value about to be sent as a queue packet: a table or list
+    /// whose encoding is at most [`PACKED_MAX`] bytes and holds no
+    /// references to existing objects is kept as a packed object (its
+    /// encoding, copied once); anything else is built as [`Values::store_wire`]
+    /// builds it. The bytes are checked either way (a malformed encoding is
+    /// ERR_SHM_INVALID_ARG and stores nothing). The result owns one reference.
+    pub fn store_packet(&self, bytes: &[u8]) -> Result<Slot> {
+        let mut r = Reader::new(bytes);
+        let slot = self.store_packet_one(&mut r)?;
+        if !r.at_end() {
+            let _ = self.release(slot);
+            return Err(Error::invalid("trailing bytes after the encoded value"));
+        }
+        Ok(slot)
+    }
+
+    /// [`Values::store_packet`] of the next value of a run of concatenated
+    /// encodings, leaving the reader past it.
+    pub fn store_packet_one(&self, r: &mut Reader<'_>) -> Result<Slot> {
+        let start = r.pos();
+        let seen = r.skip_value()?;
+        let bytes = r.since(start);
+        if packable(bytes, seen) {
+            self.new_blob(T_PACKED, 0, bytes.len() as u64, bytes)
+        } else {
+            self.store_wire(bytes)
+        }
+    }
+
+    /// Check the bytes of the packed object `slot` (copied out already, so
+    /// no other process can change them under the check): exactly one
+    /// well-formed table or list, without references. A damaged body is
+    /// ERR_SHM_CORRUPT.
+    fn check_packed(slot: Slot, bytes: &[u8]) -> Result<Skipped> {
+        let damaged = |why: &str| {
+            Error::corrupt(format!(
+                "the packed value at {} is damaged: {why}",
+                slot.bits
+            ))
+        };
+        let mut r = Reader::new(bytes);
+        let seen = r.skip_value().map_err(|e| damaged(e.message()))?;
+        if !r.at_end() {
+            return Err(damaged("bytes after its value"));
+        }
+        // (the size limit is the producer's choice, not checked here)
+        if !matches!(bytes.first(), Some(&T_TAB) | Some(&T_ARR)) || seen.refs {
+            return Err(damaged("not a table or list without references"));
+        }
+        Ok(seen)
+    }
+
+    /// The value a packet stands for, as the objects a handle can point at:
+    /// a packed packet is built into real objects (its bytes checked again
+    /// first) and its own reference released; any other slot comes back as
+    /// it is. Consumes the reference in `slot` even when it fails. Call
+    /// inside `busy()`, with the caller's mark around the dequeue too.
+    pub fn unpack(&self, slot: Slot) -> Result<Slot> {
+        if slot.tag != T_PACKED {
+            return Ok(slot);
+        }
+        let mut w = Writer::default();
+        let copied = self.copy_packed(slot, &mut w);
+        let built = copied.and_then(|_| self.store_wire(&w.buf));
+        let released = self.release(slot);
+        let out = built?;
+        if let Err(e) = released {
+            let _ = self.release(out);
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Append the checked bytes of the packed object `slot` to `w`; nothing
+    /// is appended if they are damaged.
+    fn copy_packed(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        let (off, n) = self.data(slot)?;
+        let start = w.buf.len();
+        self.copy_out(off, n, w)?;
+        match Values::check_packed(slot, &w.buf[start..]) {
+            Ok(seen) => {
+                w.non_ascii |= seen.non_ascii;
+                Ok(())
+            }
+            Err(e) => {
+                w.buf.truncate(start);
+                Err(e)
+            }
+        }
     }
 
     fn build(&self, r: &mut Reader<'_>, depth: usize) -> Result<Slot> {
@@ -215,7 +306,9 @@ impl<'a> Values<'a> {
         let h = self.header(off).map_err(|_| not_a_value())?;
         let kind = (h.meta.load(std::sync::atomic::Ordering::Relaxed) >> 16) as u8;
         let slot = Slot::object(kind, off);
-        if !slot.is_object() {
+        // A packed packet is no value a caller can name: it is only ever in
+        // a queue, and is built into real objects before anyone sees it.
+        if !slot.is_object() || kind == T_PACKED {
             return Err(not_a_value());
         }
         match self.obj(slot) {
@@ -348,6 +441,7 @@ impl<'a> Values<'a> {
                 }
                 r?;
             }
+            T_PACKED => self.copy_packed(slot, w)?,
             t => return Err(Error::corrupt(format!("a slot of unknown kind {t}"))),
         }
         Ok(())
@@ -358,6 +452,11 @@ impl<'a> Values<'a> {
         w.buf.resize(start + n as usize, 0);
         self.span.read(off, &mut w.buf[start..])
     }
+}
+
+/// Is the encoding `bytes` (one value, already checked) stored packed?
+fn packable(bytes: &[u8], seen: Skipped) -> bool {
+    matches!(bytes.first(), Some(&T_TAB) | Some(&T_ARR)) && !seen.refs && bytes.len() <= PACKED_MAX
 }
 
 /// Encode a scalar slot on its own (what a container read returns for

@@ -1,0 +1,338 @@
+//! Packed packets (T_PACKED): which values go in packed, that every kind
+//! comes back the same through each dequeue form, that the validating skip
+//! agrees with the decoder, and that damaged packed bytes are reported as
+//! ERR_SHM_CORRUPT (never a panic) with the pool back at its baseline.
+
+use std::time::Duration;
+
+use super::wire::{Reader, Writer, MAX_DEPTH, T_REF};
+use super::*;
+use crate::pool::{PoolCheck, PoolStats};
+use crate::queue::Queue;
+use crate::scratch::Scratch;
+
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+fn base(vals: &Values<'_>) -> (PoolStats, PoolCheck) {
+    (vals.pool().stats().unwrap(), vals.pool().check().unwrap())
+}
+
+fn s(x: &str) -> Value {
+    Value::Str(x.to_string())
+}
+
+/// One of every kind, inside a table (with string and integer keys) and a
+/// list, nested.
+fn every_kind() -> Value {
+    let leaves = vec![
+        Value::None,
+        Value::Bool(true),
+        Value::Int(-5),
+        Value::UInt(u64::MAX),
+        Value::F64(f64::from_bits(0x7ff8_0000_0000_0001)),
+        Value::F32(-0.0),
+        s("short"),
+        s("héllo wörld, long enough to be an object 😀"),
+        Value::Bytes(vec![0, 1, 255]),
+        Value::BigInt(true, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        Value::Typed(Elem::F64, 3.25f64.to_le_bytes().to_vec()),
+        Value::Tab(vec![]),
+        Value::Arr(vec![]),
+    ];
+    Value::Tab(vec![
+        (Key::Str("list".into()), Value::Arr(leaves.clone())),
+        (
+            Key::Int(-7),
+            Value::Tab(
+                leaves
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (Key::Str(format!("k{i}")), v))
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
+/// Values the producer stores packed, and some it does not.
+fn packed_cases() -> Vec<Value> {
+    vec![
+        every_kind(),
+        Value::Arr(vec![every_kind(), Value::Int(1)]),
+        Value::Tab(vec![]),
+        Value::Arr(vec![]),
+        Value::Tab(vec![
+            (Key::Str("seq".into()), Value::Int(1)),
+            (Key::Str("payload".into()), s(&"x".repeat(32))),
+        ]),
+    ]
+}
+
+fn unpacked_cases() -> Vec<Value> {
+    vec![
+        Value::Int(3),
+        s("a top-level string is its own object already"),
+        Value::Bytes(vec![9; 100]),
+        // over the threshold
+        Value::Arr(vec![Value::Bytes(vec![7; PACKED_MAX])]),
+    ]
+}
+
+/// The queue's packets now, as slots (without taking them).
+/// Equal bit for bit (NaN payloads included), through the encoding.
+#[track_caller]
+fn same(got: &Value, want: &Value) {
+    assert_eq!(
+        got.encode().unwrap(),
+        want.encode().unwrap(),
+        "{got:?} vs {want:?}"
+    );
+}
+
+fn packets(q: &Queue<'_>) -> Vec<Slot> {
+    q.parts().unwrap().1
+}
+
+fn queue(vals: Values<'_>, cap: u64) -> Queue<'_> {
+    Queue::open(vals, Queue::create(vals, cap).unwrap()).unwrap()
+}
+
+#[test]
+fn small_tables_and_lists_go_in_packed_and_the_rest_as_objects() {
+    let sc = Scratch::new("packed-which", 4 << 20);
+    let vals = sc.values();
+    let q = queue(vals, 16);
+    for v in packed_cases() {
+        assert!(q.enqueue_value(&v, NOW).unwrap());
+        let p = packets(&q);
+        assert_eq!(p.last().unwrap().tag, T_PACKED, "{v:?}");
+        q.drain().unwrap();
+    }
+    for v in unpacked_cases() {
+        assert!(q.enqueue_value(&v, NOW).unwrap());
+        let p = packets(&q);
+        // (a scalar packet is no object, so parts() lists nothing)
+        assert!(p.iter().all(|s| s.tag != T_PACKED), "{v:?}");
+        q.drain().unwrap();
+    }
+    // A value holding a reference to an existing object is built, never
+    // packed (its bytes would name an object nothing holds).
+    let held = vals
+        .store(&s("an object to refer to, long enough"))
+        .unwrap();
+    let mut w = Writer::default();
+    w.u8(T_ARR);
+    w.u32(1);
+    w.u8(T_REF);
+    w.u64(held.bits);
+    let slot = vals.store_packet(&w.buf).unwrap();
+    assert_eq!(slot.tag, T_ARR);
+    assert_eq!(vals.refcount(held).unwrap(), 2);
+    vals.release(slot).unwrap();
+    vals.release(held).unwrap();
+}
+
+#[test]
+fn every_kind_comes_back_the_same_through_every_dequeue_form() {
+    let sc = Scratch::new("packed-trip", 4 << 20);
+    let vals = sc.values();
+    let q = queue(vals, 16);
+    let before = base(&vals);
+    let cases: Vec<Value> = packed_cases().into_iter().chain(unpacked_cases()).collect();
+    for v in &cases {
+        // copy form, one value
+        assert!(q.enqueue_value(v, NOW).unwrap());
+        same(&q.dequeue_value(NOW).unwrap().unwrap(), v);
+        // handle form: the real objects, never a packed handle
+        assert!(q.enqueue_value(v, NOW).unwrap());
+        let h = q.dequeue_shared(NOW).unwrap().unwrap();
+        assert_ne!(h.slot().tag, T_PACKED);
+        assert_eq!(h.slot().tag == T_TAB, matches!(v, Value::Tab(_)));
+        same(&h.load().unwrap(), v);
+        drop(h);
+        assert_eq!(base(&vals), before, "{v:?}");
+    }
+    // The batch forms: built from concatenated encodings, copied out as
+    // concatenated encodings (packed ones verbatim) or taken as handles.
+    let bytes: Vec<u8> = cases.iter().flat_map(|v| v.encode().unwrap()).collect();
+    assert_eq!(
+        q.try_enqueue_wire_many(&bytes, cases.len()).unwrap(),
+        cases.len()
+    );
+    let mut w = Writer::default();
+    assert_eq!(q.dequeue_many_wire(64, NOW, &mut w).unwrap(), cases.len());
+    assert_eq!(
+        w.buf, bytes,
+        "the copy form gives back the encodings as sent"
+    );
+    assert!(w.non_ascii, "a string in the batch is not ASCII");
+    assert_eq!(base(&vals), before);
+    assert_eq!(
+        q.try_enqueue_wire_many(&bytes, cases.len()).unwrap(),
+        cases.len()
+    );
+    let hs = q.dequeue_many_shared(64, NOW).unwrap();
+    assert_eq!(hs.len(), cases.len());
+    for (h, v) in hs.iter().zip(&cases) {
+        assert_ne!(h.slot().tag, T_PACKED);
+        same(&h.load().unwrap(), v);
+    }
+    drop(hs);
+    // and the one-at-a-time handle form, raw slots (try_dequeue)
+    assert_eq!(
+        q.try_enqueue_wire_many(&bytes, cases.len()).unwrap(),
+        cases.len()
+    );
+    while let Some(s) = {
+        let _b = vals.busy();
+        q.try_dequeue().unwrap()
+    } {
+        assert_ne!(s.tag, T_PACKED);
+        vals.release(s).unwrap();
+    }
+    assert_eq!(base(&vals), before);
+}
+
+#[test]
+fn the_skip_agrees_with_the_decoder_on_every_cut_and_altered_byte() {
+    let good = every_kind().encode().unwrap();
+    let agree = |buf: &[u8], what: &str| {
+        let mut r = Reader::new(buf);
+        let skipped = r.skip_value();
+        let skip_ok = matches!(skipped, Ok(k) if !k.refs) && r.at_end();
+        assert_eq!(skip_ok, Value::decode(buf).is_ok(), "{what}: {buf:?}");
+    };
+    agree(&good, "intact");
+    for cut in 0..good.len() {
+        agree(&good[..cut], &format!("cut at {cut}"));
+    }
+    for i in 0..good.len() {
+        for b in [0u8, 1, 7, 10, 11, 13, 99, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[i] = b;
+            agree(&bad, &format!("byte {i} set to {b}"));
+        }
+    }
+    // depth: exactly the decoder's limit
+    for depth in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 5] {
+        let mut buf = vec![];
+        for _ in 0..depth {
+            buf.extend([T_ARR, 1, 0, 0, 0]);
+        }
+        buf.push(T_NONE);
+        agree(&buf, &format!("depth {depth}"));
+    }
+    // a huge depth with no recursion to overflow
+    let deep: Vec<u8> = std::iter::repeat_n([T_ARR, 1, 0, 0, 0], 1 << 16)
+        .flatten()
+        .collect();
+    assert!(Reader::new(&deep).skip_value().is_err());
+}
+
+/// Enqueue `v` packed, damage its body with `f`, and check every dequeue
+/// form reports ERR_SHM_CORRUPT (or, if the damage happens to leave a valid
+/// value, succeeds), never panics, and leaves the pool at its baseline.
+fn damaged(vals: Values<'_>, q: &Queue<'_>, v: &Value, f: &dyn Fn(&mut Vec<u8>, u64)) -> usize {
+    let before = base(&vals);
+    let mut errors = 0;
+    for form in 0..4 {
+        assert!(q.enqueue_value(v, NOW).unwrap());
+        let p = *packets(q).last().unwrap();
+        assert_eq!(p.tag, T_PACKED);
+        let (off, n) = vals.data(p).unwrap();
+        let mut body = vec![0; n as usize];
+        vals.span.read(off, &mut body).unwrap();
+        f(&mut body, p.bits);
+        vals.span.write(off, &body).unwrap();
+        let r = match form {
+            0 => q.dequeue_value(NOW).map(|_| ()),
+            1 => q.dequeue_shared(NOW).map(|_| ()),
+            2 => q
+                .dequeue_many_wire(8, NOW, &mut Writer::default())
+                .map(|_| ()),
+            _ => q.dequeue_many_shared(8, NOW).map(|_| ()),
+        };
+        if let Err(e) = r {
+            assert_eq!(e.code(), ErrorCode::Corrupt, "form {form}: {e}");
+            errors += 1;
+        }
+        assert!(q.is_empty(), "form {form}: the packet was taken");
+        assert_eq!(base(&vals), before, "form {form}: pool");
+    }
+    errors
+}
+
+#[test]
+fn a_damaged_packed_packet_is_corrupt_in_every_dequeue_form_and_is_freed() {
+    let sc = Scratch::new("packed-damage", 4 << 20);
+    let vals = sc.values();
+    let q = queue(vals, 4);
+    let v = every_kind();
+    // specific damage: an unknown tag, a count beyond the body, bad UTF-8,
+    // a reference smuggled in, a key that is a list
+    assert_eq!(damaged(vals, &q, &v, &|b, _| b[0] = 99), 4);
+    assert_eq!(
+        damaged(vals, &q, &v, &|b, _| b[1..5]
+            .copy_from_slice(&u32::MAX.to_le_bytes())),
+        4
+    );
+    let at =
+        |b: &Vec<u8>, needle: &[u8]| b.windows(needle.len()).position(|w| w == needle).unwrap();
+    assert_eq!(
+        damaged(vals, &q, &v, &|b, _| {
+            let i = at(b, "héllo".as_bytes());
+            b[i + 1] = 0xff;
+        }),
+        4
+    );
+    assert_eq!(
+        damaged(vals, &q, &v, &|b, _| {
+            let i = at(b, &[T_STR, 4, 0, 0, 0, b'l']);
+            b[i] = T_REF;
+        }),
+        4
+    );
+    assert_eq!(
+        damaged(vals, &q, &v, &|b, _| {
+            let i = at(b, &[T_STR, 4, 0, 0, 0, b'l']);
+            b[i] = T_ARR;
+        }),
+        4
+    );
+    // random damage: never a panic, never another error code
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut errors = 0;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let seed = x;
+        errors += damaged(vals, &q, &v, &|b, _| {
+            let i = (seed % b.len() as u64) as usize;
+            b[i] = (seed >> 32) as u8;
+        });
+    }
+    assert!(errors > 0, "some random damage was caught");
+    // damage to the header: a length past its block
+    assert!(q.enqueue_value(&v, NOW).unwrap());
+    let p = *packets(&q).last().unwrap();
+    vals.header_at(p.bits)
+        .unwrap()
+        .len
+        .store(1 << 40, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(q.dequeue_value(NOW).unwrap_err().code(), ErrorCode::Corrupt);
+}
+
+#[test]
+fn a_packed_object_is_no_value_a_caller_can_name() {
+    let sc = Scratch::new("packed-name", 1 << 20);
+    let vals = sc.values();
+    let q = queue(vals, 4);
+    assert!(q.enqueue_value(&every_kind(), NOW).unwrap());
+    let p = *packets(&q).last().unwrap();
+    assert_eq!(
+        vals.slot_of(p.bits).unwrap_err().code(),
+        ErrorCode::InvalidArg
+    );
+    q.drain().unwrap();
+}
