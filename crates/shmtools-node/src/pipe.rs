@@ -118,7 +118,8 @@ impl NativeQueue {
         let v = q.values();
         let (slot, held) = {
             let _b = v.busy();
-            let slot = v.store_wire(&wire).map_err(js)?;
+            // A small table or list goes in packed (see store_packet).
+            let slot = v.store_packet(&wire).map_err(js)?;
             (slot, v.hold(slot))
         };
         // Consumes the stored copy: released again unless it went in.

@@ -11,7 +11,7 @@ use napi_derive::napi;
 use shmtools_core::holders::Held;
 use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
 use shmtools_core::value::{
-    T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
+    T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
 use shmtools_core::ErrorCode;
 
@@ -41,6 +41,15 @@ pub type Out = Either4<NativeValue, f64, String, Buffer>;
 /// dequeue that produced the slot.
 pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Out> {
     const SAFE: u64 = 1 << 53;
+    // The queue builds packed packets into objects before handing them out;
+    // a packed slot met anywhere else (a damaged container) is built here
+    // too, so no handle ever points at one.
+    let slot = if slot.tag == T_PACKED {
+        let v = cell.region.values().map_err(js)?;
+        v.unpack(slot).map_err(js)?
+    } else {
+        slot
+    };
     match slot.tag {
         T_INT if (slot.bits as i64).unsigned_abs() <= SAFE => {
             return Ok(Either4::B(slot.bits as i64 as f64))
