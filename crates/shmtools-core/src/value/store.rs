@@ -113,12 +113,19 @@ impl<'a> Values<'a> {
     /// encodings, leaving the reader past it.
     pub fn store_packet_one(&self, r: &mut Reader<'_>) -> Result<Slot> {
         let start = r.pos();
-        let seen = r.skip_value()?;
-        let bytes = r.since(start);
-        if packable(bytes, seen) {
-            self.new_blob(T_PACKED, 0, bytes.len() as u64, bytes)
-        } else {
-            self.store_wire(bytes)
+        if !matches!(r.peek(), Some(T_TAB) | Some(T_ARR)) {
+            return self.store_one(r);
+        }
+        // The skip stops early once the value is known to be too large.
+        match r.skip_value_upto(PACKED_MAX)? {
+            Some(seen) if !seen.refs => {
+                let bytes = r.since(start);
+                self.new_blob(T_PACKED, 0, bytes.len() as u64, bytes)
+            }
+            _ => {
+                r.rewind(start);
+                self.store_one(r)
+            }
         }
     }
 
@@ -156,7 +163,9 @@ impl<'a> Values<'a> {
         }
         let mut w = Writer::default();
         let copied = self.copy_packed(slot, &mut w);
-        let built = copied.and_then(|_| self.store_wire(&w.buf));
+        // Built under one hold of the pool lock (as a batch enqueue builds):
+        // the new objects are reachable by nobody else until returned.
+        let built = copied.and_then(|_| self.with_pool_held(|v| v.store_wire(&w.buf)));
         let released = self.release(slot);
         let out = built?;
         if let Err(e) = released {
@@ -452,11 +461,6 @@ impl<'a> Values<'a> {
         w.buf.resize(start + n as usize, 0);
         self.span.read(off, &mut w.buf[start..])
     }
-}
-
-/// Is the encoding `bytes` (one value, already checked) stored packed?
-fn packable(bytes: &[u8], seen: Skipped) -> bool {
-    matches!(bytes.first(), Some(&T_TAB) | Some(&T_ARR)) && !seen.refs && bytes.len() <= PACKED_MAX
 }
 
 /// Encode a scalar slot on its own (what a container read returns for

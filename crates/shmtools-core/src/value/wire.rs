@@ -223,6 +223,16 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Go back to position `start` (an earlier [`Reader::pos`]).
+    pub fn rewind(&mut self, start: usize) {
+        self.pos = start.min(self.pos);
+    }
+
+    /// The next byte, not consumed.
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
     /// The bytes read since position `start` (an earlier [`Reader::pos`]).
     pub fn since(&self, start: usize) -> &'a [u8] {
         &self.buf[start.min(self.pos)..self.pos]
@@ -235,6 +245,16 @@ impl<'a> Reader<'a> {
     /// walk keeps its own stack (no recursion), so hostile depth cannot
     /// overflow ours.
     pub fn skip_value(&mut self) -> Result<Skipped> {
+        // (no value is longer than usize::MAX bytes: never None)
+        self.skip_value_upto(usize::MAX)?
+            .ok_or_else(|| Error::invalid("the encoded value is too long"))
+    }
+
+    /// [`Reader::skip_value`] that gives up, with `Ok(None)`, once the value
+    /// is known to take more than `max` bytes (the reader is then somewhere
+    /// inside it: rewind before reading it again).
+    pub fn skip_value_upto(&mut self, max: usize) -> Result<Option<Skipped>> {
+        let start = self.pos;
         let mut out = Skipped::default();
         // Items still to read at each open container level; for a table,
         // keys and values count separately (2 per entry) and a key is due
@@ -245,6 +265,9 @@ impl<'a> Reader<'a> {
                 return Err(Error::invalid(format!(
                     "values nest deeper than {MAX_DEPTH} levels"
                 )));
+            }
+            if self.pos - start > max {
+                return Ok(None);
             }
             let key_due = matches!(open.last(), Some((true, left)) if left % 2 == 0);
             let tag = self.u8()?;
@@ -303,14 +326,14 @@ impl<'a> Reader<'a> {
             // every level it completes.
             if !matches!(tag, T_TAB | T_ARR) {
                 match open.last_mut() {
-                    None => return Ok(out),
+                    None => return Ok(Some(out).filter(|_| self.pos - start <= max)),
                     Some((_, left)) => *left -= 1,
                 }
             }
             while let Some(&(_, 0)) = open.last() {
                 open.pop();
                 match open.last_mut() {
-                    None => return Ok(out),
+                    None => return Ok(Some(out).filter(|_| self.pos - start <= max)),
                     Some((_, left)) => *left -= 1,
                 }
             }
