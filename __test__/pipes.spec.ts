@@ -953,6 +953,97 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   pool.check()
 })
 
+/** One small plain table or list per kind of value (each stored packed), and two that are not packed. */
+function packedCases(): unknown[] {
+  return [
+    { seq: 1, payload: 'x'.repeat(32) },
+    { none: null, yes: true, int: -5, float: 0.1, neg: -0, nan: NaN, big: 2n ** 70n, str: 'héllo wörld, long enough 😀', s: 'ab' },
+    { bytes: Buffer.from([0, 1, 255]), f64: new Float64Array([1.5, -2]), i8: new Int8Array([-1, 2]), u64: new BigUint64Array([2n ** 63n]) },
+    { nested: { deeper: { list: [1, 'two', null, true, [3, { four: 4 }]] } }, empty: {}, none: [] },
+    [1, 'a list', { inList: true }, []],
+    {},
+    [],
+    // over the packing threshold (4 KiB of encoding): built as objects
+    { text: 'y'.repeat(5000) },
+    Array.from({ length: 300 }, (_, i) => ({ i })),
+  ]
+}
+
+/** A handle's plain copy (released), or the value itself. */
+function settle(v: unknown): unknown {
+  return takeOut(v)
+}
+
+test.serial('small plain values sent by enqueue and enqueueMany come back the same through every dequeue form; the handle forms give handles, never packed packets', async (t) => {
+  const { region, pool } = fresh(t, 'packed-kinds', 16 * MiB)
+  const q = new ServerSide(region, 'p', 64).start().pipe()
+  const baseline = pool.stats()
+  const cases = packedCases()
+  const isContainer = (v: unknown) => typeof v === 'object' && v !== null && !ArrayBuffer.isView(v)
+  const checkHandles = (got: unknown[], what: string) => {
+    t.is(got.length, cases.length, what)
+    got.forEach((g, i) => {
+      // a table or list comes out as a handle (a SharedTab / SharedArr Proxy) whose copy is the value
+      t.true(isContainer(g), `${what} ${i}: a handle`)
+      t.deepEqual(settle(g), cases[i], `${what} ${i}`)
+    })
+  }
+  // enqueue (one at a time) → copy form
+  for (const v of cases) t.true(q.enqueue(v, 0))
+  t.deepEqual(q.dequeueMany(64, { copy: true }), cases, 'enqueue → dequeueMany copy')
+  // enqueueMany → copy form
+  t.is(q.enqueueMany(cases), cases.length)
+  t.deepEqual(q.dequeueMany(64, { copy: true }), cases, 'enqueueMany → dequeueMany copy')
+  // enqueueMany → dequeue (sync)
+  t.is(q.enqueueMany(cases), cases.length)
+  checkHandles(cases.map(() => q.dequeue(0)), 'dequeue')
+  // enqueue → dequeueMany (handles)
+  for (const v of cases) t.true(q.enqueue(v, 0))
+  checkHandles(q.dequeueMany(64), 'dequeueMany')
+  // enqueueMany → dequeueAsync
+  t.is(q.enqueueMany(cases), cases.length)
+  const viaAsync: unknown[] = []
+  for (let i = 0; i < cases.length; i++) viaAsync.push(await q.dequeueAsync(GUARD_MS))
+  checkHandles(viaAsync, 'dequeueAsync')
+  // enqueueMany → for await
+  t.is(q.enqueueMany(cases), cases.length)
+  const viaIter: unknown[] = []
+  for await (const v of q) {
+    viaIter.push(v)
+    if (viaIter.length === cases.length) break
+  }
+  checkHandles(viaIter, 'for await')
+  t.is(q.length, 0)
+  t.deepEqual(used(pool.stats()), used(baseline))
+  pool.check()
+})
+
+test.serial('a process SIGKILLed while blocked enqueueing a small plain value on a full pipe has its packet given back by gc()', async (t) => {
+  const { name, region, pool } = fresh(t, 'packed-killed')
+  const q = new ServerSide(region, 'p', 1).start().pipe()
+  t.true(q.enqueue('fills the pipe', 0))
+  const baseline = pool.stats()
+  const child = startPipeChild(['block-enqueue', name, 'p'])
+  killOnTeardown(t, child)
+  await child.waitForLine(/blocking/)
+  // (a condition with a guard, not a timing assertion) until it sleeps waiting for room
+  const off = queueOffset(region, 'p')
+  const guard = performance.now() + GUARD_MS
+  while (readWord(pool, off, 68) === 0) {
+    if (performance.now() > guard) throw new Error('the child never waited for room')
+    await sleep(1)
+  }
+  t.like(region.holders().find((h) => h.pid === child.proc.pid), { alive: true, held: 1 })
+  t.true(pool.stats().bytesUsed > baseline.bytesUsed, 'the waiting packet takes pool memory')
+  child.kill('SIGKILL')
+  await child.done
+  t.like(region.gc(), { sessions: 1, references: 1, rawBlocks: 0, uncertain: 0 })
+  t.deepEqual(used(pool.stats()), used(baseline))
+  t.is(q.dequeue(0), 'fills the pipe')
+  t.is(q.length, 0)
+  pool.check()
+})
+
 test.serial('enqueueMany puts in the prefix that fits, in batches of any length; dequeueMany takes at most max, in order', (t) => {
   const { region, pool } = fresh(t, 'many-prefix', 16 * MiB)
   const q = new ServerSide(region, 'p', 700).start().pipe()
