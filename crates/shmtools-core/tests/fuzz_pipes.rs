@@ -1,13 +1,15 @@
 //! Fuzz target for the pipe directory and queue readers: `Directory::open`,
 //! `list`, `find`, `create`, `wait_for`, `ClientSide::start`, and
 //! `Queue::open` with every queue operation (`len`, `stats`, `try_enqueue`,
-//! `try_dequeue`, `enqueue_value`, `dequeue_value`, `drain`) and the values
-//! that come out of a damaged queue (`load`, `release`).
+//! `try_dequeue`, `enqueue_value`, `dequeue_value`, `dequeue_many_wire`,
+//! `dequeue_many_shared`, `drain`) and the values that come out of a damaged
+//! queue (`load`, `release`).
 //!
 //! Each case makes a region with a few pipes holding a few packets (some
 //! already taken, so head and tail have moved), damages the directory
 //! header (not its lock), its entries block, queue headers (not their
-//! locks) and slot blocks, block headers included, and calls everything.
+//! locks), slot blocks and the bodies of packed packets (small tables and
+//! lists), block headers included, and calls everything.
 //!
 //! Properties: no panic, no wait beyond what was asked (every wait here is
 //! given no time at all); every error of the directory and the queues is
@@ -26,7 +28,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use shmtools_core::pipes::ENTRY_SIZE;
 use shmtools_core::queue::QUEUE_HEADER_SIZE;
-use shmtools_core::value::SLOT_SIZE;
+use shmtools_core::value::{SLOT_SIZE, T_PACKED};
 use shmtools_core::{
     AttachOptions, ClientSide, Directory, ErrorCode, Key, PipeInfo, Queue, Slot, Value,
 };
@@ -40,6 +42,15 @@ use fuzz_support::{carve, scribble, tolerate, Watchdog, READ};
 /// The directory and the queues only ever read offsets from the region, so
 /// what they find wrong is corruption, whatever the field.
 const CORRUPT: &[ErrorCode] = &[ErrorCode::Corrupt];
+/// A dequeue that hands out handles builds a packed packet's objects, which
+/// takes pool memory (a damaged pool may also look full).
+const TAKE: &[ErrorCode] = &[ErrorCode::Corrupt, ErrorCode::OutOfMemory];
+const TAKE_READ: &[ErrorCode] = &[
+    ErrorCode::Corrupt,
+    ErrorCode::InvalidArg,
+    ErrorCode::Closed,
+    ErrorCode::OutOfMemory,
+];
 
 const SIZE: u64 = 256 * 1024;
 
@@ -71,7 +82,7 @@ fn exercise_queue(ctx: &str, q: Queue<'_>) {
     let vals = q.values();
     let _ = (q.len(), q.stats(), q.is_empty(), q.capacity(), q.offset());
     for _ in 0..2 {
-        if let Some(Some(slot)) = tolerate(ctx, "try_dequeue", q.try_dequeue(), CORRUPT) {
+        if let Some(Some(slot)) = tolerate(ctx, "try_dequeue", q.try_dequeue(), TAKE) {
             tolerate(ctx, "load", vals.load(slot), READ);
             tolerate(ctx, "release", vals.release(slot), READ);
         }
@@ -82,6 +93,15 @@ fn exercise_queue(ctx: &str, q: Queue<'_>) {
         q.dequeue_value(Some(Duration::ZERO)),
         READ,
     );
+    let mut w = shmtools_core::value::wire::Writer::default();
+    let many = q.dequeue_many_wire(2, Some(Duration::ZERO), &mut w);
+    tolerate(ctx, "dequeue_many_wire", many, READ);
+    let handles = q.dequeue_many_shared(2, Some(Duration::ZERO));
+    if let Some(hs) = tolerate(ctx, "dequeue_many_shared", handles, TAKE_READ) {
+        for h in hs {
+            tolerate(ctx, "load handle", h.load(), READ);
+        }
+    }
     tolerate(ctx, "try_enqueue", q.try_enqueue(Slot::NONE), CORRUPT);
     tolerate(
         ctx,
@@ -136,6 +156,7 @@ proptest! {
         let entry_block = vec![(entries - 16, entries + dir_cap * ENTRY_SIZE)];
         let mut queues = Vec::new();
         let mut slots = Vec::new();
+        let mut packed = Vec::new();
         let mut plausible = vec![dir, entries];
         for p in &infos {
             let q = p.queue;
@@ -149,15 +170,20 @@ proptest! {
                 if bits != 0 {
                     plausible.push(bits);
                 }
+                if word(span, s + i * SLOT_SIZE) == T_PACKED as u64 {
+                    // header and body of a packed packet
+                    packed.push((bits, bits + 16 + word(span, bits + 8)));
+                }
             }
         }
         let mut rng = Rng(seed);
         let mut did = Vec::new();
         for _ in 0..1 + rng.below(4) {
-            let ranges = match rng.below(10) {
+            let ranges = match rng.below(12) {
                 0..=1 => &dir_header,
                 2..=3 => &entry_block,
                 4..=7 => &queues,
+                8..=9 if !packed.is_empty() => &packed,
                 _ => &slots,
             };
             did.push(scribble(span, &mut rng, ranges, &plausible));

@@ -162,7 +162,12 @@ impl<'a> Values<'a> {
             return Ok(slot);
         }
         let mut w = Writer::default();
-        let copied = self.copy_packed(slot, &mut w);
+        // A packet names an object its slot owns: one already released is
+        // damage too, not a caller's stale handle.
+        let copied = self.copy_packed(slot, &mut w).map_err(|e| match e.code() {
+            ErrorCode::Closed => Error::corrupt(e.message()),
+            _ => e,
+        });
         // Built under one hold of the pool lock (as a batch enqueue builds):
         // the new objects are reachable by nobody else until returned.
         let built = copied.and_then(|_| self.with_pool_held(|v| v.store_wire(&w.buf)));
