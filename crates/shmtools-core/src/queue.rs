@@ -148,6 +148,19 @@ impl<'a> Queue<'a> {
         if capacity * SLOT_SIZE > room {
             return Err(Error::corrupt("a queue's slots block is too small"));
         }
+        // The slots link must name slots, not just a block big enough for
+        // them: a slot written elsewhere can land on another structure's
+        // lock word and make it name a live thread (a tag of 1 names init),
+        // which every later locker waits for. Every block with a lock in
+        // it (the pipe directory, queue headers, the holder table, tables
+        // and lists) starts with a magic number or an object header, and
+        // neither reads as a slot tag; the slots block starts with a slot
+        // (zeroed at creation, only ever rewritten with slots).
+        if Slot::read_at(values, slots).is_err() {
+            return Err(Error::corrupt(format!(
+                "queue at {off}: its slots link names block {slots}, which does not hold slots"
+            )));
+        }
         Ok(Queue {
             values,
             header: h,
