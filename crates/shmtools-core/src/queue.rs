@@ -289,7 +289,11 @@ impl<'a> Queue<'a> {
     pub fn try_dequeue(&self) -> Result<Option<Slot>> {
         let g = self.lock();
         let h = self.header;
-        loop {
+        // Each round moves head one step towards tail, at most `capacity`
+        // away (check_state), so a round more than that means the counters
+        // are being rewritten under our lock: the loop does not trust them
+        // to end it.
+        for _ in 0..=self.capacity {
             let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
             self.check_state(head, tail)?;
             if head == tail {
@@ -312,6 +316,10 @@ impl<'a> Queue<'a> {
             }
             return Ok(Some(slot));
         }
+        Err(Error::corrupt(format!(
+            "queue at {}: more empty slots than its capacity {}",
+            self.off, self.capacity
+        )))
     }
 
     /// Sleep until the word `w` moves on from `seen`, or `deadline` passes,
