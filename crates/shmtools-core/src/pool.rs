@@ -22,6 +22,14 @@
 //!
 //! Trust: every offset and size read from the region is validated before use
 //! ([`Pool::block`]); a contradiction is reported as `ERR_SHM_CORRUPT`.
+//!
+//! Termination: no loop relies on the region to end it. The walk along the
+//! headers (`check`, `used_blocks`, `rebuild`) advances by a block's size,
+//! which [`Pool::block`] refuses below `MIN_BLOCK` or past the arena's end,
+//! so it takes at most arena / `MIN_BLOCK` steps; a free-list walk
+//! (`for_each_in_class`) stops with `ERR_SHM_CORRUPT` after that many steps,
+//! which only a cycle needs; `allocate` and `free` look at a block's
+//! neighbours only.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
