@@ -94,6 +94,10 @@ impl ShmMutex {
             }
         }
         let mut slice = FIRST_SLICE;
+        // A compare-and-swap below fails only because the word changed; one
+        // that keeps changing (other lockers, or a process writing the word)
+        // must not keep us past the deadline either.
+        let past = || deadline.is_some_and(|d| Instant::now() >= d);
         loop {
             let cur = self.word.load(Ordering::Relaxed);
             // No owner: free (a lone WAITERS bit never occurs in normal use,
@@ -108,6 +112,9 @@ impl ShmMutex {
                 {
                     return Some(self.owned(false));
                 }
+                if past() {
+                    return None;
+                }
                 continue;
             }
             if cur & WAITERS == 0
@@ -116,6 +123,9 @@ impl ShmMutex {
                     .compare_exchange(cur, cur | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
                     .is_err()
             {
+                if past() {
+                    return None;
+                }
                 continue;
             }
             let mut wait_for = slice;

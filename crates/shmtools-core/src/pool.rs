@@ -22,6 +22,14 @@
 //!
 //! Trust: every offset and size read from the region is validated before use
 //! ([`Pool::block`]); a contradiction is reported as `ERR_SHM_CORRUPT`.
+//!
+//! Termination: no loop relies on the region to end it. The walk along the
+//! headers (`check`, `used_blocks`, `rebuild`) advances by a block's size,
+//! which [`Pool::block`] refuses below `MIN_BLOCK` or past the arena's end,
+//! so it takes at most arena / `MIN_BLOCK` steps; a free-list walk
+//! (`for_each_in_class`) stops with `ERR_SHM_CORRUPT` after that many steps,
+//! which only a cycle needs; `allocate` and `free` look at a block's
+//! neighbours only.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -315,6 +323,12 @@ impl<'a> Pool<'a> {
             0 => None,
             ps => Some(self.prev_block(b.off, ps)?).filter(|p| !p.used),
         };
+        // Both must come out of their lists cleanly: a failure on the
+        // second after the first was unlinked would leave the first in no
+        // list, lost to every later allocation.
+        for n in next.iter().chain(&prev) {
+            self.check_listed(n.off, n.size)?;
+        }
         let mut off = b.off;
         let mut size = b.size;
         if let Some(n) = &next {
@@ -594,22 +608,36 @@ impl<'a> Pool<'a> {
         Ok(())
     }
 
-    fn remove_free(&self, off: u64, size: u64) -> Result<()> {
+    /// What `remove_free` needs of the free block at `off`, checked without
+    /// changing anything: its list neighbours are free blocks of its class,
+    /// and with no predecessor it heads its class's list.
+    fn check_listed(&self, off: u64, size: u64) -> Result<()> {
         let (fl, sl) = mapping(size);
         let next = self.span.u64_at(off + 16)?.load(Relaxed);
         let prev = self.span.u64_at(off + 24)?.load(Relaxed);
         if next != 0 {
             self.free_block_in(next, fl, sl)?;
+        }
+        if prev != 0 {
+            self.free_block_in(prev, fl, sl)?;
+        } else if self.head(fl, sl)?.load(Relaxed) != off {
+            return Err(Error::corrupt(format!("free block {off} is not linked")));
+        }
+        Ok(())
+    }
+
+    fn remove_free(&self, off: u64, size: u64) -> Result<()> {
+        self.check_listed(off, size)?;
+        let (fl, sl) = mapping(size);
+        let next = self.span.u64_at(off + 16)?.load(Relaxed);
+        let prev = self.span.u64_at(off + 24)?.load(Relaxed);
+        if next != 0 {
             self.span.u64_at(next + 24)?.store(prev, Relaxed);
         }
         let head = self.head(fl, sl)?;
         if prev != 0 {
-            self.free_block_in(prev, fl, sl)?;
             self.span.u64_at(prev + 16)?.store(next, Relaxed);
         } else {
-            if head.load(Relaxed) != off {
-                return Err(Error::corrupt(format!("free block {off} is not linked")));
-            }
             head.store(next, Relaxed);
             if next == 0 {
                 let left = self.sl_bitmap(fl)?.fetch_and(!(1 << sl), Relaxed) & !(1 << sl);
@@ -1087,6 +1115,29 @@ mod region_tests {
         assert_eq!(code(pool.free(a)), ErrorCode::InvalidArg);
         pool.check().unwrap();
         assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    /// Found by tests/fuzz_pipes.rs: a block marked free by its header but
+    /// in no free list sat before the block being freed, whose other
+    /// neighbour was the free tail of the arena. `free` took the tail out of
+    /// its list, then failed on the unlisted block, so the tail was in no
+    /// list any more and every later allocation was out of memory. A free
+    /// that fails must leave the pool as it was.
+    #[test]
+    fn a_free_that_fails_on_a_neighbour_leaves_both_neighbours_listed() {
+        let s = Scratch::new("freefail", 128 * 1024);
+        let pool = s.pool();
+        let a = pool.allocate(16).unwrap();
+        let b = pool.allocate(64).unwrap();
+        // `a` looks free, but no list holds it (as if a header was damaged).
+        let blk = pool.block(a - HEADER).unwrap();
+        pool.write_header(blk.off, blk.size, false).unwrap();
+        let before = pool.stats().unwrap();
+        assert_eq!(code(pool.free(b)), ErrorCode::Corrupt);
+        assert_eq!(pool.stats().unwrap(), before, "nothing changed");
+        let big = pool.allocate(before.largest_free).unwrap();
+        pool.free(big).unwrap();
+        assert_eq!(pool.stats().unwrap(), before);
     }
 
     /// A block freed next to a free neighbour is absorbed into it; its old

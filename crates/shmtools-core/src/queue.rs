@@ -151,6 +151,19 @@ impl<'a> Queue<'a> {
         if capacity * SLOT_SIZE > room {
             return Err(Error::corrupt("a queue's slots block is too small"));
         }
+        // The slots link must name slots, not just a block big enough for
+        // them: a slot written elsewhere can land on another structure's
+        // lock word and make it name a live thread (a tag of 1 names init),
+        // which every later locker waits for. Every block with a lock in
+        // it (the pipe directory, queue headers, the holder table, tables
+        // and lists) starts with a magic number or an object header, and
+        // neither reads as a slot tag; the slots block starts with a slot
+        // (zeroed at creation, only ever rewritten with slots).
+        if Slot::read_at(values, slots).is_err() {
+            return Err(Error::corrupt(format!(
+                "queue at {off}: its slots link names block {slots}, which does not hold slots"
+            )));
+        }
         Ok(Queue {
             values,
             header: h,
@@ -291,7 +304,11 @@ impl<'a> Queue<'a> {
     fn try_dequeue_raw(&self) -> Result<Option<Slot>> {
         let g = self.lock();
         let h = self.header;
-        loop {
+        // Each round moves head one step towards tail, at most `capacity`
+        // away (check_state), so a round more than that means the counters
+        // are being rewritten under our lock: the loop does not trust them
+        // to end it.
+        for _ in 0..=self.capacity {
             let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
             self.check_state(head, tail)?;
             if head == tail {
@@ -314,6 +331,10 @@ impl<'a> Queue<'a> {
             }
             return Ok(Some(slot));
         }
+        Err(Error::corrupt(format!(
+            "queue at {}: more empty slots than its capacity {}",
+            self.off, self.capacity
+        )))
     }
 
     /// Enqueue as many of `slots` as there is room for, without waiting,

@@ -37,7 +37,7 @@ mod common;
 mod fuzz_support;
 
 use common::{create, unique_name, RemoveOnDrop, Rng};
-use fuzz_support::{carve, scribble, tolerate, Watchdog, READ};
+use fuzz_support::{canon, carve, finishes, same, scribble, tolerate, Watchdog, READ};
 
 /// The directory and the queues only ever read offsets from the region, so
 /// what they find wrong is corruption, whatever the field.
@@ -292,4 +292,90 @@ fn a_damaged_link_in_the_directory_or_a_queue_is_corrupt_not_a_bad_argument() {
     at(dir_off + 40).store(entries, Ordering::Relaxed);
     assert_eq!(dir.list().unwrap(), vec![p]);
     assert!(region.destroy().unwrap());
+}
+
+/// Found by the target above (the run that hung, case 333; its region was
+/// kept): a queue's slots link overwritten with the offset of a table that
+/// another pipe held as a packet passed `Queue::open`, since the table's
+/// block is big enough for the slots. Slot 0 there is the table's object
+/// header, so every dequeue failed, but `try_enqueue(Slot::NONE)` wrote its
+/// slot into slot 1: the table's lock word, which became 1 (the tag of
+/// None), the thread id of init. The next load of that table waited for
+/// init to let go of the lock, for ever. Whatever a slots link names, the
+/// queue must refuse it before writing there unless it holds slots, and the
+/// structure it names must keep working.
+#[test]
+fn a_slots_link_redirected_onto_another_structure_is_corrupt_and_writes_nothing_there() {
+    // Each target is a block with a lock in it that the slots of a
+    // 3-packet queue (48 bytes) fit in.
+    for target in ["table", "list", "queue header", "pipe directory"] {
+        let name = unique_name("fuzz-", &format!("alias-{}", target.replace(' ', "-")));
+        let _rm = RemoveOnDrop(name.clone());
+        let what = format!("a slots link redirected onto a {target}");
+        let n = name.clone();
+        finishes(&what.clone(), move || {
+            let region = create(&n, SIZE);
+            let span = region.span();
+            let dir = Directory::open(&region).unwrap();
+            // As in the hung case: the damaged queue holds one packet, so
+            // its next enqueue goes to slot 1.
+            let (victim, _) = dir.create("victim", 3).unwrap();
+            dir.queue(&victim)
+                .unwrap()
+                .enqueue_value(&packet(0), Some(Duration::ZERO))
+                .unwrap();
+            let (held, _) = dir.create("held", 4).unwrap();
+            let hq = dir.queue(&held).unwrap();
+            for k in [2, 3] {
+                hq.enqueue_value(&packet(k), Some(Duration::ZERO)).unwrap();
+            }
+            let (other, _) = dir.create("other", 2).unwrap();
+            let held_slots = word(span, held.queue + 48);
+            let to = match target {
+                "table" => word(span, held_slots + 8),
+                "list" => word(span, held_slots + SLOT_SIZE + 8),
+                "queue header" => other.queue,
+                _ => region.info().pipe_dir_offset,
+            };
+            let link = span.u64_at(victim.queue + 48).unwrap();
+            let slots = link.load(Ordering::Relaxed);
+            link.store(to, Ordering::Relaxed);
+
+            // What the fuzz target does with a damaged queue.
+            let ctx = what.as_str();
+            if let Some(q) = tolerate(ctx, "queue", dir.queue(&victim), CORRUPT) {
+                exercise_queue(ctx, q);
+            }
+
+            // What the link pointed at works as before, its lock included.
+            for k in [2, 3] {
+                let got = hq.dequeue_value(Some(Duration::ZERO)).unwrap();
+                let got = got.expect("the packets held are still there");
+                assert!(
+                    same(&got, &canon(&packet(k))),
+                    "{what}: packet {k} is {got:?}"
+                );
+            }
+            let oq = dir.queue(&other).unwrap();
+            assert!(oq.enqueue_value(&packet(1), Some(Duration::ZERO)).unwrap());
+            assert_eq!(oq.drain().unwrap(), 1);
+            let names: Vec<String> = dir.list().unwrap().into_iter().map(|p| p.name).collect();
+            assert_eq!(names, ["victim", "held", "other"], "{what}");
+
+            // The link is what is reported, whenever the queue is opened.
+            let e = dir
+                .queue(&victim)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: the queue opened"));
+            assert_eq!(e.code(), ErrorCode::Corrupt, "{what}: {e}");
+
+            // With the link put back, the queue is whole.
+            link.store(slots, Ordering::Relaxed);
+            let q = dir.queue(&victim).unwrap();
+            assert_eq!(q.len(), 1, "{what}");
+            assert_eq!(q.drain().unwrap(), 1);
+            region.pool().unwrap().check().unwrap();
+            assert!(region.destroy().unwrap());
+        });
+    }
 }

@@ -241,6 +241,28 @@ impl Drop for Watchdog {
     }
 }
 
+/// Run `f` on a thread of its own and return its result; if it has not
+/// finished after `HANG`, fail naming `what` (the stuck thread is left
+/// behind). For regression tests of hangs, where a failure should say which
+/// case hung without aborting the other tests. A safety net, never a
+/// statement about speed.
+#[track_caller]
+pub fn finishes<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("HANG: {what} has not finished after {HANG:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what} failed (its panic is printed above)")
+        }
+    }
+}
+
 // ---- random values ------------------------------------------------------------
 
 pub fn arb_key() -> impl Strategy<Value = Key> {
