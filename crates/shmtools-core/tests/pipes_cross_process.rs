@@ -511,6 +511,51 @@ fn a_consumer_killed_while_blocked_in_dequeue_does_not_break_the_queue_for_other
     assert!(region.destroy().unwrap());
 }
 
+// ---- peers that died strand nobody ---------------------------------------------
+
+#[test]
+fn waiters_whose_peers_died_time_out_on_schedule_even_past_a_lock_left_held() {
+    let name = unique("stranded");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 1 << 20);
+    let server = ServerSide::start(&name, "s", 2, &attach_opts(GUARD)).unwrap();
+    let q = server.pipe().unwrap();
+    let env = [(PIPE, "s".to_string())];
+    // A peer that attached, then was SIGKILLed: its thread id, now gone,
+    // is written into the pipe's lock as if it had died holding it.
+    let mut peer = spawn("blocked", &name, &env);
+    peer.expect("ready");
+    let dead_tid = peer.pid();
+    peer.kill_and_reap();
+    let lock_word = region.span().u32_at(q.offset() + 8).unwrap();
+    let wait = Duration::from_millis(300);
+
+    // A consumer on an empty pipe whose producer died.
+    lock_word.store(dead_tid, Ordering::Relaxed);
+    let t0 = Instant::now();
+    assert_eq!(q.dequeue_value(Some(wait)).unwrap(), None);
+    assert!(t0.elapsed() >= wait, "returned before its timeout");
+
+    // A producer on a full pipe whose consumer died.
+    assert!(q.enqueue_value(&Value::Int(1), Some(GUARD)).unwrap());
+    assert!(q.enqueue_value(&Value::Int(2), Some(GUARD)).unwrap());
+    lock_word.store(dead_tid, Ordering::Relaxed);
+    let t0 = Instant::now();
+    assert!(!q.enqueue_value(&Value::Int(3), Some(wait)).unwrap());
+    assert!(t0.elapsed() >= wait, "gave up before its timeout");
+
+    // Nothing was lost or duplicated, and the pipe works on.
+    assert_eq!(q.dequeue_value(Some(GUARD)).unwrap(), Some(Value::Int(1)));
+    assert_eq!(q.dequeue_value(Some(GUARD)).unwrap(), Some(Value::Int(2)));
+    assert_eq!(q.dequeue_value(Some(Duration::ZERO)).unwrap(), None);
+    // The waits that timed out reclaimed the dead peer's session on the way.
+    let h = region.holders().unwrap();
+    assert_eq!(h.header().reclaimed_sessions.load(Ordering::Relaxed), 1);
+    assert!(region.holder_list().unwrap().iter().all(|h| h.alive));
+    drop(server);
+    assert!(region.destroy().unwrap());
+}
+
 // ---- the directory grows ---------------------------------------------------------
 
 #[test]
