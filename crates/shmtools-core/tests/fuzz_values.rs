@@ -38,7 +38,7 @@ mod common;
 mod fuzz_support;
 
 use common::{create, unique_name, RemoveOnDrop, Rng};
-use fuzz_support::{arb_key, arb_value, carve, scribble, tolerate, Watchdog, READ, WRITE};
+use fuzz_support::{arb_key, arb_value, carve, scribble, tolerate, Watchdog, ASKED, READ, WRITE};
 
 // Byte offsets inside a Tab / Arr object (docs/LAYOUT.md, "Values").
 const LOCK: (u64, u64) = (16, 32);
@@ -134,9 +134,10 @@ fn read_all(ctx: &str, vals: Values<'_>, root: Slot, f: &Found) {
         tolerate(ctx, what, vals.load_wire(v, &mut w), READ);
         tolerate(ctx, what, vals.refcount(v), READ);
         if v.is_object() {
-            tolerate(ctx, what, vals.data(v), READ);
-            tolerate(ctx, what, vals.typed_info(v), READ);
-            let s = tolerate(ctx, "slot_of", vals.slot_of(v.bits), READ);
+            // (asked of every kind: the wrong kind is the caller's error)
+            tolerate(ctx, what, vals.data(v), ASKED);
+            tolerate(ctx, what, vals.typed_info(v), ASKED);
+            let s = tolerate(ctx, "slot_of", vals.slot_of(v.bits), ASKED);
             if v.tag == T_STR {
                 tolerate(ctx, what, vals.load_str(v), READ);
             }

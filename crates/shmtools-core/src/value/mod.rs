@@ -113,6 +113,12 @@ impl Slot {
         if self.tag != T_SSTR || n > SSTR_MAX {
             return Err(Error::corrupt("an inline string slot has a bad length"));
         }
+        // Stored only from valid UTF-8: anything else was written over.
+        if std::str::from_utf8(&a[..n]).is_err() {
+            return Err(Error::corrupt(
+                "an inline string slot holds bytes that are not UTF-8",
+            ));
+        }
         Ok((a, n))
     }
 
@@ -372,7 +378,15 @@ impl<'a> Values<'a> {
             return Err(Error::invalid("not an object value"));
         }
         let off = slot.bits;
-        let h = self.header(off)?;
+        // A slot names an object it was given; an offset that holds no block
+        // means the slot (or the block) was written over.
+        let no_block = |e: Error| match e.code() {
+            ErrorCode::InvalidArg => Error::corrupt(format!(
+                "a value names offset {off}, which holds no object ({e})"
+            )),
+            _ => e,
+        };
+        let h = self.header(off).map_err(no_block)?;
         let meta = h.meta.load(Ordering::Relaxed);
         let kind = (meta >> 16) as u8;
         if meta & 0xffff != OBJ_MAGIC || kind != slot.tag {
@@ -387,7 +401,7 @@ impl<'a> Values<'a> {
                 format!("the value at {off} was already released"),
             ));
         }
-        let cap = self.pool.capacity_unlocked(off)?;
+        let cap = self.pool.capacity_unlocked(off).map_err(no_block)?;
         let len = h.len.load(Ordering::Relaxed);
         let sub = (meta >> 24) as u8;
         let body = match kind {
@@ -590,7 +604,12 @@ impl<'a> Values<'a> {
     pub fn load(&self, slot: Slot) -> Result<Value> {
         let mut w = wire::Writer::default();
         self.load_wire(slot, &mut w)?;
-        Value::decode(&w.buf)
+        // The bytes came out of the region: what does not decode was damaged
+        // there (a caller's bad input cannot reach this point).
+        Value::decode(&w.buf).map_err(|e| match e.code() {
+            ErrorCode::InvalidArg => Error::corrupt(format!("a stored value does not decode: {e}")),
+            _ => e,
+        })
     }
 }
 

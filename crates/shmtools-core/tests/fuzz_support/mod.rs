@@ -183,12 +183,14 @@ pub fn tolerate<T>(ctx: &str, what: &str, r: Result<T>, allowed: &[ErrorCode]) -
 }
 
 /// Error codes a read of damaged bytes may give.
-pub const READ: &[ErrorCode] = &[ErrorCode::Corrupt, ErrorCode::InvalidArg, ErrorCode::Closed];
+pub const READ: &[ErrorCode] = &[ErrorCode::Corrupt, ErrorCode::Closed];
+/// Codes of a call whose argument the caller chose (an offset, a kind of
+/// value to ask for): a wrong one is `ERR_SHM_INVALID_ARG`.
+pub const ASKED: &[ErrorCode] = &[ErrorCode::Corrupt, ErrorCode::InvalidArg, ErrorCode::Closed];
 /// Error codes a change to damaged bytes may give (a damaged pool may also
 /// look full).
 pub const WRITE: &[ErrorCode] = &[
     ErrorCode::Corrupt,
-    ErrorCode::InvalidArg,
     ErrorCode::Closed,
     ErrorCode::OutOfMemory,
 ];
