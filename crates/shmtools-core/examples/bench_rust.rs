@@ -8,8 +8,9 @@
 //!
 //! Scenarios (each a table, with ratios and PASS/MISS against its targets):
 //! - 5a: 64-byte messages one way, a producer process to a consumer process:
-//!   shmtools (a Bytes value stored and enqueued; the same through the Value
-//!   API; a plain Int slot for the raw queue cost), Boost `message_queue`,
+//!   shmtools (a Bytes value stored and enqueued; the same in batches of 64
+//!   through the batch APIs; the same through the Value API; a plain Int
+//!   slot for the raw queue cost), Boost `message_queue`,
 //!   and the floor: a one-slot mailbox in shared memory (spin, and futex).
 //! - 5b: round trip p50/p99 between two processes: shmtools blocking
 //!   enqueue/dequeue, Boost `message_queue`, the spin floor, the futex floor.
@@ -130,10 +131,25 @@ fn await_word(w: &AtomicU32, want: u32, futex: bool) {
     }
 }
 
-/// Consumer of 5a on a shmtools pipe. `kind`: bytes | value | int.
+/// The batch size of a kind `batch<N>` (N ≥ 1), if `kind` is one.
+fn batch_of(kind: &str) -> R<Option<usize>> {
+    match kind.strip_prefix("batch") {
+        None => Ok(None),
+        Some(n) => match n.parse::<usize>() {
+            Ok(b) if b > 0 => Ok(Some(b)),
+            _ => Err(format!("bad batch kind {kind:?}")),
+        },
+    }
+}
+
+/// Consumer of 5a on a shmtools pipe. `kind`: bytes | value | int |
+/// batch<N>.
 fn q_recv(args: &[String]) -> R<()> {
     let (region, pipe, kind) = (&args[0], &args[1], args[2].as_str());
     let n: u64 = arg(args, 3, "count")?;
+    if let Some(batch) = batch_of(kind)? {
+        return q_recv_batch(region, pipe, n, batch);
+    }
     let end = ClientSide::start(region, pipe, &attach_opts()).map_err(err("attach"))?;
     let q = end.pipe().map_err(err("open pipe"))?;
     let values = q.values();
@@ -186,6 +202,9 @@ fn q_recv(args: &[String]) -> R<()> {
 fn q_send(args: &[String]) -> R<()> {
     let (region, pipe, kind) = (&args[0], &args[1], args[2].as_str());
     let n: u64 = arg(args, 3, "count")?;
+    if let Some(batch) = batch_of(kind)? {
+        return q_send_batch(region, pipe, n, batch);
+    }
     let end = ClientSide::start(region, pipe, &attach_opts()).map_err(err("attach"))?;
     let q = end.pipe().map_err(err("open pipe"))?;
     let values = q.values();
@@ -225,6 +244,100 @@ fn q_send(args: &[String]) -> R<()> {
         if !sent {
             return Err("enqueue without a timeout returned false".into());
         }
+    }
+    println!("t0={t0}");
+    Ok(())
+}
+
+/// Consumer of the batched 5a variant: takes up to `batch` packets per
+/// call (one hold of the queue lock), reads and checks each one's sequence
+/// number as `q_recv` does, and releases the batch with one hold of the pool
+/// lock. All of it runs inside the dequeue's in-progress mark
+/// (`dequeue_many_then`), so no reference is left unrecorded after it.
+fn q_recv_batch(region: &str, pipe: &str, n: u64, batch: usize) -> R<()> {
+    let end = ClientSide::start(region, pipe, &attach_opts()).map_err(err("attach"))?;
+    let q = end.pipe().map_err(err("open pipe"))?;
+    let values = q.values();
+    let span = values.pool().span();
+    let mut buf = [0u8; MSG];
+    let mut wrong = 0u64;
+    let mut next = 0u64;
+    ready();
+    while next < n {
+        let max = (n - next).min(batch as u64) as usize;
+        let got = q
+            .dequeue_many_then(max, None, |slots| {
+                // Read every packet, then release them all whatever happened.
+                let mut read: R<()> = Ok(());
+                for (j, &slot) in slots.iter().enumerate() {
+                    let r = values
+                        .data(slot)
+                        .map_err(err("data"))
+                        .and_then(|(off, len)| {
+                            if len != MSG as u64 {
+                                return Err(format!("packet of {len} bytes, not {MSG}"));
+                            }
+                            span.read(off, &mut buf).map_err(err("read"))
+                        });
+                    if let Err(e) = r {
+                        read = Err(e);
+                        break;
+                    }
+                    wrong += u64::from(seq_of(&buf) != next + j as u64);
+                }
+                let released = values.release_many(&slots).map_err(err("release_many"));
+                read.and(released).map(|()| slots.len() as u64)
+            })
+            .map_err(err("dequeue_many"))??;
+        if got == 0 {
+            return Err("dequeue_many without a timeout returned nothing".into());
+        }
+        next += got;
+    }
+    let t1 = mono_ns();
+    if wrong > 0 {
+        return Err(format!("{wrong} packets out of order"));
+    }
+    println!("t1={t1}");
+    Ok(())
+}
+
+/// Producer of the batched 5a variant: `batch` 64-byte Bytes values per
+/// call of `enqueue_wire_many`, which stores a run of up to `queue::BATCH`
+/// of them under one hold of the pool lock and enqueues that run under one
+/// hold of the queue lock (inside one in-progress mark).
+fn q_send_batch(region: &str, pipe: &str, n: u64, batch: usize) -> R<()> {
+    let end = ClientSide::start(region, pipe, &attach_opts()).map_err(err("attach"))?;
+    let q = end.pipe().map_err(err("open pipe"))?;
+    // `batch` copies of a 64-byte Bytes value's encoding, back to back; the
+    // payload is the tail of each, patched in place per message.
+    let one = Value::Bytes(vec![b'x'; MSG])
+        .encode()
+        .map_err(err("encode"))?;
+    let per = one.len();
+    let mut wire = one.repeat(batch);
+    let t0 = mono_ns();
+    let mut next = 0u64;
+    while next < n {
+        let k = (n - next).min(batch as u64) as usize;
+        for j in 0..k {
+            let at = (j + 1) * per - MSG;
+            let mut buf = [b'x'; MSG];
+            payload(next + j as u64, &mut buf);
+            wire[at..at + MSG].copy_from_slice(&buf);
+        }
+        let mut done = 0;
+        while done < k {
+            // (a call may send a prefix; the rest goes in the next one)
+            let sent = q
+                .enqueue_wire_many(&wire[done * per..k * per], k - done, None)
+                .map_err(err("enqueue_wire_many"))?;
+            if sent == 0 {
+                return Err("enqueue_wire_many without a timeout sent nothing".into());
+            }
+            done += sent;
+        }
+        next += k as u64;
     }
     println!("t0={t0}");
     Ok(())
@@ -905,16 +1018,21 @@ impl Bench<'_> {
 }
 
 /// Rows of scenario 5a, in table order.
-const OW_LABELS: [&str; 6] = [
+const OW_LABELS: [&str; 7] = [
     "shmtools: Bytes value of 64 B (store_wire + enqueue → dequeue + read + release)",
+    "shmtools: Bytes values of 64 B, batched (enqueue_wire_many of 64 → dequeue_many_then of ≤ 64 + read + release_many)",
     "shmtools: Value API (enqueue_value / dequeue_value of Value::Bytes(64 B))",
     "shmtools: Int slot, raw queue cost (enqueue / dequeue, no allocation)",
     "Boost message_queue, 64 B messages (send / receive)",
     "floor: one-slot mailbox, spin (write 64 B, flip a flag)",
     "floor: one-slot mailbox, futex wait/wake",
 ];
-const OW_KINDS: [&str; 3] = ["bytes", "value", "int"];
-const OW_BOOST: usize = 3;
+/// Messages per call in the batched row (one pool-lock hold and one
+/// queue-lock hold per call on each side: `queue::BATCH` is 64 too).
+const OW_BATCH: usize = 64;
+/// (`batch` stands for `batch<OW_BATCH>`.)
+const OW_KINDS: [&str; 4] = ["bytes", "batch", "value", "int"];
+const OW_BOOST: usize = 4;
 
 /// Scenario 5a: messages per second of each row, over the repetitions.
 fn one_way_scenario(b: &mut Bench<'_>) -> Vec<Runs<f64>> {
@@ -928,12 +1046,16 @@ fn one_way_scenario(b: &mut Bench<'_>) -> Vec<Runs<f64>> {
             b.sz.reps
         );
         for (k, kind) in OW_KINDS.iter().enumerate() {
+            let kind = match *kind {
+                "batch" => format!("batch{OW_BATCH}"),
+                other => other.to_string(),
+            };
             let pipe = format!("ow-{kind}-{rep}");
             let r = b.pipe(&pipe).and_then(|_| {
                 let a = [name.clone(), pipe.clone(), kind.to_string(), n.clone()];
                 one_way(me("q-recv", &a)?, me("q-send", &a)?, b.sz.one_way)
             });
-            runs[k].add(r, kind);
+            runs[k].add(r, &kind);
         }
         if let Boost::Peer(p) = b.boost {
             let q = b.boost_queue(&format!("ow-{rep}"));
@@ -945,7 +1067,7 @@ fn one_way_scenario(b: &mut Bench<'_>) -> Vec<Runs<f64>> {
             );
             runs[OW_BOOST].add(r, "boost one way");
         }
-        for (row, mode, count) in [(4, "spin", &n), (5, "futex", &nf)] {
+        for (row, mode, count) in [(5, "spin", &n), (6, "futex", &nf)] {
             let r = b.with_block(MB_DATA + MSG as u64, |at| {
                 let a = [name.clone(), at.to_string(), mode.into(), count.clone()];
                 let total = count.parse().unwrap_or(0);
@@ -1165,9 +1287,13 @@ fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> String {
         ),
         (
             1,
+            "64 B one way, batched ≥ 3× Boost (shmtools batch API, 64 per call; Boost has none)",
+        ),
+        (
+            2,
             "64 B one way through the Value API ≥ 3× Boost (same target, other API)",
         ),
-        (2, "(reference, not 64 B) Int slot one way ≥ 3× Boost"),
+        (3, "(reference, not 64 B) Int slot one way ≥ 3× Boost"),
     ] {
         md.push_str(&match (ow[row].median(), boost) {
             (Some(m), Some(x)) => format!(
@@ -1369,6 +1495,14 @@ const NOTES: &str = "
 - One way: the consumer attaches and waits first; the producer records
   CLOCK_MONOTONIC before its first send and the consumer after its last receive.
   Every message carries its sequence number and the consumer checks the order.
+- The batched row sends the same 64-byte Bytes values, 64 per call: the
+  producer's `enqueue_wire_many` stores each call's values under one hold of
+  the pool lock and enqueues them under one hold of the queue lock; the
+  consumer's `dequeue_many_then` takes up to 64 under one hold of the queue
+  lock, reads each payload and checks its sequence number, and releases them
+  with `release_many` (one hold of the pool lock). Every value is still
+  allocated and freed on its own; only the locking is shared. Boost's
+  `message_queue` has no batch calls, so its row is the same as for the others.
 - The floors use a block of a shmtools region as raw shared memory (atomics and
   byte copies only, no queue, no lock, no allocation). One-way floor: a one-slot
   mailbox, so every message waits for the previous one to be taken. Round-trip
