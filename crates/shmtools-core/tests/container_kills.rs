@@ -14,6 +14,7 @@
 //! `SHMT_KILLS_SEED=<n>` replays a run's kill schedule.
 
 mod common;
+mod fuzz_support;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use common::{
     attach, baseline, child_role, create, env_u64, say, seed_from_env, spawn, unique_name,
     RemoveOnDrop, Rng, OFFSET, SEED,
 };
+use fuzz_support::Watchdog;
 use shmtools_core::{Key, KeyRef, Shared, Value};
 
 const ROUNDS: u64 = 80;
@@ -98,13 +100,9 @@ fn plausible(v: &Value) -> bool {
 
 #[test]
 fn writers_killed_inside_container_mutations_leave_consistent_containers() {
-    // A hang (a lock never taken over) must fail the run, not stall it.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(600));
-        eprintln!("HANG: container_kills has not finished after 600 s; aborting");
-        std::process::abort();
-    });
     let seed = seed_from_env("SHMT_KILLS_SEED");
+    // A hang (a lock never taken over) must fail the run, not stall it.
+    let _watchdog = Watchdog::new(format!("container_kills (seed {seed})"));
     eprintln!("kill schedule seed {seed} (SHMT_KILLS_SEED={seed} replays it)");
     let name = unique_name("kills-", "containers");
     let _rm = RemoveOnDrop(name.clone());
