@@ -338,18 +338,13 @@ impl<'a> Holders<'a> {
             {
                 continue;
             }
-            let uncertain = r.busy.load(Relaxed) != 0 || r.reclaiming.swap(1, Relaxed) != 0;
-            if uncertain {
-                self.header.needs_repair.store(1, Relaxed);
-                self.header.uncertain_reclaims.fetch_add(1, Relaxed);
-                got.uncertain += 1;
-            }
+            let died_busy = r.busy.load(Relaxed) != 0 || r.reclaiming.swap(1, Relaxed) != 0;
             // Unlinked before anything is released: a reclaimer that dies
             // part way leaves `reclaiming` set and no ledger to give back
             // twice (the next one calls it uncertain; a repair finishes).
             let ledger = r.ledger.swap(0, Relaxed);
             let (refs, raws, clean) = release_ledger(values, ledger);
-            if !clean && !uncertain {
+            if died_busy || !clean {
                 self.header.needs_repair.store(1, Relaxed);
                 self.header.uncertain_reclaims.fetch_add(1, Relaxed);
                 got.uncertain += 1;

@@ -313,7 +313,12 @@ pub fn start_time(id: u32) -> Option<u64> {
 
 /// State letter (field 3) and start time (field 22) of `/proc/<id>/stat`.
 fn stat_fields(id: u32) -> Option<(u8, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{id}/stat")).ok()?;
+    stat_fields_at(&format!("/proc/{id}/stat"))
+}
+
+/// State letter and start time of the stat file at `path`.
+fn stat_fields_at(path: &str) -> Option<(u8, u64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces or ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // After ')' come fields 3.. ; the start time is field 22, the 20th of those.
@@ -369,13 +374,8 @@ fn other_task_runs(pid: u32) -> bool {
             return false;
         };
         tid != pid
-            && std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_ascii_whitespace().next()?.bytes().next()
-                })
-                .is_some_and(|state| state != b'Z' && state != b'X')
+            && stat_fields_at(&format!("/proc/{pid}/task/{tid}/stat"))
+                .is_some_and(|(state, _)| state != b'Z' && state != b'X')
     })
 }
 

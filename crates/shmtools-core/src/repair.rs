@@ -39,28 +39,6 @@ pub(crate) fn repair(region: &Region) -> Result<Repair> {
         ));
     }
 
-    // This process's own sessions must be quiet and fully recorded: another
-    // thread inside an operation, or a reference the ledger could not take,
-    // holds what the walk below would not see (and would free).
-    for i in 0..table.capacity() {
-        let r = table.record(i)?;
-        if r.state.load(Relaxed) != STATE_LIVE {
-            continue;
-        }
-        if r.busy.load(Relaxed) != 0 {
-            return Err(Error::new(
-                ErrorCode::Busy,
-                "cannot repair while another thread of this process is inside an operation on the region; repair when it is idle",
-            ));
-        }
-        if r.unrecorded.load(Relaxed) != 0 {
-            return Err(Error::new(
-                ErrorCode::Busy,
-                "cannot repair from this process: it holds references its ledger could not record (the pool was full); close its regions and repair from a fresh attachment",
-            ));
-        }
-    }
-
     // Blocks everyone agrees exist, and references to objects.
     let mut marked: HashSet<u64> = HashSet::new();
     let mut refs: HashMap<u64, (u8, u32)> = HashMap::new();
@@ -88,6 +66,22 @@ pub(crate) fn repair(region: &Region) -> Result<Repair> {
         }
         // Only sessions of this very process are live here (others_alive is
         // empty, the dead were reclaimed above): their ledgers are roots.
+        // They must be quiet and fully recorded: another thread inside an
+        // operation, or a reference the ledger could not take, holds what
+        // this walk would not see (and would free). (Nothing is written
+        // before the walk ends, so refusing here changes nothing.)
+        if r.busy.load(Relaxed) != 0 {
+            return Err(Error::new(
+                ErrorCode::Busy,
+                "cannot repair while another thread of this process is inside an operation on the region; repair when it is idle",
+            ));
+        }
+        if r.unrecorded.load(Relaxed) != 0 {
+            return Err(Error::new(
+                ErrorCode::Busy,
+                "cannot repair from this process: it holds references its ledger could not record (the pool was full); close its regions and repair from a fresh attachment",
+            ));
+        }
         let ledger = r.ledger.load(Relaxed);
         if ledger != 0 {
             marked.insert(ledger);

@@ -100,10 +100,20 @@ impl<'a> Values<'a> {
         Ok(block + ELEMS_HEADER)
     }
 
+    /// For a list read without its lock (being dropped, or by a repair): a
+    /// holder of the lock can only be a writer that died; take it over and
+    /// recover.
+    fn arr_recover_if_abandoned(&self, b: &ArrBody, off: u64) -> Result<()> {
+        if b.lock.lock().recovered {
+            self.arr_recover(b, off)?;
+        }
+        Ok(())
+    }
+
     /// Make a list whose lock was taken over from a dead writer consistent
     /// again (see the module's note); idempotent.
     pub(crate) fn arr_recover(&self, b: &ArrBody, off: u64) -> Result<()> {
-        self.flag_repair();
+        self.note_container_recovered();
         let elems = b.elems.load(Relaxed);
         if elems == 0 {
             b.len.store(0, Relaxed);
@@ -283,10 +293,7 @@ impl<'a> Values<'a> {
     /// locking (for `repair`).
     pub(crate) fn arr_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
-        // Any holder of its lock is dead (repair runs alone): recover first.
-        if b.lock.lock().recovered {
-            self.arr_recover(b, off)?;
-        }
+        self.arr_recover_if_abandoned(b, off)?;
         let (len, cap, elems) = (
             b.len.load(Relaxed),
             b.cap.load(Relaxed),
@@ -319,10 +326,7 @@ impl<'a> Values<'a> {
         frees: &mut Vec<u64>,
     ) -> Result<()> {
         let b = self.arr_body_checked(Slot::object(T_ARR, off), false)?;
-        // No reference is left: a holder of the lock is a writer that died.
-        if b.lock.lock().recovered {
-            self.arr_recover(b, off)?;
-        }
+        self.arr_recover_if_abandoned(b, off)?;
         let len = b.len.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let elems = b.elems.load(Relaxed);

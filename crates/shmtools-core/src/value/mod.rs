@@ -309,9 +309,9 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// Note that a container was recovered from a dead writer (which may
-    /// have left something unreachable): the region owes a repair.
-    pub(crate) fn flag_repair(&self) {
+    /// Count a container recovered from a dead writer, and flag the region
+    /// as owing a repair (the writer may have left something unreachable).
+    pub(crate) fn note_container_recovered(&self) {
         CONTAINERS_RECOVERED.fetch_add(1, Ordering::Relaxed);
         if let Some(s) = self.session {
             s.flag_repair(self.span);

@@ -339,12 +339,22 @@ impl<'a> Values<'a> {
         Ok((w(0)?, w(1)?, w(2)?))
     }
 
+    /// For a table read without its lock (being dropped, or by a repair,
+    /// which runs alone): a holder of the lock can only be a writer that
+    /// died, so take the lock over and recover what it left half done.
+    fn tab_recover_if_abandoned(&self, b: &TabBody, off: u64) -> Result<()> {
+        if b.lock.lock().recovered {
+            self.tab_recover(b, off)?;
+        }
+        Ok(())
+    }
+
     /// Bring back to a consistent state a table whose lock was taken over
     /// from a dead writer (see the module's note). Idempotent: if this
     /// process dies here too, the next one starts over. What the dead writer
     /// was moving in or out is left unreachable, for a repair.
     pub(crate) fn tab_recover(&self, b: &TabBody, off: u64) -> Result<()> {
-        self.flag_repair();
+        self.note_container_recovered();
         let entries = b.entries.load(Relaxed);
         if entries == 0 {
             // Never had entries (a grow publishes `entries` before the rest).
@@ -703,10 +713,7 @@ impl<'a> Values<'a> {
     /// for `repair`, which runs with no other process attached.
     pub(crate) fn tab_parts(&self, off: u64) -> Result<(Vec<u64>, Vec<Slot>)> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
-        // Any holder of its lock is dead (repair runs alone): recover first.
-        if b.lock.lock().recovered {
-            self.tab_recover(b, off)?;
-        }
+        self.tab_recover_if_abandoned(b, off)?;
         let (used, cap, count) = (
             b.used.load(Relaxed),
             b.cap.load(Relaxed),
@@ -750,11 +757,7 @@ impl<'a> Values<'a> {
         frees: &mut Vec<u64>,
     ) -> Result<()> {
         let b = self.tab_body_checked(Slot::object(T_TAB, off), false)?;
-        // No reference is left, so a holder of its lock can only be a writer
-        // that died: recover what it left half done before reading.
-        if b.lock.lock().recovered {
-            self.tab_recover(b, off)?;
-        }
+        self.tab_recover_if_abandoned(b, off)?;
         let used = b.used.load(Relaxed);
         let cap = b.cap.load(Relaxed);
         let entries = b.entries.load(Relaxed);
