@@ -257,16 +257,47 @@ impl<'a> Pool<'a> {
     /// Free several blocks under one hold of the pool lock. Every block is
     /// tried; the first error is returned (the blocks it concerns are left
     /// as they were, as [`Pool::free`] leaves them).
+    ///
+    /// Blocks that lie back to back (a batch allocated together usually
+    /// does) are freed as one run: one merge with the run's free neighbours
+    /// and one free-list insertion for all of them, instead of one each.
     pub fn free_many(&self, payloads: &[u64]) -> Result<()> {
         match payloads {
             [] => Ok(()),
             [one] => self.free(*one),
             _ => self.with_held(|p| {
+                let mut sorted = payloads.to_vec();
+                sorted.sort_unstable();
                 let mut first = None;
-                for &at in payloads {
-                    if let Err(e) = p.free(at) {
-                        first.get_or_insert(e);
+                let mut i = 0;
+                while i < sorted.len() {
+                    let b = match p.used_block(sorted[i]) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            first.get_or_insert(e);
+                            i += 1;
+                            continue;
+                        }
+                    };
+                    let mut end = b.off + b.size;
+                    let mut j = i + 1;
+                    while j < sorted.len() && sorted[j] == end + HEADER {
+                        match p.used_block(sorted[j]) {
+                            Ok(n) => end += n.size,
+                            Err(_) => break,
+                        }
+                        j += 1;
                     }
+                    let run = &sorted[i..j];
+                    if let Err(e) = p.free_run(b.off, end, run) {
+                        // Block by block, so that only those the error
+                        // concerns stay allocated.
+                        first.get_or_insert(e);
+                        for &at in run {
+                            let _ = p.free(at);
+                        }
+                    }
+                    i = j;
                 }
                 first.map_or(Ok(()), Err)
             }),
@@ -308,20 +339,112 @@ impl<'a> Pool<'a> {
         Ok(b.off + HEADER)
     }
 
+    /// Allocate blocks for each of `sizes` (bytes, as [`Pool::allocate`]
+    /// takes them) back to back, carved from one free block: one free-list
+    /// removal and one insertion for the lot, instead of one each, and a run
+    /// that [`Pool::free_many`] frees as one later. Appends the payload
+    /// offsets to `out`. Out of memory if no single free block holds them all
+    /// (smaller free blocks might still hold them one by one); nothing is
+    /// allocated then.
+    pub fn allocate_run(&self, sizes: &[u64], out: &mut Vec<u64>) -> Result<()> {
+        let mut total = 0u64;
+        for &n in sizes {
+            let s = block_size_for(n)
+                .filter(|&s| s <= self.end - self.start)
+                .ok_or_else(|| self.out_of_memory(n))?;
+            total = total
+                .checked_add(s)
+                .filter(|&t| t <= self.end - self.start)
+                .ok_or_else(|| self.out_of_memory(total.saturating_add(s)))?;
+        }
+        if sizes.is_empty() {
+            return Ok(());
+        }
+        let _g = self.lock()?;
+        let f = match self.find_free(total)? {
+            Some(b) => b,
+            None => return Err(self.out_of_memory(total)),
+        };
+        let base = out.len();
+        let carved = self.carve(f, total, sizes, out);
+        if carved.is_err() {
+            out.truncate(base);
+        }
+        carved
+    }
+
+    /// The body of [`Pool::allocate_run`], the lock held: carve blocks of
+    /// `sizes` (`total` bytes of blocks) from the free block `f`.
+    fn carve(&self, f: Block, total: u64, sizes: &[u64], out: &mut Vec<u64>) -> Result<()> {
+        self.remove_free(f.off, f.size)?;
+        // Crash order as in allocate: everything past the first block is
+        // written inside the free block first, where no walk of the tiling
+        // looks; the first block's header (one store) then makes the run and
+        // the rest part of the tiling.
+        let rest = f.size - total;
+        let last_extra = if rest >= MIN_BLOCK { 0 } else { rest };
+        let mut at = f.off;
+        let mut prev = 0u64;
+        let mut first_size = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let mut s = block_size_for(n).unwrap_or(MIN_BLOCK);
+            if i + 1 == sizes.len() {
+                s += last_extra;
+            }
+            if i == 0 {
+                first_size = s;
+            } else {
+                self.write_header(at, s, true)?;
+                self.set_prev_size(at, prev)?;
+            }
+            out.push(at + HEADER);
+            prev = s;
+            at += s;
+        }
+        if last_extra == 0 && rest > 0 {
+            self.write_header(at, rest, false)?;
+            self.set_prev_size(at, prev)?;
+            prev = rest;
+            at += rest;
+        }
+        if at < self.end {
+            self.set_prev_size(at, prev)?;
+        }
+        self.write_header(f.off, first_size, true)?;
+        if last_extra == 0 && rest > 0 {
+            self.insert_free(f.off + total, rest)?;
+        }
+        self.header
+            .bytes_used
+            .fetch_add(total + last_extra, Relaxed);
+        self.header
+            .blocks_used
+            .fetch_add(sizes.len() as u64, Relaxed);
+        Ok(())
+    }
+
     /// Free the block whose payload starts at `payload` (as returned by
     /// [`Pool::allocate`]). Freeing anything else is an error, not UB.
     pub fn free(&self, payload: u64) -> Result<()> {
         let _g = self.lock()?;
         let b = self.used_block(payload)?;
+        self.free_run(b.off, b.off + b.size, &[payload])
+    }
+
+    /// Free the used blocks tiling `start..end`, whose payloads are `run`
+    /// (checked to be used blocks, back to back, by the caller), merging
+    /// them with free neighbours into one free block. Call with the lock
+    /// held. On an error nothing has changed.
+    fn free_run(&self, start: u64, end: u64, run: &[u64]) -> Result<()> {
         // Validate both neighbours before changing anything, so that an error
         // leaves the pool as it was.
-        let next = match b.off + b.size {
+        let next = match end {
             n if n < self.end => Some(self.block(n)?).filter(|n| !n.used),
             _ => None,
         };
-        let prev = match self.prev_size(b.off)? {
+        let prev = match self.prev_size(start)? {
             0 => None,
-            ps => Some(self.prev_block(b.off, ps)?).filter(|p| !p.used),
+            ps => Some(self.prev_block(start, ps)?).filter(|p| !p.used),
         };
         // Both must come out of their lists cleanly: a failure on the
         // second after the first was unlinked would leave the first in no
@@ -329,8 +452,8 @@ impl<'a> Pool<'a> {
         for n in next.iter().chain(&prev) {
             self.check_listed(n.off, n.size)?;
         }
-        let mut off = b.off;
-        let mut size = b.size;
+        let mut off = start;
+        let mut size = end - start;
         if let Some(n) = &next {
             self.remove_free(n.off, n.size)?;
             size += n.size;
@@ -340,11 +463,14 @@ impl<'a> Pool<'a> {
             off = p.off;
             size += p.size;
         }
+        // One store makes the whole run (and its neighbours) one free block.
         self.write_header(off, size, false)?;
         // Headers now inside the merged block must not pass for blocks: a
-        // stale "in use" header would let a second free of `payload` through.
-        if off != b.off {
-            self.span.u64_at(b.off)?.store(0, Relaxed);
+        // stale "in use" header would let a second free of a payload through.
+        for &at in run {
+            if at - HEADER != off {
+                self.span.u64_at(at - HEADER)?.store(0, Relaxed);
+            }
         }
         if let Some(n) = &next {
             self.span.u64_at(n.off)?.store(0, Relaxed);
@@ -353,8 +479,8 @@ impl<'a> Pool<'a> {
             self.set_prev_size(off + size, size)?;
         }
         self.insert_free(off, size)?;
-        self.header.bytes_used.fetch_sub(b.size, Relaxed);
-        self.header.blocks_used.fetch_sub(1, Relaxed);
+        self.header.bytes_used.fetch_sub(end - start, Relaxed);
+        self.header.blocks_used.fetch_sub(run.len() as u64, Relaxed);
         Ok(())
     }
 
@@ -1353,12 +1479,108 @@ mod region_tests {
         }
     }
 
+    /// A batch freed together: back-to-back blocks become one free block
+    /// whatever the order given, a duplicate among them is refused without
+    /// keeping the others allocated, and the pool ends as it began.
+    #[test]
+    fn free_many_merges_back_to_back_blocks_and_refuses_a_duplicate() {
+        let s = Scratch::new("freemany", 128 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let blocks: Vec<u64> = (0..12)
+            .map(|i| pool.allocate(40 + i * 8).unwrap())
+            .collect();
+        let fence = pool.allocate(64).unwrap();
+        // Every other block of the first six, then the rest shuffled, with a
+        // duplicate: runs of one and a run of several.
+        pool.free_many(&[blocks[0], blocks[2], blocks[4]]).unwrap();
+        assert_eq!(
+            pool.check().unwrap().blocks_free,
+            4,
+            "three holes and the tail"
+        );
+        let mut rest = vec![blocks[9], blocks[1], blocks[11], blocks[3], blocks[7]];
+        rest.extend([blocks[5], blocks[10], blocks[6], blocks[8], blocks[7]]);
+        assert_eq!(code(pool.free_many(&rest)), ErrorCode::InvalidArg);
+        let c = pool.check().unwrap();
+        assert_eq!(c.blocks_free, 2, "the twelve merged into one, and the tail");
+        assert_eq!(c.blocks_used, initial.blocks_used + 1);
+        assert_eq!(code(pool.free(blocks[3])), ErrorCode::InvalidArg);
+        pool.free(fence).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    /// A run is carved back to back from one free block, each block holding
+    /// what was asked; the tail of a free block too small to stay free goes
+    /// to the last block; a run no free block holds is refused whole.
+    #[test]
+    fn allocate_run_carves_back_to_back_blocks_or_nothing() {
+        let s = Scratch::new("allocrun", 128 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        let sizes = [1u64, 40, 100, 0, 300];
+        let mut run = Vec::new();
+        pool.allocate_run(&sizes, &mut run).unwrap();
+        assert_eq!(run.len(), sizes.len());
+        for (i, (&p, &n)) in run.iter().zip(&sizes).enumerate() {
+            let cap = pool.capacity(p).unwrap();
+            assert!(cap >= n);
+            if let Some(&next) = run.get(i + 1) {
+                assert_eq!(p + cap + HEADER, next, "block {i} is followed by the next");
+            }
+            write_pattern(&pool, p, i as u64, cap);
+        }
+        for (i, &p) in run.iter().enumerate() {
+            assert_pattern(&pool, p, i as u64, pool.capacity(p).unwrap());
+        }
+        let c = pool.check().unwrap();
+        let st = pool.stats().unwrap();
+        assert_eq!(
+            (c.bytes_used, c.blocks_used),
+            (st.bytes_used, st.blocks_used)
+        );
+        assert_eq!(st.blocks_used, initial.blocks_used + 5);
+        // Too large for any free block: refused, nothing taken.
+        let before = pool.stats().unwrap();
+        let mut none = Vec::new();
+        let big = [st.largest_free / 2, st.largest_free / 2 + 64];
+        assert_eq!(
+            code(pool.allocate_run(&big, &mut none)),
+            ErrorCode::OutOfMemory
+        );
+        assert!(none.is_empty());
+        assert_eq!(pool.stats().unwrap(), before);
+        // Exactly the largest free block less a sliver: the sliver is kept
+        // by the last block, not left as a block too small to be one.
+        let fill = [64, st.largest_free - 64 - HEADER - 24];
+        let mut all = Vec::new();
+        pool.allocate_run(&fill, &mut all).unwrap();
+        assert_eq!(pool.stats().unwrap().largest_free, 0);
+        // (8 bytes of rounding to 16, and the 16-byte sliver)
+        assert_eq!(
+            pool.capacity(all[1]).unwrap(),
+            fill[1] + 8 + 16,
+            "kept the sliver"
+        );
+        pool.check().unwrap();
+        all.extend(run);
+        pool.free_many(&all).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Alloc(u64),
         Free(usize),
         /// Free an offset freed earlier (unless it was handed out again).
         FreeAgain(usize),
+        /// free_many of up to 8 live blocks next to each other by offset,
+        /// from a start index, with a stale offset among them if true.
+        FreeMany(usize, usize, bool),
+        /// allocate_run of these sizes.
+        AllocRun(Vec<u64>),
         Check,
     }
 
@@ -1369,6 +1591,8 @@ mod region_tests {
             1 => (4097u64..=40_000).prop_map(Op::Alloc),
             6 => any::<usize>().prop_map(Op::Free),
             1 => any::<usize>().prop_map(Op::FreeAgain),
+            2 => (any::<usize>(), any::<usize>(), any::<bool>()).prop_map(|(k, at, stale)| Op::FreeMany(k, at, stale)),
+            2 => prop::collection::vec(0u64..=600, 1..10).prop_map(Op::AllocRun),
             1 => Just(Op::Check),
         ]
     }
@@ -1423,6 +1647,52 @@ mod region_tests {
                             if !live.iter().any(|&(q, _, _)| q == p) {
                                 prop_assert_eq!(code(pool.free(p)), ErrorCode::InvalidArg);
                             }
+                        }
+                    }
+                    Op::AllocRun(sizes) => {
+                        let mut got = Vec::new();
+                        match pool.allocate_run(&sizes, &mut got) {
+                            Ok(()) => {
+                                prop_assert_eq!(got.len(), sizes.len());
+                                for (j, (&p, &n)) in got.iter().zip(&sizes).enumerate() {
+                                    let cap = pool.capacity(p).unwrap();
+                                    prop_assert!(cap >= n);
+                                    for &(q, qcap, _) in &live {
+                                        prop_assert!(p + cap + HEADER <= q || q + qcap + HEADER <= p);
+                                    }
+                                    let bid = id * 16 + j as u64;
+                                    write_pattern(&pool, p, bid, cap);
+                                    live.push((p, cap, bid));
+                                }
+                            }
+                            Err(e) => {
+                                prop_assert_eq!(e.code(), ErrorCode::OutOfMemory);
+                                prop_assert!(got.is_empty());
+                            }
+                        }
+                    }
+                    Op::FreeMany(k, at, stale) => {
+                        if !live.is_empty() {
+                            live.sort_by_key(|l| l.0);
+                            let k = (k % 8 + 1).min(live.len());
+                            let at = at % (live.len() - k + 1);
+                            let chosen: Vec<_> = live.drain(at..at + k).collect();
+                            let mut ps = Vec::new();
+                            for &(p, cap, bid) in chosen.iter().rev() {
+                                assert_pattern(&pool, p, bid, cap);
+                                ps.push(p);
+                            }
+                            let stale = freed
+                                .iter()
+                                .copied()
+                                .rfind(|&f| stale && !live.iter().any(|l| l.0 == f) && !ps.contains(&f));
+                            ps.extend(stale);
+                            let r = pool.free_many(&ps);
+                            match stale {
+                                Some(_) => prop_assert_eq!(code(r), ErrorCode::InvalidArg),
+                                None => prop_assert!(r.is_ok(), "{:?}", r),
+                            }
+                            freed.extend(chosen.iter().map(|c| c.0));
                         }
                     }
                     Op::Check => {

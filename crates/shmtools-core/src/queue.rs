@@ -569,14 +569,9 @@ impl<'a> Queue<'a> {
             let last = sent + n == count;
             let built = self.values.with_pool_held(|v| {
                 let mut slots = Vec::with_capacity(n);
-                for _ in 0..n {
-                    match v.store_packet_one(&mut r) {
-                        Ok(s) => slots.push(s),
-                        Err(e) => {
-                            let _ = v.release_many(&slots);
-                            return Err(e);
-                        }
-                    }
+                if let Err(e) = v.store_packets(&mut r, n, &mut slots) {
+                    let _ = v.release_many(&slots);
+                    return Err(e);
                 }
                 if last && !r.at_end() {
                     let _ = v.release_many(&slots);

@@ -434,6 +434,16 @@ impl<'a> Values<'a> {
             .checked_add(OBJ_HEADER)
             .ok_or_else(|| Error::invalid("value too large"))?;
         let off = self.pool.allocate(size)?;
+        if let Err(e) = self.init_obj(off, kind, sub, len) {
+            let _ = self.pool.free(off);
+            return Err(e);
+        }
+        Ok(off)
+    }
+
+    /// Write the header of a new object (count 1) at `off`, a block just
+    /// allocated for it.
+    fn init_obj(&self, off: u64, kind: u8, sub: u8, len: u64) -> Result<()> {
         let h = self.header(off)?;
         h.len.store(len, Ordering::Relaxed);
         h.meta.store(
@@ -441,7 +451,7 @@ impl<'a> Values<'a> {
             Ordering::Relaxed,
         );
         h.refcount.store(1, Ordering::Release);
-        Ok(off)
+        Ok(())
     }
 
     /// Take one more reference to the object in `slot` (no-op for scalars).

@@ -336,3 +336,88 @@ fn a_packed_object_is_no_value_a_caller_can_name() {
     );
     q.drain().unwrap();
 }
+
+/// A batch whose values are one block each (small tables and lists, bytes)
+/// gets them carved back to back; other values break the run and are built
+/// as before; a bad value in a run leaves nothing behind; and a pool with no
+/// free block large enough for the whole run stores it block by block.
+#[test]
+fn runs_of_one_block_values_are_carved_back_to_back_and_come_back_the_same() {
+    let sc = Scratch::new("packed-runs", 4 << 20);
+    let vals = sc.values();
+    let q = queue(vals, 64);
+    let before = base(&vals);
+    let row = |i: i64| {
+        Value::Tab(vec![
+            (Key::Str("seq".into()), Value::Int(i)),
+            (Key::Str("payload".into()), s(&"x".repeat(32))),
+        ])
+    };
+    let cases = vec![
+        row(1),
+        Value::Bytes(vec![1; 64]),
+        Value::Bytes(vec![]),
+        row(2),
+        Value::Int(5),
+        row(3),
+        row(4),
+        s("a top-level string is its own object already"),
+        Value::Arr(vec![Value::Bytes(vec![7; PACKED_MAX])]),
+        Value::Bytes(vec![2; 10]),
+        row(5),
+    ];
+    let bytes: Vec<u8> = cases.iter().flat_map(|v| v.encode().unwrap()).collect();
+    assert_eq!(
+        q.try_enqueue_wire_many(&bytes, cases.len()).unwrap(),
+        cases.len()
+    );
+    // The first four are one run: each block starts where the one before ends.
+    let objs = packets(&q);
+    for w in objs[..4].windows(2) {
+        let cap = vals.pool().capacity(w[0].bits).unwrap();
+        assert_eq!(w[0].bits + cap + 16, w[1].bits, "{objs:?}");
+    }
+    assert_eq!(objs[1].tag, T_BYTES);
+    let mut w = Writer::default();
+    assert_eq!(q.dequeue_many_wire(64, NOW, &mut w).unwrap(), cases.len());
+    assert_eq!(w.buf, bytes);
+    assert_eq!(base(&vals), before);
+
+    // A bad value inside a run: an error, and nothing of the batch is left.
+    let mut bad: Vec<u8> = [row(1), Value::Bytes(vec![3; 8])]
+        .iter()
+        .flat_map(|v| v.encode().unwrap())
+        .collect();
+    bad.extend([T_BYTES, 0xff, 0xff, 0, 0]); // claims 65535 bytes
+    assert_eq!(
+        q.try_enqueue_wire_many(&bad, 3).unwrap_err().code(),
+        ErrorCode::InvalidArg
+    );
+    assert_eq!(q.len(), 0);
+    assert_eq!(base(&vals), before);
+
+    // Fragment the pool so that no free block holds 40 rows at once.
+    let pool = vals.pool();
+    let mut held = Vec::new();
+    while let Ok(p) = pool.allocate(4000) {
+        held.push(p);
+    }
+    let (keep, free): (Vec<_>, Vec<_>) = held.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    for (_, &p) in &free {
+        pool.free(p).unwrap();
+    }
+    assert!(pool.stats().unwrap().largest_free < 40 * 112);
+    let rows: Vec<Value> = (0..40).map(row).collect();
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.encode().unwrap()).collect();
+    assert_eq!(
+        q.try_enqueue_wire_many(&bytes, rows.len()).unwrap(),
+        rows.len()
+    );
+    let mut w = Writer::default();
+    assert_eq!(q.dequeue_many_wire(64, NOW, &mut w).unwrap(), rows.len());
+    assert_eq!(w.buf, bytes);
+    for (_, &p) in &keep {
+        pool.free(p).unwrap();
+    }
+    assert_eq!(base(&vals), before);
+}

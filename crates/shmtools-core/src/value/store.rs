@@ -129,6 +129,81 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// [`Values::store_packet_one`] of the next `n` values of a run of
+    /// concatenated encodings, appending each result to `out` (on an error,
+    /// what was built before it stays in `out`, for the caller to release).
+    /// Values that are one block each (tables and lists that pack, and
+    /// bytes) are stored in blocks carved back to back in one go
+    /// ([`crate::pool::Pool::allocate_run`]), which their reader then frees
+    /// in one go.
+    pub fn store_packets(&self, r: &mut Reader<'_>, n: usize, out: &mut Vec<Slot>) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            // The longest run ahead of values that are one block each: kind,
+            // and where the block's body starts and ends in the input.
+            let start = r.pos();
+            let mut run: Vec<(u8, usize, usize)> = Vec::new();
+            while run.len() < left {
+                let at = r.pos();
+                let one = match r.peek() {
+                    Some(T_TAB) | Some(T_ARR) => match r.skip_value_upto(PACKED_MAX) {
+                        Ok(Some(seen)) if !seen.refs => Some((T_PACKED, at, r.pos())),
+                        _ => None,
+                    },
+                    Some(T_BYTES) => (|| {
+                        r.u8()?;
+                        let len = r.count(1)?;
+                        r.take(len)?;
+                        Ok::<_, Error>((T_BYTES, at + 5, r.pos()))
+                    })()
+                    .ok(),
+                    _ => None,
+                };
+                match one {
+                    Some(b) => run.push(b),
+                    None => {
+                        r.rewind(at);
+                        break;
+                    }
+                }
+            }
+            if run.len() < 2 {
+                // Zero or one: as one value (this also reports a bad one).
+                r.rewind(start);
+                out.push(self.store_packet_one(r)?);
+                left -= 1;
+                continue;
+            }
+            let sizes: Vec<u64> = run
+                .iter()
+                .map(|&(_, from, to)| OBJ_HEADER + (to - from) as u64)
+                .collect();
+            let mut offs = Vec::with_capacity(run.len());
+            if self.pool.allocate_run(&sizes, &mut offs).is_err() {
+                // No one free block holds them all: one by one.
+                r.rewind(start);
+                for _ in 0..run.len() {
+                    out.push(self.store_packet_one(r)?);
+                }
+            } else {
+                // (the reader is past the last of them)
+                for (i, (&off, &(kind, from, to))) in offs.iter().zip(&run).enumerate() {
+                    let body = r.read_between(from, to);
+                    let made = self
+                        .init_obj(off, kind, 0, body.len() as u64)
+                        .and_then(|_| self.span.write(off + OBJ_HEADER, body));
+                    if let Err(e) = made {
+                        let _ = self.pool.free_many(&offs[i..]);
+                        return Err(e);
+                    }
+                    out.push(Slot::object(kind, off));
+                }
+            }
+            left -= run.len();
+        }
+        Ok(())
+    }
+
     /// Check the bytes of the packed object `slot` (copied out already, so
     /// no other process can change them under the check): exactly one
     /// well-formed table or list, without references. A damaged body is

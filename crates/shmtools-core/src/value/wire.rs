@@ -233,6 +233,13 @@ impl<'a> Reader<'a> {
         self.buf.get(self.pos).copied()
     }
 
+    /// The bytes from position `from` to position `to`, both at most the
+    /// current position (earlier [`Reader::pos`] values).
+    pub fn read_between(&self, from: usize, to: usize) -> &'a [u8] {
+        let to = to.min(self.pos);
+        &self.buf[from.min(to)..to]
+    }
+
     /// The bytes read since position `start` (an earlier [`Reader::pos`]).
     pub fn since(&self, start: usize) -> &'a [u8] {
         &self.buf[start.min(self.pos)..self.pos]
