@@ -48,7 +48,8 @@ export declare class NativeQueue {
    * blocks going back to the pool together. Up to 64 KiB of encodings come
    * as a string, one character per byte (latin1), after a flag character
    * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
-   * faster than a Buffer (see decodeBatch in src/wire.ts). Larger batches
+   * faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
+   * (repeated key lists named by number). Larger batches
    * come as a Buffer of the encodings alone. Nothing came: an empty string.
    */
   dequeueManyCopy(max: number, timeoutMs?: number | undefined | null): string | Buffer

@@ -22,6 +22,7 @@ import {
   Shared,
   SharedTyped,
   SHMMain,
+  ServerSide,
   ShmUnsupportedError,
   type PoolStats,
   type SharedArr,
@@ -431,6 +432,46 @@ test('property: random JSON-like values with bigints, typed arrays and Buffers r
     { numRuns: 200 },
   )
   assertBaseline(t, f)
+})
+
+// The copy form hands a batch to JS shape coded (crates/shmtools-core/src/value/shaped.rs):
+// the first table of each key list carries its keys, later ones only name it.
+const keyListArb = fc.constantFrom(
+  ['seq', 'payload'],
+  ['payload', 'seq'],
+  ['seq'],
+  ['seq', 'payload', 'rows'],
+  ['0', '1', 'x'],
+  ['ключ', 'seq'],
+  ['__proto__', 'seq'],
+  ['seq', 'seq2', 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k', 'l', 'm', 'n'],
+  Array.from({ length: 17 }, (_, i) => `k${i}`),
+)
+const smallArb = fc.oneof(fc.integer(), fc.maxSafeInteger(), fc.double(), fc.string({ maxLength: 40 }), fc.constant(null), valueArb)
+const messageArb = fc
+  .tuple(keyListArb, fc.array(smallArb, { minLength: 17, maxLength: 17 }), fc.array(fc.tuple(fc.integer(), fc.string({ maxLength: 6 })), { maxLength: 3 }))
+  .map(([keys, vals, rows]) => {
+    const o: Record<string, unknown> = {}
+    keys.forEach((k, i) => Object.defineProperty(o, k, { value: k === 'rows' ? rows.map(([i, s]) => ({ i, s })) : vals[i], enumerable: true, writable: true, configurable: true }))
+    return o
+  })
+
+test('property: batches of tables that repeat, reorder and nest key lists come back exactly through dequeueMany({ copy: true }), and every block is freed', (t) => {
+  const f = fresh(t, 'prop-shapes', 8 * MiB)
+  const q = new ServerSide(f.region, 'p', 256).start().pipe()
+  const withPipe = f.pool.stats()
+  fc.assert(
+    fc.property(fc.array(messageArb, { minLength: 1, maxLength: 40 }), (batch) => {
+      if (q.enqueueMany(batch) !== batch.length) return false
+      const got = q.dequeueMany(256, { copy: true })
+      const ok = isDeepStrictEqual(got, batch.map(normalize))
+      // '__proto__' is an own data property, never the prototype.
+      const protoOk = got.every((g) => Object.getPrototypeOf(g) === Object.prototype)
+      return ok && protoOk && q.length === 0 && isDeepStrictEqual(f.pool.stats(), withPipe)
+    }),
+    { numRuns: 150 },
+  )
+  t.is(q.length, 0)
 })
 
 // 3 Proxy semantics ---------------------------------------------------------

@@ -19,6 +19,10 @@ export const T_TAB = 10
 export const T_ARR = 11
 export const T_TYPED = 12
 export const T_REF = 13
+/** Shape coding of batches handed to JS (crates/shmtools-core/src/value/shaped.rs). */
+const T_DEFSHAPE = 32
+const T_SHAPE = 33
+const T_I32 = 34
 
 export const MAX_DEPTH = 256
 
@@ -389,6 +393,8 @@ export function decode(buf: Buffer): unknown {
 
 class Decoder {
   pos = 0
+  /** Tables being decoded around the current position (their scratch arrays). */
+  depth = 0
   readonly view: DataView
   constructor(readonly buf: Buffer) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
@@ -469,15 +475,23 @@ class Decoder {
       }
       case T_TAB: {
         const n = this.u32()
-        const o: Record<string, unknown> = {}
+        if (n > SHAPE_KEYS_MAX) {
+          const o: Record<string, unknown> = {}
+          for (let i = 0; i < n; i++) setKey(o, String(this.value()), this.value())
+          return o
+        }
+        const d = this.depth++
+        const keys = (scratchKeys[d] ??= [])
+        const vals = (scratchVals[d] ??= [])
+        let node: ShapeNode | undefined = shapeRoot
         for (let i = 0; i < n; i++) {
           const k = String(this.value())
-          const v = this.value()
-          // '__proto__' is data here, not the prototype setter.
-          if (k === '__proto__') Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true })
-          else o[k] = v
+          node = shapeStep(node, k)
+          keys[i] = k
+          vals[i] = this.value()
         }
-        return o
+        this.depth = d
+        return buildTable(node, keys, vals, n)
       }
       case T_ARR: {
         const n = this.u32()
@@ -504,6 +518,109 @@ class Decoder {
   }
 }
 
+/**
+ * Decoded tables. Messages of one kind are tables with the same keys in the
+ * same order; assigning properties one by one to `{}` goes through V8's
+ * generic (megamorphic) keyed store for each. Instead, each list of keys seen
+ * gets a small function returning an object literal with those keys (made
+ * once, with `new Function`), which V8 compiles to a fixed-shape allocation.
+ * The lists live in a tree walked key by key while a table is read (keys come
+ * from the key cache, so a step is usually one identity compare). Tables with
+ * more than SHAPE_KEYS_MAX keys, keys past SHAPES_MAX tree nodes, a
+ * `__proto__` or repeated key, or a process that forbids code from strings
+ * take the one-by-one path, which gives the same object.
+ */
+const SHAPE_KEYS_MAX = 16
+const SHAPES_MAX = 4096
+type MakeTable = (v: unknown[]) => Record<string, unknown>
+interface ShapeNode {
+  /** The first child's key and node (most nodes have one child). */
+  key: string | undefined
+  /** `key` as the wire has it (tag, length, bytes), one character per byte. */
+  keyEnc: string | undefined
+  child: ShapeNode | undefined
+  more: Map<string, ShapeNode> | undefined
+  /** For the key list ending here: undefined (not made yet) or null (one by one). */
+  make: MakeTable | null | undefined
+}
+const newShape = (): ShapeNode => ({ key: undefined, keyEnc: undefined, child: undefined, more: undefined, make: undefined })
+const shapeRoot = newShape()
+let shapeNodes = 0
+/** Per table nesting depth, the keys and values read so far. */
+const scratchKeys: string[][] = []
+const scratchVals: unknown[][] = []
+
+function shapeStep(node: ShapeNode | undefined, k: string): ShapeNode | undefined {
+  if (node === undefined) return undefined
+  if (node.key === k) return node.child
+  const found = node.more?.get(k)
+  if (found !== undefined || shapeNodes >= SHAPES_MAX) return found
+  shapeNodes++
+  const child = newShape()
+  if (node.key === undefined) {
+    node.key = k
+    node.keyEnc = latin1Key(k)
+    node.child = child
+  } else {
+    ;(node.more ??= new Map()).set(k, child)
+  }
+  return child
+}
+
+/** The wire encoding of key `k` as a latin1 string (undefined if not ASCII). */
+function latin1Key(k: string): string | undefined {
+  for (let i = 0; i < k.length; i++) if (k.charCodeAt(i) >= 0x80) return undefined
+  const n = k.length
+  return String.fromCharCode(T_STR, n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, n >>> 24) + k
+}
+
+/** Does `s` hold `enc` at `p`? */
+function matchAt(s: string, p: number, enc: string): boolean {
+  const n = enc.length
+  if (p + n > s.length) return false
+  for (let i = 0; i < n; i++) if (s.charCodeAt(p + i) !== enc.charCodeAt(i)) return false
+  return true
+}
+
+function compileShape(keys: readonly string[], n: number): MakeTable | null {
+  const seen = new Set<string>()
+  const fields: string[] = []
+  for (let i = 0; i < n; i++) {
+    const k = keys[i]!
+    // `__proto__: x` in a literal sets the prototype; a repeated key keeps
+    // its first position, which a literal would also do, but stay plain.
+    if (k === '__proto__' || seen.has(k)) return null
+    seen.add(k)
+    fields.push(`${JSON.stringify(k)}: v[${i}]`)
+  }
+  try {
+    return new Function('v', `return { ${fields.join(', ')} }`) as MakeTable
+  } catch {
+    return null // e.g. node --disallow-code-generation-from-strings
+  }
+}
+
+function setKey(o: Record<string, unknown>, k: string, v: unknown): void {
+  // '__proto__' is data here, not the prototype setter.
+  if (k === '__proto__') Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true })
+  else o[k] = v
+}
+
+function buildTable(node: ShapeNode | undefined, keys: string[], vals: unknown[], n: number): Record<string, unknown> {
+  let o: Record<string, unknown>
+  let make = node?.make
+  if (node !== undefined && make === undefined) make = node.make = compileShape(keys, n)
+  if (make) {
+    o = make(vals)
+  } else {
+    o = {}
+    for (let i = 0; i < n; i++) setKey(o, keys[i]!, vals[i])
+  }
+  // The scratch must not keep the values alive.
+  for (let i = 0; i < n; i++) vals[i] = undefined
+  return o
+}
+
 const keyCache: (string | undefined)[] = new Array(512).fill(undefined)
 const f64 = new Float64Array(1)
 const f32 = new Float32Array(f64.buffer, 0, 1)
@@ -523,6 +640,10 @@ const f64Bytes = new Uint8Array(f64.buffer)
  */
 class BatchDecoder {
   pos = 1
+  /** Tables being decoded around the current position (their scratch arrays). */
+  depth = 0
+  /** The key lists this batch defined (DefShape), by number. */
+  readonly shapes: { n: number; keys: string[]; make: MakeTable | null }[] = []
   constructor(
     readonly s: string,
     /** Every string in the batch is ASCII (the binding says so). */
@@ -588,6 +709,86 @@ class BatchDecoder {
     return k
   }
 
+  /**
+   * A table of `n` entries at the current position. The common entries are
+   * read here with the position in a local (a key that followed last time,
+   * integers, ASCII strings); anything else goes through key() / value().
+   */
+  table(n: number, define = false): Record<string, unknown> {
+    if (n > SHAPE_KEYS_MAX) {
+      if (define) throw new ShmError(ErrorCodes.CORRUPT, `a batch names a shape of ${n} keys`)
+      const o: Record<string, unknown> = {}
+      for (let i = 0; i < n; i++) setKey(o, this.key(), this.value())
+      return o
+    }
+    const s = this.s
+    const d = this.depth++
+    const keys = (scratchKeys[d] ??= [])
+    const vals = (scratchVals[d] ??= [])
+    let node: ShapeNode | undefined = shapeRoot
+    for (let i = 0; i < n; i++) {
+      // Most often the key is the one that followed last time: its encoding
+      // is compared at once, without hashing for the key cache.
+      let k: string
+      const enc = node?.keyEnc
+      if (enc !== undefined && matchAt(s, this.pos, enc)) {
+        k = node!.key!
+        this.pos += enc.length
+      } else {
+        k = this.key()
+      }
+      node = shapeStep(node, k)
+      keys[i] = k
+      vals[i] = this.fast()
+    }
+    this.depth = d
+    const o = buildTable(node, keys, vals, n)
+    if (define) {
+      if (n === 0) throw new ShmError(ErrorCodes.CORRUPT, 'a batch names a shape of no keys')
+      this.shapes.push({ n, keys: keys.slice(0, n), make: node?.make ?? null })
+    }
+    return o
+  }
+
+  /** A table of shape number `id` of this batch: its values follow. */
+  shaped(id: number): Record<string, unknown> {
+    const sh = this.shapes[id]
+    if (sh === undefined) throw new ShmError(ErrorCodes.CORRUPT, `a batch names shape ${id} before defining it`)
+    const n = sh.n
+    const d = this.depth++
+    const vals = (scratchVals[d] ??= [])
+    for (let i = 0; i < n; i++) vals[i] = this.fast()
+    this.depth = d
+    let o: Record<string, unknown>
+    if (sh.make) {
+      o = sh.make(vals)
+    } else {
+      o = {}
+      for (let i = 0; i < n; i++) setKey(o, sh.keys[i]!, vals[i])
+    }
+    for (let i = 0; i < n; i++) vals[i] = undefined
+    return o
+  }
+
+  /** value(), with small integers and ASCII strings read here at once. */
+  fast(): unknown {
+    const s = this.s
+    const p = this.pos
+    const tag = s.charCodeAt(p)
+    if (tag === T_I32 && p + 5 <= s.length) {
+      this.pos = p + 5
+      return s.charCodeAt(p + 1) | (s.charCodeAt(p + 2) << 8) | (s.charCodeAt(p + 3) << 16) | (s.charCodeAt(p + 4) << 24)
+    }
+    if (tag === T_STR && this.ascii && p + 5 <= s.length) {
+      const len = (s.charCodeAt(p + 1) | (s.charCodeAt(p + 2) << 8) | (s.charCodeAt(p + 3) << 16) | (s.charCodeAt(p + 4) << 24)) >>> 0
+      if (p + 5 + len <= s.length) {
+        this.pos = p + 5 + len
+        return s.substring(p + 5, p + 5 + len)
+      }
+    }
+    return this.value()
+  }
+
   scalar8(): void {
     this.need(8)
     const s = this.s
@@ -633,18 +834,19 @@ class BatchDecoder {
         const v = hex ? BigInt('0x' + hex) : 0n
         return neg ? -v : v
       }
-      case T_TAB: {
-        const n = this.u32()
-        const o: Record<string, unknown> = {}
-        for (let i = 0; i < n; i++) {
-          const k = this.key()
-          const v = this.value()
-          // '__proto__' is data here, not the prototype setter.
-          if (k === '__proto__') Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true })
-          else o[k] = v
-        }
-        return o
+      case T_TAB:
+        return this.table(this.u32())
+      case T_DEFSHAPE:
+        return this.table(this.u32(), true)
+      case T_SHAPE: {
+        this.need(2)
+        const id = this.s.charCodeAt(this.pos) | (this.s.charCodeAt(this.pos + 1) << 8)
+        this.pos += 2
+        return this.shaped(id)
       }
+      case T_I32:
+        this.need(4)
+        return this.u32() | 0
       case T_ARR: {
         const n = this.u32()
         const a = new Array(n)

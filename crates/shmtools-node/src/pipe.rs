@@ -11,6 +11,7 @@ use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
 use shmtools_core::queue::{Queue, WaitFor};
+use shmtools_core::value::shape_code;
 use shmtools_core::value::wire::Writer;
 use shmtools_core::{Directory, ErrorCode};
 
@@ -212,7 +213,8 @@ impl NativeQueue {
     /// blocks going back to the pool together. Up to 64 KiB of encodings come
     /// as a string, one character per byte (latin1), after a flag character
     /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
-    /// faster than a Buffer (see decodeBatch in src/wire.ts). Larger batches
+    /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
+    /// (repeated key lists named by number). Larger batches
     /// come as a Buffer of the encodings alone. Nothing came: an empty string.
     #[napi(catch_unwind)]
     pub fn dequeue_many_copy<'env>(
@@ -235,7 +237,15 @@ impl NativeQueue {
             return Ok(Either::B(w.buf.into()));
         }
         w.buf[0] = w.non_ascii as u8;
-        env.create_string_latin1(&w.buf).map(Either::A)
+        // Shape coded for the JS reader (see shmtools_core::value::shape_code);
+        // should that fail, the encodings as they are read the same.
+        let mut coded = Vec::with_capacity(w.buf.len());
+        coded.push(w.buf[0]);
+        let text = match shape_code(&w.buf[1..], &mut coded) {
+            Ok(()) => &coded,
+            Err(_) => &w.buf,
+        };
+        env.create_string_latin1(text).map(Either::A)
     }
 
     /// The futex sequence for `kind` (0 not empty, 1 not full); read it before

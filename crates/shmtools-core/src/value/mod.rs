@@ -20,9 +20,11 @@ mod store;
 pub use store::scalar_wire;
 #[cfg(test)]
 mod packed_tests;
+mod shaped;
 mod tab;
 #[cfg(test)]
 mod tests;
+pub use shaped::shape_code;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

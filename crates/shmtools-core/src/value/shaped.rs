@@ -1,0 +1,326 @@
+//! Shape coding: a run of wire encodings rewritten for a JavaScript reader
+//! that builds plain objects from it (the pipes' copy form, `dequeueMany(n,
+//! { copy: true })`). Messages of one kind are tables with the same keys in
+//! the same order; reading every key of every message costs a JS reader more
+//! than reading the values. So the first table of each key list in a batch
+//! is written with its keys and numbered, and every later table with the
+//! same keys names that number and carries only its values. Small integers
+//! get a 4-byte body. Everything else is the wire format unchanged.
+//!
+//! | tag | name     | body |
+//! | --- | -------- | ---- |
+//! | 32  | DefShape | u32 count (1..=16), count × (Str key, value): a table whose key list becomes shape number k, the batch's k-th DefShape (from 0) |
+//! | 33  | Shape    | u16 shape number, then one value per key of that shape |
+//! | 34  | I32      | i32: an Int (or a UInt) that fits |
+//!
+//! The rewrite is only between the binding and src/wire.ts (BatchDecoder);
+//! nothing in a region is ever shape coded.
+
+use std::collections::HashMap;
+
+use super::wire::{Reader, MAX_DEPTH, T_ARR, T_BYTES, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_UINT};
+use crate::error::{Error, Result};
+
+pub const T_DEFSHAPE: u8 = 32;
+pub const T_SHAPE: u8 = 33;
+pub const T_I32: u8 = 34;
+/// Tables with more keys than this are written as they are.
+pub const SHAPE_KEYS_MAX: usize = 16;
+const SHAPES_MAX: usize = 1 << 16;
+
+/// Rewrite the concatenated encodings `src` (as the copy forms produce them:
+/// well formed, no references) shape coded onto `out`. On an error `out` is
+/// left as it was; the caller can hand over `src` unchanged instead, which a
+/// shape-coded reader reads too.
+pub fn shape_code(src: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    let mut c = Coder {
+        r: Reader::new(src),
+        ids: HashMap::new(),
+        last: Vec::new(),
+        sigs: Vec::new(),
+    };
+    while !c.r.at_end() {
+        if let Err(e) = c.value(out, 0) {
+            out.truncate(start);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+struct Coder<'a> {
+    r: Reader<'a>,
+    /// Shape number of each key list seen (the keys' encodings, back to back).
+    ids: HashMap<Vec<u8>, u16>,
+    /// Per nesting depth, the key list and number of the last shape used
+    /// there: the usual hit, found without hashing.
+    last: Vec<Option<(Vec<u8>, u16)>>,
+    /// Per nesting depth, a buffer for the key list of the table being read.
+    sigs: Vec<Vec<u8>>,
+}
+
+impl Coder<'_> {
+    fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::invalid("values nest too deeply"));
+        }
+        let at = self.r.pos();
+        match self.r.peek() {
+            Some(T_INT) | Some(T_UINT) => {
+                let tag = self.r.u8()?;
+                let v = self.r.u64()?;
+                let small = if tag == T_INT {
+                    i32::try_from(v as i64).ok()
+                } else {
+                    i32::try_from(v).ok()
+                };
+                match small {
+                    Some(s) => {
+                        out.push(T_I32);
+                        out.extend_from_slice(&s.to_le_bytes());
+                    }
+                    None => out.extend_from_slice(self.r.since(at)),
+                }
+            }
+            Some(T_TAB) => {
+                self.r.u8()?;
+                let n = self.r.count(2)?;
+                self.table(n, out, depth)?;
+            }
+            Some(T_ARR) => {
+                self.r.u8()?;
+                let n = self.r.count(1)?;
+                out.push(T_ARR);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                for _ in 0..n {
+                    self.value(out, depth + 1)?;
+                }
+            }
+            Some(T_STR) | Some(T_BYTES) => {
+                self.r.u8()?;
+                let n = self.r.u32()? as usize;
+                self.r.take(n)?;
+                out.extend_from_slice(self.r.since(at));
+            }
+            Some(T_NONE) => out.push(self.r.u8()?),
+            Some(T_F64) => out.extend_from_slice(self.r.take(9)?),
+            _ => {
+                self.r.skip_value()?;
+                out.extend_from_slice(self.r.since(at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Step over a table key, appending its encoding to `sig`; false if
+    /// it is not a string.
+    fn key(&mut self, sig: &mut Vec<u8>) -> Result<bool> {
+        let at = self.r.pos();
+        let is_str = self.r.peek() == Some(T_STR);
+        if is_str {
+            self.r.u8()?;
+            let n = self.r.u32()? as usize;
+            self.r.take(n)?;
+        } else {
+            self.r.skip_value()?;
+        }
+        sig.extend_from_slice(self.r.since(at));
+        Ok(is_str)
+    }
+
+    /// A table of `n` entries, the reader past its count.
+    fn table(&mut self, n: usize, out: &mut Vec<u8>, depth: usize) -> Result<()> {
+        if n == 0 || n > SHAPE_KEYS_MAX {
+            out.push(T_TAB);
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            for _ in 0..2 * n {
+                self.value(out, depth + 1)?;
+            }
+            return Ok(());
+        }
+        // Values are written first, after room for a Shape header; the
+        // header is filled in once the keys are known.
+        let head = out.len();
+        out.extend_from_slice(&[T_SHAPE, 0, 0]);
+        let mut sig = std::mem::take(self.sig_at(depth));
+        sig.clear();
+        let mut key_ends = [0usize; SHAPE_KEYS_MAX];
+        let mut val_ends = [0usize; SHAPE_KEYS_MAX];
+        let mut str_keys = true;
+        for i in 0..n {
+            str_keys &= self.key(&mut sig)?;
+            key_ends[i] = sig.len();
+            self.value(out, depth + 1)?;
+            val_ends[i] = out.len();
+        }
+        let known = if !str_keys {
+            None
+        } else {
+            match self.last.get(depth) {
+                Some(Some((keys, id))) if *keys == sig => Some(*id),
+                _ => self.ids.get(&sig).copied(),
+            }
+        };
+        let fresh = str_keys && known.is_none() && self.ids.len() < SHAPES_MAX;
+        if let Some(id) = known {
+            out[head + 1..head + 3].copy_from_slice(&id.to_le_bytes());
+        } else {
+            // Rare (once per key list per batch): write keys and values
+            // interleaved in place of the values alone.
+            let vals = out.split_off(head + 3);
+            out.truncate(head);
+            out.push(if fresh { T_DEFSHAPE } else { T_TAB });
+            out.extend_from_slice(&(n as u32).to_le_bytes());
+            let (mut k0, mut v0) = (0, 0);
+            for i in 0..n {
+                let v1 = val_ends[i] - head - 3;
+                out.extend_from_slice(&sig[k0..key_ends[i]]);
+                out.extend_from_slice(&vals[v0..v1]);
+                (k0, v0) = (key_ends[i], v1);
+            }
+        }
+        let id = known.or_else(|| {
+            fresh.then(|| {
+                let id = self.ids.len() as u16;
+                self.ids.insert(sig.clone(), id);
+                id
+            })
+        });
+        if let Some(id) = id {
+            if self.last.len() <= depth {
+                self.last.resize(depth + 1, None);
+            }
+            if !matches!(&self.last[depth], Some((_, l)) if *l == id) {
+                self.last[depth] = Some((sig.clone(), id));
+            }
+        }
+        *self.sig_at(depth) = sig;
+        Ok(())
+    }
+
+    fn sig_at(&mut self, depth: usize) -> &mut Vec<u8> {
+        if self.sigs.len() <= depth {
+            self.sigs.resize_with(depth + 1, Vec::new);
+        }
+        &mut self.sigs[depth]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::wire::{Key, Value};
+
+    fn tab(entries: &[(&str, Value)]) -> Value {
+        Value::Tab(
+            entries
+                .iter()
+                .map(|(k, v)| (Key::Str((*k).into()), v.clone()))
+                .collect(),
+        )
+    }
+
+    fn coded(values: &[Value]) -> Vec<u8> {
+        let mut src = Vec::new();
+        for v in values {
+            src.extend(v.encode().unwrap());
+        }
+        let mut out = Vec::new();
+        shape_code(&src, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn repeated_key_lists_are_written_once_and_named_after() {
+        let m = |seq: i64| {
+            tab(&[
+                ("seq", Value::Int(seq)),
+                ("payload", Value::Str("xy".into())),
+            ])
+        };
+        let out = coded(&[m(1), m(2), m(-3)]);
+        let key = |k: &str| {
+            let mut b = vec![T_STR];
+            b.extend((k.len() as u32).to_le_bytes());
+            b.extend(k.as_bytes());
+            b
+        };
+        let s = |v: &str| {
+            let mut b = vec![T_STR];
+            b.extend((v.len() as u32).to_le_bytes());
+            b.extend(v.as_bytes());
+            b
+        };
+        let i = |v: i32| {
+            let mut b = vec![T_I32];
+            b.extend(v.to_le_bytes());
+            b
+        };
+        let mut want = vec![T_DEFSHAPE, 2, 0, 0, 0];
+        want.extend(key("seq"));
+        want.extend(i(1));
+        want.extend(key("payload"));
+        want.extend(s("xy"));
+        for seq in [2, -3] {
+            want.extend([T_SHAPE, 0, 0]);
+            want.extend(i(seq));
+            want.extend(s("xy"));
+        }
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn nested_tables_get_their_own_shapes_and_other_values_pass_unchanged() {
+        let inner = |n: i64| tab(&[("i", Value::Int(n))]);
+        let outer = |n: i64| {
+            tab(&[
+                ("rows", Value::Arr(vec![inner(n), inner(n + 1)])),
+                ("big", Value::Int(1 << 40)),
+                ("f", Value::F64(0.5)),
+            ])
+        };
+        let out = coded(&[outer(1), outer(5)]);
+        // First message: outer DefShape 0 ... inner DefShape 1, then Shape 1.
+        assert_eq!(out[0], T_DEFSHAPE);
+        let defs = out.iter().filter(|&&b| b == T_DEFSHAPE).count();
+        assert!(defs >= 2);
+        // Second message starts with a Shape naming the outer table's number.
+        let second = out
+            .windows(3)
+            .position(|w| w == [T_SHAPE, 0, 0])
+            .expect("the outer shape is named again");
+        assert!(second > 0);
+        // 2^40 does not fit an I32 and stays a full Int.
+        let mut big = vec![T_INT];
+        big.extend((1u64 << 40).to_le_bytes());
+        assert!(out.windows(9).any(|w| w == big.as_slice()));
+    }
+
+    #[test]
+    fn tables_with_integer_keys_or_many_keys_stay_tables() {
+        let ints = Value::Tab(vec![(Key::Int(1), Value::Int(2))]);
+        let out = coded(&[ints.clone(), ints]);
+        assert_eq!(out[0], T_TAB);
+        assert!(!out.contains(&T_SHAPE));
+        let many = Value::Tab(
+            (0..17)
+                .map(|i| (Key::Str(format!("k{i}")), Value::None))
+                .collect(),
+        );
+        let out = coded(&[many]);
+        assert_eq!(out[0], T_TAB);
+    }
+
+    #[test]
+    fn damaged_input_is_an_error_and_leaves_out_unchanged() {
+        let mut out = vec![9, 9];
+        let good = tab(&[("a", Value::Int(1))]).encode().unwrap();
+        for cut in 1..good.len() {
+            assert!(shape_code(&good[..cut], &mut out).is_err(), "cut {cut}");
+            assert_eq!(out, [9, 9]);
+        }
+        assert!(shape_code(&[0xEE], &mut out).is_err());
+        assert_eq!(out, [9, 9]);
+    }
+}
