@@ -49,8 +49,9 @@ export declare class NativeQueue {
    * as a string, one character per byte (latin1), after a flag character
    * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
    * faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
-   * (repeated key lists named by number). Larger batches
-   * come as a Buffer of the encodings alone. Nothing came: an empty string.
+   * (repeated key lists named by number; the 64 KiB are after coding).
+   * Larger batches come as a Buffer of the encodings alone. Nothing came:
+   * an empty string.
    */
   dequeueManyCopy(max: number, timeoutMs?: number | undefined | null): string | Buffer
   /**

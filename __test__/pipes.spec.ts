@@ -953,6 +953,23 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   pool.check()
 })
 
+test.serial('dequeueMany({ copy: true }) of many small messages: the batch crosses as one shape-coded string even past 64 KiB of encodings, and reads back exactly', (t) => {
+  const { region, pool } = fresh(t, 'copy-coded', 16 * MiB)
+  const q = new ServerSide(region, 'p', 2048).start().pipe()
+  const baseline = pool.stats()
+  const many = Array.from({ length: 1000 }, (_, i) => ({ seq: i * 1000, payload: 'x'.repeat(32), odd: i % 2 === 1 ? 'yes' : null }))
+  // ~80 KB as encodings, ~55 KB shape coded
+  t.is(q.enqueueMany(many), many.length)
+  type Internal = { native(): { findPipe(name: string): { dequeueManyCopy(max: number, timeoutMs: number): unknown } | null } }
+  const raw = (region as unknown as Internal).native().findPipe('p')!.dequeueManyCopy(2000, 0)
+  t.is(typeof raw, 'string', 'one string, not a Buffer')
+  t.true((raw as string).length < 64 * 1024)
+  // And through the public form, the same values.
+  t.is(q.enqueueMany(many), many.length)
+  t.deepEqual(q.dequeueMany(2000, { copy: true }), many)
+  t.deepEqual(pool.stats(), baseline)
+})
+
 /** One small plain table or list per kind of value (each stored packed), and two that are not packed. */
 function packedCases(): unknown[] {
   return [

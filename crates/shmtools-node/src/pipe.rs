@@ -214,8 +214,9 @@ impl NativeQueue {
     /// as a string, one character per byte (latin1), after a flag character
     /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
     /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
-    /// (repeated key lists named by number). Larger batches
-    /// come as a Buffer of the encodings alone. Nothing came: an empty string.
+    /// (repeated key lists named by number; the 64 KiB are after coding).
+    /// Larger batches come as a Buffer of the encodings alone. Nothing came:
+    /// an empty string.
     #[napi(catch_unwind)]
     pub fn dequeue_many_copy<'env>(
         &self,
@@ -232,18 +233,28 @@ impl NativeQueue {
         if w.buf.len() == 1 {
             return env.create_string_latin1(b"").map(Either::A);
         }
-        if w.buf.len() > AS_TEXT_MAX {
-            w.buf.remove(0);
-            return Ok(Either::B(w.buf.into()));
+        // Shape coded for the JS reader (see shmtools_core::value::shape_code),
+        // which usually shrinks a batch of messages by a third; the limit is
+        // on what crosses. Should the coding fail, the encodings as they are
+        // read the same.
+        let mut coded = Vec::new();
+        if w.buf.len() <= 2 * AS_TEXT_MAX {
+            coded.reserve(w.buf.len());
+            coded.push(w.non_ascii as u8);
+            if shape_code(&w.buf[1..], &mut coded).is_err() {
+                coded.clear();
+            }
         }
-        w.buf[0] = w.non_ascii as u8;
-        // Shape coded for the JS reader (see shmtools_core::value::shape_code);
-        // should that fail, the encodings as they are read the same.
-        let mut coded = Vec::with_capacity(w.buf.len());
-        coded.push(w.buf[0]);
-        let text = match shape_code(&w.buf[1..], &mut coded) {
-            Ok(()) => &coded,
-            Err(_) => &w.buf,
+        let text = match coded.len() {
+            0 if w.buf.len() <= AS_TEXT_MAX => {
+                w.buf[0] = w.non_ascii as u8;
+                &w.buf
+            }
+            1..=AS_TEXT_MAX => &coded,
+            _ => {
+                w.buf.remove(0);
+                return Ok(Either::B(w.buf.into()));
+            }
         };
         env.create_string_latin1(text).map(Either::A)
     }
