@@ -641,7 +641,7 @@ async function scenario3(): Promise<void> {
 
 // ---- 4. fan-in -------------------------------------------------------------------------
 
-type FaninForm = 'ps' | 'sock' | 'worker' | 'shm-copy' | 'shm-ref'
+type FaninForm = 'ps' | 'sock' | 'worker' | 'shm-copy' | 'shm-ref' | 'floor'
 
 async function scenario4(): Promise<void> {
   const W = C.faninWorkers
@@ -688,6 +688,16 @@ async function scenario4(): Promise<void> {
         })
       }
       if (form === 'ps') for (const a of agents) a.onData = (m) => seeRows((m as { rows: { score: number }[] }).rows)
+      if (form === 'floor') {
+        for (const a of agents) {
+          a.onData = (m) => {
+            const { count, score } = m as { count: number; score: number }
+            scoreSum += score
+            rowsSeen += count
+            if (++got === W) finish()
+          }
+        }
+      }
       const transport = form.startsWith('shm') ? 'shm' : form
       const runs = agents.map((a, id) => a.run('fanin', { transport, id, rows: R, region, pipe: 'fanin', sockPath: path }))
       await Promise.all(runs.map((r) => r.ready))
@@ -730,6 +740,7 @@ async function scenario4(): Promise<void> {
       ['worker', 'worker_threads postMessage (in-process)'],
       ['shm-copy', 'shmtools: Shared(pool, table) + enq; parent toJS() and reads every row'],
       ['shm-ref', 'shmtools: Shared(pool, table) + enq; parent keeps the handle, reads row counts'],
+      ['floor', 'floor: the workers only make their rows (no transfer; a 2-number reply each)'],
     ]
     const spread = new Map<FaninForm, number[]>()
     for (let r = 0; r < C.reps; r++) {
@@ -755,6 +766,11 @@ async function scenario4(): Promise<void> {
         ['transport', 'total time', 'runs', '÷ process.send time'],
         forms.map(([f, label]) => [label, fmtMs(ms(f)), spread.get(f)!.map((x) => x.toFixed(0)).join(' / ') + ' ms', fmtRatio(ms(f) / ps)]),
       ),
+    )
+    report.out()
+    report.out(
+      `The floor row is work every transport's workers do before sending anything: ${W} processes making ${R} rows each on this machine's ` +
+        `${availableParallelism()} cores takes ${fmtRatio(ms('floor') / ps)} of process.send's total, so a transport can at best save the rest.`,
     )
     report.out()
     report.target({ label: 'fan-in, parent reads every row', detail: 'shmtools (toJS) time ÷ process.send time', measured: ms('shm-copy') / ps, required: 0.1, op: '<=' })
