@@ -50,8 +50,8 @@ export declare class NativeQueue {
    * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
    * faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
    * (repeated key lists named by number; the 64 KiB are after coding).
-   * Larger batches come as a Buffer of the encodings alone. Nothing came:
-   * an empty string.
+   * Larger batches come as a Buffer of the encodings alone (shape coded
+   * too). Nothing came: an empty string.
    */
   dequeueManyCopy(max: number, timeoutMs?: number | undefined | null): string | Buffer
   /**
@@ -149,7 +149,12 @@ export declare class NativeValue {
   release(): void
   /** Another handle to the same value (reference + 1). */
   duplicate(): NativeValue
-  /** Deep copy out, as wire bytes. */
+  /**
+   * Deep copy out, as wire bytes, shape coded for the JS reader (see
+   * shmtools_core::value::shape_code: a large table of rows carries each
+   * key list once); should the coding fail, the plain encoding, which the
+   * reader reads too.
+   */
   toWire(): Buffer
   tabGet(key: string): Out | null
   /** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */

@@ -441,6 +441,7 @@ const keyListArb = fc.constantFrom(
   ['payload', 'seq'],
   ['seq'],
   ['seq', 'payload', 'rows'],
+  ['seq', 'inner'],
   ['0', '1', 'x'],
   ['ключ', 'seq'],
   ['__proto__', 'seq'],
@@ -452,11 +453,14 @@ const messageArb = fc
   .tuple(keyListArb, fc.array(smallArb, { minLength: 17, maxLength: 17 }), fc.array(fc.tuple(fc.integer(), fc.string({ maxLength: 6 })), { maxLength: 3 }))
   .map(([keys, vals, rows]) => {
     const o: Record<string, unknown> = {}
-    keys.forEach((k, i) => Object.defineProperty(o, k, { value: k === 'rows' ? rows.map(([i, s]) => ({ i, s })) : vals[i], enumerable: true, writable: true, configurable: true }))
+    // 'inner' nests tables of the same key list ({seq, inner}) inside each other.
+    const inner = rows.reduce<unknown>((acc, [i]) => ({ seq: i, inner: acc }), null)
+    const valueOf = (k: string, i: number) => (k === 'rows' ? rows.map(([i, s]) => ({ i, s })) : k === 'inner' ? inner : vals[i])
+    keys.forEach((k, i) => Object.defineProperty(o, k, { value: valueOf(k, i), enumerable: true, writable: true, configurable: true }))
     return o
   })
 
-test('property: batches of tables that repeat, reorder and nest key lists come back exactly through dequeueMany({ copy: true }), and every block is freed', (t) => {
+test('property: batches of tables that repeat, reorder and nest key lists come back exactly through dequeueMany({ copy: true }) and toJS(), and every block is freed', (t) => {
   const f = fresh(t, 'prop-shapes', 8 * MiB)
   const q = new ServerSide(f.region, 'p', 256).start().pipe()
   const withPipe = f.pool.stats()
@@ -467,7 +471,12 @@ test('property: batches of tables that repeat, reorder and nest key lists come b
       const ok = isDeepStrictEqual(got, batch.map(normalize))
       // '__proto__' is an own data property, never the prototype.
       const protoOk = got.every((g) => Object.getPrototypeOf(g) === Object.prototype)
-      return ok && protoOk && q.length === 0 && isDeepStrictEqual(f.pool.stats(), withPipe)
+      // toJS() of one shared list of them is shape coded the same way.
+      const list = Shared(f.pool, batch)
+      const copy = list.toJS()
+      list.release()
+      const listOk = isDeepStrictEqual(copy, batch.map(normalize)) && copy.every((g) => Object.getPrototypeOf(g) === Object.prototype)
+      return ok && protoOk && listOk && q.length === 0 && isDeepStrictEqual(f.pool.stats(), withPipe)
     }),
     { numRuns: 150 },
   )

@@ -391,13 +391,41 @@ export function decode(buf: Buffer): unknown {
   return v
 }
 
-class Decoder {
+class Decoder implements ShapeReader {
   pos = 0
   /** Tables being decoded around the current position (their scratch arrays). */
   depth = 0
+  /** The key lists this value or batch defined (DefShape), by number. */
+  readonly shapes: BatchShape[] = []
   readonly view: DataView
   constructor(readonly buf: Buffer) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+  }
+
+  /** If the next bytes encode the key `node` expects, step past them and return it. */
+  knownKey(node: ShapeNode): string | undefined {
+    const enc = node.keyBytes
+    if (enc === undefined) return undefined
+    const b = this.buf
+    const p = this.pos
+    if (p + enc.length > b.length) return undefined
+    for (let i = 0; i < enc.length; i++) if (b[p + i] !== enc[i]) return undefined
+    this.pos = p + enc.length
+    return node.key
+  }
+
+  key(): string {
+    return String(this.value())
+  }
+
+  /** value(), with small integers read here at once. */
+  fast(): unknown {
+    const p = this.pos
+    if (this.buf[p] === T_I32 && p + 5 <= this.buf.length) {
+      this.pos = p + 5
+      return this.view.getInt32(p + 1, true)
+    }
+    return this.value()
   }
 
   need(n: number): void {
@@ -473,25 +501,21 @@ class Decoder {
         const mag = hex ? BigInt('0x' + hex) : 0n
         return neg ? -mag : mag
       }
-      case T_TAB: {
-        const n = this.u32()
-        if (n > SHAPE_KEYS_MAX) {
-          const o: Record<string, unknown> = {}
-          for (let i = 0; i < n; i++) setKey(o, String(this.value()), this.value())
-          return o
-        }
-        const d = this.depth++
-        const keys = (scratchKeys[d] ??= [])
-        const vals = (scratchVals[d] ??= [])
-        let node: ShapeNode | undefined = shapeRoot
-        for (let i = 0; i < n; i++) {
-          const k = String(this.value())
-          node = shapeStep(node, k)
-          keys[i] = k
-          vals[i] = this.value()
-        }
-        this.depth = d
-        return buildTable(node, keys, vals, n)
+      case T_TAB:
+        return readTable(this, this.u32(), false)
+      case T_DEFSHAPE:
+        return readTable(this, this.u32(), true)
+      case T_SHAPE: {
+        this.need(2)
+        const id = this.view.getUint16(this.pos, true)
+        this.pos += 2
+        return readShaped(this, id)
+      }
+      case T_I32: {
+        this.need(4)
+        const v = this.view.getInt32(this.pos, true)
+        this.pos += 4
+        return v
       }
       case T_ARR: {
         const n = this.u32()
@@ -538,12 +562,14 @@ interface ShapeNode {
   key: string | undefined
   /** `key` as the wire has it (tag, length, bytes), one character per byte. */
   keyEnc: string | undefined
+  /** The same bytes as bytes, for the Buffer reader. */
+  keyBytes: Uint8Array | undefined
   child: ShapeNode | undefined
   more: Map<string, ShapeNode> | undefined
   /** For the key list ending here: undefined (not made yet) or null (one by one). */
   make: MakeTable | null | undefined
 }
-const newShape = (): ShapeNode => ({ key: undefined, keyEnc: undefined, child: undefined, more: undefined, make: undefined })
+const newShape = (): ShapeNode => ({ key: undefined, keyEnc: undefined, keyBytes: undefined, child: undefined, more: undefined, make: undefined })
 const shapeRoot = newShape()
 let shapeNodes = 0
 /** Per table nesting depth, the keys and values read so far. */
@@ -560,6 +586,8 @@ function shapeStep(node: ShapeNode | undefined, k: string): ShapeNode | undefine
   if (node.key === undefined) {
     node.key = k
     node.keyEnc = latin1Key(k)
+    const enc = Buffer.from(k, 'utf8')
+    node.keyBytes = Buffer.concat([Buffer.from([T_STR, enc.length & 0xff, (enc.length >>> 8) & 0xff, (enc.length >>> 16) & 0xff, enc.length >>> 24]), enc])
     node.child = child
   } else {
     ;(node.more ??= new Map()).set(k, child)
@@ -621,6 +649,72 @@ function buildTable(node: ShapeNode | undefined, keys: string[], vals: unknown[]
   return o
 }
 
+/** A key list a value or batch defined, by number (DefShape / Shape). */
+interface BatchShape {
+  n: number
+  keys: string[]
+  make: MakeTable | null
+}
+
+/** What readTable and readShaped need of a decoder. */
+interface ShapeReader {
+  depth: number
+  readonly shapes: BatchShape[]
+  knownKey(node: ShapeNode): string | undefined
+  key(): string
+  fast(): unknown
+  value(): unknown
+}
+
+/**
+ * A table of `n` entries at the reader's position (Tab, or DefShape when
+ * `define`: then its key list also becomes the reader's next shape).
+ */
+function readTable(r: ShapeReader, n: number, define: boolean): Record<string, unknown> {
+  if (n > SHAPE_KEYS_MAX || (define && n === 0)) {
+    if (define) throw new ShmError(ErrorCodes.CORRUPT, `a shared value names a shape of ${n} keys`)
+    const o: Record<string, unknown> = {}
+    for (let i = 0; i < n; i++) setKey(o, r.key(), r.value())
+    return o
+  }
+  const d = r.depth++
+  const keys = (scratchKeys[d] ??= [])
+  const vals = (scratchVals[d] ??= [])
+  let node: ShapeNode | undefined = shapeRoot
+  for (let i = 0; i < n; i++) {
+    // Most often the key is the one that followed last time: its encoding
+    // is compared at once, without decoding or hashing it.
+    const k = (node !== undefined ? r.knownKey(node) : undefined) ?? r.key()
+    node = shapeStep(node, k)
+    keys[i] = k
+    vals[i] = r.fast()
+  }
+  r.depth = d
+  const o = buildTable(node, keys, vals, n)
+  if (define) r.shapes.push({ n, keys: keys.slice(0, n), make: node?.make ?? null })
+  return o
+}
+
+/** A table of the reader's shape number `id`: its values follow. */
+function readShaped(r: ShapeReader, id: number): Record<string, unknown> {
+  const sh = r.shapes[id]
+  if (sh === undefined) throw new ShmError(ErrorCodes.CORRUPT, `a shared value names shape ${id} before defining it`)
+  const n = sh.n
+  const d = r.depth++
+  const vals = (scratchVals[d] ??= [])
+  for (let i = 0; i < n; i++) vals[i] = r.fast()
+  r.depth = d
+  let o: Record<string, unknown>
+  if (sh.make) {
+    o = sh.make(vals)
+  } else {
+    o = {}
+    for (let i = 0; i < n; i++) setKey(o, sh.keys[i]!, vals[i])
+  }
+  for (let i = 0; i < n; i++) vals[i] = undefined
+  return o
+}
+
 const keyCache: (string | undefined)[] = new Array(512).fill(undefined)
 const f64 = new Float64Array(1)
 const f32 = new Float32Array(f64.buffer, 0, 1)
@@ -638,12 +732,12 @@ const f64Bytes = new Uint8Array(f64.buffer)
  * by V8 as a property name) once, not per message. Bytes, typed arrays, big
  * integers and non-ASCII strings take a Buffer copy of their bytes.
  */
-class BatchDecoder {
+class BatchDecoder implements ShapeReader {
   pos = 1
   /** Tables being decoded around the current position (their scratch arrays). */
   depth = 0
   /** The key lists this batch defined (DefShape), by number. */
-  readonly shapes: { n: number; keys: string[]; make: MakeTable | null }[] = []
+  readonly shapes: BatchShape[] = []
   constructor(
     readonly s: string,
     /** Every string in the batch is ASCII (the binding says so). */
@@ -709,65 +803,12 @@ class BatchDecoder {
     return k
   }
 
-  /**
-   * A table of `n` entries at the current position. The common entries are
-   * read here with the position in a local (a key that followed last time,
-   * integers, ASCII strings); anything else goes through key() / value().
-   */
-  table(n: number, define = false): Record<string, unknown> {
-    if (n > SHAPE_KEYS_MAX) {
-      if (define) throw new ShmError(ErrorCodes.CORRUPT, `a batch names a shape of ${n} keys`)
-      const o: Record<string, unknown> = {}
-      for (let i = 0; i < n; i++) setKey(o, this.key(), this.value())
-      return o
-    }
-    const s = this.s
-    const d = this.depth++
-    const keys = (scratchKeys[d] ??= [])
-    const vals = (scratchVals[d] ??= [])
-    let node: ShapeNode | undefined = shapeRoot
-    for (let i = 0; i < n; i++) {
-      // Most often the key is the one that followed last time: its encoding
-      // is compared at once, without hashing for the key cache.
-      let k: string
-      const enc = node?.keyEnc
-      if (enc !== undefined && matchAt(s, this.pos, enc)) {
-        k = node!.key!
-        this.pos += enc.length
-      } else {
-        k = this.key()
-      }
-      node = shapeStep(node, k)
-      keys[i] = k
-      vals[i] = this.fast()
-    }
-    this.depth = d
-    const o = buildTable(node, keys, vals, n)
-    if (define) {
-      if (n === 0) throw new ShmError(ErrorCodes.CORRUPT, 'a batch names a shape of no keys')
-      this.shapes.push({ n, keys: keys.slice(0, n), make: node?.make ?? null })
-    }
-    return o
-  }
-
-  /** A table of shape number `id` of this batch: its values follow. */
-  shaped(id: number): Record<string, unknown> {
-    const sh = this.shapes[id]
-    if (sh === undefined) throw new ShmError(ErrorCodes.CORRUPT, `a batch names shape ${id} before defining it`)
-    const n = sh.n
-    const d = this.depth++
-    const vals = (scratchVals[d] ??= [])
-    for (let i = 0; i < n; i++) vals[i] = this.fast()
-    this.depth = d
-    let o: Record<string, unknown>
-    if (sh.make) {
-      o = sh.make(vals)
-    } else {
-      o = {}
-      for (let i = 0; i < n; i++) setKey(o, sh.keys[i]!, vals[i])
-    }
-    for (let i = 0; i < n; i++) vals[i] = undefined
-    return o
+  /** If the next bytes encode the key `node` expects, step past them and return it. */
+  knownKey(node: ShapeNode): string | undefined {
+    const enc = node.keyEnc
+    if (enc === undefined || !matchAt(this.s, this.pos, enc)) return undefined
+    this.pos += enc.length
+    return node.key
   }
 
   /** value(), with small integers and ASCII strings read here at once. */
@@ -835,14 +876,14 @@ class BatchDecoder {
         return neg ? -v : v
       }
       case T_TAB:
-        return this.table(this.u32())
+        return readTable(this, this.u32(), false)
       case T_DEFSHAPE:
-        return this.table(this.u32(), true)
+        return readTable(this, this.u32(), true)
       case T_SHAPE: {
         this.need(2)
         const id = this.s.charCodeAt(this.pos) | (this.s.charCodeAt(this.pos + 1) << 8)
         this.pos += 2
-        return this.shaped(id)
+        return readShaped(this, id)
       }
       case T_I32:
         this.need(4)

@@ -215,8 +215,8 @@ impl NativeQueue {
     /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
     /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
     /// (repeated key lists named by number; the 64 KiB are after coding).
-    /// Larger batches come as a Buffer of the encodings alone. Nothing came:
-    /// an empty string.
+    /// Larger batches come as a Buffer of the encodings alone (shape coded
+    /// too). Nothing came: an empty string.
     #[napi(catch_unwind)]
     pub fn dequeue_many_copy<'env>(
         &self,
@@ -252,8 +252,17 @@ impl NativeQueue {
             }
             1..=AS_TEXT_MAX => &coded,
             _ => {
-                w.buf.remove(0);
-                return Ok(Either::B(w.buf.into()));
+                // Too long for text: a Buffer, shape coded all the same.
+                let body = if coded.len() > 1 {
+                    coded.split_off(1)
+                } else {
+                    let mut c = Vec::with_capacity(w.buf.len());
+                    if shape_code(&w.buf[1..], &mut c).is_err() {
+                        c = w.buf.split_off(1);
+                    }
+                    c
+                };
+                return Ok(Either::B(body.into()));
             }
         };
         env.create_string_latin1(text).map(Either::A)

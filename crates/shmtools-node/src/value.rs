@@ -9,7 +9,7 @@ use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either4};
 use napi::Env;
 use napi_derive::napi;
 use shmtools_core::holders::Held;
-use shmtools_core::value::{scalar_wire, wire::Writer, KeyRef, Slot, Values};
+use shmtools_core::value::{scalar_wire, shape_code, wire::Writer, KeyRef, Slot, Values};
 use shmtools_core::value::{
     T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
@@ -228,12 +228,19 @@ impl NativeValue {
         Ok(NativeValue::adopt(self.cell.clone(), self.slot))
     }
 
-    /// Deep copy out, as wire bytes.
+    /// Deep copy out, as wire bytes, shape coded for the JS reader (see
+    /// shmtools_core::value::shape_code: a large table of rows carries each
+    /// key list once); should the coding fail, the plain encoding, which the
+    /// reader reads too.
     #[napi(catch_unwind)]
     pub fn to_wire(&self) -> Result<Buffer> {
         let mut w = Writer::default();
         self.values()?.load_wire(self.slot, &mut w).map_err(js)?;
-        Ok(w.buf.into())
+        let mut coded = Vec::with_capacity(w.buf.len());
+        match shape_code(&w.buf, &mut coded) {
+            Ok(()) => Ok(coded.into()),
+            Err(_) => Ok(w.buf.into()),
+        }
     }
 
     // ---- Tab ---------------------------------------------------------------

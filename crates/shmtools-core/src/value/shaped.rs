@@ -140,7 +140,10 @@ impl Coder<'_> {
             return Ok(());
         }
         // Values are written first, after room for a Shape header; the
-        // header is filled in once the keys are known.
+        // header is filled in once the keys are known. A reader numbers a
+        // key list when its DefShape ends, so this table may only name a
+        // shape defined before it began (not one defined inside its values).
+        let defined_before = self.ids.len();
         let head = out.len();
         out.extend_from_slice(&[T_SHAPE, 0, 0]);
         let mut sig = std::mem::take(self.sig_at(depth));
@@ -154,7 +157,7 @@ impl Coder<'_> {
             self.value(out, depth + 1)?;
             val_ends[i] = out.len();
         }
-        let known = if !str_keys {
+        let found = if !str_keys {
             None
         } else {
             match self.last.get(depth) {
@@ -162,7 +165,8 @@ impl Coder<'_> {
                 _ => self.ids.get(&sig).copied(),
             }
         };
-        let fresh = str_keys && known.is_none() && self.ids.len() < SHAPES_MAX;
+        let known = found.filter(|&id| (id as usize) < defined_before);
+        let fresh = str_keys && found.is_none() && self.ids.len() < SHAPES_MAX;
         if let Some(id) = known {
             out[head + 1..head + 3].copy_from_slice(&id.to_le_bytes());
         } else {
@@ -310,6 +314,103 @@ mod tests {
         );
         let out = coded(&[many]);
         assert_eq!(out[0], T_TAB);
+    }
+
+    /// Undo the shape coding as a reader does (numbering a key list when
+    /// its DefShape ends), giving plain wire bytes again.
+    fn uncode(coded: &[u8]) -> Vec<u8> {
+        fn value(r: &mut Reader<'_>, shapes: &mut Vec<Vec<Vec<u8>>>, out: &mut Vec<u8>) {
+            let at = r.pos();
+            match r.peek().unwrap() {
+                T_I32 => {
+                    r.u8().unwrap();
+                    let v = i32::from_le_bytes(r.take(4).unwrap().try_into().unwrap());
+                    out.push(T_INT);
+                    out.extend((v as i64).to_le_bytes());
+                }
+                T_DEFSHAPE | T_TAB => {
+                    let define = r.u8().unwrap() == T_DEFSHAPE;
+                    let n = r.u32().unwrap() as usize;
+                    out.push(T_TAB);
+                    out.extend((n as u32).to_le_bytes());
+                    let mut keys = Vec::new();
+                    for _ in 0..n {
+                        let k = r.pos();
+                        r.skip_value().unwrap();
+                        keys.push(r.since(k).to_vec());
+                        out.extend(r.since(k));
+                        value(r, shapes, out);
+                    }
+                    if define {
+                        shapes.push(keys);
+                    }
+                }
+                T_SHAPE => {
+                    r.u8().unwrap();
+                    let id = u16::from_le_bytes(r.take(2).unwrap().try_into().unwrap());
+                    let keys = shapes
+                        .get(id as usize)
+                        .expect("a shape named before its end")
+                        .clone();
+                    out.push(T_TAB);
+                    out.extend((keys.len() as u32).to_le_bytes());
+                    for k in keys {
+                        out.extend(k);
+                        value(r, shapes, out);
+                    }
+                }
+                T_ARR => {
+                    r.u8().unwrap();
+                    let n = r.u32().unwrap();
+                    out.push(T_ARR);
+                    out.extend(n.to_le_bytes());
+                    for _ in 0..n {
+                        value(r, shapes, out);
+                    }
+                }
+                _ => {
+                    r.skip_value().unwrap();
+                    out.extend(r.since(at));
+                }
+            }
+        }
+        let mut r = Reader::new(coded);
+        let (mut shapes, mut out) = (Vec::new(), Vec::new());
+        while !r.at_end() {
+            value(&mut r, &mut shapes, &mut out);
+        }
+        out
+    }
+
+    /// Plain wire of `values`, with every Int as the reader gives it back.
+    fn plain(values: &[Value]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.encode().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_table_never_names_a_shape_defined_inside_its_own_values() {
+        // The same key list at every depth: the innermost table defines it
+        // first, and its ancestors must not name it (their headers come
+        // before that definition in the bytes).
+        let mut deep = Value::Int(1);
+        for _ in 0..50 {
+            deep = tab(&[("a", deep)]);
+        }
+        let rows = Value::Arr(
+            (0..5)
+                .map(|i| tab(&[("a", tab(&[("a", Value::Int(i))]))]))
+                .collect(),
+        );
+        for case in [
+            vec![deep.clone()],
+            vec![deep.clone(), deep],
+            vec![rows.clone(), rows],
+        ] {
+            let src = plain(&case);
+            let mut out = Vec::new();
+            shape_code(&src, &mut out).unwrap();
+            assert_eq!(uncode(&out), src);
+        }
     }
 
     #[test]
