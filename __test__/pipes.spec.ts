@@ -970,6 +970,33 @@ test.serial('dequeueMany({ copy: true }) of many small messages: the batch cross
   t.deepEqual(pool.stats(), baseline)
 })
 
+test.serial('dequeueMany({ copy: true }) keeps no batch alive once its values are dropped, even when every batch brings new long keys', async (t) => {
+  const { region, pool } = fresh(t, 'copy-retain', 16 * MiB)
+  const q = new ServerSide(region, 'p', 16).start().pipe()
+  const baseline = pool.stats()
+  const { setFlagsFromString } = await import('node:v8')
+  const { runInNewContext } = await import('node:vm')
+  setFlagsFromString('--expose-gc')
+  const gc = runInNewContext('gc') as () => void
+  const round = (i: number) => {
+    // A key of 40 characters, new each time (a slice of the batch string if
+    // kept as read), and ~50 KB of batch around it.
+    const key = `a-key-that-is-new-in-every-batch-${String(i).padStart(6, '0')}`
+    t.is(q.enqueueMany([{ [key]: i, pad: 'y'.repeat(50_000) }, { [key]: i + 1, pad: 'z' }]), 2)
+    const got = q.dequeueMany(16, { copy: true }) as Record<string, unknown>[]
+    if (got[1]![key] !== i + 1) t.fail(`round ${i}`)
+  }
+  for (let i = 0; i < 50; i++) round(i)
+  gc()
+  const before = process.memoryUsage().heapUsed
+  for (let i = 50; i < 450; i++) round(i)
+  gc()
+  const grown = process.memoryUsage().heapUsed - before
+  // 400 retained batches would be about 20 MB.
+  t.true(grown < 5 * MiB, `the heap grew by ${(grown / MiB).toFixed(1)} MiB over 400 batches`)
+  t.deepEqual(pool.stats(), baseline)
+})
+
 /** One small plain table or list per kind of value (each stored packed), and two that are not packed. */
 function packedCases(): unknown[] {
   return [

@@ -366,8 +366,19 @@ export function encodeMany(values: readonly unknown[], regionKey: string, refOf:
 export function decodeMany(buf: Buffer): unknown[] {
   const out: unknown[] = []
   const d = new Decoder(buf)
-  while (d.pos < buf.length) out.push(d.value())
+  try {
+    while (d.pos < buf.length) out.push(d.value())
+  } catch (e) {
+    throw clearScratch(e)
+  }
   return out
+}
+
+/** After a failed decode: drop what the scratch arrays still hold; gives `e` back. */
+function clearScratch(e: unknown): unknown {
+  for (const a of scratchVals) a.length = 0
+  for (const a of scratchKeys) a.length = 0
+  return e
 }
 
 /**
@@ -379,14 +390,23 @@ export function decodeBatch(s: string): unknown[] {
   const out: unknown[] = []
   if (s.length === 0) return out
   const d = new BatchDecoder(s, s.charCodeAt(0) === 0)
-  while (d.pos < s.length) out.push(d.value())
+  try {
+    while (d.pos < s.length) out.push(d.value())
+  } catch (e) {
+    throw clearScratch(e)
+  }
   return out
 }
 
 /** Decode wire bytes into plain JS values (a deep copy). */
 export function decode(buf: Buffer): unknown {
   const d = new Decoder(buf)
-  const v = d.value()
+  let v: unknown
+  try {
+    v = d.value()
+  } catch (e) {
+    throw clearScratch(e)
+  }
   if (d.pos !== buf.length) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
   return v
 }
@@ -545,17 +565,30 @@ class Decoder implements ShapeReader {
 /**
  * Decoded tables. Messages of one kind are tables with the same keys in the
  * same order; assigning properties one by one to `{}` goes through V8's
- * generic (megamorphic) keyed store for each. Instead, each list of keys seen
- * gets a small function returning an object literal with those keys (made
- * once, with `new Function`), which V8 compiles to a fixed-shape allocation.
- * The lists live in a tree walked key by key while a table is read (keys come
- * from the key cache, so a step is usually one identity compare). Tables with
- * more than SHAPE_KEYS_MAX keys, keys past SHAPES_MAX tree nodes, a
+ * generic (megamorphic) keyed store for each. Instead, each list of keys that
+ * comes back gets a small function returning an object literal with those
+ * keys (made with `new Function` the second time the list is read), which V8
+ * compiles to a fixed-shape allocation. The lists live in a tree walked key
+ * by key while a table is read (the expected key's bytes are compared first,
+ * so a step is usually one compare). The tree holds copies of its keys, never
+ * slices of a batch string. Tables with more than SHAPE_KEYS_MAX keys, keys
+ * longer than SHAPE_KEY_LEN_MAX, key lists past SHAPES_MAX tree nodes, a
  * `__proto__` or repeated key, or a process that forbids code from strings
  * take the one-by-one path, which gives the same object.
  */
 const SHAPE_KEYS_MAX = 16
 const SHAPES_MAX = 4096
+/** Longer keys are read the one-by-one way, and kept in no tree. */
+const SHAPE_KEY_LEN_MAX = 64
+
+/**
+ * A string equal to `s` that shares no memory with a larger string (V8 makes
+ * a substring of 13 or more characters a slice of its parent): the
+ * internalized copy V8 makes of a property name.
+ */
+function flat(s: string): string {
+  return Object.keys({ [s]: 0 })[0]!
+}
 type MakeTable = (v: unknown[]) => Record<string, unknown>
 interface ShapeNode {
   /** The first child's key and node (most nodes have one child). */
@@ -568,21 +601,26 @@ interface ShapeNode {
   more: Map<string, ShapeNode> | undefined
   /** For the key list ending here: undefined (not made yet) or null (one by one). */
   make: MakeTable | null | undefined
+  /** Tables of this key list made so far, up to 2 (the function is made for the second). */
+  seen: number
 }
-const newShape = (): ShapeNode => ({ key: undefined, keyEnc: undefined, keyBytes: undefined, child: undefined, more: undefined, make: undefined })
+const newShape = (): ShapeNode => ({ key: undefined, keyEnc: undefined, keyBytes: undefined, child: undefined, more: undefined, make: undefined, seen: 0 })
 const shapeRoot = newShape()
 let shapeNodes = 0
 /** Per table nesting depth, the keys and values read so far. */
 const scratchKeys: string[][] = []
 const scratchVals: unknown[][] = []
 
-function shapeStep(node: ShapeNode | undefined, k: string): ShapeNode | undefined {
+function shapeStep(node: ShapeNode | undefined, key: string): ShapeNode | undefined {
   if (node === undefined) return undefined
-  if (node.key === k) return node.child
-  const found = node.more?.get(k)
-  if (found !== undefined || shapeNodes >= SHAPES_MAX) return found
+  if (node.key === key) return node.child
+  const found = node.more?.get(key)
+  if (found !== undefined || shapeNodes >= SHAPES_MAX || key.length > SHAPE_KEY_LEN_MAX) return found
   shapeNodes++
   const child = newShape()
+  // The tree lives as long as the process: it must hold a copy of the key,
+  // never a slice of the batch string it was read from.
+  const k = flat(key)
   if (node.key === undefined) {
     node.key = k
     node.keyEnc = latin1Key(k)
@@ -637,7 +675,9 @@ function setKey(o: Record<string, unknown>, k: string, v: unknown): void {
 function buildTable(node: ShapeNode | undefined, keys: string[], vals: unknown[], n: number): Record<string, unknown> {
   let o: Record<string, unknown>
   let make = node?.make
-  if (node !== undefined && make === undefined) make = node.make = compileShape(keys, n)
+  // A key list seen once may be a one-off (keys that are ids, say): only a
+  // list that comes back is worth a compiled function.
+  if (node !== undefined && make === undefined && ++node.seen > 1) make = node.make = compileShape(keys, n)
   if (make) {
     o = make(vals)
   } else {
@@ -654,6 +694,8 @@ interface BatchShape {
   n: number
   keys: string[]
   make: MakeTable | null
+  /** Its place in the tree of key lists (none past the tree's limits). */
+  node: ShapeNode | undefined
 }
 
 /** What readTable and readShaped need of a decoder. */
@@ -691,7 +733,9 @@ function readTable(r: ShapeReader, n: number, define: boolean): Record<string, u
   }
   r.depth = d
   const o = buildTable(node, keys, vals, n)
-  if (define) r.shapes.push({ n, keys: keys.slice(0, n), make: node?.make ?? null })
+  if (define) r.shapes.push({ n, keys: keys.slice(0, n), make: node?.make ?? null, node })
+  // (a key read here may be a slice of the batch: do not keep it)
+  for (let i = 0; i < n; i++) keys[i] = ''
   return o
 }
 
@@ -705,6 +749,10 @@ function readShaped(r: ShapeReader, id: number): Record<string, unknown> {
   for (let i = 0; i < n; i++) vals[i] = r.fast()
   r.depth = d
   let o: Record<string, unknown>
+  if (sh.make === null && sh.node !== undefined && sh.node.make === undefined) {
+    // The second table of a key list met for the first time.
+    sh.make = sh.node.make = compileShape(sh.keys, n)
+  }
   if (sh.make) {
     o = sh.make(vals)
   } else {
@@ -798,8 +846,9 @@ class BatchDecoder implements ShapeReader {
       }
     }
     const k = this.text(n)
-    // Only an ASCII key has one character per byte, as the check above assumes.
-    if (k.length === n) keyCache[slot] = k
+    // Only an ASCII key has one character per byte, as the check above
+    // assumes; the cache keeps a copy, not a slice of this batch.
+    if (k.length === n) keyCache[slot] = n >= 13 ? flat(k) : k
     return k
   }
 

@@ -9,8 +9,8 @@
 //!
 //! | tag | name     | body |
 //! | --- | -------- | ---- |
-//! | 32  | DefShape | u32 count (1..=16), count × (Str key, value): a table whose key list becomes shape number k, the batch's k-th DefShape (from 0) |
-//! | 33  | Shape    | u16 shape number, then one value per key of that shape |
+//! | 32  | DefShape | u32 count (1..=16), count × (Str key, value): a table whose key list becomes shape number k: the k-th DefShape to *end* (from 0; an inner table's ends before its parent's) |
+//! | 33  | Shape    | u16 shape number (of a DefShape that ended before this table began), then one value per key of that shape |
 //! | 34  | I32      | i32: an Int (or a UInt) that fits |
 //!
 //! The rewrite is only between the binding and src/wire.ts (BatchDecoder);
@@ -285,7 +285,8 @@ mod tests {
             ])
         };
         let out = coded(&[outer(1), outer(5)]);
-        // First message: outer DefShape 0 ... inner DefShape 1, then Shape 1.
+        // First message: the outer table's DefShape comes first in the bytes
+        // but ends last, so the inner list is number 0 and the outer one 1.
         assert_eq!(out[0], T_DEFSHAPE);
         let defs = out.iter().filter(|&&b| b == T_DEFSHAPE).count();
         assert!(defs >= 2);

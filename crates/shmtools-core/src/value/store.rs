@@ -154,7 +154,8 @@ impl<'a> Values<'a> {
                         r.u8()?;
                         let len = r.count(1)?;
                         r.take(len)?;
-                        Ok::<_, Error>((T_BYTES, at + 5, r.pos()))
+                        // (the body follows the tag and the u32 length)
+                        Ok::<_, Error>((T_BYTES, at + 1 + 4, r.pos()))
                     })()
                     .ok(),
                     _ => None,
