@@ -19,6 +19,11 @@
 //! finds nothing left to fix, unless the reclaim reported a process killed
 //! inside an operation; at the end the pool is back to its starting figures.
 //!
+//! Children with an odd id use the batch calls (a producer `enqueue_wire_many`
+//! of up to BATCH messages, whose packed blocks are carved back to back; a
+//! consumer `dequeue_many_wire`, which frees them as runs), so kills also land
+//! inside those; such a child may take up to BATCH packets with it.
+//!
 //! The seed is printed; `SHMT_CHAOS_SEED=<n>` replays a run's schedule (the
 //! scheduling of the processes themselves is not reproducible, of course).
 
@@ -31,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use shmtools_core::value::wire::{Reader, Writer};
 use shmtools_core::{ClientSide, PoolCheck, PoolStats, Region, ServerSide, Value};
 
 mod common;
@@ -58,6 +64,12 @@ const KILL_UNTIL: u64 = 900;
 const STEP: Duration = Duration::from_millis(50);
 /// Waits that only stop a hung test; never an expectation about speed.
 const GUARD: Duration = Duration::from_secs(30);
+/// Messages per call of a batch child (odd ids).
+const BATCH: u64 = 8;
+
+fn batched(id: u64) -> bool {
+    id % 2 == 1
+}
 
 // ---- messages -----------------------------------------------------------------
 
@@ -127,7 +139,18 @@ fn child_produce(name: &str) {
     let give_up = Instant::now() + GUARD;
     let mut seq = 0;
     while !stop.exists() && Instant::now() < give_up {
-        if q.enqueue_value(&message(id, seq), Some(STEP)).unwrap() {
+        if batched(id) {
+            let bytes: Vec<u8> = (seq..seq + BATCH)
+                .flat_map(|s| message(id, s).encode().unwrap())
+                .collect();
+            let n = q
+                .enqueue_wire_many(&bytes, BATCH as usize, Some(STEP))
+                .unwrap();
+            for _ in 0..n {
+                report(&mut out, "sent", seq);
+                seq += 1;
+            }
+        } else if q.enqueue_value(&message(id, seq), Some(STEP)).unwrap() {
             report(&mut out, "sent", seq);
             seq += 1;
         }
@@ -142,8 +165,23 @@ fn child_consume(name: &str) {
     let mut out = std::io::stdout().lock();
     let give_up = Instant::now() + GUARD;
     let mut n = 0;
+    let id = env_u64(ID);
     while !stop.exists() && Instant::now() < give_up {
-        if let Some(v) = q.dequeue_value(Some(STEP)).unwrap() {
+        let mut got = Vec::new();
+        if batched(id) {
+            let mut w = Writer::default();
+            q.dequeue_many_wire(BATCH as usize, Some(STEP), &mut w)
+                .unwrap();
+            let mut r = Reader::new(&w.buf);
+            while !r.at_end() {
+                let at = r.pos();
+                r.skip_value().unwrap();
+                got.push(Value::decode(r.since(at)).unwrap());
+            }
+        } else if let Some(v) = q.dequeue_value(Some(STEP)).unwrap() {
+            got.push(v);
+        }
+        for v in got {
             match classify(&v) {
                 Ok((id, seq)) => report(&mut out, "got", format!("{id}:{seq}")),
                 Err(why) => report(&mut out, "bad", why),
@@ -318,6 +356,8 @@ struct Ledger {
     bad: Vec<String>,
     consumer_kills: u64,
     producer_kills: u64,
+    /// Killed consumers that took batches (each may lose up to BATCH).
+    batch_consumer_kills: u64,
     /// References given back by gc from killed processes' ledgers.
     reclaimed_refs: u64,
     /// Killed processes whose reclaim could not be exact.
@@ -417,7 +457,12 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
             victim.kill();
             match victim.role {
                 Role::Producer => ledger.producer_kills += 1,
-                Role::Consumer => ledger.consumer_kills += 1,
+                Role::Consumer => {
+                    ledger.consumer_kills += 1;
+                    if batched(victim.id) {
+                        ledger.batch_consumer_kills += 1;
+                    }
+                }
             }
             eprintln!(
                 "round {round}: killed {} at {:?} after {} reports",
@@ -513,8 +558,13 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
             repair.refcounts_fixed, 0,
             "round {round} (seed {seed}): a repair after gc corrected counts: {repair:?} (gc: {gc:?})"
         );
+        // (a batch child may have had a whole batch in hand)
+        let in_hand: u64 = dead
+            .iter()
+            .map(|k| if batched(k.id) { 4 + BATCH } else { 4 })
+            .sum();
         assert!(
-            repair.blocks_freed <= 4 * dead.len() as u64,
+            repair.blocks_freed <= in_hand,
             "round {round} (seed {seed}): after gc a repair freed more than the killed processes \
              could have had in hand: {repair:?} (gc: {gc:?}, uncertain reclaims this round: {round_uncertain})"
         );
@@ -580,14 +630,16 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
             }
         }
     }
-    // Received but never reported sent: allowed only for the one packet a
-    // killed producer may have enqueued just before its report.
+    // Received but never reported sent: allowed only for what a killed
+    // producer may have enqueued just before its report (one packet, or one
+    // batch).
     let mut unreported = 0;
     let mut phantoms = Vec::new();
     for (&(id, seq), by) in &ledger.received {
+        let window = if batched(id) { BATCH } else { 1 };
         match ledger.sent.get(&id) {
             Some(&(n, _)) if seq < n => {}
-            Some(&(n, true)) if seq == n => unreported += 1,
+            Some(&(n, true)) if seq < n + window => unreported += 1,
             _ => phantoms.push(format!("{id}:{seq} (received by {by})")),
         }
     }
@@ -632,12 +684,15 @@ fn producers_and_consumers_killed_at_random_never_duplicate_and_leave_a_working_
         "seed {seed}: damaged packets"
     );
     assert_eq!(phantoms, Vec::<String>::new(), "seed {seed}: never sent");
-    // A consumer holds at most one packet that it has not reported yet.
+    // A consumer holds at most one packet (a batch consumer one batch) that
+    // it has not reported yet.
+    let may_lose = ledger.consumer_kills + (BATCH - 1) * ledger.batch_consumer_kills;
     assert!(
-        lost.len() as u64 <= ledger.consumer_kills,
-        "seed {seed}: {} packets lost but only {} consumers killed: {lost:?}",
+        lost.len() as u64 <= may_lose,
+        "seed {seed}: {} packets lost but only {} consumers killed ({} of them batch): {lost:?}",
         lost.len(),
-        ledger.consumer_kills
+        ledger.consumer_kills,
+        ledger.batch_consumer_kills
     );
     assert!(sent > 0, "seed {seed}: nothing was sent");
     assert_eq!(q.len(), 0);
