@@ -54,6 +54,12 @@ const TAG_MASK: u64 = 0xFFFF << 48;
 const SIZE_MASK: u64 = !TAG_MASK & !(ALIGN - 1);
 
 pub const POOL_MAGIC: u64 = u64::from_le_bytes(*b"SHMPOOL1");
+/// Written at +16 of a free block (where its list links go) while a run is
+/// carved out of it or freed into it, with the end of the run at +24: a
+/// process killed before the run's headers are settled leaves it there, and
+/// `rebuild` clears the block headers the run left inside the free block.
+/// No list link has its top bits set, so it is never mistaken for one.
+const RUN_MARK: u64 = u64::from_le_bytes(*b"SHMRUN!\xff");
 
 /// Shared-memory layout of the pool header (at the region's `pool_offset`).
 #[repr(C)]
@@ -380,7 +386,10 @@ impl<'a> Pool<'a> {
         // Crash order as in allocate: everything past the first block is
         // written inside the free block first, where no walk of the tiling
         // looks; the first block's header (one store) then makes the run and
-        // the rest part of the tiling.
+        // the rest part of the tiling. Until that store, the free block holds
+        // "in use" headers of blocks that do not exist yet: the run mark lets
+        // a rebuild clear them should we die first.
+        self.mark_run(f.off, f.off + total)?;
         let rest = f.size - total;
         let last_extra = if rest >= MIN_BLOCK { 0 } else { rest };
         let mut at = f.off;
@@ -410,7 +419,13 @@ impl<'a> Pool<'a> {
         if at < self.end {
             self.set_prev_size(at, prev)?;
         }
+        #[cfg(test)]
+        if tests::crash_now() {
+            return Ok(());
+        }
         self.write_header(f.off, first_size, true)?;
+        // (now the first block's payload, the caller's to fill)
+        self.span.u64_at(f.off + 16)?.store(0, Relaxed);
         if last_extra == 0 && rest > 0 {
             self.insert_free(f.off + total, rest)?;
         }
@@ -463,8 +478,17 @@ impl<'a> Pool<'a> {
             off = p.off;
             size += p.size;
         }
-        // One store makes the whole run (and its neighbours) one free block.
+        // One store makes the whole run (and its neighbours) one free block;
+        // the headers it swallows are zeroed after it, so first the run mark
+        // (at +16, free now that the neighbours are unlisted, or in the
+        // payload of a block being freed), which a rebuild after our death in
+        // between uses to clear them.
+        self.mark_run(off, end)?;
         self.write_header(off, size, false)?;
+        #[cfg(test)]
+        if tests::crash_now() {
+            return Ok(());
+        }
         // Headers now inside the merged block must not pass for blocks: a
         // stale "in use" header would let a second free of a payload through.
         for &at in run {
@@ -481,6 +505,36 @@ impl<'a> Pool<'a> {
         self.insert_free(off, size)?;
         self.header.bytes_used.fetch_sub(end - start, Relaxed);
         self.header.blocks_used.fetch_sub(run.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Mark the free (or being freed) block at `off` as holding, up to `to`,
+    /// a run whose block headers are not settled yet (see [`RUN_MARK`]).
+    fn mark_run(&self, off: u64, to: u64) -> Result<()> {
+        self.span.u64_at(off + 24)?.store(to, Relaxed);
+        self.span.u64_at(off + 16)?.store(RUN_MARK, Relaxed);
+        Ok(())
+    }
+
+    /// If the free block at `off` carries a run mark, the range it names.
+    fn run_mark(&self, off: u64, size: u64) -> Result<Option<(u64, u64)>> {
+        if size < MIN_BLOCK || self.span.u64_at(off + 16)?.load(Relaxed) != RUN_MARK {
+            return Ok(None);
+        }
+        Ok(Some((off + 32, self.span.u64_at(off + 24)?.load(Relaxed))))
+    }
+
+    /// Zero every word in `from..to` (16-byte steps) that looks like a block
+    /// header: inside a free block, such words are headers a run left behind.
+    fn clear_stale_headers(&self, from: u64, to: u64) -> Result<()> {
+        let mut at = from.next_multiple_of(ALIGN);
+        while at < to {
+            let w = self.span.u64_at(at)?;
+            if w.load(Relaxed) & TAG_MASK == TAG {
+                w.store(0, Relaxed);
+            }
+            at += ALIGN;
+        }
         Ok(())
     }
 
@@ -644,13 +698,20 @@ impl<'a> Pool<'a> {
             let b = self.block(off)?;
             let mut size = b.size;
             if !b.used {
-                // Absorb any free blocks that follow.
+                // Absorb any free blocks that follow, noting run marks (a run
+                // carved or freed by a process that died before its headers
+                // were settled: see RUN_MARK).
+                let mut marks: Vec<(u64, u64)> = self.run_mark(off, size)?.into_iter().collect();
                 while off + size < self.end {
                     let n = self.block(off + size)?;
                     if n.used {
                         break;
                     }
+                    marks.extend(self.run_mark(n.off, n.size)?);
                     size += n.size;
+                }
+                for (from, to) in marks {
+                    self.clear_stale_headers(from.max(off + 32), to.min(off + size))?;
                 }
                 self.write_header(off, size, false)?;
                 self.insert_free(off, size)?;
@@ -922,6 +983,19 @@ fn header_at(span: Span<'_>, pool_off: u64) -> Result<&PoolHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set by a test: the next run operation of this thread stops at its
+        /// crash point (carve: before the store that publishes the run;
+        /// free_run: after the store that frees it, before the swallowed
+        /// headers are cleared), as a process killed there would.
+        pub(super) static CRASH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn crash_now() -> bool {
+        CRASH.with(|c| c.replace(false))
+    }
 
     #[test]
     fn classes_cover_sizes_monotonically() {
@@ -1566,6 +1640,59 @@ mod region_tests {
         pool.check().unwrap();
         all.extend(run);
         pool.free_many(&all).unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+        assert_eq!(pool.check().unwrap().blocks_free, 1);
+    }
+
+    /// A process killed in the middle of a run leaves "in use" headers
+    /// inside a free block; the rebuild that follows (the next lock holder
+    /// runs it) clears them, so a wrong free of such an offset is still
+    /// refused instead of corrupting the free lists.
+    #[test]
+    fn a_rebuild_after_a_death_inside_a_run_leaves_no_header_a_wrong_free_could_use() {
+        let s = Scratch::new("runcrash", 256 * 1024);
+        let pool = s.pool();
+        let initial = pool.stats().unwrap();
+        // Dead inside allocate_run: the run's later headers were written,
+        // the store that publishes the run was not.
+        let mut run = Vec::new();
+        super::tests::CRASH.with(|c| c.set(true));
+        pool.allocate_run(&[100, 200, 300], &mut run).unwrap();
+        pool.rebuild().unwrap();
+        pool.check().unwrap();
+        assert_eq!(
+            pool.stats().unwrap(),
+            initial,
+            "nothing of the run is allocated"
+        );
+        for &p in &run[1..] {
+            assert_eq!(
+                code(pool.free(p)),
+                ErrorCode::InvalidArg,
+                "stale header at {p}"
+            );
+        }
+        pool.check().unwrap();
+        assert_eq!(pool.stats().unwrap(), initial);
+
+        // Dead inside free_many: the run was freed by one store, its other
+        // headers not yet cleared.
+        let mut run = Vec::new();
+        pool.allocate_run(&[64, 64, 64, 64], &mut run).unwrap();
+        let fence = pool.allocate(64).unwrap();
+        super::tests::CRASH.with(|c| c.set(true));
+        pool.free_many(&run).unwrap();
+        pool.rebuild().unwrap();
+        pool.check().unwrap();
+        for &p in &run {
+            assert_eq!(
+                code(pool.free(p)),
+                ErrorCode::InvalidArg,
+                "stale header at {p}"
+            );
+        }
+        pool.check().unwrap();
+        pool.free(fence).unwrap();
         assert_eq!(pool.stats().unwrap(), initial);
         assert_eq!(pool.check().unwrap().blocks_free, 1);
     }
