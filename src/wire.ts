@@ -411,6 +411,14 @@ export function decode(buf: Buffer): unknown {
   return v
 }
 
+/** A BigInt from its sign and its magnitude's bytes, least significant first. */
+function bigIntFrom(neg: boolean, mag: Uint8Array): bigint {
+  let hex = ''
+  for (let i = mag.length - 1; i >= 0; i--) hex += mag[i]!.toString(16).padStart(2, '0')
+  const v = hex ? BigInt('0x' + hex) : 0n
+  return neg ? -v : v
+}
+
 class Decoder implements ShapeReader {
   pos = 0
   /** Tables being decoded around the current position (their scratch arrays). */
@@ -515,11 +523,9 @@ class Decoder implements ShapeReader {
         const neg = this.buf[this.pos++] !== 0
         const n = this.u32()
         this.need(n)
-        let hex = ''
-        for (let i = n - 1; i >= 0; i--) hex += this.buf[this.pos + i].toString(16).padStart(2, '0')
+        const v = bigIntFrom(neg, this.buf.subarray(this.pos, this.pos + n))
         this.pos += n
-        const mag = hex ? BigInt('0x' + hex) : 0n
-        return neg ? -mag : mag
+        return v
       }
       case T_TAB:
         return readTable(this, this.u32(), false)
@@ -918,11 +924,7 @@ class BatchDecoder implements ShapeReader {
       case T_BIGINT: {
         this.need(1)
         const neg = this.s.charCodeAt(this.pos++) !== 0
-        const mag = this.bytes(this.u32())
-        let hex = ''
-        for (let i = mag.length - 1; i >= 0; i--) hex += mag[i].toString(16).padStart(2, '0')
-        const v = hex ? BigInt('0x' + hex) : 0n
-        return neg ? -v : v
+        return bigIntFrom(neg, this.bytes(this.u32()))
       }
       case T_TAB:
         return readTable(this, this.u32(), false)

@@ -11,7 +11,7 @@ use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
 use shmtools_core::queue::{Queue, WaitFor};
-use shmtools_core::value::shape_code;
+use shmtools_core::value::shape_coded;
 use shmtools_core::value::wire::Writer;
 use shmtools_core::{Directory, ErrorCode};
 
@@ -237,35 +237,13 @@ impl NativeQueue {
         // which usually shrinks a batch of messages by a third; the limit is
         // on what crosses. Should the coding fail, the encodings as they are
         // read the same.
-        let mut coded = Vec::new();
-        if w.buf.len() <= 2 * AS_TEXT_MAX {
-            coded.reserve(w.buf.len());
-            coded.push(w.non_ascii as u8);
-            if shape_code(&w.buf[1..], &mut coded).is_err() {
-                coded.clear();
-            }
+        w.buf[0] = w.non_ascii as u8;
+        let mut text = shape_coded(w.buf, 1);
+        if text.len() > AS_TEXT_MAX {
+            // Too long for text: a Buffer, without the flag.
+            return Ok(Either::B(text.split_off(1).into()));
         }
-        let text = match coded.len() {
-            0 if w.buf.len() <= AS_TEXT_MAX => {
-                w.buf[0] = w.non_ascii as u8;
-                &w.buf
-            }
-            1..=AS_TEXT_MAX => &coded,
-            _ => {
-                // Too long for text: a Buffer, shape coded all the same.
-                let body = if coded.len() > 1 {
-                    coded.split_off(1)
-                } else {
-                    let mut c = Vec::with_capacity(w.buf.len());
-                    if shape_code(&w.buf[1..], &mut c).is_err() {
-                        c = w.buf.split_off(1);
-                    }
-                    c
-                };
-                return Ok(Either::B(body.into()));
-            }
-        };
-        env.create_string_latin1(text).map(Either::A)
+        env.create_string_latin1(&text).map(Either::A)
     }
 
     /// The futex sequence for `kind` (0 not empty, 1 not full); read it before

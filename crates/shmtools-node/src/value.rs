@@ -9,7 +9,7 @@ use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either4};
 use napi::Env;
 use napi_derive::napi;
 use shmtools_core::holders::Held;
-use shmtools_core::value::{scalar_wire, shape_code, wire::Writer, KeyRef, Slot, Values};
+use shmtools_core::value::{scalar_wire, shape_coded, wire::Writer, KeyRef, Slot, Values};
 use shmtools_core::value::{
     T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
@@ -236,11 +236,7 @@ impl NativeValue {
     pub fn to_wire(&self) -> Result<Buffer> {
         let mut w = Writer::default();
         self.values()?.load_wire(self.slot, &mut w).map_err(js)?;
-        let mut coded = Vec::with_capacity(w.buf.len());
-        match shape_code(&w.buf, &mut coded) {
-            Ok(()) => Ok(coded.into()),
-            Err(_) => Ok(w.buf.into()),
-        }
+        Ok(shape_coded(w.buf, 0).into())
     }
 
     // ---- Tab ---------------------------------------------------------------

@@ -49,6 +49,21 @@ pub fn shape_code(src: &[u8], out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// `buf` with everything past its first `keep` bytes shape coded (the first
+/// `keep` bytes are copied as they are); `buf` itself, unchanged, if the
+/// coding fails (a reader of shape-coded bytes reads plain ones too).
+pub fn shape_coded(buf: Vec<u8>, keep: usize) -> Vec<u8> {
+    let Some(head) = buf.get(..keep) else {
+        return buf;
+    };
+    let mut out = Vec::with_capacity(buf.len());
+    out.extend_from_slice(head);
+    match shape_code(&buf[keep..], &mut out) {
+        Ok(()) => out,
+        Err(_) => buf,
+    }
+}
+
 struct Coder<'a> {
     r: Reader<'a>,
     /// Shape number of each key list seen (the keys' encodings, back to back).
@@ -412,6 +427,23 @@ mod tests {
             shape_code(&src, &mut out).unwrap();
             assert_eq!(uncode(&out), src);
         }
+    }
+
+    #[test]
+    fn shape_coded_keeps_its_head_and_gives_damaged_input_back_unchanged() {
+        let src = plain(&[tab(&[("a", Value::Int(1))]), tab(&[("a", Value::Int(2))])]);
+        let mut with_head = vec![7u8];
+        with_head.extend(&src);
+        let mut want = vec![7u8];
+        shape_code(&src, &mut want).unwrap();
+        assert_eq!(shape_coded(with_head, 1), want);
+        let damaged = vec![7u8, 0xEE, 1, 2];
+        assert_eq!(shape_coded(damaged.clone(), 1), damaged);
+        assert_eq!(
+            shape_coded(vec![1], 5),
+            vec![1],
+            "a head longer than the buffer"
+        );
     }
 
     #[test]
