@@ -207,13 +207,7 @@ impl<'a> Values<'a> {
             b.len.store(s.len + 1, Relaxed);
             Ok(Slot::NONE)
         })();
-        match r {
-            Ok(old) => self.release(old),
-            Err(e) => {
-                let _ = self.release(value);
-                Err(e)
-            }
-        }
+        self.settle_store(r, value)
     }
 
     /// Append, moving `value`'s reference in; returns the new length.

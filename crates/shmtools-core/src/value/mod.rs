@@ -497,6 +497,19 @@ impl<'a> Values<'a> {
         self.finish_release(todo, frees, first)
     }
 
+    /// The end of a store that consumes the reference in `value`: on
+    /// success, release what it replaced (`Slot::NONE` if nothing); on
+    /// failure, release `value` itself and pass the error on.
+    fn settle_store(&self, stored: Result<Slot>, value: Slot) -> Result<()> {
+        match stored {
+            Ok(old) => self.release(old),
+            Err(e) => {
+                let _ = self.release(value);
+                Err(e)
+            }
+        }
+    }
+
     /// Drop one reference of each slot (as [`Values::release`] does for
     /// one), freeing every block that becomes unused under a single hold of
     /// the pool lock. Every slot is released even if one fails; the first

@@ -171,13 +171,7 @@ impl<'a> Values<'a> {
             t.body.count.store(s.count, Relaxed);
             Ok(Slot::NONE)
         })();
-        match r {
-            Ok(old) => self.release(old),
-            Err(e) => {
-                let _ = self.release(value);
-                Err(e)
-            }
-        }
+        self.settle_store(r, value)
     }
 
     /// Encode a table that only the caller holds (see
@@ -567,13 +561,7 @@ impl<'a> Values<'a> {
     /// Set `key` to `value`, moving `value`'s reference into the table.
     /// On error the reference is released.
     pub fn tab_set(&self, tab: Slot, key: KeyRef<'_>, value: Slot) -> Result<()> {
-        match self.tab_set_inner(tab, key, value) {
-            Ok(old) => self.release(old),
-            Err(e) => {
-                let _ = self.release(value);
-                Err(e)
-            }
-        }
+        self.settle_store(self.tab_set_inner(tab, key, value), value)
     }
 
     fn tab_set_inner(&self, tab: Slot, key: KeyRef<'_>, value: Slot) -> Result<Slot> {
