@@ -217,6 +217,46 @@ pub struct Skipped {
     pub refs: bool,
 }
 
+/// The open containers of [`Reader::skip_value_upto`]'s walk: (is a
+/// table, items left). The first few levels live on the stack, so checking
+/// the usual shallow packet allocates nothing; deeper ones spill to the heap.
+#[derive(Default)]
+struct OpenLevels {
+    near: [(bool, u64); 8],
+    len: usize,
+    deep: Vec<(bool, u64)>,
+}
+
+impl OpenLevels {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn push(&mut self, level: (bool, u64)) {
+        match self.near.get_mut(self.len) {
+            Some(at) => *at = level,
+            None => self.deep.push(level),
+        }
+        self.len += 1;
+    }
+    fn pop(&mut self) {
+        if self.len > self.near.len() {
+            self.deep.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+    fn last_mut(&mut self) -> Option<&mut (bool, u64)> {
+        let i = self.len.checked_sub(1)?;
+        match self.near.get_mut(i) {
+            Some(at) => Some(at),
+            None => self.deep.last_mut(),
+        }
+    }
+    fn last(&self) -> Option<(bool, u64)> {
+        let i = self.len.checked_sub(1)?;
+        self.near.get(i).or(self.deep.last()).copied()
+    }
+}
+
 impl<'a> Reader<'a> {
     /// The position of the next byte to read.
     pub fn pos(&self) -> usize {
@@ -266,7 +306,7 @@ impl<'a> Reader<'a> {
         // Items still to read at each open container level; for a table,
         // keys and values count separately (2 per entry) and a key is due
         // when the count left is even.
-        let mut open: Vec<(bool, u64)> = Vec::new();
+        let mut open = OpenLevels::default();
         loop {
             if open.len() > MAX_DEPTH {
                 return Err(Error::invalid(format!(
@@ -337,7 +377,7 @@ impl<'a> Reader<'a> {
                     Some((_, left)) => *left -= 1,
                 }
             }
-            while let Some(&(_, 0)) = open.last() {
+            while let Some((_, 0)) = open.last() {
                 open.pop();
                 match open.last_mut() {
                     None => return Ok(Some(out).filter(|_| self.pos - start <= max)),
