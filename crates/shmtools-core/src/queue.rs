@@ -653,13 +653,44 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         w: &mut crate::value::wire::Writer,
     ) -> Result<usize> {
+        self.dequeue_many_wire_inner(max, timeout, w, None)
+    }
+
+    /// [`Queue::dequeue_many_wire`] for a caller that checks the bytes
+    /// itself, as [`crate::value::shape_code_packets`] does: packed packets
+    /// are copied out unchecked (save that each starts as a table or list),
+    /// and `ends` gets where each packet's encoding ends in `w`. The bytes
+    /// must not be read as values before that check.
+    pub fn dequeue_many_wire_unchecked(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        w: &mut crate::value::wire::Writer,
+        ends: &mut Vec<usize>,
+    ) -> Result<usize> {
+        self.dequeue_many_wire_inner(max, timeout, w, Some(ends))
+    }
+
+    fn dequeue_many_wire_inner(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        w: &mut crate::value::wire::Writer,
+        mut ends: Option<&mut Vec<usize>>,
+    ) -> Result<usize> {
         let values = self.values;
-        // Packed packets are copied out as they are (checked), not built.
+        // Packed packets are copied out as they are (checked unless the
+        // caller checks), not built.
         self.dequeue_many_raw_then(max, timeout, |slots| {
             let mut copied = Ok(());
             for &s in &slots {
                 // (the mark of dequeue_many_then covers the copy too)
-                copied = values.emit_owned(s, w, 0);
+                copied = match ends.as_deref_mut() {
+                    Some(ends) => values
+                        .emit_packet_unchecked(s, w)
+                        .map(|_| ends.push(w.buf.len())),
+                    None => values.emit_owned(s, w, 0),
+                };
                 if copied.is_err() {
                     break;
                 }

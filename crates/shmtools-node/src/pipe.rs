@@ -11,7 +11,7 @@ use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
 use shmtools_core::queue::{Queue, WaitFor};
-use shmtools_core::value::shape_coded;
+use shmtools_core::value::shape_code_packets;
 use shmtools_core::value::wire::Writer;
 use shmtools_core::{Directory, ErrorCode};
 
@@ -42,6 +42,9 @@ pub struct PipeEntry {
 pub struct NativeQueue {
     cell: Arc<RegionCell>,
     off: u64,
+    /// Bytes the last copied batch took: the next one's first guess, so its
+    /// buffer is sized once instead of grown by doubling.
+    copy_hint: std::cell::Cell<usize>,
 }
 
 fn which(w: u32) -> Result<WaitFor> {
@@ -69,6 +72,14 @@ fn timeout(ms: Option<f64>) -> Result<Option<Duration>> {
 }
 
 impl NativeQueue {
+    fn new(cell: &Arc<RegionCell>, off: u64) -> NativeQueue {
+        NativeQueue {
+            cell: cell.clone(),
+            off,
+            copy_hint: std::cell::Cell::new(256),
+        }
+    }
+
     fn queue(&self) -> Result<Queue<'_>> {
         let v = self.cell.open()?.values().map_err(js)?;
         Queue::open(v, self.off).map_err(js)
@@ -227,18 +238,24 @@ impl NativeQueue {
         const AS_TEXT_MAX: usize = 64 << 10;
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
-        let mut w = Writer::default();
+        let mut w = Writer {
+            buf: Vec::with_capacity(self.copy_hint.get()),
+            non_ascii: false,
+        };
         w.u8(0); // the flag, set below
-        q.dequeue_many_wire(max as usize, t, &mut w).map_err(js)?;
-        if w.buf.len() == 1 {
+        let mut ends = Vec::with_capacity(max.min(4096) as usize);
+        q.dequeue_many_wire_unchecked(max as usize, t, &mut w, &mut ends)
+            .map_err(js)?;
+        self.copy_hint.set(w.buf.len().clamp(256, 1 << 20));
+        if ends.is_empty() {
             return env.create_string_latin1(b"").map(Either::A);
         }
         // Shape coded for the JS reader (see shmtools_core::value::shape_code),
         // which usually shrinks a batch of messages by a third; the limit is
-        // on what crosses. Should the coding fail, the encodings as they are
-        // read the same.
-        w.buf[0] = w.non_ascii as u8;
-        let mut text = shape_coded(w.buf, 1);
+        // on what crosses. The coding is also the check of the packed
+        // packets' bytes, copied out unchecked.
+        let (mut text, non_ascii) = shape_code_packets(&w.buf, 1, &ends).map_err(js)?;
+        text[0] = non_ascii as u8;
         if text.len() > AS_TEXT_MAX {
             // Too long for text: a Buffer, without the flag.
             return Ok(Either::B(text.split_off(1).into()));
@@ -314,10 +331,7 @@ impl NativeRegion {
         let cell = self.directory_cell()?;
         let dir = Directory::open(&cell.region).map_err(js)?;
         let (p, _created) = dir.create(&name, cap).map_err(js)?;
-        Ok(NativeQueue {
-            cell: cell.clone(),
-            off: p.queue,
-        })
+        Ok(NativeQueue::new(cell, p.queue))
     }
 
     /// The pipe called `name`, or null if it does not exist yet.
@@ -329,10 +343,7 @@ impl NativeRegion {
         match found {
             Some(p) => {
                 dir.queue(&p).map_err(js)?;
-                Ok(Some(NativeQueue {
-                    cell: cell.clone(),
-                    off: p.queue,
-                }))
+                Ok(Some(NativeQueue::new(cell, p.queue)))
             }
             None => Ok(None),
         }

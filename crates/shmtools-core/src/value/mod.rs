@@ -24,7 +24,7 @@ mod shaped;
 mod tab;
 #[cfg(test)]
 mod tests;
-pub use shaped::{shape_code, shape_coded};
+pub use shaped::{shape_code, shape_code_packets, shape_coded};
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -235,7 +235,8 @@ fn the_skip_agrees_with_the_decoder_on_every_cut_and_altered_byte() {
 fn damaged(vals: Values<'_>, q: &Queue<'_>, v: &Value, f: &dyn Fn(&mut Vec<u8>, u64)) -> usize {
     let before = base(&vals);
     let mut errors = 0;
-    for form in 0..4 {
+    let mut failed = [false; 5];
+    for (form, failed) in failed.iter_mut().enumerate() {
         assert!(q.enqueue_value(v, NOW).unwrap());
         let p = *packets(q).last().unwrap();
         assert_eq!(p.tag, T_PACKED);
@@ -250,15 +251,29 @@ fn damaged(vals: Values<'_>, q: &Queue<'_>, v: &Value, f: &dyn Fn(&mut Vec<u8>, 
             2 => q
                 .dequeue_many_wire(8, NOW, &mut Writer::default())
                 .map(|_| ()),
-            _ => q.dequeue_many_shared(8, NOW).map(|_| ()),
+            3 => q.dequeue_many_shared(8, NOW).map(|_| ()),
+            // the copy form of the binding: copied out unchecked, checked
+            // by the shape coding
+            _ => {
+                let (mut w, mut ends) = (Writer::default(), Vec::new());
+                w.u8(0);
+                q.dequeue_many_wire_unchecked(8, NOW, &mut w, &mut ends)
+                    .and_then(|_| shape_code_packets(&w.buf, 1, &ends))
+                    .map(|_| ())
+            }
         };
         if let Err(e) = r {
             assert_eq!(e.code(), ErrorCode::Corrupt, "form {form}: {e}");
             errors += 1;
+            *failed = true;
         }
         assert!(q.is_empty(), "form {form}: the packet was taken");
         assert_eq!(base(&vals), before, "form {form}: pool");
     }
+    assert_eq!(
+        failed[4], failed[2],
+        "the coder's check agrees with the copy-out check"
+    );
     errors
 }
 
@@ -270,11 +285,11 @@ fn a_damaged_packed_packet_is_corrupt_in_every_dequeue_form_and_is_freed() {
     let v = every_kind();
     // specific damage: an unknown tag, a count beyond the body, bad UTF-8,
     // a reference smuggled in, a key that is a list
-    assert_eq!(damaged(vals, &q, &v, &|b, _| b[0] = 99), 4);
+    assert_eq!(damaged(vals, &q, &v, &|b, _| b[0] = 99), 5);
     assert_eq!(
         damaged(vals, &q, &v, &|b, _| b[1..5]
             .copy_from_slice(&u32::MAX.to_le_bytes())),
-        4
+        5
     );
     let at =
         |b: &Vec<u8>, needle: &[u8]| b.windows(needle.len()).position(|w| w == needle).unwrap();
@@ -283,21 +298,21 @@ fn a_damaged_packed_packet_is_corrupt_in_every_dequeue_form_and_is_freed() {
             let i = at(b, "héllo".as_bytes());
             b[i + 1] = 0xff;
         }),
-        4
+        5
     );
     assert_eq!(
         damaged(vals, &q, &v, &|b, _| {
             let i = at(b, &[T_STR, 4, 0, 0, 0, b'l']);
             b[i] = T_REF;
         }),
-        4
+        5
     );
     assert_eq!(
         damaged(vals, &q, &v, &|b, _| {
             let i = at(b, &[T_STR, 4, 0, 0, 0, b'l']);
             b[i] = T_ARR;
         }),
-        4
+        5
     );
     // random damage: never a panic, never another error code
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;

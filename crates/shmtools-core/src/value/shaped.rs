@@ -15,10 +15,18 @@
 //!
 //! The rewrite is only between the binding and src/wire.ts (BatchDecoder);
 //! nothing in a region is ever shape coded.
+//!
+//! The coder checks what it reads as [`Reader::skip_value`] does (known
+//! tags, counts the input holds, UTF-8 strings, string or integer keys,
+//! depth) and refuses references, so the copy form can hand it packed
+//! packets copied out unchecked and check each byte once
+//! ([`shape_code_packets`]).
 
 use std::collections::HashMap;
 
-use super::wire::{Reader, MAX_DEPTH, T_ARR, T_BYTES, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_UINT};
+use super::wire::{
+    Reader, MAX_DEPTH, T_ARR, T_BYTES, T_F64, T_INT, T_NONE, T_REF, T_STR, T_TAB, T_UINT,
+};
 use crate::error::{Error, Result};
 
 pub const T_DEFSHAPE: u8 = 32;
@@ -34,12 +42,7 @@ const SHAPES_MAX: usize = 1 << 16;
 /// shape-coded reader reads too.
 pub fn shape_code(src: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
-    let mut c = Coder {
-        r: Reader::new(src),
-        ids: HashMap::new(),
-        last: Vec::new(),
-        sigs: Vec::new(),
-    };
+    let mut c = Coder::new(src);
     while !c.r.at_end() {
         if let Err(e) = c.value(out, 0) {
             out.truncate(start);
@@ -47,6 +50,31 @@ pub fn shape_code(src: &[u8], out: &mut Vec<u8>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Shape code the packets in `src[keep..]` onto a copy of `src[..keep]`,
+/// checking them: `ends` holds where each packet's encoding ends in `src`
+/// (ascending, the last at `src.len()`), and each must be exactly one
+/// well-formed value without references. Returns the coded bytes and
+/// whether some string in them is not ASCII. A packet that fails the check
+/// is ERR_SHM_CORRUPT (it was damaged in the region).
+pub fn shape_code_packets(src: &[u8], keep: usize, ends: &[usize]) -> Result<(Vec<u8>, bool)> {
+    let damaged =
+        |why: &str| Error::corrupt(format!("a packet read from the pipe is damaged: {why}"));
+    let mut out = Vec::with_capacity(src.len());
+    out.extend_from_slice(src.get(..keep).ok_or_else(|| damaged("no packets"))?);
+    let mut c = Coder::new(src);
+    c.r.take(keep).map_err(|e| damaged(e.message()))?;
+    for &end in ends {
+        c.value(&mut out, 0).map_err(|e| damaged(e.message()))?;
+        if c.r.pos() != end {
+            return Err(damaged("its encoding does not end where the packet does"));
+        }
+    }
+    if !c.r.at_end() {
+        return Err(damaged("bytes after the last packet"));
+    }
+    Ok((out, c.non_ascii))
 }
 
 /// `buf` with everything past its first `keep` bytes shape coded (the first
@@ -73,9 +101,33 @@ struct Coder<'a> {
     last: Vec<Option<(Vec<u8>, u16)>>,
     /// Per nesting depth, a buffer for the key list of the table being read.
     sigs: Vec<Vec<u8>>,
+    /// Some string read so far (a key or a value) is not ASCII.
+    non_ascii: bool,
 }
 
-impl Coder<'_> {
+impl<'a> Coder<'a> {
+    fn new(src: &'a [u8]) -> Coder<'a> {
+        Coder {
+            r: Reader::new(src),
+            ids: HashMap::new(),
+            last: Vec::new(),
+            sigs: Vec::new(),
+            non_ascii: false,
+        }
+    }
+
+    /// Step over a string's body (the reader past its tag), checking it is
+    /// UTF-8.
+    fn str_body(&mut self) -> Result<()> {
+        let n = self.r.u32()? as usize;
+        let s = self.r.take(n)?;
+        if !s.is_ascii() {
+            std::str::from_utf8(s).map_err(|_| Error::invalid("a string is not valid UTF-8"))?;
+            self.non_ascii = true;
+        }
+        Ok(())
+    }
+
     fn value(&mut self, out: &mut Vec<u8>, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid("values nest too deeply"));
@@ -112,7 +164,12 @@ impl Coder<'_> {
                     self.value(out, depth + 1)?;
                 }
             }
-            Some(T_STR) | Some(T_BYTES) => {
+            Some(T_STR) => {
+                self.r.u8()?;
+                self.str_body()?;
+                out.extend_from_slice(self.r.since(at));
+            }
+            Some(T_BYTES) => {
                 self.r.u8()?;
                 let n = self.r.u32()? as usize;
                 self.r.take(n)?;
@@ -120,7 +177,9 @@ impl Coder<'_> {
             }
             Some(T_NONE) => out.push(self.r.u8()?),
             Some(T_F64) => out.extend_from_slice(self.r.take(9)?),
+            Some(T_REF) => return Err(Error::invalid("a reference where a copy was due")),
             _ => {
+                // The other scalars (the containers are handled above).
                 self.r.skip_value()?;
                 out.extend_from_slice(self.r.since(at));
             }
@@ -129,17 +188,20 @@ impl Coder<'_> {
     }
 
     /// Step over a table key, appending its encoding to `sig`; false if
-    /// it is not a string.
+    /// it is not a string (an integer: nothing else is a key).
     fn key(&mut self, sig: &mut Vec<u8>) -> Result<bool> {
         let at = self.r.pos();
-        let is_str = self.r.peek() == Some(T_STR);
-        if is_str {
-            self.r.u8()?;
-            let n = self.r.u32()? as usize;
-            self.r.take(n)?;
-        } else {
-            self.r.skip_value()?;
-        }
+        let is_str = match self.r.u8()? {
+            T_STR => {
+                self.str_body()?;
+                true
+            }
+            T_INT => {
+                self.r.u64()?;
+                false
+            }
+            _ => return Err(Error::invalid("a table key must be a string or an integer")),
+        };
         sig.extend_from_slice(self.r.since(at));
         Ok(is_str)
     }
@@ -149,7 +211,10 @@ impl Coder<'_> {
         if n == 0 || n > SHAPE_KEYS_MAX {
             out.push(T_TAB);
             out.extend_from_slice(&(n as u32).to_le_bytes());
-            for _ in 0..2 * n {
+            for i in 0..2 * n {
+                if i % 2 == 0 && !matches!(self.r.peek(), Some(T_STR) | Some(T_INT)) {
+                    return Err(Error::invalid("a table key must be a string or an integer"));
+                }
                 self.value(out, depth + 1)?;
             }
             return Ok(());
@@ -229,7 +294,8 @@ impl Coder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::wire::{Key, Value};
+    use crate::error::ErrorCode;
+    use crate::value::wire::{Key, Value, T_F64};
 
     fn tab(entries: &[(&str, Value)]) -> Value {
         Value::Tab(
@@ -443,6 +509,74 @@ mod tests {
             shape_coded(vec![1], 5),
             vec![1],
             "a head longer than the buffer"
+        );
+    }
+
+    #[test]
+    fn packets_are_coded_as_shape_code_codes_them_and_checked_at_their_ends() {
+        let a = tab(&[("seq", Value::Int(1)), ("s", Value::Str("x".into()))]);
+        let b = tab(&[("seq", Value::Int(2)), ("s", Value::Str("ü".into()))]);
+        let list = Value::Arr(vec![Value::Int(3), a.clone()]);
+        let (ea, eb, el) = (
+            a.encode().unwrap(),
+            b.encode().unwrap(),
+            list.encode().unwrap(),
+        );
+        let mut src = vec![0u8];
+        let mut ends = Vec::new();
+        for e in [&ea, &eb, &el] {
+            src.extend(e);
+            ends.push(src.len());
+        }
+        let mut want = vec![0u8];
+        shape_code(&src[1..], &mut want).unwrap();
+        let (got, non_ascii) = shape_code_packets(&src, 1, &ends).unwrap();
+        assert_eq!(got, want);
+        assert!(non_ascii, "\"ü\" is not ASCII");
+        let (_, ascii_only) = shape_code_packets(&src[..ends[0]], 1, &ends[..1]).unwrap();
+        assert!(!ascii_only);
+        // The same bytes split at other places: each packet must be one value.
+        let corrupt = |ends: &[usize]| shape_code_packets(&src, 1, ends).unwrap_err().code();
+        assert_eq!(
+            corrupt(&[ends[1], ends[2]]),
+            ErrorCode::Corrupt,
+            "two values as one packet"
+        );
+        assert_eq!(
+            corrupt(&[ends[0] - 1, ends[2]]),
+            ErrorCode::Corrupt,
+            "an end inside a value"
+        );
+        assert_eq!(
+            corrupt(&ends[..2]),
+            ErrorCode::Corrupt,
+            "bytes after the last packet"
+        );
+        // What the copy-out check refuses, the coder refuses too.
+        let mut bad_key = vec![0u8, T_TAB, 1, 0, 0, 0, T_ARR, 0, 0, 0, 0, T_NONE];
+        assert!(
+            shape_code_packets(&bad_key, 1, &[bad_key.len()]).is_err(),
+            "a list as a key"
+        );
+        bad_key[6] = T_F64;
+        assert!(
+            shape_code_packets(&bad_key, 1, &[bad_key.len()]).is_err(),
+            "a float as a key"
+        );
+        let bad_utf8 = [0u8, T_ARR, 1, 0, 0, 0, T_STR, 1, 0, 0, 0, 0xff];
+        assert!(shape_code_packets(&bad_utf8, 1, &[bad_utf8.len()]).is_err());
+        let a_ref = [0u8, T_ARR, 1, 0, 0, 0, T_REF, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(shape_code_packets(&a_ref, 1, &[a_ref.len()]).is_err());
+        // a key list too long to shape is checked all the same
+        let mut wide = vec![0u8, T_TAB, 17, 0, 0, 0];
+        for i in 0..17u8 {
+            wide.extend([T_STR, 1, 0, 0, 0, b'a' + i, T_NONE]);
+        }
+        assert!(shape_code_packets(&wide, 1, &[wide.len()]).is_ok());
+        wide[6] = T_BYTES;
+        assert!(
+            shape_code_packets(&wide, 1, &[wide.len()]).is_err(),
+            "a bytes key in a wide table"
         );
     }
 

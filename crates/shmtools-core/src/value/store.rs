@@ -256,6 +256,27 @@ impl<'a> Values<'a> {
         Ok(out)
     }
 
+    /// [`Values::emit_owned`] of a packet, except that a packed one is
+    /// copied out without checking its body (only that it starts as a table
+    /// or list): for a caller that checks the bytes itself before reading
+    /// them ([`crate::value::shape_code_packets`]).
+    pub(crate) fn emit_packet_unchecked(&self, slot: Slot, w: &mut Writer) -> Result<()> {
+        if slot.tag != T_PACKED {
+            return self.emit_owned(slot, w, 0);
+        }
+        let (off, n) = self.data(slot)?;
+        let start = w.buf.len();
+        self.copy_out(off, n, w)?;
+        if !matches!(w.buf.get(start), Some(&T_TAB) | Some(&T_ARR)) {
+            w.buf.truncate(start);
+            return Err(Error::corrupt(format!(
+                "the packed value at {} is damaged: not a table or list",
+                slot.bits
+            )));
+        }
+        Ok(())
+    }
+
     /// Append the checked bytes of the packed object `slot` to `w`; nothing
     /// is appended if they are damaged.
     fn copy_packed(&self, slot: Slot, w: &mut Writer) -> Result<()> {
