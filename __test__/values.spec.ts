@@ -1065,6 +1065,38 @@ test('symbol-keyed properties are skipped, as JSON.stringify and structuredClone
   assertBaseline(t, f)
 })
 
+test('a plain object is read as Object.keys reads it: own enumerable string keys in that order, never inherited or hidden ones, even with Object.prototype polluted', (t) => {
+  const f = fresh(t, 'ownkeys')
+  const src: Record<string, unknown> = { b: 1, 2: 'two', a: { z: 1, 10: 'ten', 1: 'one' }, 1: 'one' }
+  Object.defineProperty(src, 'hidden', { value: 'not enumerable', enumerable: false })
+  const nullProto = Object.assign(Object.create(null) as Record<string, unknown>, { y: 1, x: 2 })
+  const want = { ...src, nil: { y: 1, x: 2 } }
+  const read = (v: unknown) => {
+    const tab = Shared(f.pool, v as object) as SharedTab
+    const a = tab.a as SharedTab
+    const out = { keys: tab.keys(), inner: a.keys(), copy: tab.toJS() as Record<string, unknown> }
+    a.release()
+    tab.release()
+    return out
+  }
+  const clean = read({ ...src, nil: nullProto })
+  t.deepEqual(clean.keys, Object.keys(want))
+  t.deepEqual(clean.keys, ['1', '2', 'b', 'a', 'nil'])
+  t.deepEqual(clean.inner, ['1', '10', 'z'])
+  t.deepEqual(clean.copy, want)
+  // Something enumerable on Object.prototype: for-in would see it, Object.keys does not.
+  Object.defineProperty(Object.prototype, 'polluted', { value: 'no', enumerable: true, configurable: true })
+  try {
+    const polluted = read({ ...src, nil: nullProto })
+    t.deepEqual(polluted.keys, clean.keys)
+    t.deepEqual(polluted.inner, clean.inner)
+    t.false(Object.hasOwn(polluted.copy, 'polluted'))
+  } finally {
+    delete (Object.prototype as Record<string, unknown>).polluted
+  }
+  assertBaseline(t, f)
+})
+
 test('a handle from another region cannot be stored (at any depth) nor re-shared: an error with a code, nothing allocated', (t) => {
   const f = fresh(t, 'foreign')
   const g = fresh(t, 'foreign-other', 256 * KiB)
