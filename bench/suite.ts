@@ -97,7 +97,7 @@ const C = quick
     }
   : {
       reps: 3,
-      oneway: 200_000,
+      oneway: 1_000_000,
       rounds: 20_000,
       warm: 1_000,
       large: [
