@@ -953,6 +953,45 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   pool.check()
 })
 
+test.serial('a packed packet damaged in the region (by another process) makes dequeueMany({ copy: true }) throw ERR_SHM_CORRUPT; its batch is freed and the pipe goes on working', (t) => {
+  const { region, pool } = fresh(t, 'copy-damage')
+  const q = new ServerSide(region, 'p', 16).start().pipe()
+  const baseline = used(pool.stats())
+  const queue = queueOffset(region, 'p')
+  const u64 = (block: number, at: number) => Number(pool.read(block, 8, at).readBigUInt64LE(0))
+  const capacity = u64(queue, 24)
+  const slots = u64(queue, 48)
+  // The body of {seq, payload} as the JS encoder writes it: Tab, count 2,
+  // Str "seq", Int, Str "payload", Str of 32 x.
+  const KEY0 = 5
+  const INT = KEY0 + 5 + 3
+  const damages: [string, (b: Buffer) => void][] = [
+    ['a string that is not UTF-8', (b) => (b[b.indexOf('xxxx') + 1] = 0xff)],
+    ['a key that is a list', (b) => (b[KEY0] = 11)],
+    ['a count past the end', (b) => b.writeUInt32LE(0xffffffff, 1)],
+    ['an unknown tag', (b) => (b[INT] = 99)],
+    ['a reference smuggled in', (b) => (b[INT] = 13)],
+    ['a value ending before its packet does', (b) => b.writeUInt32LE(1, 1)],
+    ['no table at all', (b) => (b[0] = 7)],
+  ]
+  for (const [what, damage] of damages) {
+    t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(32) }, { seq: 2, payload: 'y'.repeat(32) }]), 2)
+    const head = u64(queue, 32)
+    const at = (head % capacity) * 16
+    t.is(u64(slots, at), 15, `${what}: the first packet is packed`)
+    const packet = u64(slots, at + 8)
+    const body = pool.read(packet, u64(packet, 8), 16)
+    damage(body)
+    pool.write(packet, body, 16)
+    t.throws(() => q.dequeueMany(8, { copy: true }), { code: ErrorCodes.CORRUPT }, what)
+    t.is(q.length, 0, `${what}: the batch was taken`)
+    t.deepEqual(used(pool.stats()), baseline, `${what}: and freed`)
+    t.is(q.enqueueMany([{ seq: 3 }]), 1)
+    t.deepEqual(q.dequeueMany(8, { copy: true }), [{ seq: 3 }], `${what}: the pipe still works`)
+  }
+  t.notThrows(() => pool.check())
+})
+
 test.serial('dequeueMany({ copy: true }) of many small messages: the batch crosses as one shape-coded string even past 64 KiB of encodings, and reads back exactly', (t) => {
   const { region, pool } = fresh(t, 'copy-coded', 16 * MiB)
   const q = new ServerSide(region, 'p', 2048).start().pipe()
