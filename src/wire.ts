@@ -507,89 +507,67 @@ class Decoder implements ShapeReader {
     if (this.pos + n > this.buf.length) throw new ShmError(ErrorCodes.CORRUPT, 'a shared value ends too early')
   }
 
+  /** Step over the next `n` bytes (there must be that many); returns where they start. */
+  at(n: number): number {
+    this.need(n)
+    const p = this.pos
+    this.pos = p + n
+    return p
+  }
+
   u32(): number {
-    this.need(4)
-    const v = this.view.getUint32(this.pos, true)
-    this.pos += 4
-    return v
+    return this.view.getUint32(this.at(4), true)
   }
 
   value(): unknown {
-    this.need(1)
-    const tag = this.buf[this.pos++]
+    const tag = this.buf[this.at(1)]
     switch (tag) {
       case T_NONE:
         return null
       case T_BOOL:
-        this.need(1)
-        return this.buf[this.pos++] !== 0
+        return this.buf[this.at(1)] !== 0
       case T_INT: {
-        this.need(8)
-        const lo = this.view.getUint32(this.pos, true)
-        const hi = this.view.getInt32(this.pos + 4, true)
-        this.pos += 8
+        const p = this.at(8)
+        const lo = this.view.getUint32(p, true)
+        const hi = this.view.getInt32(p + 4, true)
         if (hi >= -0x200000 && hi < 0x200000) return hi * TWO32 + lo
         return (BigInt(hi) << 32n) | BigInt(lo)
       }
       case T_UINT: {
-        this.need(8)
-        const lo = this.view.getUint32(this.pos, true)
-        const hi = this.view.getUint32(this.pos + 4, true)
-        this.pos += 8
+        const p = this.at(8)
+        const lo = this.view.getUint32(p, true)
+        const hi = this.view.getUint32(p + 4, true)
         if (hi < 0x200000) return hi * TWO32 + lo
         return (BigInt(hi) << 32n) | BigInt(lo)
       }
-      case T_F64: {
-        this.need(8)
-        const v = this.view.getFloat64(this.pos, true)
-        this.pos += 8
-        return v
-      }
-      case T_F32: {
-        this.need(4)
-        const v = this.view.getFloat32(this.pos, true)
-        this.pos += 4
-        return v
-      }
+      case T_F64:
+        return this.view.getFloat64(this.at(8), true)
+      case T_F32:
+        return this.view.getFloat32(this.at(4), true)
       case T_STR: {
         const n = this.u32()
-        this.need(n)
-        const s = this.buf.toString('utf8', this.pos, this.pos + n)
-        this.pos += n
-        return s
+        const p = this.at(n)
+        return this.buf.toString('utf8', p, p + n)
       }
       case T_BYTES: {
         const n = this.u32()
-        this.need(n)
-        const b = Buffer.from(this.buf.subarray(this.pos, this.pos + n))
-        this.pos += n
-        return b
+        const p = this.at(n)
+        return Buffer.from(this.buf.subarray(p, p + n))
       }
       case T_BIGINT: {
-        this.need(1)
-        const neg = this.buf[this.pos++] !== 0
+        const neg = this.buf[this.at(1)] !== 0
         const n = this.u32()
-        this.need(n)
-        const v = bigIntFrom(neg, this.buf.subarray(this.pos, this.pos + n))
-        this.pos += n
-        return v
+        const p = this.at(n)
+        return bigIntFrom(neg, this.buf.subarray(p, p + n))
       }
       case T_TAB:
         return readTable(this, this.u32(), false)
       case T_DEFSHAPE:
         return readTable(this, this.u32(), true)
-      case T_SHAPE: {
-        this.need(2)
-        const id = this.view.getUint16(this.pos, true)
-        this.pos += 2
-        return readShaped(this, id)
-      }
-      case T_I32: {
-        this.need(4)
-        const v = this.view.getInt32(this.pos, true)
-        this.pos += 4
-        return v
-      }
+      case T_SHAPE:
+        return readShaped(this, this.view.getUint16(this.at(2), true))
+      case T_I32:
+        return this.view.getInt32(this.at(4), true)
       case T_ARR: {
         const n = this.u32()
         const a = new Array(n)
@@ -597,16 +575,14 @@ class Decoder implements ShapeReader {
         return a
       }
       case T_TYPED: {
-        this.need(1)
-        const code = this.buf[this.pos++]
-        const Ctor = ELEM_CTORS[code]
+        const code = this.buf[this.at(1)]
+        const Ctor = ELEM_CTORS[code!]
         if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, `unknown typed-array element type ${code}`)
         const count = this.u32()
         const bytes = count * Ctor.BYTES_PER_ELEMENT
-        this.need(bytes)
+        const p = this.at(bytes)
         const copy = new Uint8Array(bytes)
-        copy.set(this.buf.subarray(this.pos, this.pos + bytes))
-        this.pos += bytes
+        copy.set(this.buf.subarray(p, p + bytes))
         return new Ctor(copy.buffer)
       }
       default:
