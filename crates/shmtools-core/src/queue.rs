@@ -278,9 +278,8 @@ impl<'a> Queue<'a> {
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        h.total_enqueued.fetch_add(1, Relaxed);
-        h.not_empty
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        add_held(&h.total_enqueued, 1);
+        bump_held(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_empty, 1);
@@ -318,9 +317,8 @@ impl<'a> Queue<'a> {
             let slot = Slot::read_at(self.values, at)?;
             Slot::EMPTY.write_at(self.values, at)?;
             h.head.store(head + 1, Relaxed);
-            h.total_dequeued.fetch_add(1, Relaxed);
-            h.not_full
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            add_held(&h.total_dequeued, 1);
+            bump_held(&h.not_full);
             if slot.tag == S_EMPTY {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
@@ -376,9 +374,8 @@ impl<'a> Queue<'a> {
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        h.total_enqueued.fetch_add(n as u64, Relaxed);
-        h.not_empty
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        add_held(&h.total_enqueued, n as u64);
+        bump_held(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_empty, n as u32);
@@ -453,9 +450,8 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        h.total_dequeued.fetch_add(taken, Relaxed);
-        h.not_full
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        add_held(&h.total_dequeued, taken);
+        bump_held(&h.not_full);
         drop(g);
         if h.sleepers_full.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_full, taken.min(u32::MAX as u64) as u32);
@@ -918,6 +914,24 @@ impl<'a> Queue<'a> {
         }
         Ok(n)
     }
+}
+
+/// Add `n` to a counter that only holders of the queue lock write: a plain
+/// load and store rather than a locked read-modify-write. Such instructions,
+/// on a line the other side of the pipe uses too, are much of what one
+/// queue operation costs.
+fn add_held(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Move a futex sequence on by one, as [`add_held`] (lock holders are its
+/// only writers); Release, so a waiter that sees the new value also sees
+/// the slots written before it.
+fn bump_held(word: &AtomicU32) {
+    word.store(
+        word.load(Relaxed).wrapping_add(1),
+        std::sync::atomic::Ordering::Release,
+    );
 }
 
 fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
