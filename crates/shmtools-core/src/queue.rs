@@ -279,7 +279,7 @@ impl<'a> Queue<'a> {
             h.high_water.store(depth, Relaxed);
         }
         add_held(&h.total_enqueued, 1);
-        bump_held(&h.not_empty);
+        bump(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_empty, 1);
@@ -318,7 +318,7 @@ impl<'a> Queue<'a> {
             Slot::EMPTY.write_at(self.values, at)?;
             h.head.store(head + 1, Relaxed);
             add_held(&h.total_dequeued, 1);
-            bump_held(&h.not_full);
+            bump(&h.not_full);
             if slot.tag == S_EMPTY {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
@@ -375,7 +375,7 @@ impl<'a> Queue<'a> {
             h.high_water.store(depth, Relaxed);
         }
         add_held(&h.total_enqueued, n as u64);
-        bump_held(&h.not_empty);
+        bump(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_empty, n as u32);
@@ -451,7 +451,7 @@ impl<'a> Queue<'a> {
             return Ok(0);
         }
         add_held(&h.total_dequeued, taken);
-        bump_held(&h.not_full);
+        bump(&h.not_full);
         drop(g);
         if h.sleepers_full.load(Relaxed) > 0 {
             platform::futex_wake(&h.not_full, taken.min(u32::MAX as u64) as u32);
@@ -916,22 +916,20 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// Add `n` to a counter that only holders of the queue lock write: a plain
-/// load and store rather than a locked read-modify-write. Such instructions,
-/// on a line the other side of the pipe uses too, are much of what one
-/// queue operation costs.
+/// Add `n` to a statistics counter: only holders of the queue lock write
+/// `total_enqueued` and `total_dequeued`, so a plain load and store does,
+/// rather than a locked read-modify-write (such instructions, on a line the
+/// other side of the pipe uses too, are much of what one queue operation
+/// costs). The futex sequences stay read-modify-writes: a cancelled JS wait
+/// moves them on without the lock (crates/shmtools-node/src/waiter.rs).
 fn add_held(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-/// Move a futex sequence on by one, as [`add_held`] (lock holders are its
-/// only writers); Release, so a waiter that sees the new value also sees
-/// the slots written before it.
-fn bump_held(word: &AtomicU32) {
-    word.store(
-        word.load(Relaxed).wrapping_add(1),
-        std::sync::atomic::Ordering::Release,
-    );
+/// Move a futex sequence on by one (Release, so a waiter that sees the new
+/// value also sees the slots written before it).
+fn bump(word: &AtomicU32) {
+    word.fetch_add(1, std::sync::atomic::Ordering::Release);
 }
 
 fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
