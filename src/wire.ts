@@ -320,8 +320,13 @@ class Encoder {
    * the object's enumeration cache and reads each property by its field
    * index (no key array, no megamorphic lookup by name): about a sixth less
    * time per small object than Object.keys. Only when nothing enumerable is
-   * inherited (see `plainProto`), so it yields exactly Object.keys' keys, in
-   * the same order. The count is written once the walk is done.
+   * inherited (see `plainProto`, and encodeWith's check after the walk), so
+   * it yields Object.keys' keys in the same order. It differs only where
+   * reading a property changes what is being read: a property a getter
+   * deletes before the walk reaches it is left out (Object.keys, a snapshot,
+   * would give it as null), and a Proxy whose getPrototypeOf trap answers
+   * differently when asked again can add that prototype's keys. The count
+   * is written once the walk is done.
    */
   ownKeys(v: object, depth: number): void {
     this.ensure(5)
@@ -374,19 +379,9 @@ class Encoder {
  * region become references; anything else is copied.
  */
 export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer {
-  // One encoder is reused (its buffer grows once and stays), unless a getter
-  // being read re-enters encode(): then that inner call gets its own.
-  const e = shared.busy ? new Encoder() : shared
-  e.reset(regionKey, refOf)
-  e.busy = true
-  try {
-    e.value(v, 0)
-  } finally {
-    e.busy = false
-  }
   // A view of the encoder's buffer: valid until the next encode(); callers
   // hand it to native code at once.
-  return e.buf.subarray(0, e.pos)
+  return encodeWith(regionKey, refOf, (e) => e.value(v, 0))
 }
 
 const shared = new Encoder()
@@ -397,15 +392,30 @@ const shared = new Encoder()
  * returned if any of them cannot be stored.
  */
 export function encodeMany(values: readonly unknown[], regionKey: string, refOf: RefLookup): Buffer {
+  // Same lifetime as encode()'s result: until the next encode.
+  return encodeWith(regionKey, refOf, (e) => {
+    for (let i = 0; i < values.length; i++) e.value(values[i], 0)
+  })
+}
+
+function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => void): Buffer {
+  // One encoder is reused (its buffer grows once and stays), unless a getter
+  // being read re-enters encode(): then that inner call gets its own.
   const e = shared.busy ? new Encoder() : shared
   e.reset(regionKey, refOf)
   e.busy = true
   try {
-    for (let i = 0; i < values.length; i++) e.value(values[i], 0)
+    write(e)
+    if (e.plainProto && !nothingEnumerable(Object.prototype)) {
+      // A getter made something on Object.prototype enumerable while for-in
+      // walked (which would have taken it as an own key): again, with
+      // Object.keys throughout (reset sees the change).
+      e.reset(regionKey, refOf)
+      write(e)
+    }
   } finally {
     e.busy = false
   }
-  // Same lifetime as encode()'s result: until the next encode.
   return e.buf.subarray(0, e.pos)
 }
 
