@@ -282,8 +282,9 @@ async function scenario1(): Promise<void> {
     const rate = new Map<OnewayForm, number>()
     const spread = new Map<OnewayForm, number[]>()
     // One unmeasured run of each form first, a tenth as long: both sides'
-    // code compiled (JIT) and the channel set up before anything is timed,
-    // for every form alike.
+    // code compiled (JIT) and the channel set up before anything is timed.
+    // (The worker form starts a fresh Worker for every run, so its producer
+    // is compiled in each timed run all the same.)
     for (const [form] of forms) await once1(form, Math.ceil(nRun / 10))
     // Interleave the forms over the repetitions, so a noisy moment hurts no form in particular.
     for (let r = 0; r < C.reps; r++) {
@@ -300,7 +301,7 @@ async function scenario1(): Promise<void> {
     report.out(HEAD.s1)
     report.out()
     report.out(
-      `${nRun} messages \`{seq, payload: 32 chars}\` per run, median of ${C.reps} after one unmeasured warm-up run of ${Math.ceil(nRun / 10)} per form; the consumer (the parent) reads \`seq\` of every message ` +
+      `${nRun} messages \`{seq, payload: 32 chars}\` per run, median of ${C.reps} after one unmeasured warm-up run of ${Math.ceil(nRun / 10)} per form (the worker form still starts a fresh Worker per run); the consumer (the parent) reads \`seq\` of every message ` +
         `(shmtools: through the handle, which it then releases; the copy form: from the plain copy) and checks the sum. shmtools pipe capacity 1024.`,
     )
     report.out()
