@@ -60,6 +60,7 @@ fn child_entry() {
     match role.as_str() {
         "mutate" => child_mutate(&name),
         "hammer" => child_hammer(&name),
+        "bulk" => child_bulk(&name),
         other => panic!("unknown child role {other}"),
     }
 }
@@ -518,5 +519,117 @@ fn an_offset_of_a_freed_value_is_refused_through_another_mapping() {
     drop(other);
     vals.release(fence).unwrap();
     assert_eq!(baseline(&vals), base);
+    assert!(region.destroy().unwrap());
+}
+
+// ---- large values built by several processes at once ------------------------
+
+const ROWS: &str = "SHMT_ROWS";
+
+/// Rows as a worker returns them: small tables of a few shapes, with
+/// strings too long to live in a slot, and a nested list now and then.
+fn bulk_value(id: u64, round: u64, rows: u64) -> Value {
+    let rows = (0..rows)
+        .map(|i| {
+            let mut row = vec![
+                (
+                    ks("id"),
+                    Value::Int((id * 1_000_000 + round * 10_000 + i) as i64),
+                ),
+                (ks("name"), s(&format!("worker {id} row {i}"))),
+                (ks("score"), Value::F64(i as f64 * 0.5)),
+            ];
+            if i % 7 == 0 {
+                row.push((
+                    ks("tags"),
+                    Value::Arr(vec![s("a tag of some length"), Value::UInt(i)]),
+                ));
+            }
+            Value::Tab(row)
+        })
+        .collect();
+    Value::Tab(vec![
+        (ks("worker"), Value::UInt(id)),
+        (ks("rows"), Value::Arr(rows)),
+    ])
+}
+
+/// Wait for "go"; then, round after round, store a large value, read it
+/// back whole, and release the one of the round before (so frees of one
+/// value interleave with the build of the next, here and in the others).
+fn child_bulk(name: &str) {
+    let region = attach(name);
+    let vals = region.values().unwrap();
+    let id = env_u64(ID);
+    let rounds = env_u64(OPS);
+    let rows = env_u64(ROWS);
+    say("attached", 1);
+    await_cue("go");
+    let mut last = None;
+    for round in 0..rounds {
+        let v = bulk_value(id, round, rows);
+        let slot = vals.store(&v).unwrap();
+        assert!(
+            vals.load(slot).unwrap() == v,
+            "child {id}: round {round} came back changed"
+        );
+        if let Some(old) = last.replace(slot) {
+            vals.release(old).unwrap();
+        }
+    }
+    if let Some(old) = last {
+        vals.release(old).unwrap();
+    }
+    say("done", rounds);
+}
+
+/// Several processes building large values at once each get theirs back
+/// whole, and the pool is as it was once they are released. (Builds carve
+/// their blocks in runs, so this is where runs of one process meet the
+/// allocations, runs and frees of the others.)
+#[test]
+fn four_processes_building_large_values_at_once_get_them_whole_and_leave_the_pool_as_it_was() {
+    const N: u64 = 4;
+    let name = unique("bulk");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 64 << 20);
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let mut children: Vec<Proc> = (1..=N)
+        .map(|id| {
+            spawn_with_cues(
+                "bulk",
+                &name,
+                &[
+                    (ID, id.to_string()),
+                    (OPS, "12".into()),
+                    (ROWS, "3000".into()),
+                ],
+            )
+        })
+        .collect();
+    for c in &mut children {
+        c.expect("attached");
+    }
+    for c in &mut children {
+        c.send("go");
+    }
+    // The parent builds and frees too, meanwhile.
+    for round in 0..12 {
+        let v = bulk_value(0, round, 1000);
+        let slot = vals.store(&v).unwrap();
+        assert!(
+            vals.load(slot).unwrap() == v,
+            "parent: round {round} came back changed"
+        );
+        vals.release(slot).unwrap();
+    }
+    for c in &mut children {
+        assert_eq!(c.expect_u64("done"), 12);
+    }
+    for c in children {
+        c.finish_ok();
+    }
+    assert_eq!(baseline(&vals), base, "the pool is as it was");
     assert!(region.destroy().unwrap());
 }

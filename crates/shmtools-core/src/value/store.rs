@@ -7,6 +7,7 @@ use super::{
     T_INT, T_NONE, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
 use crate::error::{Error, ErrorCode, Result};
+use crate::pool::BlockCache;
 
 impl<'a> Values<'a> {
     /// A new string object holding `bytes` (UTF-8 already checked).
@@ -35,7 +36,7 @@ impl<'a> Values<'a> {
     pub fn store_wire_refs(&self, bytes: &[u8]) -> Result<(Slot, bool)> {
         let mut r = Reader::new(bytes);
         let before = r.refs_seen();
-        let slot = self.build(&mut r, 0)?;
+        let slot = self.build_cached(&mut r)?;
         let refs = r.refs_seen() > before;
         if !r.at_end() {
             let _ = self.release(slot);
@@ -90,7 +91,26 @@ impl<'a> Values<'a> {
     /// Build the next value from a reader positioned at one (for a run of
     /// concatenated encodings); the result owns one reference.
     pub fn store_one(&self, r: &mut Reader<'_>) -> Result<Slot> {
-        self.build(r, 0)
+        self.build_cached(r)
+    }
+
+    /// Build the next value with its blocks carved in runs (see
+    /// [`crate::pool::BlockCache`]), not taking the pool lock per object.
+    fn build_cached(&self, r: &mut Reader<'_>) -> Result<Slot> {
+        let cache = BlockCache::new(self.pool);
+        let built = Values {
+            span: self.span,
+            pool: self.pool.with_cache(&cache),
+            session: self.session,
+        }
+        .build(r, 0);
+        let freed = cache.finish();
+        let slot = built?;
+        if let Err(e) = freed {
+            let _ = self.release(slot);
+            return Err(e);
+        }
+        Ok(slot)
     }
 
     /// Store a value about to be sent as a queue packet: a table or list
