@@ -3,6 +3,7 @@
 #
 #   bash bench/rust.sh            # full run (about 2-3 minutes), writes docs/bench/rust-latest.md
 #   bash bench/rust.sh --quick    # tiny sizes (< 20 s), writes target/bench/rust-quick.md
+#   bash bench/rust.sh --only 5b  # some scenarios (5a, 5b, 6), writes target/bench/rust-only.md
 #
 # Steps: make sure the Boost.Interprocess headers are there (installing
 # Debian's libboost-dev when running as root; otherwise the Boost column is

@@ -1331,7 +1331,14 @@ fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> String {
     md
 }
 
-fn run(boost: &Boost, sz: &Sizes) -> R<String> {
+/// Which scenarios a run measures (`--only`).
+struct Only {
+    one_way: bool,
+    round_trip: bool,
+    alloc: bool,
+}
+
+fn run(boost: &Boost, sz: &Sizes, only: &Only) -> R<String> {
     let name = format!("shmtools-bench-{}", std::process::id());
     let cleanup = Cleanup(vec![name.clone()]);
     let region = Region::create(&name, REGION_BYTES, &CreateOptions::default())
@@ -1344,12 +1351,27 @@ fn run(boost: &Boost, sz: &Sizes) -> R<String> {
         dir: Directory::open(&region).map_err(err("pipe directory"))?,
         cleanup,
     };
-    let ow = one_way_scenario(&mut b);
-    let rt = round_trip_scenario(&mut b);
+    let ow = if only.one_way {
+        one_way_scenario(&mut b)
+    } else {
+        OW_LABELS.iter().map(|_| Runs::default()).collect()
+    };
+    let rt = if only.round_trip {
+        round_trip_scenario(&mut b)
+    } else {
+        RT_LABELS.iter().map(|_| Runs::default()).collect()
+    };
     let pct = percentiles(&rt);
-    let mut md = one_way_table(&b, &ow);
-    md.push_str(&round_trip_table(&b, &rt, &pct));
-    md.push_str(&allocator_scenario(&b));
+    let mut md = String::new();
+    if only.one_way {
+        md.push_str(&one_way_table(&b, &ow));
+    }
+    if only.round_trip {
+        md.push_str(&round_trip_table(&b, &rt, &pct));
+    }
+    if only.alloc {
+        md.push_str(&allocator_scenario(&b));
+    }
     md.push_str(&targets(&ow, &pct));
     if let Err(e) = region.pool().and_then(|p| p.check()) {
         md.push_str(&format!("\nPool check after the run failed: {e}\n"));
@@ -1423,6 +1445,12 @@ fn main() {
     let mut boost = Boost::Skipped("no --boost-peer given".into());
     let mut out: Option<PathBuf> = None;
     let mut pin = true;
+    let mut only = Only {
+        one_way: true,
+        round_trip: true,
+        alloc: true,
+    };
+    let mut partial = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -1436,13 +1464,30 @@ fn main() {
                 Some(why) => boost = Boost::Skipped(why.clone()),
                 None => fail("--no-boost needs a reason"),
             },
+            "--only" => match it.next() {
+                Some(list) => {
+                    let has = |k: &str| list.split(',').any(|x| x.trim() == k);
+                    only = Only {
+                        one_way: has("5a"),
+                        round_trip: has("5b"),
+                        alloc: has("6"),
+                    };
+                    if !(only.one_way || only.round_trip || only.alloc) {
+                        fail("--only takes a comma-separated list of 5a, 5b and 6");
+                    }
+                    partial = true;
+                }
+                None => fail("--only needs a list, such as 5b or 5a,6"),
+            },
             "--out" => match it.next() {
                 Some(p) => out = Some(PathBuf::from(p)),
                 None => fail("--out needs a file"),
             },
             "-h" | "--help" => {
                 println!(
-                    "usage: bench_rust [--quick] [--no-pin] [--boost-peer PATH | --no-boost REASON] [--out FILE]\n\
+                    "usage: bench_rust [--quick] [--no-pin] [--only 5a,5b,6] [--boost-peer PATH | --no-boost REASON] [--out FILE]\n\
+                     --only measures some scenarios (5a one way, 5b round trip, 6 allocator);\n\
+                     such a run is written to target/bench/rust-only.md unless --out is given.\n\
                      The two processes of each measurement are bound to two different CPUs\n\
                      unless --no-pin is given.\n\
                      Full runs write docs/bench/rust-latest.md, quick ones target/bench/rust-quick.md."
@@ -1460,13 +1505,15 @@ fn main() {
     let out = out.unwrap_or_else(|| {
         if quick {
             root.join("target/bench/rust-quick.md")
+        } else if partial {
+            root.join("target/bench/rust-only.md")
         } else {
             root.join("docs/bench/rust-latest.md")
         }
     });
     let started = Instant::now();
     let head = machine(&boost, quick);
-    let body = match run(&boost, sizes) {
+    let body = match run(&boost, sizes, &only) {
         Ok(b) => b,
         Err(e) => fail(&e),
     };

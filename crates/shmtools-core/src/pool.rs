@@ -194,7 +194,9 @@ const CACHE_RUN: u64 = 256;
 pub(crate) struct BlockCache<'a> {
     /// The pool the runs are carved from (itself without a cache).
     pool: Pool<'a>,
-    sizes: std::cell::RefCell<Vec<Spares>>,
+    /// By block size; `size` 0 marks an unused entry. (A fixed array: a
+    /// small value built through the cache allocates nothing for it.)
+    sizes: std::cell::RefCell<[Spares; CACHE_SIZES]>,
 }
 
 struct Spares {
@@ -213,7 +215,11 @@ impl<'a> BlockCache<'a> {
                 cache: None,
                 ..pool
             },
-            sizes: std::cell::RefCell::new(Vec::new()),
+            sizes: std::cell::RefCell::new(std::array::from_fn(|_| Spares {
+                size: 0,
+                spare: Vec::new(),
+                served: 0,
+            })),
         }
     }
 
@@ -222,19 +228,10 @@ impl<'a> BlockCache<'a> {
             return self.pool.allocate(n); // (its error)
         };
         let mut sizes = self.sizes.borrow_mut();
-        let i = match sizes.iter().position(|s| s.size == size) {
-            Some(i) => i,
-            None if sizes.len() < CACHE_SIZES => {
-                sizes.push(Spares {
-                    size,
-                    spare: Vec::new(),
-                    served: 0,
-                });
-                sizes.len() - 1
-            }
-            None => return self.pool.allocate(n),
+        let Some(s) = sizes.iter_mut().find(|s| s.size == size || s.size == 0) else {
+            return self.pool.allocate(n);
         };
-        let s = &mut sizes[i];
+        s.size = size;
         if let Some(off) = s.spare.pop() {
             s.served += 1;
             return Ok(off);

@@ -55,8 +55,11 @@ pub struct QueueHeader {
     pub sleepers_full: AtomicU32,
     /// Deepest the queue has been.
     pub high_water: AtomicU64,
-    pub total_enqueued: AtomicU64,
-    pub total_dequeued: AtomicU64,
+    /// Zero. (Once running totals of enqueues and dequeues; those are
+    /// `tail` and `head` themselves, and writing a second line of the
+    /// header on every operation made each hop through a pipe move one more
+    /// cache line between the cores.)
+    pub reserved: [AtomicU64; 2],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
@@ -71,8 +74,7 @@ const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 60);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 64);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 68);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 72);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, total_enqueued) == 80);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, total_dequeued) == 88);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 80);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,8 +206,10 @@ impl<'a> Queue<'a> {
             depth: self.len(),
             capacity: self.capacity,
             high_water: h.high_water.load(Relaxed),
-            total_enqueued: h.total_enqueued.load(Relaxed),
-            total_dequeued: h.total_dequeued.load(Relaxed),
+            // (every enqueue moves tail on by one, every dequeue head,
+            // including a skip of a slot a dead dequeuer emptied)
+            total_enqueued: h.tail.load(Relaxed),
+            total_dequeued: h.head.load(Relaxed),
         }
     }
 
@@ -278,7 +282,6 @@ impl<'a> Queue<'a> {
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        add_held(&h.total_enqueued, 1);
         bump(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
@@ -317,7 +320,6 @@ impl<'a> Queue<'a> {
             let slot = Slot::read_at(self.values, at)?;
             Slot::EMPTY.write_at(self.values, at)?;
             h.head.store(head + 1, Relaxed);
-            add_held(&h.total_dequeued, 1);
             bump(&h.not_full);
             if slot.tag == S_EMPTY {
                 // Left by a dequeuer that died between emptying and advancing.
@@ -374,7 +376,6 @@ impl<'a> Queue<'a> {
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        add_held(&h.total_enqueued, n as u64);
         bump(&h.not_empty);
         drop(g);
         if h.sleepers_empty.load(Relaxed) > 0 {
@@ -450,7 +451,6 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        add_held(&h.total_dequeued, taken);
         bump(&h.not_full);
         drop(g);
         if h.sleepers_full.load(Relaxed) > 0 {
@@ -916,18 +916,10 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// Add `n` to a statistics counter: only holders of the queue lock write
-/// `total_enqueued` and `total_dequeued`, so a plain load and store does,
-/// rather than a locked read-modify-write (such instructions, on a line the
-/// other side of the pipe uses too, are much of what one queue operation
-/// costs). The futex sequences stay read-modify-writes: a cancelled JS wait
-/// moves them on without the lock (crates/shmtools-node/src/waiter.rs).
-fn add_held(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-}
-
 /// Move a futex sequence on by one (Release, so a waiter that sees the new
-/// value also sees the slots written before it).
+/// value also sees the slots written before it). A read-modify-write even
+/// under the queue lock: a cancelled JS wait moves the sequences on without
+/// the lock (crates/shmtools-node/src/waiter.rs).
 fn bump(word: &AtomicU32) {
     word.fetch_add(1, std::sync::atomic::Ordering::Release);
 }
