@@ -97,6 +97,10 @@ impl<'a> Values<'a> {
     /// Build the next value with its blocks carved in runs (see
     /// [`crate::pool::BlockCache`]), not taking the pool lock per object.
     fn build_cached(&self, r: &mut Reader<'_>) -> Result<Slot> {
+        if !matches!(r.peek(), Some(T_TAB) | Some(T_ARR)) {
+            // At most one block: nothing to carve ahead.
+            return self.build(r, 0);
+        }
         let cache = BlockCache::new(self.pool);
         let built = Values {
             span: self.span,
