@@ -6,7 +6,7 @@
  * stored (and until every child has released it and exited),
  * each child's time for its Shared() call, and the CPU time each spent in it
  * (process.cpuUsage), with their sum: with a lock taken per object, the
- * children queue on the pool lock and the cores idle.
+ * children queue on the pool lock and the time grows far past the sum.
  *
  *   node --import @oxc-node/core/register bench/store-contention.ts [W] [ROWS]
  *
