@@ -237,6 +237,12 @@ export interface PipeEntry {
   creatorPid: number
   createdAtMs: number
   queueOffset: number
+  /**
+   * The pool block the queue header lives in (the header is 16 to 64
+   * bytes into it; for tools and white-box tests), -1 if the header is
+   * damaged.
+   */
+  queueBlock: number
 }
 
 export interface PipeStats {

@@ -34,13 +34,21 @@ import {
 } from 'shmtools'
 
 import {
+  CAPACITY_AT,
   decodeMessage,
+  FRONT_AT,
+  FRONT_POS_AT,
+  HEAD_AT,
   NOT_EMPTY_AT,
   NOT_FULL_AT,
-  queueOffset,
+  queueHeader,
+  readU64,
   readWord,
+  SLEEPERS_FULL_AT,
+  SLOTS_AT,
   takeOut,
   type Decoded,
+  type QueueAt,
 } from './fixtures/pipe-messages.ts'
 import {
   cleanup,
@@ -291,8 +299,8 @@ test.serial('a waiter keeps its deadline while another process keeps moving the 
   const empty = new ServerSide(region, 'empty', 2).start().pipe()
   t.true(full.enqueue('a'))
   t.true(full.enqueue('b'))
-  const fullOff = queueOffset(region, 'full')
-  const emptyOff = queueOffset(region, 'empty')
+  const fullOff = queueHeader(region, 'full')
+  const emptyOff = queueHeader(region, 'empty')
   const fullStats = full.stats()
   const emptyStats = empty.stats()
   const ctl = Shared(pool, { stop: false })
@@ -310,7 +318,7 @@ test.serial('a waiter keeps its deadline while another process keeps moving the 
   await churner.waitForLine(/churn: ready/)
 
   const T = 300
-  const cases: [string, number, number, () => unknown | Promise<unknown>, unknown][] = [
+  const cases: [string, QueueAt, number, () => unknown | Promise<unknown>, unknown][] = [
     ['enqueue(v, T) on a full pipe', fullOff, NOT_FULL_AT, () => full.enqueue('c', T), false],
     ['enqueueAsync(v, T) on a full pipe', fullOff, NOT_FULL_AT, () => full.enqueueAsync('c', T), false],
     ['dequeue(T) on an empty pipe', emptyOff, NOT_EMPTY_AT, () => empty.dequeue(T), undefined],
@@ -957,10 +965,10 @@ test.serial('a packed packet damaged in the region (by another process) makes de
   const { region, pool } = fresh(t, 'copy-damage')
   const q = new ServerSide(region, 'p', 16).start().pipe()
   const baseline = used(pool.stats())
-  const queue = queueOffset(region, 'p')
+  const queue = queueHeader(region, 'p')
   const u64 = (block: number, at: number) => Number(pool.read(block, 8, at).readBigUInt64LE(0))
-  const capacity = u64(queue, 24)
-  const slots = u64(queue, 48)
+  const capacity = readU64(pool, queue, CAPACITY_AT)
+  const slots = readU64(pool, queue, SLOTS_AT)
   // The body of {seq, payload} as the JS encoder writes it: Tab, count 2,
   // Str "seq", Int, Str "payload", Str of 32 x.
   const KEY0 = 5
@@ -976,10 +984,13 @@ test.serial('a packed packet damaged in the region (by another process) makes de
   ]
   for (const [what, damage] of damages) {
     t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(32) }, { seq: 2, payload: 'y'.repeat(32) }]), 2)
-    const head = u64(queue, 32)
-    const at = (head % capacity) * 16
-    t.is(u64(slots, at), 15, `${what}: the first packet is packed`)
-    const packet = u64(slots, at + 8)
+    // The first packet went into an empty pipe, so into the header's
+    // front slot; the check below reads whichever slot holds it.
+    const head = readU64(pool, queue, HEAD_AT)
+    const [block, at] =
+      readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
+    t.is(u64(block, at), 15, `${what}: the first packet is packed`)
+    const packet = u64(block, at + 8)
     const body = pool.read(packet, u64(packet, 8), 16)
     damage(body)
     pool.write(packet, body, 16)
@@ -1110,9 +1121,9 @@ test.serial('a process SIGKILLed while blocked enqueueing a small plain value on
   killOnTeardown(t, child)
   await child.waitForLine(/blocking/)
   // (a condition with a guard, not a timing assertion) until it sleeps waiting for room
-  const off = queueOffset(region, 'p')
+  const off = queueHeader(region, 'p')
   const guard = performance.now() + GUARD_MS
-  while (readWord(pool, off, 68) === 0) {
+  while (readWord(pool, off, SLEEPERS_FULL_AT) === 0) {
     if (performance.now() > guard) throw new Error('the child never waited for room')
     await sleep(1)
   }

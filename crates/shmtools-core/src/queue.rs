@@ -2,18 +2,27 @@
 //! region, with futex wake-ups between processes.
 //!
 //! A ring of `capacity` slots guarded by a process-shared [`ShmMutex`]; `head`
-//! and `tail` count dequeues and enqueues since creation. Two futex words are
-//! sequence numbers: `not_empty` is bumped by every enqueue, `not_full` by
-//! every dequeue. A blocked caller notes the word's value under the lock,
-//! lets go of the lock, and sleeps while the word still has that value, so a
-//! wake-up between the two cannot be lost. Sleepers are counted, so the
-//! common case (nobody asleep) makes no system call.
+//! and `tail` count dequeues and enqueues since creation. A packet that goes
+//! into an empty queue is written to the header's front slot instead of the
+//! ring (`front_pos` names its position), so when a producer and a consumer
+//! take turns, as in a request/reply exchange, each hop moves the header's
+//! first cache line between the cores and nothing else.
+//!
+//! Two futex words are sequence numbers: `not_empty` for consumers, `not_full`
+//! for producers. A caller that finds nothing to do notes the word's value
+//! before its try and, after the try failed under the lock, sleeps while the
+//! word still has that value. The first operation after that failed try finds
+//! the queue in the same state (empty, or full) and moves the word on, so the
+//! wake-up cannot be lost; operations in between move it only if someone is
+//! asleep (see `Queue::signal`), so a busy pipe writes neither word.
+//! Sleepers are counted, so the common case makes no system call.
 //!
 //! Crash safety: an enqueue writes the slot, then advances `tail`; a dequeue
 //! takes the slot out, empties it, then advances `head`. A process killed in
 //! between leaves either an unpublished slot (its message, lost with it) or an
 //! empty slot at the head, which the next dequeue skips. No message is ever
-//! delivered twice.
+//! delivered twice. The lock is robust (a dead holder's lock is taken over),
+//! and nothing under it needs rebuilding after such a death.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,47 +43,72 @@ const SPINS: u32 = 4000;
 /// lock (others wait for it meanwhile).
 pub const BATCH: usize = 64;
 
-/// Shared-memory layout of a queue header (96 bytes).
+/// Shared-memory layout of a queue header (128 bytes, at a 64-byte aligned
+/// offset inside its block; see [`Queue::create`]).
+///
+/// The first 64 bytes are one cache line holding everything a hop through
+/// an idle pipe touches: the lock, both counters, the consumers' futex word
+/// and sleeper count, and the front slot. A packet enqueued into an empty
+/// queue goes into the front slot instead of the ring, so a producer and a
+/// consumer taking turns move this one line between their cores and nothing
+/// else. The second line holds what is read once at open or written rarely.
 #[repr(C)]
 pub struct QueueHeader {
-    pub magic: AtomicU64,
     pub lock: ShmMutex,
-    pub capacity: AtomicU64,
-    /// Dequeues so far; the next packet is at `head % capacity`.
+    /// Dequeues so far; the next packet is at position `head`.
     pub head: AtomicU64,
-    /// Enqueues so far; the next free slot is at `tail % capacity`.
+    /// Enqueues so far; the next packet goes to position `tail`.
     pub tail: AtomicU64,
-    /// Offset of the slots block (capacity × 16 bytes).
-    pub slots: AtomicU64,
-    /// Futex sequence bumped by every enqueue.
+    /// Futex sequence, moved on by an enqueue into an empty queue or when a
+    /// consumer sleeps (consumers wait on it).
     pub not_empty: AtomicU32,
-    /// Futex sequence bumped by every dequeue.
-    pub not_full: AtomicU32,
-    /// Callers asleep waiting for a packet / for room.
+    /// Consumers asleep waiting for a packet.
     pub sleepers_empty: AtomicU32,
+    /// The position whose packet is in `front` rather than in the ring.
+    pub front_pos: AtomicU64,
+    /// A slot (tag, bits) for the packet at `front_pos`.
+    pub front: [AtomicU64; 2],
+    pub magic: AtomicU64,
+    pub capacity: AtomicU64,
+    /// Offset of the slots block (capacity × 16 bytes): the packet at
+    /// position p is slot `p % capacity` unless p is `front_pos`.
+    pub slots: AtomicU64,
+    /// Futex sequence, moved on by a dequeue from a full queue or when a
+    /// producer sleeps (producers wait on it).
+    pub not_full: AtomicU32,
+    /// Producers asleep waiting for room.
     pub sleepers_full: AtomicU32,
     /// Deepest the queue has been.
     pub high_water: AtomicU64,
-    /// Zero. (Once running totals of enqueues and dequeues; those are
-    /// `tail` and `head` themselves, and writing a second line of the
-    /// header on every operation made each hop through a pipe move one more
-    /// cache line between the cores.)
+    /// Offset of the pool block the header lives in (it starts with
+    /// [`QUEUE_MAGIC`]; the header is the first 64-byte aligned offset at
+    /// least 16 bytes into it).
+    pub block: AtomicU64,
+    /// Zero.
     pub reserved: [AtomicU64; 2],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
-const _: () = assert!(QUEUE_HEADER_SIZE == 96);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, lock) == 8);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, capacity) == 24);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 32);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 40);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, slots) == 48);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 56);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 60);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 64);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 68);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 72);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 80);
+/// Bytes allocated for a header: room to align it to 64 bytes after the
+/// block's leading magic, wherever the (16-byte aligned) block starts.
+pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
+const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
+const _: () = assert!(QUEUE_HEADER_SIZE == 128);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, lock) == 0);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 16);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 24);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 32);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 36);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, front_pos) == 40);
+const _: () = assert!(FRONT == 48);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, magic) == 64);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, capacity) == 72);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, slots) == 80);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 88);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 92);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 96);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, block) == 104);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 112);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,21 +154,26 @@ impl<'a> Queue<'a> {
     pub fn create(values: Values<'a>, capacity: u64) -> Result<u64> {
         validate_capacity(capacity)?;
         let pool = values.pool();
-        let off = pool.allocate(QUEUE_HEADER_SIZE)?;
+        let block = pool.allocate(QUEUE_BLOCK_SIZE)?;
         let slots = match pool.allocate(capacity * SLOT_SIZE) {
             Ok(s) => s,
             Err(e) => {
-                pool.free(off)?;
+                pool.free(block)?;
                 return Err(e);
             }
         };
         let span = pool.span();
-        span.fill(off, QUEUE_HEADER_SIZE, 0)?;
+        span.fill(block, QUEUE_BLOCK_SIZE, 0)?;
         span.fill(slots, capacity * SLOT_SIZE, 0)?;
+        // (16 to 64 bytes in, as the block is 16-byte aligned)
+        let off = (block + 16).next_multiple_of(64);
+        span.u64_at(block)?.store(QUEUE_MAGIC, Relaxed);
         let h = header_at(values, off)?;
         h.lock.init();
         h.capacity.store(capacity, Relaxed);
         h.slots.store(slots, Relaxed);
+        h.block.store(block, Relaxed);
+        h.front_pos.store(u64::MAX, Relaxed);
         h.magic
             .store(QUEUE_MAGIC, std::sync::atomic::Ordering::Release);
         Ok(off)
@@ -157,10 +196,10 @@ impl<'a> Queue<'a> {
         // them: a slot written elsewhere can land on another structure's
         // lock word and make it name a live thread (a tag of 1 names init),
         // which every later locker waits for. Every block with a lock in
-        // it (the pipe directory, queue headers, the holder table, tables
-        // and lists) starts with a magic number or an object header, and
-        // neither reads as a slot tag; the slots block starts with a slot
-        // (zeroed at creation, only ever rewritten with slots).
+        // it (the pipe directory, queue header blocks, the holder table,
+        // tables and lists) starts with a magic number or an object header,
+        // and neither reads as a slot tag; the slots block starts with a
+        // slot (zeroed at creation, only ever rewritten with slots).
         if Slot::read_at(values, slots).is_err() {
             return Err(Error::corrupt(format!(
                 "queue at {off}: its slots link names block {slots}, which does not hold slots"
@@ -173,6 +212,46 @@ impl<'a> Queue<'a> {
             capacity,
             slots,
         })
+    }
+
+    /// The pool block the header lives in (checked: an allocated block that
+    /// holds the whole header).
+    pub fn block(&self) -> Result<u64> {
+        let block = self.header.block.load(Relaxed);
+        let bad = || Error::corrupt(format!("queue at {}: a bad block link", self.off));
+        if block >= self.off || self.off - block > 64 {
+            return Err(bad());
+        }
+        let room = self
+            .values
+            .pool()
+            .linked_capacity(block, "a queue header")?;
+        if room < self.off - block + QUEUE_HEADER_SIZE {
+            return Err(bad());
+        }
+        Ok(block)
+    }
+
+    /// Region offset of the slot that holds (or, when enqueueing at `pos`
+    /// with `head == pos`, will hold) the packet at position `pos`.
+    fn slot_of(&self, pos: u64) -> u64 {
+        if self.header.front_pos.load(Relaxed) == pos {
+            self.off + FRONT
+        } else {
+            self.slots + (pos % self.capacity) * SLOT_SIZE
+        }
+    }
+
+    /// Where to write the packet going in at position `tail`: the front
+    /// slot if the queue is empty (`head == tail`), else the ring. Under the
+    /// lock; published only when `tail` moves past it.
+    fn slot_for_enqueue(&self, head: u64, tail: u64) -> u64 {
+        if head == tail {
+            self.header.front_pos.store(tail, Relaxed);
+            self.off + FRONT
+        } else {
+            self.slots + (tail % self.capacity) * SLOT_SIZE
+        }
     }
 
     pub fn offset(&self) -> u64 {
@@ -224,9 +303,19 @@ impl<'a> Queue<'a> {
     pub fn word_offset(&self, w: WaitFor) -> u64 {
         self.off
             + match w {
-                WaitFor::NotEmpty => 56,
-                WaitFor::NotFull => 60,
-            }
+                WaitFor::NotEmpty => std::mem::offset_of!(QueueHeader, not_empty),
+                WaitFor::NotFull => std::mem::offset_of!(QueueHeader, not_full),
+            } as u64
+    }
+
+    /// Region offset of the sleeper count that goes with a futex word (for
+    /// waiter threads, which count themselves in while they sleep).
+    pub fn sleepers_offset(&self, w: WaitFor) -> u64 {
+        self.off
+            + match w {
+                WaitFor::NotEmpty => std::mem::offset_of!(QueueHeader, sleepers_empty),
+                WaitFor::NotFull => std::mem::offset_of!(QueueHeader, sleepers_full),
+            } as u64
     }
 
     /// The current value of a futex sequence word. Read it *before* a failed
@@ -276,17 +365,14 @@ impl<'a> Queue<'a> {
                 self.off
             ))
         })?;
-        slot.write_at(self.values, self.slots + (tail % self.capacity) * SLOT_SIZE)?;
+        slot.write_at(self.values, self.slot_for_enqueue(head, tail))?;
         h.tail.store(next, Relaxed);
         let depth = next - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        bump(&h.not_empty);
         drop(g);
-        if h.sleepers_empty.load(Relaxed) > 0 {
-            platform::futex_wake(&h.not_empty, 1);
-        }
+        self.signal(WaitFor::NotEmpty, head == tail, 1);
         Ok(true)
     }
 
@@ -306,6 +392,8 @@ impl<'a> Queue<'a> {
     fn try_dequeue_raw(&self) -> Result<Option<Slot>> {
         let g = self.lock();
         let h = self.header;
+        let start = h.head.load(Relaxed);
+        let was_full = h.tail.load(Relaxed).wrapping_sub(start) == self.capacity;
         // Each round moves head one step towards tail, at most `capacity`
         // away (check_state), so a round more than that means the counters
         // are being rewritten under our lock: the loop does not trust them
@@ -314,21 +402,23 @@ impl<'a> Queue<'a> {
             let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
             self.check_state(head, tail)?;
             if head == tail {
+                drop(g);
+                if head != start {
+                    // (empty slots skipped: room was made all the same)
+                    self.signal(WaitFor::NotFull, was_full, 1);
+                }
                 return Ok(None);
             }
-            let at = self.slots + (head % self.capacity) * SLOT_SIZE;
+            let at = self.slot_of(head);
             let slot = Slot::read_at(self.values, at)?;
             Slot::EMPTY.write_at(self.values, at)?;
             h.head.store(head + 1, Relaxed);
-            bump(&h.not_full);
             if slot.tag == S_EMPTY {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
             }
             drop(g);
-            if h.sleepers_full.load(Relaxed) > 0 {
-                platform::futex_wake(&h.not_full, 1);
-            }
+            self.signal(WaitFor::NotFull, was_full, 1);
             return Ok(Some(slot));
         }
         Err(Error::corrupt(format!(
@@ -358,7 +448,7 @@ impl<'a> Queue<'a> {
         for &slot in &slots[..room] {
             // Slot first, then tail, one packet at a time: a process killed
             // half-way has published a prefix, each packet whole.
-            let at = self.slots + (tail % self.capacity) * SLOT_SIZE;
+            let at = self.slot_for_enqueue(head, tail);
             if let Err(e) = slot.write_at(self.values, at) {
                 if n == 0 {
                     return Err(e);
@@ -376,11 +466,8 @@ impl<'a> Queue<'a> {
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
-        bump(&h.not_empty);
         drop(g);
-        if h.sleepers_empty.load(Relaxed) > 0 {
-            platform::futex_wake(&h.not_empty, n as u32);
-        }
+        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
         Ok(n)
     }
 
@@ -427,12 +514,13 @@ impl<'a> Queue<'a> {
         let h = self.header;
         let (mut head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
         self.check_state(head, tail)?;
+        let was_full = tail - head == self.capacity;
         let mut got = 0;
         let mut taken = 0;
         while got < max && head != tail {
             // Per packet as in try_dequeue: take it out, empty the slot, then
             // move head, so a packet is never delivered twice.
-            let at = self.slots + (head % self.capacity) * SLOT_SIZE;
+            let at = self.slot_of(head);
             let slot = match Slot::read_at(self.values, at)
                 .and_then(|s| Slot::EMPTY.write_at(self.values, at).map(|()| s))
             {
@@ -451,11 +539,12 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        bump(&h.not_full);
         drop(g);
-        if h.sleepers_full.load(Relaxed) > 0 {
-            platform::futex_wake(&h.not_full, taken.min(u32::MAX as u64) as u32);
-        }
+        self.signal(
+            WaitFor::NotFull,
+            was_full,
+            taken.min(u32::MAX as u64) as u32,
+        );
         Ok(got)
     }
 
@@ -698,6 +787,28 @@ impl<'a> Queue<'a> {
         })?
     }
 
+    /// After an operation (with the lock let go): move the futex word `w` on
+    /// and wake up to `n` sleepers on it, if anyone can be waiting for it.
+    /// `edge` says the operation changed the queue from empty (an enqueue)
+    /// or from full (a dequeue). A caller waits on `w` only after seeing the
+    /// queue empty (full) under the lock, having read the word before; the
+    /// first operation after that sees the same state, so it has `edge` set
+    /// and moves the word on. Operations in between (the queue neither
+    /// empty nor full) have no one to tell unless someone is asleep: one
+    /// wake-up for the first packet does not reach a second sleeper, which
+    /// the next packet must wake. So a pipe in steady use writes neither
+    /// word.
+    fn signal(&self, w: WaitFor, edge: bool, n: u32) {
+        let sleepers = self.sleepers(w);
+        if edge || sleepers.load(Relaxed) > 0 {
+            let word = self.word(w);
+            bump(word);
+            if sleepers.load(Relaxed) > 0 {
+                platform::futex_wake(word, n);
+            }
+        }
+    }
+
     /// Sleep until the word `w` moves on from `seen`, or `deadline` passes,
     /// spinning a little first. Callers recheck their condition either way.
     pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) {
@@ -897,12 +1008,12 @@ impl<'a> Queue<'a> {
         self.check_state(head, tail)?;
         let mut slots = Vec::new();
         for i in head..tail {
-            let s = Slot::read_at(self.values, self.slots + (i % self.capacity) * SLOT_SIZE)?;
+            let s = Slot::read_at(self.values, self.slot_of(i))?;
             if s.is_object() {
                 slots.push(s);
             }
         }
-        Ok((vec![self.off, self.slots], slots))
+        Ok((vec![self.block()?, self.slots], slots))
     }
 
     /// Release every packet still queued (when a queue is torn down).
@@ -926,7 +1037,7 @@ fn bump(word: &AtomicU32) {
 
 fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
     let span = values.pool().span();
-    if !off.is_multiple_of(16) {
+    if !off.is_multiple_of(64) {
         return Err(Error::corrupt(format!("queue offset {off} is misaligned")));
     }
     let p = span.ptr_at(off, QUEUE_HEADER_SIZE)?;

@@ -27,7 +27,14 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shmtools_core::pipes::ENTRY_SIZE;
-use shmtools_core::queue::QUEUE_HEADER_SIZE;
+use shmtools_core::queue::{QueueHeader, QUEUE_BLOCK_SIZE};
+
+/// Offsets of a queue header's fields, for the tests that damage them.
+const Q_HEAD: u64 = std::mem::offset_of!(QueueHeader, head) as u64;
+const Q_TAIL: u64 = std::mem::offset_of!(QueueHeader, tail) as u64;
+const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
+const Q_SLOTS: u64 = std::mem::offset_of!(QueueHeader, slots) as u64;
+const Q_BLOCK: u64 = std::mem::offset_of!(QueueHeader, block) as u64;
 use shmtools_core::value::{SLOT_SIZE, T_PACKED};
 use shmtools_core::{
     AttachOptions, ClientSide, Directory, ErrorCode, Key, PipeInfo, Queue, Slot, Value,
@@ -160,17 +167,22 @@ proptest! {
         let mut plausible = vec![dir, entries];
         for p in &infos {
             let q = p.queue;
-            queues.push((q - 16, q + QUEUE_HEADER_SIZE));
-            queues = carve(&queues, &[(q + 8, q + 24)]);
-            let s = word(span, q + 48);
+            // The header sits 16 to 64 bytes into its block; its lock is
+            // its first 16 bytes.
+            let block = word(span, q + Q_BLOCK);
+            queues.push((block - 16, block + QUEUE_BLOCK_SIZE));
+            queues = carve(&queues, &[(q, q + 16)]);
+            let s = word(span, q + Q_SLOTS);
             slots.push((s - 16, s + p.capacity * SLOT_SIZE));
             plausible.extend([q, s]);
-            for i in 0..p.capacity {
-                let bits = word(span, s + i * SLOT_SIZE + 8);
+            // every ring slot, then the front slot
+            let slot_offsets = (0..p.capacity).map(|i| s + i * SLOT_SIZE).chain([q + Q_FRONT]);
+            for at in slot_offsets {
+                let bits = word(span, at + 8);
                 if bits != 0 {
                     plausible.push(bits);
                 }
-                if word(span, s + i * SLOT_SIZE) == T_PACKED as u64 {
+                if word(span, at) == T_PACKED as u64 {
                     // header and body of a packed packet
                     packed.push((bits, bits + 16 + word(span, bits + 8)));
                 }
@@ -242,7 +254,7 @@ fn an_enqueue_at_the_end_of_the_counter_range_is_corrupt_not_an_overflow() {
     let (p, _) = dir.create("edge", 4).unwrap();
     let q = dir.queue(&p).unwrap();
     let span = region.span();
-    for field in [32, 40] {
+    for field in [Q_HEAD, Q_TAIL] {
         span.u64_at(p.queue + field)
             .unwrap()
             .store(u64::MAX, Ordering::Relaxed);
@@ -255,7 +267,7 @@ fn an_enqueue_at_the_end_of_the_counter_range_is_corrupt_not_an_overflow() {
         .enqueue_value(&packet(2), Some(Duration::ZERO))
         .expect_err("the same through enqueue_value");
     assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
-    assert_eq!(word(span, p.queue + 40), u64::MAX, "tail unchanged");
+    assert_eq!(word(span, p.queue + Q_TAIL), u64::MAX, "tail unchanged");
     assert_eq!(q.try_dequeue().unwrap(), None, "still empty");
     region.pool().unwrap().check().unwrap();
     assert!(region.destroy().unwrap());
@@ -274,14 +286,14 @@ fn a_damaged_link_in_the_directory_or_a_queue_is_corrupt_not_a_bad_argument() {
     let (p, _) = dir.create("linked", 2).unwrap();
     let span = region.span();
     let at = |off: u64| span.u64_at(off).unwrap();
-    let slots = at(p.queue + 48).load(Ordering::Relaxed);
-    at(p.queue + 48).store(slots + 32, Ordering::Relaxed);
+    let slots = at(p.queue + Q_SLOTS).load(Ordering::Relaxed);
+    at(p.queue + Q_SLOTS).store(slots + 32, Ordering::Relaxed);
     let e = dir
         .queue(&p)
         .err()
         .expect("a queue whose slots are not a block");
     assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
-    at(p.queue + 48).store(slots, Ordering::Relaxed);
+    at(p.queue + Q_SLOTS).store(slots, Ordering::Relaxed);
     dir.queue(&p).unwrap();
 
     let dir_off = region.info().pipe_dir_offset;
@@ -330,14 +342,17 @@ fn a_slots_link_redirected_onto_another_structure_is_corrupt_and_writes_nothing_
                 hq.enqueue_value(&packet(k), Some(Duration::ZERO)).unwrap();
             }
             let (other, _) = dir.create("other", 2).unwrap();
-            let held_slots = word(span, held.queue + 48);
+            // Packet 2 went into an empty queue, so into the front slot;
+            // packet 3 into the ring at position 1.
+            let held_slots = word(span, held.queue + Q_SLOTS);
             let to = match target {
-                "table" => word(span, held_slots + 8),
+                "table" => word(span, held.queue + Q_FRONT + 8),
                 "list" => word(span, held_slots + SLOT_SIZE + 8),
-                "queue header" => other.queue,
+                // (the block; the header inside it is no block at all)
+                "queue header" => word(span, other.queue + Q_BLOCK),
                 _ => region.info().pipe_dir_offset,
             };
-            let link = span.u64_at(victim.queue + 48).unwrap();
+            let link = span.u64_at(victim.queue + Q_SLOTS).unwrap();
             let slots = link.load(Ordering::Relaxed);
             link.store(to, Ordering::Relaxed);
 

@@ -36,6 +36,10 @@ pub struct PipeEntry {
     pub creator_pid: u32,
     pub created_at_ms: f64,
     pub queue_offset: f64,
+    /// The pool block the queue header lives in (the header is 16 to 64
+    /// bytes into it; for tools and white-box tests), -1 if the header is
+    /// damaged.
+    pub queue_block: f64,
 }
 
 #[napi]
@@ -284,7 +288,6 @@ impl NativeQueue {
     ) -> Result<Object<'env>> {
         let w = which(kind)?;
         let q = self.queue()?;
-        let sleepers = self.off + if w == WaitFor::NotEmpty { 64 } else { 68 };
         let deadline = timeout(timeout_ms)?.map(|d| std::time::Instant::now() + d);
         waiter::park(
             env,
@@ -292,7 +295,7 @@ impl NativeQueue {
                 cell: self.cell.clone(),
                 word: q.word_offset(w),
                 seen,
-                sleepers: Some(sleepers),
+                sleepers: Some(q.sleepers_offset(w)),
                 deadline,
                 id,
             },
@@ -352,18 +355,21 @@ impl NativeRegion {
     #[napi(catch_unwind)]
     pub fn list_pipes(&self) -> Result<Vec<PipeEntry>> {
         let cell = self.directory_cell()?;
-        let pipes = Directory::open(&cell.region)
-            .map_err(js)?
-            .list()
-            .map_err(js)?;
+        let dir = Directory::open(&cell.region).map_err(js)?;
+        let pipes = dir.list().map_err(js)?;
         Ok(pipes
             .into_iter()
-            .map(|p| PipeEntry {
-                name: p.name,
-                capacity: p.capacity as f64,
-                creator_pid: p.creator_pid,
-                created_at_ms: p.created_unix_ms as f64,
-                queue_offset: p.queue as f64,
+            .map(|p| {
+                // (a damaged queue still lists, as -1: this is for tools)
+                let block = dir.queue(&p).and_then(|q| q.block());
+                PipeEntry {
+                    name: p.name,
+                    capacity: p.capacity as f64,
+                    creator_pid: p.creator_pid,
+                    created_at_ms: p.created_unix_ms as f64,
+                    queue_offset: p.queue as f64,
+                    queue_block: block.map_or(-1.0, |b| b as f64),
+                }
             })
             .collect())
     }

@@ -1,0 +1,251 @@
+//! The queue against a model, in one process: first in, first out through
+//! the front slot (the packet that goes into an empty queue lives in the
+//! header's cache line) and the ring, with every mix of single and batch
+//! calls and every capacity from 1 up; the wake-up contract the waiters rely
+//! on (after a failed try, the next operation moves the futex word on); and
+//! a repair that must count a packet in the front slot as live.
+//!
+//! Many processes at once on the same queues: pipes_cross_process.rs and
+//! chaos.rs.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shmtools_core::value::T_INT;
+use shmtools_core::{Directory, Queue, Region, Slot, Value, WaitFor};
+
+mod common;
+
+use common::{attach_opts, create, unique_name, RemoveOnDrop, Rng};
+
+const SIZE: u64 = 4 << 20;
+
+fn int(i: u64) -> Slot {
+    Slot {
+        tag: T_INT,
+        bits: i,
+    }
+}
+
+#[test]
+fn packets_come_out_in_order_through_front_slot_and_ring_at_every_capacity() {
+    let name = unique_name("qmodel-", "fifo");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let mut rng = Rng(0x5eed_f1f0);
+    for capacity in [1u64, 2, 3, 4, 7, 16] {
+        let (p, _) = dir.create(&format!("fifo-{capacity}"), capacity).unwrap();
+        let q = dir.queue(&p).unwrap();
+        let mut model = VecDeque::new();
+        let mut next = 0u64;
+        for step in 0..20_000 {
+            let ctx = format!("capacity {capacity}, step {step}");
+            match rng.below(4) {
+                0 => {
+                    let ok = q.try_enqueue(int(next)).unwrap();
+                    assert_eq!(ok, (model.len() as u64) < capacity, "{ctx}");
+                    if ok {
+                        model.push_back(next);
+                        next += 1;
+                    }
+                }
+                1 => {
+                    let want = 1 + rng.below(2 * capacity) as usize;
+                    let batch: Vec<Slot> = (next..next + want as u64).map(int).collect();
+                    let n = q.try_enqueue_many(&batch).unwrap();
+                    assert_eq!(n, want.min(capacity as usize - model.len()), "{ctx}");
+                    model.extend(next..next + n as u64);
+                    next += n as u64;
+                }
+                2 => {
+                    let got = q.try_dequeue().unwrap().map(|s| s.bits);
+                    assert_eq!(got, model.pop_front(), "{ctx}");
+                }
+                _ => {
+                    let max = 1 + rng.below(2 * capacity) as usize;
+                    let mut out = Vec::new();
+                    let n = q.try_dequeue_many(max, &mut out).unwrap();
+                    let want: Vec<u64> = (0..n).filter_map(|_| model.pop_front()).collect();
+                    assert_eq!(
+                        out.iter().map(|s| s.bits).collect::<Vec<_>>(),
+                        want,
+                        "{ctx}"
+                    );
+                    assert!(n == max || model.is_empty(), "{ctx}: took {n} of {max}");
+                }
+            }
+            assert_eq!(q.len(), model.len() as u64, "{ctx}");
+        }
+        let st = q.stats();
+        assert_eq!(st.total_enqueued, next);
+        assert_eq!(st.total_dequeued, next - model.len() as u64);
+        assert_eq!(q.drain().unwrap(), model.len() as u64);
+    }
+    region.pool().unwrap().check().unwrap();
+    assert!(region.destroy().unwrap());
+}
+
+/// The sleeper count that goes with `w`, as a waiter thread sees it.
+fn sleepers<'a>(q: &Queue<'a>, w: WaitFor) -> &'a std::sync::atomic::AtomicU32 {
+    q.values()
+        .pool()
+        .span()
+        .u32_at(q.sleepers_offset(w))
+        .unwrap()
+}
+
+#[test]
+fn after_a_failed_try_the_next_operation_moves_the_futex_word_on() {
+    let name = unique_name("qmodel-", "words");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("words", 3).unwrap();
+    let q = dir.queue(&p).unwrap();
+
+    // A consumer finds the queue empty: the next enqueue must tell it.
+    let seen = q.seq(WaitFor::NotEmpty);
+    assert_eq!(q.try_dequeue().unwrap(), None);
+    assert!(q.try_enqueue(int(1)).unwrap());
+    assert_ne!(
+        q.seq(WaitFor::NotEmpty),
+        seen,
+        "enqueue into an empty queue"
+    );
+
+    // Nobody can be waiting for a packet while one is there and no one
+    // sleeps: an enqueue then leaves the word alone.
+    let seen = q.seq(WaitFor::NotEmpty);
+    assert!(q.try_enqueue(int(2)).unwrap());
+    assert_eq!(
+        q.seq(WaitFor::NotEmpty),
+        seen,
+        "enqueue into a non-empty queue"
+    );
+
+    // But a sleeper counted in (one wake-up went to another) is told again.
+    let sl = sleepers(&q, WaitFor::NotEmpty);
+    sl.fetch_add(1, Ordering::Relaxed);
+    let seen = q.seq(WaitFor::NotEmpty);
+    assert_eq!(q.try_enqueue_many(&[int(3)]).unwrap(), 1);
+    assert_ne!(q.seq(WaitFor::NotEmpty), seen, "enqueue with a sleeper");
+    sl.fetch_sub(1, Ordering::Relaxed);
+
+    // A producer finds the queue full: the next dequeue must tell it.
+    let seen = q.seq(WaitFor::NotFull);
+    assert!(!q.try_enqueue(int(4)).unwrap());
+    assert_eq!(q.try_dequeue().unwrap().map(|s| s.bits), Some(1));
+    assert_ne!(q.seq(WaitFor::NotFull), seen, "dequeue from a full queue");
+
+    // The same through the batch form.
+    assert!(q.try_enqueue(int(4)).unwrap());
+    let seen = q.seq(WaitFor::NotFull);
+    assert_eq!(q.try_enqueue_many(&[int(5)]).unwrap(), 0);
+    let mut out = Vec::new();
+    assert_eq!(q.try_dequeue_many(1, &mut out).unwrap(), 1);
+    assert_ne!(
+        q.seq(WaitFor::NotFull),
+        seen,
+        "batch dequeue from a full queue"
+    );
+
+    // A dequeue from a queue that was not full, with no producer asleep,
+    // leaves the word alone; with one asleep it moves it.
+    let seen = q.seq(WaitFor::NotFull);
+    assert!(q.try_dequeue().unwrap().is_some());
+    assert_eq!(
+        q.seq(WaitFor::NotFull),
+        seen,
+        "dequeue from a queue with room"
+    );
+    let sl = sleepers(&q, WaitFor::NotFull);
+    sl.fetch_add(1, Ordering::Relaxed);
+    assert!(q.try_dequeue().unwrap().is_some());
+    assert_ne!(q.seq(WaitFor::NotFull), seen, "dequeue with a sleeper");
+    sl.fetch_sub(1, Ordering::Relaxed);
+    assert!(q.is_empty());
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
+    let name = unique_name("qmodel-", "two-sleepers");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("two", 8).unwrap();
+    let q = dir.queue(&p).unwrap();
+    let sl = sleepers(&q, WaitFor::NotEmpty);
+    std::thread::scope(|s| {
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                // (a mapping of its own: a Queue is not shared between threads)
+                s.spawn(|| {
+                    let r = Region::attach(&name, &attach_opts(Duration::from_secs(5))).unwrap();
+                    let dir = Directory::open(&r).unwrap();
+                    let p = dir.find("two").unwrap().unwrap();
+                    let q = dir.queue(&p).unwrap();
+                    q.dequeue(Some(Duration::from_secs(60))).unwrap()
+                })
+            })
+            .collect();
+        // Both asleep in the kernel (past their spins) before anything goes in.
+        while sl.load(Ordering::Relaxed) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let seen = q.seq(WaitFor::NotEmpty);
+        assert!(q.try_enqueue(int(10)).unwrap());
+        // The second packet may find the first still queued; the sleeper
+        // left over must be told all the same.
+        let mid = q.seq(WaitFor::NotEmpty);
+        assert_ne!(mid, seen);
+        assert!(q.try_enqueue(int(11)).unwrap());
+        let mut got: Vec<u64> = takers
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("a packet, not a timeout").bits)
+            .collect();
+        got.sort();
+        assert_eq!(got, [10, 11]);
+    });
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_repair_counts_the_packet_in_the_front_slot_as_live() {
+    let name = unique_name("qmodel-", "repair");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("front", 4).unwrap();
+    let q = dir.queue(&p).unwrap();
+    let text = |i: u32| {
+        Value::Str(format!(
+            "packet {i}, long enough to be an object of its own"
+        ))
+    };
+    // The first goes into the empty queue, so into the front slot; the
+    // second into the ring.
+    for i in 0..2 {
+        assert!(q.enqueue_value(&text(i), Some(Duration::ZERO)).unwrap());
+    }
+    let r = region.repair().unwrap();
+    assert_eq!((r.blocks_freed, r.refcounts_fixed), (0, 0), "{r:?}");
+    for i in 0..2 {
+        assert_eq!(
+            q.dequeue_value(Some(Duration::ZERO)).unwrap(),
+            Some(text(i))
+        );
+    }
+    // Empty again, the next one goes to the front slot once more.
+    assert!(q.enqueue_value(&text(2), Some(Duration::ZERO)).unwrap());
+    let r = region.repair().unwrap();
+    assert_eq!((r.blocks_freed, r.refcounts_fixed), (0, 0), "{r:?}");
+    assert_eq!(
+        q.dequeue_value(Some(Duration::ZERO)).unwrap(),
+        Some(text(2))
+    );
+    region.pool().unwrap().check().unwrap();
+    assert!(region.destroy().unwrap());
+}
