@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Rust side of the benchmark suite, in one command:
 #
-#   bash bench/rust.sh            # full run (about 2-3 minutes), writes docs/bench/rust-latest.md
+#   bash bench/rust.sh            # full run (about 2-3 minutes), writes docs/bench/rust-latest.md and .svg
 #   bash bench/rust.sh --quick    # tiny sizes (< 20 s), writes target/bench/rust-quick.md
 #   bash bench/rust.sh --only 5b  # some scenarios (5a, 5b, 6), writes target/bench/rust-only.md
 #

@@ -1276,59 +1276,189 @@ fn allocator_scenario(b: &Bench<'_>) -> String {
     md
 }
 
-fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> String {
+/// One judged target, for the table and the chart.
+struct Judged {
+    /// Short name for the chart.
+    short: &'static str,
+    /// measured ÷ required (or required ÷ measured for an "at most" target):
+    /// ≥ 1 passes; None when not measured.
+    headroom: Option<f64>,
+    /// The measurement as the table and the chart print it.
+    text: String,
+}
+
+/// The targets of this run, judged: the markdown section and the list the
+/// chart is drawn from.
+fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> (String, Vec<Judged>) {
     let mut md =
         String::from("\n## Targets\n\n| target | measured | result |\n| --- | --- | --- |\n");
+    let mut judged = Vec::new();
+    let mut row = |md: &mut String, label: &str, j: Judged| {
+        let result = match j.headroom {
+            Some(h) => verdict(h >= 1.0),
+            None => "SKIP",
+        };
+        md.push_str(&format!("| {label} | {} | {result} |\n", j.text));
+        judged.push(j);
+    };
     let boost = ow[OW_BOOST].median();
-    for (row, label) in [
+    for (i, label, short) in [
         (
             0,
             "64 B one way: shmtools (Bytes value) ≥ 3× Boost message_queue",
+            "64 B one way ≥ 3× Boost",
         ),
         (
             1,
             "64 B one way, batched ≥ 3× Boost (shmtools batch API, 64 per call; Boost has none)",
+            "64 B one way, batched ≥ 3× Boost",
         ),
         (
             2,
             "64 B one way through the Value API ≥ 3× Boost (same target, other API)",
+            "64 B one way, Value API ≥ 3× Boost",
         ),
-        (3, "(reference, not 64 B) Int slot one way ≥ 3× Boost"),
+        (
+            3,
+            "(reference, not 64 B) Int slot one way ≥ 3× Boost",
+            "(reference) Int slot ≥ 3× Boost",
+        ),
     ] {
-        md.push_str(&match (ow[row].median(), boost) {
-            (Some(m), Some(x)) => format!(
-                "| {label} | {:.2}× ({} vs {}) | {} |\n",
-                m / x,
-                rate(m),
-                rate(x),
-                verdict(m / x >= 3.0)
-            ),
-            _ => format!("| {label} | not measured | SKIP |\n"),
-        });
+        let j = match (ow[i].median(), boost) {
+            (Some(m), Some(x)) => Judged {
+                short,
+                headroom: Some(m / x / 3.0),
+                text: format!("{:.2}× ({} vs {})", m / x, rate(m), rate(x)),
+            },
+            _ => Judged {
+                short,
+                headroom: None,
+                text: "not measured".into(),
+            },
+        };
+        row(&mut md, label, j);
     }
-    let label = "round trip p50 ≤ 1/10 of Boost's";
-    md.push_str(&match (rt[0], rt[RT_BOOST]) {
-        (Some((a, _)), Some((x, _))) => format!(
-            "| {label} | {:.3} ({} vs {}) | {} |\n",
-            a as f64 / x as f64,
-            micros(a),
-            micros(x),
-            verdict(a * 10 <= x)
+    let j = match (rt[0], rt[RT_BOOST]) {
+        (Some((a, _)), Some((x, _))) => Judged {
+            short: "round trip p50 ≤ 1/10 of Boost's",
+            headroom: Some(x as f64 / 10.0 / a as f64),
+            text: format!(
+                "{:.3} ({} vs {})",
+                a as f64 / x as f64,
+                micros(a),
+                micros(x)
+            ),
+        },
+        _ => Judged {
+            short: "round trip p50 ≤ 1/10 of Boost's",
+            headroom: None,
+            text: "not measured".into(),
+        },
+    };
+    row(&mut md, "round trip p50 ≤ 1/10 of Boost's", j);
+    let j = match (rt[0], rt[RT_SPIN]) {
+        (Some((a, _)), Some((s, _))) => Judged {
+            short: "round trip p50 ≤ 3× the spin floor",
+            headroom: Some(3.0 * s as f64 / a as f64),
+            text: format!(
+                "{:.2}× ({} vs {})",
+                a as f64 / s as f64,
+                micros(a),
+                micros(s)
+            ),
+        },
+        _ => Judged {
+            short: "round trip p50 ≤ 3× the spin floor",
+            headroom: None,
+            text: "not measured".into(),
+        },
+    };
+    row(&mut md, "round trip p50 within 3× of the spin floor", j);
+    (md, judged)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A horizontal bar per target: its headroom on a log scale from 0.01× to
+/// 100×, green from the 1× line when met, red when missed; drawn from this
+/// run's numbers only.
+fn targets_svg(judged: &[Judged], title: &str) -> String {
+    let (row_h, left, plot_w, top) = (34.0, 280.0, 440.0, 64.0);
+    let width = left + plot_w + 300.0;
+    let height = top + row_h * judged.len() as f64 + 56.0;
+    let (lo, hi) = (-2.0f64, 2.0f64);
+    let x = |v: f64| {
+        let l = v.max(1e-9).log10().clamp(lo, hi);
+        left + (l - lo) / (hi - lo) * plot_w
+    };
+    let bottom = top + row_h * judged.len() as f64;
+    let mut out = vec![
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">"
         ),
-        _ => format!("| {label} | not measured | SKIP |\n"),
-    });
-    let label = "round trip p50 within 3× of the spin floor";
-    md.push_str(&match (rt[0], rt[RT_SPIN]) {
-        (Some((a, _)), Some((s, _))) => format!(
-            "| {label} | {:.2}× ({} vs {}) | {} |\n",
-            a as f64 / s as f64,
-            micros(a),
-            micros(s),
-            verdict(a <= 3 * s)
+        format!("<rect width=\"{width}\" height=\"{height}\" fill=\"#ffffff\"/>"),
+        format!(
+            "<text x=\"12\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            xml_escape(title)
         ),
-        _ => format!("| {label} | not measured | SKIP |\n"),
-    });
-    md
+        "<text x=\"12\" y=\"42\" fill=\"#555\">headroom = measured ÷ required (required ÷ \
+         measured for \"at most\" targets), log scale; ≥ 1× is a PASS</text>"
+            .to_string(),
+    ];
+    for e in -2..=2 {
+        let gx = x(10f64.powi(e));
+        let (stroke, sw) = if e == 0 { ("#000", 2) } else { ("#ddd", 1) };
+        out.push(format!(
+            "<line x1=\"{gx:.1}\" y1=\"{:.1}\" x2=\"{gx:.1}\" y2=\"{bottom:.1}\" stroke=\"{stroke}\" stroke-width=\"{sw}\"/>",
+            top - 6.0
+        ));
+        out.push(format!(
+            "<text x=\"{gx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}×</text>",
+            bottom + 16.0,
+            10f64.powi(e)
+        ));
+    }
+    for (i, j) in judged.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        out.push(format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            left - 8.0,
+            y + row_h / 2.0 + 4.0,
+            xml_escape(j.short)
+        ));
+        let (color, verdict) = match j.headroom {
+            Some(h) if h >= 1.0 => ("#2e9d48", "PASS"),
+            Some(_) => ("#d04030", "MISS"),
+            None => ("#888888", "SKIP"),
+        };
+        if let Some(h) = j.headroom {
+            let (x0, x1) = (x(1.0), x(h));
+            out.push(format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>",
+                x0.min(x1),
+                y + 7.0,
+                (x1 - x0).abs().max(1.0),
+                row_h - 14.0
+            ));
+        }
+        out.push(format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{} <tspan font-weight=\"bold\" fill=\"{color}\">{verdict}</tspan></text>",
+            left + plot_w + 14.0,
+            y + row_h / 2.0 + 4.0,
+            xml_escape(&j.text)
+        ));
+    }
+    out.push(format!(
+        "<text x=\"12\" y=\"{:.1}\" fill=\"#555\">bars are clipped at 0.01× and 100×; numbers from one run of bench_rust</text>",
+        height - 10.0
+    ));
+    out.push("</svg>".to_string());
+    out.join("\n") + "\n"
 }
 
 /// Which scenarios a run measures (`--only`).
@@ -1338,7 +1468,7 @@ struct Only {
     alloc: bool,
 }
 
-fn run(boost: &Boost, sz: &Sizes, only: &Only) -> R<String> {
+fn run(boost: &Boost, sz: &Sizes, only: &Only) -> R<(String, Vec<Judged>)> {
     let name = format!("shmtools-bench-{}", std::process::id());
     let cleanup = Cleanup(vec![name.clone()]);
     let region = Region::create(&name, REGION_BYTES, &CreateOptions::default())
@@ -1372,12 +1502,13 @@ fn run(boost: &Boost, sz: &Sizes, only: &Only) -> R<String> {
     if only.alloc {
         md.push_str(&allocator_scenario(&b));
     }
-    md.push_str(&targets(&ow, &pct));
+    let (table, judged) = targets(&ow, &pct);
+    md.push_str(&table);
     if let Err(e) = region.pool().and_then(|p| p.check()) {
         md.push_str(&format!("\nPool check after the run failed: {e}\n"));
     }
     region.destroy().map_err(err("destroy region"))?;
-    Ok(md)
+    Ok((md, judged))
 }
 
 fn malloc_churn(pairs: u64, seed: u64) -> f64 {
@@ -1513,12 +1644,18 @@ fn main() {
     });
     let started = Instant::now();
     let head = machine(&boost, quick);
-    let body = match run(&boost, sizes, &only) {
+    let (body, judged) = match run(&boost, sizes, &only) {
         Ok(b) => b,
         Err(e) => fail(&e),
     };
+    // The chart sits beside the report, under the same name.
+    let svg = out.with_extension("svg");
+    let svg_name = svg
+        .file_name()
+        .map_or("chart.svg".into(), |n| n.to_string_lossy().into_owned());
     let report = format!(
-        "# shmtools benchmarks: Rust side\n\n{head}- wall time of the run: {:.0} s; load average at the end {}\n\n{body}{NOTES}",
+        "# shmtools benchmarks: Rust side\n\n{head}- wall time of the run: {:.0} s; load average at the end {}\n\n\
+         ![targets: headroom per target, log scale]({svg_name})\n\n{body}{NOTES}",
         started.elapsed().as_secs_f64(),
         load_average()
     );
@@ -1526,10 +1663,17 @@ fn main() {
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    match std::fs::write(&out, &report) {
-        Ok(()) => eprintln!("bench_rust: written to {}", out.display()),
-        Err(e) => fail(&format!("writing {}: {e}", out.display())),
+    let title = format!(
+        "shmtools, Rust side: targets of one run ({}{})",
+        utc_now(),
+        if quick { ", --quick: tiny sizes" } else { "" }
+    );
+    for (path, text) in [(&out, report), (&svg, targets_svg(&judged, &title))] {
+        if let Err(e) = std::fs::write(path, text) {
+            fail(&format!("writing {}: {e}", path.display()));
+        }
     }
+    eprintln!("bench_rust: written to {} and {svg_name}", out.display());
 }
 
 const NOTES: &str = "
