@@ -1,9 +1,12 @@
 /**
- * The benchmark suite (bench/suite.ts) must keep running: its --quick smoke
+ * The benchmark suites must keep running. bench/suite.ts: its --quick smoke
  * pass, as a real process, exits 0, prints every scenario's table, leaves no
- * region behind, and writes its markdown and SVG where --out says. No timing
+ * region behind, and writes its markdown and SVG where --out says. The Rust
+ * harness (crates/shmtools-core/examples/bench_rust.rs): its --quick pass
+ * exits 0 and writes its report and chart. No timing
  * is asserted (quick sizes mean nothing, and the machine is shared).
  */
+import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -56,4 +59,48 @@ test('bench/suite.ts --quick runs every scenario and prints its table', async (t
   const svg = readFileSync(join(out, 'node-latest.svg'), 'utf8')
   t.regex(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
   t.true(svg.trimEnd().endsWith('</svg>'))
+})
+
+/** The Rust harness's scenario headings, in order. */
+const RUST_SCENARIOS = ['## 5a. 64-byte messages one way', '## 5b. Round trip between two processes', '## 6. Allocator', '## Targets']
+
+/** Run a command to its end; its exit status and output. */
+function run(cmd: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d))
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (status) => resolve({ status, stdout, stderr }))
+  })
+}
+
+test('the Rust harness (bench_rust --quick) runs every scenario and writes its report and chart', async (t) => {
+  t.timeout(180_000)
+  const out = mkdtempSync(join(tmpdir(), 'shmtools-bench-rust-spec-'))
+  t.teardown(() => rmSync(out, { recursive: true, force: true }))
+  // (no Boost peer here: bench/rust.sh builds it for real runs; the smoke
+  // pass checks the harness itself, in a debug build cargo test already made)
+  const args = ['run', '--quiet', '-p', 'shmtools-core', '--example', 'bench_rust', '--']
+  args.push('--quick', '--no-boost', 'smoke pass without the C++ peer', '--out', join(out, 'rust.md'))
+  const r = await run('cargo', args)
+  t.is(r.status, 0, `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`)
+  const md = readFileSync(join(out, 'rust.md'), 'utf8')
+  let from = 0
+  for (const heading of RUST_SCENARIOS) {
+    const at = md.indexOf(heading, from)
+    t.true(at >= 0, `rust.md lacks '${heading}' (in order) in:\n${md}`)
+    from = at
+  }
+  t.true(md.includes('![targets: headroom per target, log scale](rust.svg)'), 'the report links its chart')
+  const svg = readFileSync(join(out, 'rust.svg'), 'utf8')
+  t.regex(svg, /^<svg [^>]*xmlns="http:\/\/www\.w3\.org\/2000\/svg"/)
+  t.true(svg.trimEnd().endsWith('</svg>'))
+  // One row per target, each with a verdict (SKIP where Boost is missing).
+  const rows = svg.match(/text-anchor="end"/g) ?? []
+  const verdicts = svg.match(/>(PASS|MISS|SKIP)<\/tspan>/g) ?? []
+  t.is(rows.length, 6, svg)
+  t.is(verdicts.length, 6, svg)
 })
