@@ -59,8 +59,8 @@ pub struct QueueHeader {
     pub head: AtomicU64,
     /// Enqueues so far; the next packet goes to position `tail`.
     pub tail: AtomicU64,
-    /// Futex sequence, moved on by an enqueue into an empty queue or when a
-    /// consumer sleeps (consumers wait on it).
+    /// Futex sequence consumers wait on: moved on by an enqueue into an
+    /// empty queue, or by any enqueue while `sleepers_empty` > 0.
     pub not_empty: AtomicU32,
     /// Consumers asleep waiting for a packet.
     pub sleepers_empty: AtomicU32,
@@ -73,8 +73,8 @@ pub struct QueueHeader {
     /// Offset of the slots block (capacity × 16 bytes): the packet at
     /// position p is slot `p % capacity` unless p is `front_pos`.
     pub slots: AtomicU64,
-    /// Futex sequence, moved on by a dequeue from a full queue or when a
-    /// producer sleeps (producers wait on it).
+    /// Futex sequence producers wait on: moved on by a dequeue from a full
+    /// queue, or by any dequeue while `sleepers_full` > 0.
     pub not_full: AtomicU32,
     /// Producers asleep waiting for room.
     pub sleepers_full: AtomicU32,
@@ -226,20 +226,32 @@ impl<'a> Queue<'a> {
             .values
             .pool()
             .linked_capacity(block, "a queue header")?;
-        if room < self.off - block + QUEUE_HEADER_SIZE {
+        if room < self.off - block + QUEUE_HEADER_SIZE
+            || self.values.pool().span().u64_at(block)?.load(Relaxed) != QUEUE_MAGIC
+        {
             return Err(bad());
         }
         Ok(block)
     }
 
-    /// Region offset of the slot that holds (or, when enqueueing at `pos`
-    /// with `head == pos`, will hold) the packet at position `pos`.
-    fn slot_of(&self, pos: u64) -> u64 {
-        if self.header.front_pos.load(Relaxed) == pos {
-            self.off + FRONT
-        } else {
-            self.slots + (pos % self.capacity) * SLOT_SIZE
+    /// Region offset of the slot that holds the packet at position `pos`
+    /// (`head ≤ pos < tail`). `front_pos` is only ever set to the position
+    /// of a packet going into an empty queue, which is `head` then, and head
+    /// only grows; so it is `head` or behind it (or the u64::MAX it starts
+    /// as). Anything ahead of `head` was written by someone else, and taking
+    /// it at its word would skip a ring packet.
+    fn slot_of(&self, head: u64, pos: u64) -> Result<u64> {
+        let front = self.header.front_pos.load(Relaxed);
+        if front == pos {
+            return Ok(self.off + FRONT);
         }
+        if front != u64::MAX && front > head {
+            return Err(Error::corrupt(format!(
+                "queue at {}: its front slot names position {front}, ahead of its head {head}",
+                self.off
+            )));
+        }
+        Ok(self.slots + (pos % self.capacity) * SLOT_SIZE)
     }
 
     /// Where to write the packet going in at position `tail`: the front
@@ -333,8 +345,18 @@ impl<'a> Queue<'a> {
 
     fn lock(&self) -> crate::lock::Guard<'a> {
         // A holder that died mid-operation leaves at worst an unpublished or
-        // an empty slot, both handled below; nothing to rebuild.
-        self.header.lock.lock()
+        // an empty slot, both handled below; nothing to rebuild. But it may
+        // have died before moving a futex word on for what it did, and a
+        // waiter that only watches the word (a JS waiter thread) would not
+        // look again: move both on and wake everyone, who then recheck.
+        let g = self.header.lock.lock();
+        if g.recovered {
+            for w in [WaitFor::NotEmpty, WaitFor::NotFull] {
+                bump(self.word(w));
+                platform::futex_wake(self.word(w), u32::MAX);
+            }
+        }
+        g
     }
 
     fn check_state(&self, head: u64, tail: u64) -> Result<()> {
@@ -409,7 +431,7 @@ impl<'a> Queue<'a> {
                 }
                 return Ok(None);
             }
-            let at = self.slot_of(head);
+            let at = self.slot_of(head, head)?;
             let slot = Slot::read_at(self.values, at)?;
             Slot::EMPTY.write_at(self.values, at)?;
             h.head.store(head + 1, Relaxed);
@@ -444,6 +466,14 @@ impl<'a> Queue<'a> {
         let (head, mut tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
         self.check_state(head, tail)?;
         let room = slots.len().min((self.capacity - (tail - head)) as usize);
+        // As in try_enqueue: a tail that would pass the end of its range was
+        // written by someone else.
+        if tail.checked_add(room as u64).is_none() {
+            return Err(Error::corrupt(format!(
+                "queue at {}: its tail counter is at the end of its range",
+                self.off
+            )));
+        }
         let mut n = 0;
         for &slot in &slots[..room] {
             // Slot first, then tail, one packet at a time: a process killed
@@ -520,10 +550,10 @@ impl<'a> Queue<'a> {
         while got < max && head != tail {
             // Per packet as in try_dequeue: take it out, empty the slot, then
             // move head, so a packet is never delivered twice.
-            let at = self.slot_of(head);
-            let slot = match Slot::read_at(self.values, at)
-                .and_then(|s| Slot::EMPTY.write_at(self.values, at).map(|()| s))
-            {
+            let slot = match self.slot_of(head, head).and_then(|at| {
+                let s = Slot::read_at(self.values, at)?;
+                Slot::EMPTY.write_at(self.values, at).map(|()| s)
+            }) {
                 Ok(s) => s,
                 Err(e) if taken == 0 => return Err(e),
                 Err(_) => break,
@@ -802,8 +832,12 @@ impl<'a> Queue<'a> {
         let sleepers = self.sleepers(w);
         if edge || sleepers.load(Relaxed) > 0 {
             let word = self.word(w);
-            bump(word);
-            if sleepers.load(Relaxed) > 0 {
+            // The word's new value before the sleeper count is read, against
+            // a sleeper counting itself in before the kernel reads the word
+            // (see `wait`): SeqCst on both sides, so one of the two sees the
+            // other. (On x86 both are what Release and Relaxed give anyway.)
+            word.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if sleepers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 platform::futex_wake(word, n);
             }
         }
@@ -829,7 +863,8 @@ impl<'a> Queue<'a> {
             }
         }
         let sleepers = self.sleepers(w);
-        sleepers.fetch_add(1, Relaxed);
+        // (SeqCst: counted in before the kernel reads the word; see `signal`)
+        sleepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         platform::futex_wait(word, seen, Some(slice));
         sleepers.fetch_sub(1, Relaxed);
     }
@@ -1008,7 +1043,7 @@ impl<'a> Queue<'a> {
         self.check_state(head, tail)?;
         let mut slots = Vec::new();
         for i in head..tail {
-            let s = Slot::read_at(self.values, self.slot_of(i))?;
+            let s = Slot::read_at(self.values, self.slot_of(head, i)?)?;
             if s.is_object() {
                 slots.push(s);
             }

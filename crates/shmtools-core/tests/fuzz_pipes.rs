@@ -110,6 +110,16 @@ fn exercise_queue(ctx: &str, q: Queue<'_>) {
         }
     }
     tolerate(ctx, "try_enqueue", q.try_enqueue(Slot::NONE), CORRUPT);
+    let two = [Slot::NONE, Slot::NONE];
+    tolerate(ctx, "try_enqueue_many", q.try_enqueue_many(&two), CORRUPT);
+    let mut wire = packet(2).encode().unwrap();
+    wire.extend(packet(3).encode().unwrap());
+    tolerate(
+        ctx,
+        "try_enqueue_wire_many",
+        q.try_enqueue_wire_many(&wire, 2),
+        &[ErrorCode::Corrupt, ErrorCode::OutOfMemory],
+    );
     tolerate(
         ctx,
         "enqueue_value",
@@ -262,6 +272,10 @@ fn an_enqueue_at_the_end_of_the_counter_range_is_corrupt_not_an_overflow() {
     let e = q
         .try_enqueue(Slot::NONE)
         .expect_err("no room past the counter's end");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    let e = q
+        .try_enqueue_many(&[Slot::NONE, Slot::NONE])
+        .expect_err("the same through the batch form");
     assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
     let e = q
         .enqueue_value(&packet(2), Some(Duration::ZERO))

@@ -12,14 +12,27 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use shmtools_core::queue::QueueHeader;
 use shmtools_core::value::T_INT;
-use shmtools_core::{Directory, Queue, Region, Slot, Value, WaitFor};
+use shmtools_core::{Directory, ErrorCode, Queue, Region, Slot, Value, WaitFor};
 
 mod common;
 
 use common::{attach_opts, create, unique_name, RemoveOnDrop, Rng};
 
 const SIZE: u64 = 4 << 20;
+
+/// Offsets of queue header fields, for the white-box checks.
+const Q_FRONT_POS: u64 = std::mem::offset_of!(QueueHeader, front_pos) as u64;
+const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
+
+/// The u64 at `field` of the queue's header.
+fn word(q: &Queue<'_>, field: u64) -> u64 {
+    let span = q.values().pool().span();
+    span.u64_at(q.offset() + field)
+        .unwrap()
+        .load(Ordering::Relaxed)
+}
 
 fn int(i: u64) -> Slot {
     Slot {
@@ -44,8 +57,14 @@ fn packets_come_out_in_order_through_front_slot_and_ring_at_every_capacity() {
             let ctx = format!("capacity {capacity}, step {step}");
             match rng.below(4) {
                 0 => {
+                    let was_empty = model.is_empty();
                     let ok = q.try_enqueue(int(next)).unwrap();
                     assert_eq!(ok, (model.len() as u64) < capacity, "{ctx}");
+                    if was_empty {
+                        // Into an empty queue: the header's front slot.
+                        assert_eq!(word(&q, Q_FRONT_POS), next, "{ctx}");
+                        assert_eq!(word(&q, Q_FRONT + 8), next, "{ctx}: the packet's bits");
+                    }
                     if ok {
                         model.push_back(next);
                         next += 1;
@@ -197,11 +216,23 @@ fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
         }
         let seen = q.seq(WaitFor::NotEmpty);
         assert!(q.try_enqueue(int(10)).unwrap());
-        // The second packet may find the first still queued; the sleeper
-        // left over must be told all the same.
         let mid = q.seq(WaitFor::NotEmpty);
         assert_ne!(mid, seen);
+        // One wake-up went out; the other thread sleeps on in the kernel
+        // (until woken, or its one-second slice ends) and is still counted.
+        // The second packet may find the first still queued, so only the
+        // count makes it move the word and wake the sleeper: without that
+        // the sleeper would wait out its slice, which the join below could
+        // not tell from a prompt wake-up.
+        let counted = sl.load(Ordering::Relaxed);
         assert!(q.try_enqueue(int(11)).unwrap());
+        if counted > 0 {
+            assert_ne!(
+                q.seq(WaitFor::NotEmpty),
+                mid,
+                "a counted sleeper must be told"
+            );
+        }
         let mut got: Vec<u64> = takers
             .into_iter()
             .map(|t| t.join().unwrap().expect("a packet, not a timeout").bits)
@@ -209,6 +240,42 @@ fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
         got.sort();
         assert_eq!(got, [10, 11]);
     });
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_front_slot_naming_a_position_ahead_of_the_head_is_corrupt_and_nothing_is_taken() {
+    let name = unique_name("qmodel-", "front-ahead");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("ahead", 4).unwrap();
+    let q = dir.queue(&p).unwrap();
+    // 0 in the front slot, 1 and 2 in the ring.
+    for i in 0..3 {
+        assert!(q.try_enqueue(int(i)).unwrap());
+    }
+    let span = region.span();
+    let front_pos = span.u64_at(q.offset() + Q_FRONT_POS).unwrap();
+    assert_eq!(front_pos.load(Ordering::Relaxed), 0);
+    // Damage: the front slot now claims position 1, so the ring's packet 1
+    // would be skipped.
+    front_pos.store(1, Ordering::Relaxed);
+    let e = q.try_dequeue().expect_err("a front slot ahead of the head");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    let mut out = Vec::new();
+    let e = q
+        .try_dequeue_many(4, &mut out)
+        .expect_err("the same, batched");
+    assert_eq!(e.code(), ErrorCode::Corrupt, "{e}");
+    assert!(out.is_empty());
+    assert_eq!(q.len(), 3, "nothing was taken");
+    // Put back, the queue is whole and in order.
+    front_pos.store(0, Ordering::Relaxed);
+    let got: Vec<u64> = (0..3)
+        .map(|_| q.try_dequeue().unwrap().unwrap().bits)
+        .collect();
+    assert_eq!(got, [0, 1, 2]);
     assert!(region.destroy().unwrap());
 }
 
@@ -247,5 +314,39 @@ fn a_repair_counts_the_packet_in_the_front_slot_as_live() {
         Some(text(2))
     );
     region.pool().unwrap().check().unwrap();
+    assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_queue_lock_taken_over_from_a_dead_holder_moves_both_futex_words_on() {
+    let name = unique_name("qmodel-", "dead-holder");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, SIZE);
+    let dir = Directory::open(&region).unwrap();
+    let (p, _) = dir.create("dead", 4).unwrap();
+    let q = dir.queue(&p).unwrap();
+    assert!(q.try_enqueue(int(7)).unwrap());
+    // A holder that died inside an operation, perhaps before moving a word
+    // on: the lock word names a thread that no longer exists (a child that
+    // has exited and been reaped), as it would after a SIGKILL.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let lock_word = region.span().u32_at(q.offset()).unwrap();
+    lock_word.store(dead, Ordering::Relaxed);
+    let before = [q.seq(WaitFor::NotEmpty), q.seq(WaitFor::NotFull)];
+    // The next locker takes the lock over, and the packet is still there.
+    assert_eq!(q.try_dequeue().unwrap().map(|s| s.bits), Some(7));
+    let after = [q.seq(WaitFor::NotEmpty), q.seq(WaitFor::NotFull)];
+    assert_ne!(
+        after[0], before[0],
+        "not_empty moved on: a waiter watching only the word looks again"
+    );
+    assert_ne!(after[1], before[1], "not_full too");
+    assert_eq!(
+        lock_word.load(Ordering::Relaxed),
+        0,
+        "and the lock was let go"
+    );
     assert!(region.destroy().unwrap());
 }

@@ -163,7 +163,9 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
     };
     let sleepers = job.sleepers.and_then(|o| span.u32_at(o).ok());
     if let Some(s) = sleepers {
-        s.fetch_add(1, Ordering::Relaxed);
+        // (SeqCst: counted in before the word is read; the queue's `signal`
+        // fences between moving the word on and reading the count)
+        s.fetch_add(1, Ordering::SeqCst);
     }
     let outcome = loop {
         if cancel.load(Ordering::Acquire) {
