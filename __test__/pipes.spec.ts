@@ -44,8 +44,10 @@ import {
   queueHeader,
   readU64,
   readWord,
+  SLEEPERS_EMPTY_AT,
   SLEEPERS_FULL_AT,
   SLOTS_AT,
+  TAIL_AT,
   takeOut,
   type Decoded,
   type QueueAt,
@@ -1227,4 +1229,36 @@ test.serial('a process SIGKILLed holding handles from dequeueMany has every one 
   t.deepEqual(q.dequeueMany(64, { copy: true }), values.slice(32))
   t.deepEqual(used(pool.stats()), used(baseline))
   t.is(pool.check().blocksUsed, baseline.blocksUsed)
+})
+
+test.serial('a packet published without its futex word moving (its producer killed in between) is still found by a parked dequeueAsync', async (t) => {
+  const { region, pool } = fresh(t, 'unsignalled')
+  const q = new ServerSide(region, 'p', 4).start().pipe()
+  const h = queueHeader(region, 'p')
+  const waiting = q.dequeueAsync(20_000)
+  // (a condition with a guard, not a timing assertion) until the waiter
+  // thread sleeps on the word
+  const guard = performance.now() + GUARD_MS
+  while (readWord(pool, h, SLEEPERS_EMPTY_AT) === 0) {
+    if (performance.now() > guard) throw new Error('the async dequeue never went to sleep')
+    await sleep(1)
+  }
+  const seen = readWord(pool, h, NOT_EMPTY_AT)
+  // What a producer killed between letting go of the lock and moving the
+  // word on leaves: the packet (an Int, 42) in the front slot, published by
+  // the tail, and the word as it was.
+  const u64 = (v: bigint) => {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64LE(v)
+    return b
+  }
+  pool.write(h.block, Buffer.concat([u64(3n), u64(42n)]), h.at + FRONT_AT)
+  pool.write(h.block, u64(0n), h.at + FRONT_POS_AT)
+  pool.write(h.block, u64(1n), h.at + TAIL_AT)
+  // The waiter looks again after a second without a change, and finds it
+  // (without that it would sleep until the 20 s deadline and resolve
+  // undefined).
+  t.is(await waiting, 42)
+  t.is(readWord(pool, h, NOT_EMPTY_AT), seen, 'nothing moved the word')
+  t.is(q.length, 0)
 })

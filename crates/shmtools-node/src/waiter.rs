@@ -20,9 +20,14 @@ use shmtools_core::platform;
 
 use crate::region::RegionCell;
 
+/// The wait ended because the word moved on, or a whole `LOOK_AGAIN`
+/// passed: either way the caller looks again.
 pub const CHANGED: u32 = 0;
 pub const TIMED_OUT: u32 = 1;
 pub const CANCELLED: u32 = 2;
+
+/// Longest sleep before a waiter answers CHANGED and its caller looks again.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 type Resolver = Box<dyn FnOnce(Env) -> napi::Result<u32> + Send>;
 
@@ -174,7 +179,7 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         if word.load(Ordering::Acquire) != job.seen {
             break CHANGED;
         }
-        let mut slice = Duration::from_secs(1);
+        let mut slice = LOOK_AGAIN;
         if let Some(d) = job.deadline {
             let now = Instant::now();
             if now >= d {
@@ -182,7 +187,16 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
             }
             slice = slice.min(d - now);
         }
-        platform::futex_wait(word, job.seen, Some(slice));
+        let woke = platform::futex_wait(word, job.seen, Some(slice));
+        if woke == platform::Wake::TimedOut && slice == LOOK_AGAIN {
+            // A whole slice without a change: answer "changed" anyway, so
+            // the JS side looks at the queue again. A producer killed
+            // between letting go of the queue lock and moving the word on
+            // leaves a packet there with the word unmoved; this bounds the
+            // wait for it to a slice, as a Rust waiter's is. (One look per
+            // second of waiting.)
+            break CHANGED;
+        }
     };
     if let Some(s) = sleepers {
         s.fetch_sub(1, Ordering::Relaxed);
