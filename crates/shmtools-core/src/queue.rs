@@ -836,7 +836,7 @@ impl<'a> Queue<'a> {
             // a sleeper counting itself in before the kernel reads the word
             // (see `wait`): SeqCst on both sides, so one of the two sees the
             // other. (On x86 both are what Release and Relaxed give anyway.)
-            word.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            bump(word);
             if sleepers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 platform::futex_wake(word, n);
             }
@@ -1062,12 +1062,13 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// Move a futex sequence on by one (Release, so a waiter that sees the new
-/// value also sees the slots written before it). A read-modify-write even
-/// under the queue lock: a cancelled JS wait moves the sequences on without
-/// the lock (crates/shmtools-node/src/waiter.rs).
+/// Move a futex sequence on by one: SeqCst, so a waiter that sees the new
+/// value also sees the slots written before it, and so the sleeper count
+/// read next is ordered after it (see `Queue::signal`). A read-modify-write
+/// even under the queue lock: a cancelled JS wait moves the sequences on
+/// without the lock (crates/shmtools-node/src/waiter.rs).
 fn bump(word: &AtomicU32) {
-    word.fetch_add(1, std::sync::atomic::Ordering::Release);
+    word.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
