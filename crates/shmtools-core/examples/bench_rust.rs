@@ -1293,13 +1293,20 @@ fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> (String, Vec<Judged>)
     let mut md =
         String::from("\n## Targets\n\n| target | measured | result |\n| --- | --- | --- |\n");
     let mut judged = Vec::new();
-    let mut row = |md: &mut String, label: &str, j: Judged| {
-        let result = match j.headroom {
-            Some(h) => verdict(h >= 1.0),
-            None => "SKIP",
+    // One target: its table label, its chart name, and (headroom, what was
+    // measured) if both sides of it were measured.
+    let mut row = |label: &str, short: &'static str, m: Option<(f64, String)>| {
+        let (headroom, text) = match m {
+            Some((h, text)) => (Some(h), text),
+            None => (None, "not measured".to_string()),
         };
-        md.push_str(&format!("| {label} | {} | {result} |\n", j.text));
-        judged.push(j);
+        let result = headroom.map_or("SKIP", |h| verdict(h >= 1.0));
+        md.push_str(&format!("| {label} | {text} | {result} |\n"));
+        judged.push(Judged {
+            short,
+            headroom,
+            text,
+        });
     };
     let boost = ow[OW_BOOST].median();
     for (i, label, short) in [
@@ -1324,56 +1331,37 @@ fn targets(ow: &[Runs<f64>], rt: &[Option<(u64, u64)>]) -> (String, Vec<Judged>)
             "(reference) Int slot ≥ 3× Boost",
         ),
     ] {
-        let j = match (ow[i].median(), boost) {
-            (Some(m), Some(x)) => Judged {
-                short,
-                headroom: Some(m / x / 3.0),
-                text: format!("{:.2}× ({} vs {})", m / x, rate(m), rate(x)),
-            },
-            _ => Judged {
-                short,
-                headroom: None,
-                text: "not measured".into(),
-            },
-        };
-        row(&mut md, label, j);
+        let m = ow[i].median().zip(boost).map(|(m, x)| {
+            let text = format!("{:.2}× ({} vs {})", m / x, rate(m), rate(x));
+            (m / x / 3.0, text)
+        });
+        row(label, short, m);
     }
-    let j = match (rt[0], rt[RT_BOOST]) {
-        (Some((a, _)), Some((x, _))) => Judged {
-            short: "round trip p50 ≤ 1/10 of Boost's",
-            headroom: Some(x as f64 / 10.0 / a as f64),
-            text: format!(
-                "{:.3} ({} vs {})",
-                a as f64 / x as f64,
-                micros(a),
-                micros(x)
-            ),
-        },
-        _ => Judged {
-            short: "round trip p50 ≤ 1/10 of Boost's",
-            headroom: None,
-            text: "not measured".into(),
-        },
-    };
-    row(&mut md, "round trip p50 ≤ 1/10 of Boost's", j);
-    let j = match (rt[0], rt[RT_SPIN]) {
-        (Some((a, _)), Some((s, _))) => Judged {
-            short: "round trip p50 ≤ 3× the spin floor",
-            headroom: Some(3.0 * s as f64 / a as f64),
-            text: format!(
-                "{:.2}× ({} vs {})",
-                a as f64 / s as f64,
-                micros(a),
-                micros(s)
-            ),
-        },
-        _ => Judged {
-            short: "round trip p50 ≤ 3× the spin floor",
-            headroom: None,
-            text: "not measured".into(),
-        },
-    };
-    row(&mut md, "round trip p50 within 3× of the spin floor", j);
+    let m = rt[0].zip(rt[RT_BOOST]).map(|((a, _), (x, _))| {
+        let text = format!(
+            "{:.3} ({} vs {})",
+            a as f64 / x as f64,
+            micros(a),
+            micros(x)
+        );
+        (x as f64 / 10.0 / a as f64, text)
+    });
+    let label = "round trip p50 ≤ 1/10 of Boost's";
+    row(label, label, m);
+    let m = rt[0].zip(rt[RT_SPIN]).map(|((a, _), (s, _))| {
+        let text = format!(
+            "{:.2}× ({} vs {})",
+            a as f64 / s as f64,
+            micros(a),
+            micros(s)
+        );
+        (3.0 * s as f64 / a as f64, text)
+    });
+    row(
+        "round trip p50 within 3× of the spin floor",
+        "round trip p50 ≤ 3× the spin floor",
+        m,
+    );
     (md, judged)
 }
 
