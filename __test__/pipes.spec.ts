@@ -49,6 +49,7 @@ import {
   SLOTS_AT,
   TAIL_AT,
   takeOut,
+  writeU64,
   type Decoded,
   type QueueAt,
 } from './fixtures/pipe-messages.ts'
@@ -1247,14 +1248,10 @@ test.serial('a packet published without its futex word moving (its producer kill
   // What a producer killed between letting go of the lock and moving the
   // word on leaves: the packet (an Int, 42) in the front slot, published by
   // the tail, and the word as it was.
-  const u64 = (v: bigint) => {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64LE(v)
-    return b
-  }
-  pool.write(h.block, Buffer.concat([u64(3n), u64(42n)]), h.at + FRONT_AT)
-  pool.write(h.block, u64(0n), h.at + FRONT_POS_AT)
-  pool.write(h.block, u64(1n), h.at + TAIL_AT)
+  writeU64(pool, h, FRONT_AT, 3n) // the slot's tag: Int
+  writeU64(pool, h, FRONT_AT + 8, 42n)
+  writeU64(pool, h, FRONT_POS_AT, 0n)
+  writeU64(pool, h, TAIL_AT, 1n)
   // The waiter looks again after a second without a change, and finds it
   // (without that it would sleep until the 20 s deadline and resolve
   // undefined).

@@ -27,14 +27,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shmtools_core::pipes::ENTRY_SIZE;
-use shmtools_core::queue::{QueueHeader, QUEUE_BLOCK_SIZE};
-
-/// Offsets of a queue header's fields, for the tests that damage them.
-const Q_HEAD: u64 = std::mem::offset_of!(QueueHeader, head) as u64;
-const Q_TAIL: u64 = std::mem::offset_of!(QueueHeader, tail) as u64;
-const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
-const Q_SLOTS: u64 = std::mem::offset_of!(QueueHeader, slots) as u64;
-const Q_BLOCK: u64 = std::mem::offset_of!(QueueHeader, block) as u64;
+use shmtools_core::queue::QUEUE_BLOCK_SIZE;
 use shmtools_core::value::{SLOT_SIZE, T_PACKED};
 use shmtools_core::{
     AttachOptions, ClientSide, Directory, ErrorCode, Key, PipeInfo, Queue, Slot, Value,
@@ -43,7 +36,7 @@ use shmtools_core::{
 mod common;
 mod fuzz_support;
 
-use common::{create, unique_name, RemoveOnDrop, Rng};
+use common::{create, unique_name, RemoveOnDrop, Rng, Q_BLOCK, Q_FRONT, Q_HEAD, Q_SLOTS, Q_TAIL};
 use fuzz_support::{canon, carve, finishes, same, scribble, tolerate, Watchdog, READ};
 
 /// The directory and the queues only ever read offsets from the region, so

@@ -12,19 +12,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shmtools_core::queue::QueueHeader;
 use shmtools_core::value::T_INT;
 use shmtools_core::{Directory, ErrorCode, Queue, Region, Slot, Value, WaitFor};
 
 mod common;
 
-use common::{attach_opts, create, unique_name, RemoveOnDrop, Rng};
+use common::{attach_opts, create, unique_name, RemoveOnDrop, Rng, Q_FRONT, Q_FRONT_POS};
 
 const SIZE: u64 = 4 << 20;
-
-/// Offsets of queue header fields, for the white-box checks.
-const Q_FRONT_POS: u64 = std::mem::offset_of!(QueueHeader, front_pos) as u64;
-const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
 
 /// The u64 at `field` of the queue's header.
 fn word(q: &Queue<'_>, field: u64) -> u64 {

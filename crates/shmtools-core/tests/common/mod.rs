@@ -17,7 +17,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
+use shmtools_core::queue::QueueHeader;
 use shmtools_core::{AttachOptions, CreateOptions, Key, PoolCheck, PoolStats, Region, Values};
+
+/// Offsets of a queue header's fields, for white-box tests that read or
+/// damage them.
+pub const Q_HEAD: u64 = std::mem::offset_of!(QueueHeader, head) as u64;
+pub const Q_TAIL: u64 = std::mem::offset_of!(QueueHeader, tail) as u64;
+pub const Q_FRONT_POS: u64 = std::mem::offset_of!(QueueHeader, front_pos) as u64;
+pub const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
+pub const Q_SLOTS: u64 = std::mem::offset_of!(QueueHeader, slots) as u64;
+pub const Q_BLOCK: u64 = std::mem::offset_of!(QueueHeader, block) as u64;
 
 /// The role a child process plays (the variable that makes it a child).
 pub const ROLE: &str = "SHMT_CHILD_ROLE";
