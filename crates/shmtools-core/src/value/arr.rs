@@ -184,7 +184,7 @@ impl<'a> Values<'a> {
     /// `value`'s reference in. On error the reference is released.
     pub fn arr_set(&self, arr: Slot, i: u64, value: Slot) -> Result<()> {
         let r = (|| {
-            if value.is_object() && value.bits == arr.bits {
+            if value.is_object() && value == arr {
                 return Err(Error::invalid("a list cannot contain itself"));
             }
             let (b, _g, mut s) = self.arr_lock(arr)?;
@@ -213,7 +213,7 @@ impl<'a> Values<'a> {
     /// Append, moving `value`'s reference in; returns the new length.
     pub fn arr_push(&self, arr: Slot, value: Slot) -> Result<u64> {
         let r = (|| {
-            if value.is_object() && value.bits == arr.bits {
+            if value.is_object() && value == arr {
                 return Err(Error::invalid("a list cannot contain itself"));
             }
             let (b, _g, mut s) = self.arr_lock(arr)?;

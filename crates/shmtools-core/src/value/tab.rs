@@ -565,7 +565,7 @@ impl<'a> Values<'a> {
     }
 
     fn tab_set_inner(&self, tab: Slot, key: KeyRef<'_>, value: Slot) -> Result<Slot> {
-        if value.is_object() && value.bits == tab.bits {
+        if value.is_object() && value == tab {
             return Err(Error::invalid("a table cannot contain itself"));
         }
         let b = self.tab_body(tab)?;

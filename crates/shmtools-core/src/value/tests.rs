@@ -2573,3 +2573,65 @@ fn a_table_copied_out_by_its_only_holder_is_recovered_first_if_a_dead_writer_hel
     vals.release(t).unwrap();
     assert_at(&vals, &base, "released after the copy");
 }
+
+/// Found by fuzz_values: a list or table slot gone stale (its block freed
+/// and reused for another kind of object, or its link damaged) with a value
+/// that now sits at the same offset was refused as "cannot contain itself",
+/// ERR_SHM_INVALID_ARG, as if the caller had put a container into itself.
+/// The same offset under another kind is another object: the container is
+/// what is wrong, and checking it says so (ERR_SHM_CORRUPT). A container
+/// given itself is still the caller's error.
+#[test]
+fn a_stale_container_slot_is_not_taken_for_the_container_containing_itself() {
+    let sc = Scratch::new("stale-self", 256 * 1024);
+    let vals = sc.values();
+    let base = baseline(&vals);
+    let text = || {
+        vals.store(&s("a string long enough to be an object"))
+            .unwrap()
+    };
+    let v = text();
+    let as_arr = Slot {
+        tag: T_ARR,
+        bits: v.bits,
+    };
+    let as_tab = Slot {
+        tag: T_TAB,
+        bits: v.bits,
+    };
+    // (each call takes over a reference to the value it is given, and
+    // releases it on error)
+    vals.retain(v).unwrap();
+    vals.retain(v).unwrap();
+    assert_eq!(code(vals.arr_set(as_arr, 0, v)), ErrorCode::Corrupt);
+    assert_eq!(code(vals.arr_push(as_arr, v)), ErrorCode::Corrupt);
+    assert_eq!(
+        code(vals.tab_set(as_tab, KeyRef::str("k"), v)),
+        ErrorCode::Corrupt
+    );
+    assert_at(
+        &vals,
+        &base,
+        "the string was released by the three failed calls",
+    );
+
+    let a = vals.arr_new(1).unwrap();
+    vals.retain(a).unwrap();
+    assert_eq!(code(vals.arr_push(a, a)), ErrorCode::InvalidArg);
+    vals.retain(a).unwrap();
+    assert_eq!(code(vals.arr_set(a, 0, a)), ErrorCode::InvalidArg);
+    assert_eq!(
+        vals.refcount(a).unwrap(),
+        1,
+        "each failed call released its reference"
+    );
+    vals.release(a).unwrap();
+    let t = vals.tab_new(1).unwrap();
+    vals.retain(t).unwrap();
+    assert_eq!(
+        code(vals.tab_set(t, KeyRef::str("k"), t)),
+        ErrorCode::InvalidArg
+    );
+    vals.release(t).unwrap();
+    assert_at(&vals, &base, "after the containers");
+}
