@@ -14,9 +14,10 @@ export declare class NativeQueue {
   get length(): number
   stats(): PipeStats
   /**
-   * Store the encoded value and enqueue it, waiting up to `timeout_ms`
-   * (undefined: forever; 0: not at all). False if there was no room; the
-   * stored copy is then released again.
+   * Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
+   * forever; 0: not at all). False if there was no room. A small value
+   * is copied into the pipe's byte ring; a larger one is stored in the
+   * pool (packed if it can be). Nothing is built while it waits.
    */
   enqueue(wire: Buffer, timeoutMs?: number | undefined | null): boolean
   /**

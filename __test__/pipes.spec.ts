@@ -46,7 +46,14 @@ import {
   readWord,
   SLEEPERS_EMPTY_AT,
   SLEEPERS_FULL_AT,
+  RING_AT,
+  RING_READ_AT,
+  RING_SIZE_AT,
+  RING_START,
+  RING_WRITE_AT,
   SLOTS_AT,
+  T_INLINE,
+  T_PACKED,
   TAIL_AT,
   takeOut,
   writeU64,
@@ -986,13 +993,14 @@ test.serial('a packed packet damaged in the region (by another process) makes de
     ['no table at all', (b) => (b[0] = 7)],
   ]
   for (const [what, damage] of damages) {
-    t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(32) }, { seq: 2, payload: 'y'.repeat(32) }]), 2)
+    // (payloads too long to go inline, so these are packed)
+    t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(1100) }, { seq: 2, payload: 'y'.repeat(1100) }]), 2)
     // The first packet went into an empty pipe, so into the header's
     // front slot; the check below reads whichever slot holds it.
     const head = readU64(pool, queue, HEAD_AT)
     const [block, at] =
       readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
-    t.is(u64(block, at), 15, `${what}: the first packet is packed`)
+    t.is(u64(block, at), T_PACKED, `${what}: the first packet is packed`)
     const packet = u64(block, at + 8)
     const body = pool.read(packet, u64(packet, 8), 16)
     damage(body)
@@ -1002,6 +1010,66 @@ test.serial('a packed packet damaged in the region (by another process) makes de
     t.deepEqual(used(pool.stats()), baseline, `${what}: and freed`)
     t.is(q.enqueueMany([{ seq: 3 }]), 1)
     t.deepEqual(q.dequeueMany(8, { copy: true }), [{ seq: 3 }], `${what}: the pipe still works`)
+  }
+  t.notThrows(() => pool.check())
+})
+
+test.serial('a small packet goes inline, into the pipe byte ring; damage to its record or its bytes (by another process) makes each dequeue form throw ERR_SHM_CORRUPT, the packet is taken out and the pipe goes on working', (t) => {
+  const { region, pool } = fresh(t, 'inline-damage')
+  const q = new ServerSide(region, 'p', 16).start().pipe()
+  const baseline = used(pool.stats())
+  const queue = queueHeader(region, 'p')
+  const u64 = (block: number, at: number) => Number(pool.read(block, 8, at).readBigUInt64LE(0))
+  const capacity = readU64(pool, queue, CAPACITY_AT)
+  const slots = readU64(pool, queue, SLOTS_AT)
+  const ring = readU64(pool, queue, RING_AT)
+  const ringSize = readU64(pool, queue, RING_SIZE_AT)
+  t.is(ringSize, 4096, 'the smallest ring, for a pipe of 16')
+  // Where the record of the packet at the head is, within the ring's block.
+  const headRecord = () => {
+    const head = readU64(pool, queue, HEAD_AT)
+    const [block, at] =
+      readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
+    t.is(u64(block, at), T_INLINE, 'the first packet is inline')
+    return RING_START + (u64(block, at + 8) % ringSize)
+  }
+  // A record: u32 length, u32 stamp, then the encoding of {seq, payload}:
+  // Tab, count 2, Str "seq", Int, Str "payload", Str of 32 x.
+  const BODY = 8
+  const INT = BODY + 5 + 8
+  const damages: [string, (r: Buffer) => void][] = [
+    ['a length past its record', (r) => r.writeUInt32LE(5000, 0)],
+    ['a stamp of another packet', (r) => r.writeUInt32LE(r.readUInt32LE(4) + 1, 4)],
+    ['a string that is not UTF-8', (r) => (r[r.indexOf('xxxx') + 1] = 0xff)],
+    ['a count past the end', (r) => r.writeUInt32LE(0xffffffff, BODY + 1)],
+    ['an unknown tag', (r) => (r[INT] = 99)],
+    ['a reference smuggled in', (r) => (r[INT] = 13)],
+    ['a value ending before its packet does', (r) => r.writeUInt32LE(1, BODY + 1)],
+  ]
+  const forms: [string, () => unknown, number][] = [
+    // (what the form takes: one packet, or the whole batch)
+    ['dequeue', () => q.dequeue(0), 1],
+    ['dequeueMany', () => q.dequeueMany(8), 2],
+    ['dequeueMany copy', () => q.dequeueMany(8, { copy: true }), 2],
+  ]
+  for (const [form, take, taken] of forms) {
+    for (const [what, damage] of damages) {
+      const label = `${form}, ${what}`
+      t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(32) }, { seq: 2, payload: 'y'.repeat(32) }]), 2)
+      const at = headRecord()
+      const len = pool.read(ring, 4, at).readUInt32LE(0)
+      const rec = pool.read(ring, 8 + len, at)
+      damage(rec)
+      pool.write(ring, rec, at)
+      t.throws(take, { code: ErrorCodes.CORRUPT }, label)
+      t.is(q.length, 2 - taken, `${label}: the damaged packet was taken`)
+      const rest = q.dequeueMany(8, { copy: true })
+      t.deepEqual(rest, taken === 1 ? [{ seq: 2, payload: 'y'.repeat(32) }] : [], `${label}: the rest intact`)
+      t.deepEqual(used(pool.stats()), baseline, `${label}: the pool as it was`)
+      t.is(q.enqueueMany([{ seq: 3 }]), 1)
+      t.deepEqual(q.dequeueMany(8, { copy: true }), [{ seq: 3 }], `${label}: the pipe still works`)
+      t.is(readU64(pool, queue, RING_READ_AT), readU64(pool, queue, RING_WRITE_AT), `${label}: the ring is all free`)
+    }
   }
   t.notThrows(() => pool.check())
 })
@@ -1115,31 +1183,38 @@ test.serial('small plain values sent by enqueue and enqueueMany come back the sa
   pool.check()
 })
 
-test.serial('a process SIGKILLed while blocked enqueueing a small plain value on a full pipe has its packet given back by gc()', async (t) => {
-  const { name, region, pool } = fresh(t, 'packed-killed')
-  const q = new ServerSide(region, 'p', 1).start().pipe()
-  t.true(q.enqueue('fills the pipe', 0))
-  const baseline = pool.stats()
-  const child = startPipeChild(['block-enqueue', name, 'p'])
-  killOnTeardown(t, child)
-  await child.waitForLine(/blocking/)
-  // (a condition with a guard, not a timing assertion) until it sleeps waiting for room
-  const off = queueHeader(region, 'p')
-  const guard = performance.now() + GUARD_MS
-  while (readWord(pool, off, SLEEPERS_FULL_AT) === 0) {
-    if (performance.now() > guard) throw new Error('the child never waited for room')
-    await sleep(1)
-  }
-  t.like(region.holders().find((h) => h.pid === child.proc.pid), { alive: true, held: 1 })
-  t.true(pool.stats().bytesUsed > baseline.bytesUsed, 'the waiting packet takes pool memory')
-  child.kill('SIGKILL')
-  await child.done
-  t.like(region.gc(), { sessions: 1, references: 1, rawBlocks: 0, uncertain: 0 })
-  t.deepEqual(used(pool.stats()), used(baseline))
-  t.is(q.dequeue(0), 'fills the pipe')
-  t.is(q.length, 0)
-  pool.check()
-})
+for (const kind of ['plain', 'shared'] as const) {
+  const what =
+    kind === 'plain'
+      ? 'holds nothing while it waits (the value is copied in once there is room), so gc() has nothing to give back'
+      : 'has its handle given back by gc(), so the shared table is freed (the waiting enqueue itself holds nothing)'
+  test.serial(`a process SIGKILLed while blocked enqueueing a small ${kind} value on a full pipe ${what}`, async (t) => {
+    const { name, region, pool } = fresh(t, `killed-${kind}`)
+    const q = new ServerSide(region, 'p', 1).start().pipe()
+    t.true(q.enqueue('fills the pipe', 0))
+    const baseline = pool.stats()
+    const child = startPipeChild(['block-enqueue', name, 'p', kind])
+    killOnTeardown(t, child)
+    await child.waitForLine(/blocking/)
+    // (a condition with a guard, not a timing assertion) until it sleeps waiting for room
+    const off = queueHeader(region, 'p')
+    const guard = performance.now() + GUARD_MS
+    while (readWord(pool, off, SLEEPERS_FULL_AT) === 0) {
+      if (performance.now() > guard) throw new Error('the child never waited for room')
+      await sleep(1)
+    }
+    // shared: its handle (an enqueue takes its reference only once there is room)
+    const held = kind === 'plain' ? 0 : 1
+    t.like(region.holders().find((h) => h.pid === child.proc.pid), { alive: true, held })
+    child.kill('SIGKILL')
+    await child.done
+    t.like(region.gc(), { sessions: 1, references: held, rawBlocks: 0, uncertain: 0 })
+    t.deepEqual(used(pool.stats()), used(baseline))
+    t.is(q.dequeue(0), 'fills the pipe')
+    t.is(q.length, 0)
+    pool.check()
+  })
+}
 
 test.serial('enqueueMany puts in the prefix that fits, in batches of any length; dequeueMany takes at most max, in order', (t) => {
   const { region, pool } = fresh(t, 'many-prefix', 16 * MiB)

@@ -17,7 +17,7 @@ use crate::pool;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMTOOLS");
 /// 4: queue packets may be packed (slot tag 15), which a version-3 reader
 /// would refuse as an unknown tag.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// The boot block occupies the whole first page; the pool header follows.
 pub const BOOT_SIZE: u64 = 4096;
 

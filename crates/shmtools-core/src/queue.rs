@@ -31,9 +31,28 @@ use crate::error::{Error, Result};
 use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::{Shared, Slot, Values, SLOT_SIZE, S_EMPTY};
+use crate::value::wire::{Reader, Skipped, Writer};
+use crate::value::{
+    Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
+};
 
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
+/// First word of a byte ring's block.
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SHMRING\0");
+/// Where a byte ring's bytes start in its block (after the magic, on a cache
+/// line of their own).
+pub const RING_START: u64 = 64;
+/// Smallest and largest byte ring.
+pub const RING_MIN: u64 = 4 << 10;
+pub const RING_MAX: u64 = 1 << 20;
+/// Ring bytes a queue gets per packet of capacity (before rounding up to a
+/// power of two and clamping to RING_MIN ..= RING_MAX).
+const RING_PER_PACKET: u64 = 128;
+/// Largest encoding sent inline; larger values go through the pool.
+pub const INLINE_MAX: usize = 1024;
+/// An inline record's header: the encoding's length (u32) and the low 32
+/// bits of the packet's queue position (u32), one little-endian u64.
+pub const RECORD_HEADER: u64 = 8;
 /// Most packets a queue may hold.
 pub const MAX_CAPACITY: u64 = 1 << 24;
 /// Spins on the futex word before sleeping (a message often arrives within a
@@ -86,6 +105,21 @@ pub struct QueueHeader {
     pub block: AtomicU64,
     /// Zero.
     pub reserved: [AtomicU64; 2],
+    /// Bytes written into the byte ring so far: the next inline packet's
+    /// record goes at `ring_write` (mod `ring_size`), or at the ring's start
+    /// if it would not fit before the end.
+    pub ring_write: AtomicU64,
+    /// Bytes of the byte ring given back so far: everything before
+    /// `ring_read` may be written over. The end of the last inline packet
+    /// dequeued, or `ring_write` once the queue has been seen empty.
+    pub ring_read: AtomicU64,
+    /// Offset of the byte ring's block (it starts with [`RING_MAGIC`]; the
+    /// ring's bytes follow 64 bytes in).
+    pub ring: AtomicU64,
+    /// Bytes in the ring: a power of two, [`RING_MIN`] ..= [`RING_MAX`].
+    pub ring_size: AtomicU64,
+    /// Zero.
+    pub reserved2: [AtomicU64; 4],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
@@ -93,7 +127,7 @@ pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
 /// block's leading magic, wherever the (16-byte aligned) block starts.
 pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
 const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
-const _: () = assert!(QUEUE_HEADER_SIZE == 128);
+const _: () = assert!(QUEUE_HEADER_SIZE == 192);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, lock) == 0);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 16);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 24);
@@ -109,6 +143,11 @@ const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 92);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 96);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, block) == 104);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 112);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 128);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 136);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 144);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 152);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 160);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +186,79 @@ pub struct Queue<'a> {
     off: u64,
     capacity: u64,
     slots: u64,
+    /// Offset of the byte ring's first byte (past its block's magic).
+    ring: u64,
+    ring_size: u64,
+}
+
+/// A packet as a dequeue takes it out: a slot, whose reference is now the
+/// taker's; an inline packet's encoding, copied out of the byte ring (this
+/// range of the buffer the dequeue was given); or an inline packet whose
+/// record was damaged, taken out all the same so the pipe goes on, which
+/// the taker reports (as it reports a damaged packed packet).
+#[derive(Debug, Clone)]
+pub(crate) enum Packet {
+    Slot(Slot),
+    Inline(std::ops::Range<usize>),
+    Damaged(Error),
+}
+
+/// Bytes of the byte ring for a queue of `capacity` packets.
+pub fn ring_size_for(capacity: u64) -> u64 {
+    (capacity.saturating_mul(RING_PER_PACKET))
+        .clamp(RING_MIN, RING_MAX)
+        .next_power_of_two()
+}
+
+/// Ring bytes an inline record of an `n`-byte encoding takes (8-aligned).
+fn record_len(n: u64) -> u64 {
+    (RECORD_HEADER + n).next_multiple_of(8)
+}
+
+/// Whether the next value of `r` is sent inline, leaving `r` past it if so
+/// (else where it was): an encoding of at most [`INLINE_MAX`] bytes with no
+/// references, that is not a scalar (a scalar travels in its slot). A value
+/// that does not read is not sent inline, so the pool path reports it.
+fn next_inline(r: &mut Reader<'_>) -> bool {
+    let at = r.pos();
+    match r.peek() {
+        None | Some(T_NONE | T_BOOL | T_INT | T_UINT | T_F64 | T_F32) => return false,
+        _ => {}
+    }
+    if matches!(r.skip_value_upto(INLINE_MAX), Ok(Some(seen)) if !seen.refs) {
+        return true;
+    }
+    r.rewind(at);
+    false
+}
+
+/// Check the encoding of an inline packet read from the ring: exactly one
+/// well-formed value without references (ERR_SHM_CORRUPT if not: it was
+/// damaged in the region).
+fn check_inline(bytes: &[u8]) -> Result<Skipped> {
+    let damaged = |why: &str| Error::corrupt(format!("an inline packet is damaged: {why}"));
+    let mut r = Reader::new(bytes);
+    let seen = r.skip_value().map_err(|e| damaged(e.message()))?;
+    if !r.at_end() {
+        return Err(damaged("bytes after its value"));
+    }
+    if seen.refs {
+        return Err(damaged("it holds references"));
+    }
+    Ok(seen)
+}
+
+/// Read a queue slot: an inline packet's slot as it is (its position is
+/// checked when it is taken), anything else through [`Slot::read_at`].
+fn read_packet_slot(values: Values<'_>, at: u64) -> Result<Slot> {
+    let span = values.pool().span();
+    if span.u64_at(at)?.load(Relaxed) == T_INLINE as u64 {
+        return Ok(Slot {
+            tag: T_INLINE,
+            bits: span.u64_at(at + 8)?.load(Relaxed),
+        });
+    }
+    Slot::read_at(values, at)
 }
 
 impl<'a> Queue<'a> {
@@ -154,17 +266,27 @@ impl<'a> Queue<'a> {
     pub fn create(values: Values<'a>, capacity: u64) -> Result<u64> {
         validate_capacity(capacity)?;
         let pool = values.pool();
-        let block = pool.allocate(QUEUE_BLOCK_SIZE)?;
-        let slots = match pool.allocate(capacity * SLOT_SIZE) {
-            Ok(s) => s,
-            Err(e) => {
-                pool.free(block)?;
-                return Err(e);
+        let ring_size = ring_size_for(capacity);
+        let mut blocks = Vec::with_capacity(3);
+        for n in [
+            QUEUE_BLOCK_SIZE,
+            capacity * SLOT_SIZE,
+            RING_START + ring_size,
+        ] {
+            match pool.allocate(n) {
+                Ok(b) => blocks.push(b),
+                Err(e) => {
+                    pool.free_many(&blocks)?;
+                    return Err(e);
+                }
             }
-        };
+        }
+        let (block, slots, ring) = (blocks[0], blocks[1], blocks[2]);
         let span = pool.span();
         span.fill(block, QUEUE_BLOCK_SIZE, 0)?;
         span.fill(slots, capacity * SLOT_SIZE, 0)?;
+        span.fill(ring, RING_START, 0)?;
+        span.u64_at(ring)?.store(RING_MAGIC, Relaxed);
         // (16 to 64 bytes in, as the block is 16-byte aligned)
         let off = (block + 16).next_multiple_of(64);
         span.u64_at(block)?.store(QUEUE_MAGIC, Relaxed);
@@ -174,6 +296,8 @@ impl<'a> Queue<'a> {
         h.slots.store(slots, Relaxed);
         h.block.store(block, Relaxed);
         h.front_pos.store(u64::MAX, Relaxed);
+        h.ring.store(ring, Relaxed);
+        h.ring_size.store(ring_size, Relaxed);
         h.magic
             .store(QUEUE_MAGIC, std::sync::atomic::Ordering::Release);
         Ok(off)
@@ -200,9 +324,25 @@ impl<'a> Queue<'a> {
         // tables and lists) starts with a magic number or an object header,
         // and neither reads as a slot tag; the slots block starts with a
         // slot (zeroed at creation, only ever rewritten with slots).
-        if Slot::read_at(values, slots).is_err() {
+        if read_packet_slot(values, slots).is_err() {
             return Err(Error::corrupt(format!(
                 "queue at {off}: its slots link names block {slots}, which does not hold slots"
+            )));
+        }
+        // The same for the byte ring, which producers write bytes into: its
+        // block must start with the ring's own magic.
+        let (ring, ring_size) = (h.ring.load(Relaxed), h.ring_size.load(Relaxed));
+        if !ring_size.is_power_of_two() || !(RING_MIN..=RING_MAX).contains(&ring_size) {
+            return Err(Error::corrupt(format!(
+                "queue at {off}: its byte ring has a bad size {ring_size}"
+            )));
+        }
+        let room = values.pool().linked_capacity(ring, "a queue's byte ring")?;
+        if room < RING_START + ring_size
+            || values.pool().span().u64_at(ring)?.load(Relaxed) != RING_MAGIC
+        {
+            return Err(Error::corrupt(format!(
+                "queue at {off}: its ring link names block {ring}, which is not its byte ring"
             )));
         }
         Ok(Queue {
@@ -211,6 +351,8 @@ impl<'a> Queue<'a> {
             off,
             capacity,
             slots,
+            ring: ring + RING_START,
+            ring_size,
         })
     }
 
@@ -404,14 +546,115 @@ impl<'a> Queue<'a> {
     /// packet is released and the error returned. Call inside
     /// `values.busy()`.
     pub fn try_dequeue(&self) -> Result<Option<Slot>> {
-        match self.try_dequeue_raw()? {
-            Some(s) => self.values.unpack(s).map(Some),
+        let mut inl = Vec::new();
+        match self.try_dequeue_raw(&mut inl)? {
+            Some(p) => self.settle(p, &inl).map(Some),
             None => Ok(None),
         }
     }
 
-    /// [`Queue::try_dequeue`] giving packed packets as they are.
-    fn try_dequeue_raw(&self) -> Result<Option<Slot>> {
+    /// The value a packet taken out stands for, as a slot a handle can hold:
+    /// a packed packet built into objects ([`Values::unpack`]), an inline
+    /// one built from its bytes (checked first). Consumes the packet's
+    /// reference even when it fails. Call inside `values.busy()`.
+    fn settle(&self, p: Packet, inl: &[u8]) -> Result<Slot> {
+        match p {
+            Packet::Slot(s) => self.values.unpack(s),
+            Packet::Inline(r) => {
+                let bytes = &inl[r];
+                check_inline(bytes)?;
+                // (under one hold of the pool lock, as unpack builds)
+                self.values.with_pool_held(|v| v.store_wire(bytes))
+            }
+            Packet::Damaged(e) => Err(e),
+        }
+    }
+
+    /// Give back the references of packets taken out (inline packets hold
+    /// none).
+    fn release_packets(&self, ps: &[Packet]) -> Result<()> {
+        let slots: Vec<Slot> = ps
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Slot(s) => Some(*s),
+                Packet::Inline(_) | Packet::Damaged(_) => None,
+            })
+            .collect();
+        self.values.release_many(&slots)
+    }
+
+    /// Take the packet at position `head` out, under the lock: read its
+    /// slot, copy an inline packet's encoding onto `inl` and give its ring
+    /// bytes back, and empty the slot; the caller then moves head on. None:
+    /// the slot was empty (left by a dequeuer that died between emptying it
+    /// and moving head). On an error nothing has changed (a slot that does
+    /// not read stays where it is; an inline packet whose record does not
+    /// check out is taken, as [`Packet::Damaged`]).
+    fn take_at(&self, head: u64, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+        let at = self.slot_of(head, head)?;
+        let slot = read_packet_slot(self.values, at)?;
+        let (p, ring_end) = match slot.tag {
+            S_EMPTY => (None, None),
+            T_INLINE => match self.copy_inline(head, slot.bits, inl) {
+                Ok((range, end)) => (Some(Packet::Inline(range)), Some(end)),
+                // (its ring bytes come back once a later record is taken,
+                // or the queue is seen empty)
+                Err(e) => (Some(Packet::Damaged(e)), None),
+            },
+            _ => (Some(Packet::Slot(slot)), None),
+        };
+        Slot::EMPTY.write_at(self.values, at)?;
+        if let Some(end) = ring_end {
+            // Records are dequeued in the order they were written, so this
+            // one is the oldest still in the ring: all before its end is free.
+            self.header.ring_read.store(end, Relaxed);
+        }
+        Ok(p)
+    }
+
+    /// Copy the encoding of the inline packet at ring position `pos`, the
+    /// packet at queue position `head`, onto `inl`; returns where it is in
+    /// `inl` and where its record ends in the ring. Every bound is checked
+    /// against the ring's counters and the record's stamp.
+    fn copy_inline(
+        &self,
+        head: u64,
+        pos: u64,
+        inl: &mut Vec<u8>,
+    ) -> Result<(std::ops::Range<usize>, u64)> {
+        let h = self.header;
+        let (read, write) = (h.ring_read.load(Relaxed), h.ring_write.load(Relaxed));
+        let bad = |why: &str| {
+            Error::corrupt(format!(
+                "queue at {}: the inline packet at ring position {pos} {why}",
+                self.off
+            ))
+        };
+        if !pos.is_multiple_of(8) || pos < read || pos > write || write - pos < RECORD_HEADER {
+            return Err(bad(&format!(
+                "is outside the ring's live bytes {read}..{write}"
+            )));
+        }
+        let off = pos & (self.ring_size - 1);
+        let span = self.values.pool().span();
+        let word = span.u64_at(self.ring + off)?.load(Relaxed);
+        let (len, stamp) = (word & 0xffff_ffff, (word >> 32) as u32);
+        if stamp != head as u32 {
+            return Err(bad("was written for another packet"));
+        }
+        let end = pos + record_len(len);
+        if len > INLINE_MAX as u64 || off + RECORD_HEADER + len > self.ring_size || end > write {
+            return Err(bad(&format!("has a bad length {len}")));
+        }
+        let start = inl.len();
+        inl.resize(start + len as usize, 0);
+        span.read(self.ring + off + RECORD_HEADER, &mut inl[start..])?;
+        Ok((start..inl.len(), end))
+    }
+
+    /// [`Queue::try_dequeue`] giving packed packets as they are (and inline
+    /// ones as their bytes, appended to `inl`).
+    fn try_dequeue_raw(&self, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
         let g = self.lock();
         let h = self.header;
         let start = h.head.load(Relaxed);
@@ -431,17 +674,15 @@ impl<'a> Queue<'a> {
                 }
                 return Ok(None);
             }
-            let at = self.slot_of(head, head)?;
-            let slot = Slot::read_at(self.values, at)?;
-            Slot::EMPTY.write_at(self.values, at)?;
+            let p = self.take_at(head, inl)?;
             h.head.store(head + 1, Relaxed);
-            if slot.tag == S_EMPTY {
+            let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
-            }
+            };
             drop(g);
             self.signal(WaitFor::NotFull, was_full, 1);
-            return Ok(Some(slot));
+            return Ok(Some(p));
         }
         Err(Error::corrupt(format!(
             "queue at {}: more empty slots than its capacity {}",
@@ -501,6 +742,115 @@ impl<'a> Queue<'a> {
         Ok(n)
     }
 
+    /// Enqueue encodings as inline packets, copied into the byte ring, as
+    /// many as there is room for in both the queue and the ring, under one
+    /// hold of the lock and without waiting. Returns how many went in (a
+    /// prefix) and whether the ring's room was what stopped it (the rest
+    /// may then go through the pool). Each must be a checked encoding of at
+    /// most [`INLINE_MAX`] bytes with no references ([`next_inline`]).
+    ///
+    /// Per packet: the record (its length and stamp, then the encoding)
+    /// goes into the ring, `ring_write` moves past it, the slot names it,
+    /// then `tail` moves on. A process killed part way leaves published
+    /// packets whole and at worst ring bytes no packet names, which the
+    /// ring gets back when a later record is dequeued or the queue is empty.
+    fn try_enqueue_inline(&self, encs: &[&[u8]]) -> Result<(usize, bool)> {
+        if encs.is_empty() {
+            return Ok((0, false));
+        }
+        let g = self.lock();
+        let h = self.header;
+        let (head, mut tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        self.check_state(head, tail)?;
+        let room = encs.len().min((self.capacity - (tail - head)) as usize);
+        if tail.checked_add(room as u64).is_none() {
+            return Err(Error::corrupt(format!(
+                "queue at {}: its tail counter is at the end of its range",
+                self.off
+            )));
+        }
+        let mut write = h.ring_write.load(Relaxed);
+        let read = if head == tail {
+            // Nothing queued, so no record is live: the whole ring is free
+            // (this also takes back bytes a killed producer left).
+            h.ring_read.store(write, Relaxed);
+            write
+        } else {
+            h.ring_read.load(Relaxed)
+        };
+        if !write.is_multiple_of(8) || write < read || write - read > self.ring_size {
+            return Err(Error::corrupt(format!(
+                "queue at {}: its byte ring counters {read} and {write} contradict its size {}",
+                self.off, self.ring_size
+            )));
+        }
+        let span = self.values.pool().span();
+        let (mut n, mut ring_full) = (0, false);
+        for enc in &encs[..room] {
+            let len = enc.len() as u64;
+            let rec = record_len(len);
+            // A record never wraps: one that would cross the ring's end
+            // starts at its beginning instead.
+            let off = write & (self.ring_size - 1);
+            let pos = if off + rec > self.ring_size {
+                write + (self.ring_size - off)
+            } else {
+                write
+            };
+            let end = match pos.checked_add(rec) {
+                Some(end) if end - read <= self.ring_size => end,
+                Some(_) => {
+                    ring_full = true;
+                    break;
+                }
+                None => {
+                    return Err(Error::corrupt(format!(
+                        "queue at {}: its byte ring counter is at the end of its range",
+                        self.off
+                    )))
+                }
+            };
+            let at = self.ring + (pos & (self.ring_size - 1));
+            let wrote = span
+                .u64_at(at)
+                .map(|w| w.store(len | (tail as u32 as u64) << 32, Relaxed))
+                .and_then(|()| span.write(at + RECORD_HEADER, enc));
+            if let Err(e) = wrote {
+                if n == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            // Past the record before it is published: a producer killed
+            // after publishing must not leave its bytes to be written over.
+            h.ring_write.store(end, Relaxed);
+            write = end;
+            let slot = Slot {
+                tag: T_INLINE,
+                bits: pos,
+            };
+            if let Err(e) = slot.write_at(self.values, self.slot_for_enqueue(head, tail)) {
+                if n == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            tail += 1;
+            h.tail.store(tail, Relaxed);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok((0, ring_full));
+        }
+        let depth = tail - head;
+        if depth > h.high_water.load(Relaxed) {
+            h.high_water.store(depth, Relaxed);
+        }
+        drop(g);
+        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
+        Ok((n, ring_full))
+    }
+
     /// Dequeue up to `max` packets without waiting, under one hold of the
     /// lock, appending them to `out` (their references are the caller's,
     /// unrecorded); returns how many. An error is returned only if nothing
@@ -510,33 +860,39 @@ impl<'a> Queue<'a> {
     /// `values.busy()` and record or release what comes out before the mark
     /// ends: prefer [`Queue::dequeue_many_then`].
     pub fn try_dequeue_many(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
-        let start = out.len();
-        let got = self.try_dequeue_many_raw(max, out)?;
-        self.unpack_from(out, start)?;
-        Ok(got)
+        let (mut ps, mut inl) = (Vec::new(), Vec::new());
+        self.try_dequeue_many_raw(max, &mut ps, &mut inl)?;
+        let slots = self.settle_all(ps, &inl)?;
+        out.extend_from_slice(&slots);
+        Ok(slots.len())
     }
 
-    /// Build the packed packets of `out[start..]` into real objects in
-    /// place; on a failure, release them all, truncate `out` back to `start`
-    /// and return the error.
-    fn unpack_from(&self, out: &mut Vec<Slot>, start: usize) -> Result<()> {
-        for i in start..out.len() {
-            match self.values.unpack(out[i]) {
-                Ok(s) => out[i] = s,
+    /// [`Queue::settle`] every packet of a batch; on a failure, release
+    /// them all (those settled and those not yet) and return the error.
+    fn settle_all(&self, ps: Vec<Packet>, inl: &[u8]) -> Result<Vec<Slot>> {
+        let mut out = Vec::with_capacity(ps.len());
+        for (i, p) in ps.iter().enumerate() {
+            match self.settle(p.clone(), inl) {
+                Ok(s) => out.push(s),
                 Err(e) => {
-                    // (unpack consumed out[i] itself)
-                    let _ = self.values.release_many(&out[start..i]);
-                    let _ = self.values.release_many(&out[i + 1..]);
-                    out.truncate(start);
+                    // (settle consumed ps[i] itself)
+                    let _ = self.values.release_many(&out);
+                    let _ = self.release_packets(&ps[i + 1..]);
                     return Err(e);
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
-    /// [`Queue::try_dequeue_many`] giving packed packets as they are.
-    fn try_dequeue_many_raw(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
+    /// [`Queue::try_dequeue_many`] giving packed packets as they are (and
+    /// inline ones as their bytes, appended to `inl`).
+    fn try_dequeue_many_raw(
+        &self,
+        max: usize,
+        out: &mut Vec<Packet>,
+        inl: &mut Vec<u8>,
+    ) -> Result<usize> {
         if max == 0 {
             return Ok(0);
         }
@@ -550,19 +906,16 @@ impl<'a> Queue<'a> {
         while got < max && head != tail {
             // Per packet as in try_dequeue: take it out, empty the slot, then
             // move head, so a packet is never delivered twice.
-            let slot = match self.slot_of(head, head).and_then(|at| {
-                let s = Slot::read_at(self.values, at)?;
-                Slot::EMPTY.write_at(self.values, at).map(|()| s)
-            }) {
-                Ok(s) => s,
+            let p = match self.take_at(head, inl) {
+                Ok(p) => p,
                 Err(e) if taken == 0 => return Err(e),
                 Err(_) => break,
             };
             head += 1;
             h.head.store(head, Relaxed);
             taken += 1;
-            if slot.tag != S_EMPTY {
-                out.push(slot);
+            if let Some(p) = p {
+                out.push(p);
                 got += 1;
             }
         }
@@ -590,35 +943,34 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         take: impl FnOnce(Vec<Slot>) -> T,
     ) -> Result<T> {
-        self.dequeue_many_raw_then(max, timeout, |mut slots| {
-            self.unpack_from(&mut slots, 0)?;
-            Ok(take(slots))
-        })?
+        self.dequeue_many_raw_then(max, timeout, |ps, inl| Ok(take(self.settle_all(ps, inl)?)))?
     }
 
-    /// [`Queue::dequeue_many_then`] giving packed packets as they are.
+    /// [`Queue::dequeue_many_then`] giving packed packets as they are, and
+    /// inline ones as their bytes (ranges of the buffer `take` gets too).
     fn dequeue_many_raw_then<T>(
         &self,
         max: usize,
         timeout: Option<Duration>,
-        take: impl FnOnce(Vec<Slot>) -> T,
+        take: impl FnOnce(Vec<Packet>, &[u8]) -> T,
     ) -> Result<T> {
         if max == 0 {
-            return Ok(take(Vec::new()));
+            return Ok(take(Vec::new(), &[]));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
-                let mut slots = Vec::with_capacity(max.min(self.capacity as usize));
-                if self.try_dequeue_many_raw(max, &mut slots)? > 0 {
-                    return Ok(take(slots));
+                let mut ps = Vec::with_capacity(max.min(self.capacity as usize));
+                let mut inl = Vec::new();
+                if self.try_dequeue_many_raw(max, &mut ps, &mut inl)? > 0 {
+                    return Ok(take(ps, &inl));
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.values.reclaim_if_due();
-                return Ok(take(Vec::new()));
+                return Ok(take(Vec::new(), &[]));
             }
             self.wait(WaitFor::NotEmpty, seen, deadline);
         }
@@ -673,14 +1025,74 @@ impl<'a> Queue<'a> {
     /// uncertain, and a repair finds what it was building).
     pub fn try_enqueue_wire_many(&self, bytes: &[u8], count: usize) -> Result<usize> {
         let _b = self.values.busy();
-        let mut r = crate::value::wire::Reader::new(bytes);
+        let mut r = Reader::new(bytes);
         let mut sent = 0;
+        // Set once the byte ring is out of room: the rest of this call goes
+        // through the pool.
+        let mut ring_full = false;
         while sent < count {
             let room = (self.capacity - self.len()) as usize;
             let n = (count - sent).min(room).min(BATCH);
             if n == 0 {
                 break;
             }
+            // The longest run ahead of values sent inline.
+            let start = r.pos();
+            let mut ends = Vec::new();
+            while !ring_full && ends.len() < n && next_inline(&mut r) {
+                ends.push(r.pos());
+            }
+            if !ends.is_empty() {
+                if sent + ends.len() == count && !r.at_end() {
+                    if sent == 0 {
+                        return Err(Error::invalid("trailing bytes after the encoded values"));
+                    }
+                    break;
+                }
+                let mut encs = Vec::with_capacity(ends.len());
+                let mut at = start;
+                for &e in &ends {
+                    encs.push(&bytes[at..e]);
+                    at = e;
+                }
+                let (k, full) = match self.try_enqueue_inline(&encs) {
+                    Ok(x) => x,
+                    Err(e) if sent == 0 => return Err(e),
+                    Err(_) => break,
+                };
+                sent += k;
+                if k < ends.len() {
+                    r.rewind(if k == 0 { start } else { ends[k - 1] });
+                    if !full {
+                        // The queue filled up meanwhile.
+                        break;
+                    }
+                    ring_full = true;
+                }
+                continue;
+            }
+            // Values that do not go inline (or all, with the ring full): as
+            // many as the next value's kind allows, built through the pool.
+            let n = if ring_full {
+                n
+            } else {
+                // (the first is known not to go inline; a value that does
+                // not read ends the run, and fails it)
+                let mut k = 0;
+                while k < n {
+                    if k > 0 && next_inline(&mut r) {
+                        break;
+                    }
+                    if r.skip_value().is_err() {
+                        // (in the run, so the run fails whole)
+                        k += 1;
+                        break;
+                    }
+                    k += 1;
+                }
+                r.rewind(start);
+                k
+            };
             let last = sent + n == count;
             let built = self.values.with_pool_held(|v| {
                 let mut slots = Vec::with_capacity(n);
@@ -796,24 +1208,37 @@ impl<'a> Queue<'a> {
         let values = self.values;
         // Packed packets are copied out as they are (checked unless the
         // caller checks), not built.
-        self.dequeue_many_raw_then(max, timeout, |slots| {
+        self.dequeue_many_raw_then(max, timeout, |ps, inl| {
             let mut copied = Ok(());
-            for &s in &slots {
+            for p in &ps {
                 // (the mark of dequeue_many_then covers the copy too)
-                copied = match ends.as_deref_mut() {
-                    Some(ends) => values
-                        .emit_packet_unchecked(s, w)
+                copied = match (p, ends.as_deref_mut()) {
+                    (Packet::Slot(s), Some(ends)) => values
+                        .emit_packet_unchecked(*s, w)
                         .map(|_| ends.push(w.buf.len())),
-                    None => values.emit_owned(s, w, 0),
+                    (Packet::Slot(s), None) => values.emit_owned(*s, w, 0),
+                    // An inline packet's bytes as they are: the caller
+                    // checks them (shape_code_packets), or they are checked
+                    // here.
+                    (Packet::Inline(r), Some(ends)) => {
+                        w.buf.extend_from_slice(&inl[r.clone()]);
+                        ends.push(w.buf.len());
+                        Ok(())
+                    }
+                    (Packet::Inline(r), None) => check_inline(&inl[r.clone()]).map(|seen| {
+                        w.non_ascii |= seen.non_ascii;
+                        w.buf.extend_from_slice(&inl[r.clone()]);
+                    }),
+                    (Packet::Damaged(e), _) => Err(e.clone()),
                 };
                 if copied.is_err() {
                     break;
                 }
             }
-            let released = values.release_many(&slots);
+            let released = self.release_packets(&ps);
             copied?;
             released?;
-            Ok(slots.len())
+            Ok(ps.len())
         })?
     }
 
@@ -961,23 +1386,25 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         mut take: impl FnMut(Slot) -> T,
     ) -> Result<Option<T>> {
-        self.dequeue_raw_then(timeout, |s| self.values.unpack(s).map(&mut take))?
+        self.dequeue_raw_then(timeout, |p, inl| self.settle(p, inl).map(&mut take))?
             .transpose()
     }
 
-    /// [`Queue::dequeue_then`] giving a packed packet as it is.
+    /// [`Queue::dequeue_then`] giving a packed packet as it is, and an
+    /// inline one as its bytes (a range of the buffer `take` gets too).
     fn dequeue_raw_then<T>(
         &self,
         timeout: Option<Duration>,
-        mut take: impl FnMut(Slot) -> T,
+        mut take: impl FnMut(Packet, &[u8]) -> T,
     ) -> Result<Option<T>> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut inl = Vec::new();
         loop {
             let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
-                if let Some(s) = self.try_dequeue_raw()? {
-                    return Ok(Some(take(s)));
+                if let Some(p) = self.try_dequeue_raw(&mut inl)? {
+                    return Ok(Some(take(p, &inl)));
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -1004,18 +1431,17 @@ impl<'a> Queue<'a> {
         self.enqueue_recorded(v.slot(), held, timeout)
     }
 
-    /// Store `v` and enqueue it; on timeout the stored copy is released again.
+    /// Enqueue a copy of `v`, waiting up to `timeout` for room (None:
+    /// forever); false on timeout. As [`Queue::enqueue_wire_many`] of its
+    /// encoding: inline if small, else stored in the pool, and nothing is
+    /// built while it waits.
     pub fn enqueue_value(
         &self,
         v: &crate::value::Value,
         timeout: Option<Duration>,
     ) -> Result<bool> {
-        let (slot, held) = {
-            let _b = self.values.busy();
-            let slot = self.values.store_packet(&v.encode()?)?;
-            (slot, self.values.hold(slot))
-        };
-        self.enqueue_recorded(slot, held, timeout)
+        // (inline if small, else stored; nothing is built while it waits)
+        Ok(self.enqueue_wire_many(&v.encode()?, 1, timeout)? == 1)
     }
 
     /// Dequeue and deep-copy the packet out (its reference is released); a
@@ -1023,11 +1449,15 @@ impl<'a> Queue<'a> {
     /// building objects. The copy is made inside the mark of the dequeue.
     pub fn dequeue_value(&self, timeout: Option<Duration>) -> Result<Option<crate::value::Value>> {
         let values = self.values;
-        let wire = self.dequeue_raw_then(timeout, |s| {
-            let mut w = crate::value::wire::Writer::default();
-            let copied = values.emit_owned(s, &mut w, 0);
-            let released = values.release(s);
-            copied.and(released).map(|()| w.buf)
+        let wire = self.dequeue_raw_then(timeout, |p, inl| match p {
+            Packet::Slot(s) => {
+                let mut w = Writer::default();
+                let copied = values.emit_owned(s, &mut w, 0);
+                let released = values.release(s);
+                copied.and(released).map(|()| w.buf)
+            }
+            Packet::Inline(r) => check_inline(&inl[r.clone()]).map(|_| inl[r].to_vec()),
+            Packet::Damaged(e) => Err(e),
         })?;
         match wire {
             Some(buf) => crate::value::Value::decode(&buf?).map(Some),
@@ -1043,19 +1473,26 @@ impl<'a> Queue<'a> {
         self.check_state(head, tail)?;
         let mut slots = Vec::new();
         for i in head..tail {
-            let s = Slot::read_at(self.values, self.slot_of(head, i)?)?;
+            // (an inline packet holds no object)
+            let s = read_packet_slot(self.values, self.slot_of(head, i)?)?;
             if s.is_object() {
                 slots.push(s);
             }
         }
-        Ok((vec![self.block()?, self.slots], slots))
+        let ring = self.ring - RING_START;
+        Ok((vec![self.block()?, self.slots, ring], slots))
     }
 
     /// Release every packet still queued (when a queue is torn down).
     pub fn drain(&self) -> Result<u64> {
         let mut n = 0;
-        while let Some(s) = self.try_dequeue_raw()? {
-            self.values.release(s)?;
+        let mut inl = Vec::new();
+        while let Some(p) = self.try_dequeue_raw(&mut inl)? {
+            // (a damaged inline packet is dropped as it is taken)
+            if let Packet::Slot(s) = p {
+                self.values.release(s)?;
+            }
+            inl.clear();
             n += 1;
         }
         Ok(n)

@@ -71,10 +71,17 @@ fn child_hoard(name: &str) {
     let got = q.dequeue_shared(Some(GUARD)).unwrap().expect("a packet");
     say("held", held.len() + 1);
     // Once the parent has refilled the pipe (capacity 1), this blocks with
-    // its packet recorded until the parent kills us.
+    // its packet recorded until the parent kills us. (Stored first, as a
+    // value too large to go inline is: enqueue_value of a small one would
+    // build nothing while it waits.)
     await_cue("go");
     say("blocking", 1);
-    let _ = q.enqueue_value(&big_value(-1), Some(GUARD * 2));
+    let (slot, held_packet) = {
+        let _b = v.busy();
+        let slot = v.store_packet(&big_value(-1).encode().unwrap()).unwrap();
+        (slot, v.hold(slot))
+    };
+    let _ = q.enqueue_recorded(slot, held_packet, Some(GUARD * 2));
     drop((held, got));
 }
 

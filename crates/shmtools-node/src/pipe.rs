@@ -118,28 +118,21 @@ impl NativeQueue {
         })
     }
 
-    /// Store the encoded value and enqueue it, waiting up to `timeout_ms`
-    /// (undefined: forever; 0: not at all). False if there was no room; the
-    /// stored copy is then released again.
+    /// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
+    /// forever; 0: not at all). False if there was no room. A small value
+    /// is copied into the pipe's byte ring; a larger one is stored in the
+    /// pool (packed if it can be). Nothing is built while it waits.
     #[napi(catch_unwind)]
     pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
         let t = timeout(timeout_ms)?;
         let q = self.queue()?;
-        // A try (no wait) on a full pipe: say so before building the value,
-        // rather than build it and free it again (the async form retries
-        // this way on every wake-up). The real enqueue still rechecks.
+        // A try (no wait) on a full pipe: say so before reading the value
+        // (the async form retries this way on every wake-up). The real
+        // enqueue still rechecks.
         if t == Some(Duration::ZERO) && q.len() >= q.capacity() {
             return Ok(false);
         }
-        let v = q.values();
-        let (slot, held) = {
-            let _b = v.busy();
-            // A small table or list goes in packed (see store_packet).
-            let slot = v.store_packet(&wire).map_err(js)?;
-            (slot, v.hold(slot))
-        };
-        // Consumes the stored copy: released again unless it went in.
-        q.enqueue_recorded(slot, held, t).map_err(js)
+        Ok(q.enqueue_wire_many(&wire, 1, t).map_err(js)? == 1)
     }
 
     /// Enqueue as many of the `count` concatenated encoded values as fit,

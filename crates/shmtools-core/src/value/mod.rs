@@ -62,6 +62,11 @@ pub const SSTR_MAX: usize = 7;
 pub const T_PACKED: u8 = 15;
 /// Largest encoding stored packed; larger values are built as objects.
 pub const PACKED_MAX: usize = 4 << 10;
+/// An inline packet: a queue slot whose value's encoding is in the queue's
+/// byte ring, at the ring position in `bits` (see [`crate::queue`]). Only
+/// ever a queue slot, with no object and no reference: [`Slot::read_at`]
+/// refuses it, so a container never takes one for a value.
+pub const T_INLINE: u8 = 16;
 pub use wire::{
     T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB, T_TYPED, T_UINT,
 };

@@ -97,19 +97,28 @@ fn queue(vals: Values<'_>, cap: u64) -> Queue<'_> {
     Queue::open(vals, Queue::create(vals, cap).unwrap()).unwrap()
 }
 
+/// Store `v` as a queue packet through the pool and enqueue it: the path a
+/// value takes when it does not go inline (over [`crate::queue::INLINE_MAX`],
+/// or with the byte ring out of room). (`enqueue_value` sends small values
+/// inline; see tests/queue_model.rs.)
+fn send_packed(vals: Values<'_>, q: &Queue<'_>, v: &Value) {
+    let slot = vals.store_packet(&v.encode().unwrap()).unwrap();
+    assert!(q.enqueue(slot, NOW).unwrap());
+}
+
 #[test]
 fn small_tables_and_lists_go_in_packed_and_the_rest_as_objects() {
     let sc = Scratch::new("packed-which", 4 << 20);
     let vals = sc.values();
     let q = queue(vals, 16);
     for v in packed_cases() {
-        assert!(q.enqueue_value(&v, NOW).unwrap());
+        send_packed(vals, &q, &v);
         let p = packets(&q);
         assert_eq!(p.last().unwrap().tag, T_PACKED, "{v:?}");
         q.drain().unwrap();
     }
     for v in unpacked_cases() {
-        assert!(q.enqueue_value(&v, NOW).unwrap());
+        send_packed(vals, &q, &v);
         let p = packets(&q);
         // (a scalar packet is no object, so parts() lists nothing)
         assert!(p.iter().all(|s| s.tag != T_PACKED), "{v:?}");
@@ -237,7 +246,7 @@ fn damaged(vals: Values<'_>, q: &Queue<'_>, v: &Value, f: &dyn Fn(&mut Vec<u8>, 
     let mut errors = 0;
     let mut failed = [false; 5];
     for (form, failed) in failed.iter_mut().enumerate() {
-        assert!(q.enqueue_value(v, NOW).unwrap());
+        send_packed(vals, q, v);
         let p = *packets(q).last().unwrap();
         assert_eq!(p.tag, T_PACKED);
         let (off, n) = vals.data(p).unwrap();
@@ -329,7 +338,7 @@ fn a_damaged_packed_packet_is_corrupt_in_every_dequeue_form_and_is_freed() {
     }
     assert!(errors > 0, "some random damage was caught");
     // damage to the header: a length past its block
-    assert!(q.enqueue_value(&v, NOW).unwrap());
+    send_packed(vals, &q, &v);
     let p = *packets(&q).last().unwrap();
     vals.header_at(p.bits)
         .unwrap()
@@ -343,7 +352,7 @@ fn a_packed_object_is_no_value_a_caller_can_name() {
     let sc = Scratch::new("packed-name", 1 << 20);
     let vals = sc.values();
     let q = queue(vals, 4);
-    assert!(q.enqueue_value(&every_kind(), NOW).unwrap());
+    send_packed(vals, &q, &every_kind());
     let p = *packets(&q).last().unwrap();
     assert_eq!(
         vals.slot_of(p.bits).unwrap_err().code(),
@@ -352,26 +361,29 @@ fn a_packed_object_is_no_value_a_caller_can_name() {
     q.drain().unwrap();
 }
 
-/// A batch whose values are one block each (small tables and lists, bytes)
-/// gets them carved back to back; other values break the run and are built
-/// as before; a bad value in a run leaves nothing behind; and a pool with no
-/// free block large enough for the whole run stores it block by block.
+/// A batch whose values are one block each (tables and lists up to
+/// PACKED_MAX, bytes), too large to go inline, gets them carved back to
+/// back; other values (and small ones, sent inline) break the run and are
+/// built as before; a bad value in a run leaves nothing behind; and a pool
+/// with no free block large enough for the whole run stores it block by
+/// block.
 #[test]
 fn runs_of_one_block_values_are_carved_back_to_back_and_come_back_the_same() {
     let sc = Scratch::new("packed-runs", 4 << 20);
     let vals = sc.values();
     let q = queue(vals, 64);
     let before = base(&vals);
+    let big = crate::queue::INLINE_MAX;
     let row = |i: i64| {
         Value::Tab(vec![
             (Key::Str("seq".into()), Value::Int(i)),
-            (Key::Str("payload".into()), s(&"x".repeat(32))),
+            (Key::Str("payload".into()), s(&"x".repeat(big))),
         ])
     };
     let cases = vec![
         row(1),
-        Value::Bytes(vec![1; 64]),
-        Value::Bytes(vec![]),
+        Value::Bytes(vec![1; big + 1]),
+        Value::Bytes(vec![9; big + 64]),
         row(2),
         Value::Int(5),
         row(3),
@@ -399,16 +411,31 @@ fn runs_of_one_block_values_are_carved_back_to_back_and_come_back_the_same() {
     assert_eq!(base(&vals), before);
 
     // A bad value inside a run: an error, and nothing of the batch is left.
-    let mut bad: Vec<u8> = [row(1), Value::Bytes(vec![3; 8])]
+    let mut bad: Vec<u8> = [row(1), Value::Bytes(vec![3; big + 8])]
         .iter()
         .flat_map(|v| v.encode().unwrap())
         .collect();
+    let cut = bad.len();
     bad.extend([T_BYTES, 0xff, 0xff, 0, 0]); // claims 65535 bytes
     assert_eq!(
         q.try_enqueue_wire_many(&bad, 3).unwrap_err().code(),
         ErrorCode::InvalidArg
     );
     assert_eq!(q.len(), 0);
+    assert_eq!(base(&vals), before);
+    // After a small value that went inline, the bad one ends the call with
+    // the count sent so far, and a retry with the rest meets the error.
+    let mut mixed = Value::Bytes(vec![3; 8]).encode().unwrap();
+    let first = mixed.len();
+    mixed.extend_from_slice(&bad[cut..]);
+    assert_eq!(q.try_enqueue_wire_many(&mixed, 2).unwrap(), 1);
+    assert_eq!(
+        q.try_enqueue_wire_many(&mixed[first..], 1)
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArg
+    );
+    assert_eq!(q.drain().unwrap(), 1);
     assert_eq!(base(&vals), before);
 
     // Fragment the pool so that no free block holds 40 rows at once.
@@ -421,7 +448,7 @@ fn runs_of_one_block_values_are_carved_back_to_back_and_come_back_the_same() {
     for (_, &p) in &free {
         pool.free(p).unwrap();
     }
-    assert!(pool.stats().unwrap().largest_free < 40 * 112);
+    assert!(pool.stats().unwrap().largest_free < 40 * big as u64);
     let rows: Vec<Value> = (0..40).map(row).collect();
     let bytes: Vec<u8> = rows.iter().flat_map(|v| v.encode().unwrap()).collect();
     assert_eq!(
