@@ -249,16 +249,20 @@ fn check_inline(bytes: &[u8]) -> Result<Skipped> {
 }
 
 /// Read a queue slot: an inline packet's slot as it is (its position is
-/// checked when it is taken), anything else through [`Slot::read_at`].
+/// checked when it is taken), any other checked as [`Slot::read_at`] checks
+/// it. The tag is read once: [`Queue::open`] reads a slot without the lock,
+/// while a producer may be writing it.
 fn read_packet_slot(values: Values<'_>, at: u64) -> Result<Slot> {
     let span = values.pool().span();
-    if span.u64_at(at)?.load(Relaxed) == T_INLINE as u64 {
+    let tag = span.u64_at(at)?.load(Relaxed);
+    let bits = span.u64_at(at + 8)?.load(Relaxed);
+    if tag == T_INLINE as u64 {
         return Ok(Slot {
             tag: T_INLINE,
-            bits: span.u64_at(at + 8)?.load(Relaxed),
+            bits,
         });
     }
-    Slot::read_at(values, at)
+    Slot::from_words(tag, bits, at)
 }
 
 impl<'a> Queue<'a> {
@@ -642,7 +646,7 @@ impl<'a> Queue<'a> {
         if stamp != head as u32 {
             return Err(bad("was written for another packet"));
         }
-        let end = pos + record_len(len);
+        let end = pos.saturating_add(record_len(len));
         if len > INLINE_MAX as u64 || off + RECORD_HEADER + len > self.ring_size || end > write {
             return Err(bad(&format!("has a bad length {len}")));
         }
@@ -792,12 +796,13 @@ impl<'a> Queue<'a> {
             // A record never wraps: one that would cross the ring's end
             // starts at its beginning instead.
             let off = write & (self.ring_size - 1);
-            let pos = if off + rec > self.ring_size {
-                write + (self.ring_size - off)
+            let skip = if off + rec > self.ring_size {
+                self.ring_size - off
             } else {
-                write
+                0
             };
-            let end = match pos.checked_add(rec) {
+            let pos = write.checked_add(skip);
+            let end = match pos.and_then(|p| p.checked_add(rec)) {
                 Some(end) if end - read <= self.ring_size => end,
                 Some(_) => {
                     ring_full = true;
@@ -810,6 +815,7 @@ impl<'a> Queue<'a> {
                     )))
                 }
             };
+            let pos = end - rec;
             let at = self.ring + (pos & (self.ring_size - 1));
             let wrote = span
                 .u64_at(at)

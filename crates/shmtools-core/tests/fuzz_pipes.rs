@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shmtools_core::pipes::ENTRY_SIZE;
-use shmtools_core::queue::QUEUE_BLOCK_SIZE;
+use shmtools_core::queue::{INLINE_MAX, QUEUE_BLOCK_SIZE, RING_START};
 use shmtools_core::value::{SLOT_SIZE, T_PACKED};
 use shmtools_core::{
     AttachOptions, ClientSide, Directory, ErrorCode, Key, PipeInfo, Queue, Slot, Value,
@@ -36,7 +36,10 @@ use shmtools_core::{
 mod common;
 mod fuzz_support;
 
-use common::{create, unique_name, RemoveOnDrop, Rng, Q_BLOCK, Q_FRONT, Q_HEAD, Q_SLOTS, Q_TAIL};
+use common::{
+    create, unique_name, RemoveOnDrop, Rng, Q_BLOCK, Q_FRONT, Q_HEAD, Q_RING, Q_RING_READ,
+    Q_RING_SIZE, Q_RING_WRITE, Q_SLOTS, Q_TAIL,
+};
 use fuzz_support::{canon, carve, finishes, same, scribble, tolerate, Watchdog, READ};
 
 /// The directory and the queues only ever read offsets from the region, so
@@ -54,13 +57,22 @@ const TAKE_READ: &[ErrorCode] = &[
 
 const SIZE: u64 = 256 * 1024;
 
+/// Scalars (in their slot), small values (inline, in the byte ring) and
+/// a table over the inline limit (packed, in a pool block).
 fn packet(i: u64) -> Value {
-    match i % 4 {
+    match i % 5 {
         0 => Value::Int(i as i64),
         1 => Value::Str(format!("packet number {i}, long enough for an object")),
         2 => Value::Tab(vec![
             (Key::Str("seq".into()), Value::UInt(i)),
             (Key::Str("body".into()), Value::Bytes(vec![i as u8; 24])),
+        ]),
+        3 => Value::Tab(vec![
+            (Key::Str("seq".into()), Value::UInt(i)),
+            (
+                Key::Str("body".into()),
+                Value::Bytes(vec![i as u8; INLINE_MAX]),
+            ),
         ]),
         _ => Value::Arr(vec![Value::F64(i as f64), Value::Str("x".into())]),
     }
@@ -167,6 +179,7 @@ proptest! {
         let mut queues = Vec::new();
         let mut slots = Vec::new();
         let mut packed = Vec::new();
+        let mut rings = Vec::new();
         let mut plausible = vec![dir, entries];
         for p in &infos {
             let q = p.queue;
@@ -178,6 +191,17 @@ proptest! {
             let s = word(span, q + Q_SLOTS);
             slots.push((s - 16, s + p.capacity * SLOT_SIZE));
             plausible.extend([q, s]);
+            // the byte ring's block: its magic, and the live records
+            let ring = word(span, q + Q_RING);
+            let (read, write) = (word(span, q + Q_RING_READ), word(span, q + Q_RING_WRITE));
+            let size = word(span, q + Q_RING_SIZE);
+            rings.push((ring - 16, ring + RING_START));
+            if read < write {
+                let (a, b) = (read % size, write % size);
+                let live = if a < b { vec![(a, b)] } else { vec![(a, size), (0, b)] };
+                rings.extend(live.into_iter().map(|(a, b)| (ring + RING_START + a, ring + RING_START + b)));
+            }
+            plausible.extend([ring, read, write]);
             // every ring slot, then the front slot
             let slot_offsets = (0..p.capacity).map(|i| s + i * SLOT_SIZE).chain([q + Q_FRONT]);
             for at in slot_offsets {
@@ -198,7 +222,8 @@ proptest! {
                 0..=1 => &dir_header,
                 2..=3 => &entry_block,
                 4..=7 => &queues,
-                8..=9 if !packed.is_empty() => &packed,
+                8 if !packed.is_empty() => &packed,
+                9 => &rings,
                 _ => &slots,
             };
             did.push(scribble(span, &mut rng, ranges, &plausible));

@@ -132,6 +132,12 @@ impl Slot {
     fn read(span: Span<'_>, off: u64) -> Result<Slot> {
         let tag = span.u64_at(off)?.load(Ordering::Relaxed);
         let bits = span.u64_at(off + 8)?.load(Ordering::Relaxed);
+        Slot::from_words(tag, bits, off)
+    }
+
+    /// A slot from the two words read at `off`, checking the tag (the one
+    /// read, once: another process may be rewriting the slot meanwhile).
+    pub(crate) fn from_words(tag: u64, bits: u64, off: u64) -> Result<Slot> {
         if tag > T_TYPED as u64 && tag != T_SSTR as u64 && tag != T_PACKED as u64 {
             return Err(Error::corrupt(format!(
                 "slot at {off} has an unknown tag {tag}"

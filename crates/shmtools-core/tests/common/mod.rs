@@ -28,6 +28,10 @@ pub const Q_FRONT_POS: u64 = std::mem::offset_of!(QueueHeader, front_pos) as u64
 pub const Q_FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
 pub const Q_SLOTS: u64 = std::mem::offset_of!(QueueHeader, slots) as u64;
 pub const Q_BLOCK: u64 = std::mem::offset_of!(QueueHeader, block) as u64;
+pub const Q_RING_WRITE: u64 = std::mem::offset_of!(QueueHeader, ring_write) as u64;
+pub const Q_RING_READ: u64 = std::mem::offset_of!(QueueHeader, ring_read) as u64;
+pub const Q_RING: u64 = std::mem::offset_of!(QueueHeader, ring) as u64;
+pub const Q_RING_SIZE: u64 = std::mem::offset_of!(QueueHeader, ring_size) as u64;
 
 /// The role a child process plays (the variable that makes it a child).
 pub const ROLE: &str = "SHMT_CHILD_ROLE";

@@ -1,0 +1,358 @@
+//! The queue's byte ring, in one process: small values go inline (their
+//! encoding copied into the ring, no pool block), larger ones and ones met
+//! with the ring out of room go through the pool, and every dequeue form
+//! gives them all back in order; bytes a killed producer left in the ring
+//! come back; and damage to the ring's counters, links or records is
+//! ERR_SHM_CORRUPT, with a damaged record taken out so the pipe goes on.
+//!
+//! Many processes at once on inline packets: chaos.rs and
+//! pipes_cross_process.rs (their messages are small enough to go inline).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shmtools_core::queue::{ring_size_for, INLINE_MAX, RING_START};
+use shmtools_core::value::wire::Writer;
+use shmtools_core::value::{T_INLINE, T_PACKED};
+use shmtools_core::{Directory, ErrorCode, Key, Queue, Region, Value};
+
+mod common;
+
+use common::{
+    baseline, create, unique_name, RemoveOnDrop, Rng, Q_FRONT, Q_FRONT_POS, Q_HEAD, Q_RING,
+    Q_RING_READ, Q_RING_SIZE, Q_RING_WRITE, Q_SLOTS, Q_TAIL,
+};
+
+const NOW: Option<Duration> = Some(Duration::ZERO);
+
+fn word(q: &Queue<'_>, field: u64) -> u64 {
+    q.values()
+        .pool()
+        .span()
+        .u64_at(q.offset() + field)
+        .unwrap()
+        .load(Ordering::Relaxed)
+}
+
+fn set_word(q: &Queue<'_>, field: u64, v: u64) {
+    q.values()
+        .pool()
+        .span()
+        .u64_at(q.offset() + field)
+        .unwrap()
+        .store(v, Ordering::Relaxed)
+}
+
+/// The slot (tag, bits) holding the packet at the head.
+fn head_slot(q: &Queue<'_>) -> (u64, u64) {
+    let span = q.values().pool().span();
+    let head = word(q, Q_HEAD);
+    let at = if word(q, Q_FRONT_POS) == head {
+        q.offset() + Q_FRONT
+    } else {
+        word(q, Q_SLOTS) + (head % q.capacity()) * 16
+    };
+    let get = |o: u64| span.u64_at(o).unwrap().load(Ordering::Relaxed);
+    (get(at), get(at + 8))
+}
+
+/// A message of `n` payload bytes, numbered `i`.
+fn message(i: u64, n: usize) -> Value {
+    Value::Tab(vec![
+        (Key::Str("seq".into()), Value::Int(i as i64)),
+        (
+            Key::Str("payload".into()),
+            Value::Bytes(vec![(i % 251) as u8; n]),
+        ),
+    ])
+}
+
+fn fresh(name: &str, capacity: u64) -> (RemoveOnDrop, Region, u64) {
+    let name = unique_name("qring-", name);
+    let rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 8 << 20);
+    let off = {
+        let dir = Directory::open(&region).unwrap();
+        dir.create("p", capacity).unwrap().0.queue
+    };
+    (rm, region, off)
+}
+
+#[test]
+fn small_values_go_inline_large_ones_through_the_pool_and_all_come_back_in_order() {
+    for capacity in [1u64, 4, 16, 64] {
+        let (_rm, region, off) = fresh(&format!("model-{capacity}"), capacity);
+        let vals = region.values().unwrap();
+        let q = Queue::open(vals, off).unwrap();
+        let ring_size = word(&q, Q_RING_SIZE);
+        assert_eq!(ring_size, ring_size_for(capacity));
+        let before = baseline(&vals);
+        let mut rng = Rng(0x1a11e + capacity);
+        let mut model: VecDeque<Value> = VecDeque::new();
+        let (mut next, mut inline_seen, mut pool_seen) = (0u64, 0, 0);
+        for step in 0..6000 {
+            let ctx = format!("capacity {capacity}, step {step}");
+            // Mostly small (inline), some near the limit (the ring fills),
+            // some over it (packed), some scalars.
+            let size = |rng: &mut Rng| match rng.below(10) {
+                0 => INLINE_MAX + 100,
+                1..=2 => INLINE_MAX - 40,
+                _ => rng.below(200) as usize,
+            };
+            match rng.below(6) {
+                0 | 1 => {
+                    let v = if rng.below(8) == 0 {
+                        Value::Int(next as i64)
+                    } else {
+                        message(next, size(&mut rng))
+                    };
+                    let ok = q.enqueue_value(&v, NOW).unwrap();
+                    assert_eq!(ok, (model.len() as u64) < capacity, "{ctx}");
+                    if ok {
+                        let (tag, _) = {
+                            // the packet just enqueued is the last one
+                            let tail = word(&q, Q_TAIL) - 1;
+                            let span = q.values().pool().span();
+                            let at = if word(&q, Q_FRONT_POS) == tail {
+                                q.offset() + Q_FRONT
+                            } else {
+                                word(&q, Q_SLOTS) + (tail % capacity) * 16
+                            };
+                            (span.u64_at(at).unwrap().load(Ordering::Relaxed), 0)
+                        };
+                        if tag == T_INLINE as u64 {
+                            inline_seen += 1;
+                        } else if tag == T_PACKED as u64 {
+                            pool_seen += 1;
+                        }
+                        model.push_back(v);
+                        next += 1;
+                    }
+                }
+                2 => {
+                    let k = 1 + rng.below(2 * capacity) as usize;
+                    let batch: Vec<Value> = (0..k)
+                        .map(|j| message(next + j as u64, size(&mut rng)))
+                        .collect();
+                    let bytes: Vec<u8> = batch.iter().flat_map(|v| v.encode().unwrap()).collect();
+                    let n = q.try_enqueue_wire_many(&bytes, k).unwrap();
+                    assert_eq!(n, k.min((capacity - model.len() as u64) as usize), "{ctx}");
+                    model.extend(batch.into_iter().take(n));
+                    next += n as u64;
+                }
+                3 => {
+                    let got = q.dequeue_value(NOW).unwrap();
+                    assert_eq!(got, model.pop_front(), "{ctx}");
+                }
+                4 => {
+                    let max = 1 + rng.below(2 * capacity) as usize;
+                    let mut w = Writer::default();
+                    let n = q.dequeue_many_wire(max, NOW, &mut w).unwrap();
+                    let want: Vec<u8> = (0..n)
+                        .flat_map(|_| model.pop_front().unwrap().encode().unwrap())
+                        .collect();
+                    assert_eq!(w.buf, want, "{ctx}");
+                }
+                _ => {
+                    let max = 1 + rng.below(2 * capacity) as usize;
+                    for h in q.dequeue_many_shared(max, NOW).unwrap() {
+                        assert_ne!(h.slot().tag, T_INLINE, "{ctx}: a handle is to objects");
+                        assert_eq!(Some(h.load().unwrap()), model.pop_front(), "{ctx}");
+                    }
+                }
+            }
+            assert_eq!(q.len(), model.len() as u64, "{ctx}");
+            let (read, write) = (word(&q, Q_RING_READ), word(&q, Q_RING_WRITE));
+            assert!(
+                read <= write && write - read <= ring_size,
+                "{ctx}: {read}..{write}"
+            );
+        }
+        assert!(
+            inline_seen > 100,
+            "capacity {capacity}: {inline_seen} inline"
+        );
+        assert!(
+            pool_seen > 10,
+            "capacity {capacity}: {pool_seen} through the pool"
+        );
+        assert!(
+            word(&q, Q_RING_WRITE) > 4 * ring_size,
+            "the ring wrapped round several times"
+        );
+        assert_eq!(q.drain().unwrap(), model.len() as u64);
+        assert_eq!(baseline(&vals), before, "capacity {capacity}");
+        region.pool().unwrap().check().unwrap();
+    }
+}
+
+#[test]
+fn with_the_ring_full_a_batch_goes_on_through_the_pool() {
+    // Capacity 64 gets the smallest ring (8 KiB): seven records near the
+    // inline limit fill it.
+    let (_rm, region, off) = fresh("full", 64);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    assert_eq!(word(&q, Q_RING_SIZE), 8 << 10);
+    let before = baseline(&vals);
+    let batch: Vec<Value> = (0..20).map(|i| message(i, INLINE_MAX - 40)).collect();
+    let bytes: Vec<u8> = batch.iter().flat_map(|v| v.encode().unwrap()).collect();
+    assert_eq!(q.try_enqueue_wire_many(&bytes, 20).unwrap(), 20);
+    let used = (word(&q, Q_RING_WRITE) - word(&q, Q_RING_READ)) / (INLINE_MAX as u64);
+    assert_eq!(used, 7, "seven records in the ring");
+    assert!(
+        baseline(&vals).stats.blocks_used >= before.stats.blocks_used + 13,
+        "the other thirteen in pool blocks"
+    );
+    let mut w = Writer::default();
+    assert_eq!(q.dequeue_many_wire(64, NOW, &mut w).unwrap(), 20);
+    assert_eq!(w.buf, bytes);
+    assert_eq!(baseline(&vals), before);
+    assert_eq!(word(&q, Q_RING_READ), word(&q, Q_RING_WRITE));
+}
+
+#[test]
+fn ring_bytes_a_killed_producer_left_come_back_and_its_packet_never_appears() {
+    let (_rm, region, off) = fresh("killed", 16);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    assert!(q.enqueue_value(&message(1, 100), NOW).unwrap());
+    // A producer that wrote its record and moved ring_write on, then died
+    // before moving tail: the bytes are taken, no packet names them.
+    let hole = 512;
+    set_word(&q, Q_RING_WRITE, word(&q, Q_RING_WRITE) + hole);
+    assert!(q.enqueue_value(&message(2, 100), NOW).unwrap());
+    assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(1, 100)));
+    assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(2, 100)));
+    assert_eq!(q.dequeue_value(NOW).unwrap(), None);
+    // ring_read moved past the hole with the record after it.
+    assert_eq!(word(&q, Q_RING_READ), word(&q, Q_RING_WRITE));
+    // A hole with nothing after it comes back when an enqueue finds the
+    // queue empty.
+    set_word(&q, Q_RING_WRITE, word(&q, Q_RING_WRITE) + hole);
+    assert!(q.enqueue_value(&message(3, 100), NOW).unwrap());
+    let (tag, pos) = head_slot(&q);
+    assert_eq!(tag, T_INLINE as u64);
+    assert_eq!(word(&q, Q_RING_READ), pos, "the whole ring was free");
+    assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(3, 100)));
+}
+
+#[test]
+fn damaged_ring_records_are_corrupt_in_every_dequeue_form_and_the_pipe_goes_on() {
+    let (_rm, region, off) = fresh("damaged", 16);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let span = vals.pool().span();
+    let ring = word(&q, Q_RING) + RING_START;
+    let size = word(&q, Q_RING_SIZE);
+    let before = baseline(&vals);
+    // Each damage: to the head packet's slot bits (a ring position) or to
+    // its record's header word, given the position.
+    type Damage = fn(&Queue<'_>, u64, u64) -> (Option<u64>, Option<u64>);
+    let damages: [(&str, Damage); 6] = [
+        ("a position before ring_read", |q, pos, _| {
+            set_word(q, Q_RING_READ, pos + 8);
+            (None, None)
+        }),
+        ("a position past ring_write", |_, pos, _| {
+            (Some(pos + 4096), None)
+        }),
+        ("a misaligned position", |_, pos, _| (Some(pos + 3), None)),
+        ("a stamp of another packet", |_, _, rec| {
+            (None, Some(rec + (1 << 32)))
+        }),
+        ("a length past ring_write", |_, _, rec| {
+            (None, Some(rec + 600))
+        }),
+        ("a length over the inline limit", |_, _, rec| {
+            (None, Some((rec & !0xffff_ffff) | (INLINE_MAX as u64 + 8)))
+        }),
+    ];
+    for form in 0..4 {
+        for (what, damage) in damages {
+            let ctx = format!("form {form}, {what}");
+            assert!(q.enqueue_value(&message(1, 100), NOW).unwrap());
+            assert!(q.enqueue_value(&message(2, 100), NOW).unwrap());
+            let (tag, pos) = head_slot(&q);
+            assert_eq!(tag, T_INLINE as u64, "{ctx}");
+            let rec_at = ring + (pos & (size - 1));
+            let rec = span.u64_at(rec_at).unwrap().load(Ordering::Relaxed);
+            let (new_pos, new_rec) = damage(&q, pos, rec);
+            if let Some(p) = new_pos {
+                let head = word(&q, Q_HEAD);
+                let at = if word(&q, Q_FRONT_POS) == head {
+                    q.offset() + Q_FRONT
+                } else {
+                    word(&q, Q_SLOTS) + (head % 16) * 16
+                };
+                span.u64_at(at + 8).unwrap().store(p, Ordering::Relaxed);
+            }
+            if let Some(r) = new_rec {
+                span.u64_at(rec_at).unwrap().store(r, Ordering::Relaxed);
+            }
+            let err = match form {
+                0 => q.dequeue_value(NOW).map(|_| ()),
+                1 => q.dequeue_shared(NOW).map(|_| ()),
+                2 => q
+                    .dequeue_many_wire(1, NOW, &mut Writer::default())
+                    .map(|_| ()),
+                _ => q.dequeue_many_shared(1, NOW).map(|_| ()),
+            }
+            .unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Corrupt, "{ctx}: {err}");
+            assert_eq!(q.len(), 1, "{ctx}: the damaged packet was taken out");
+            assert_eq!(
+                q.dequeue_value(NOW).unwrap(),
+                Some(message(2, 100)),
+                "{ctx}: the next comes out whole"
+            );
+            assert_eq!(baseline(&vals), before, "{ctx}");
+        }
+    }
+    // Counters that contradict the ring: an enqueue says so and sends nothing.
+    assert!(q.enqueue_value(&message(1, 100), NOW).unwrap());
+    let write = word(&q, Q_RING_WRITE);
+    set_word(&q, Q_RING_READ, write + 8);
+    let err = q.enqueue_value(&message(2, 100), NOW).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
+    set_word(&q, Q_RING_READ, write - size - 8);
+    assert_eq!(
+        q.enqueue_value(&message(2, 100), NOW).unwrap_err().code(),
+        ErrorCode::Corrupt
+    );
+    set_word(&q, Q_RING_WRITE, u64::MAX - 7);
+    set_word(&q, Q_RING_READ, u64::MAX - 7);
+    assert_eq!(
+        q.enqueue_value(&message(2, 100), NOW).unwrap_err().code(),
+        ErrorCode::Corrupt,
+        "a counter at the end of its range"
+    );
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn a_queue_whose_ring_link_or_size_is_damaged_does_not_open() {
+    let (_rm, region, off) = fresh("links", 16);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let (ring, size) = (word(&q, Q_RING), word(&q, Q_RING_SIZE));
+    let slots = word(&q, Q_SLOTS);
+    for (what, field, bad) in [
+        ("a size that is no power of two", Q_RING_SIZE, size + 8),
+        ("a size under the smallest", Q_RING_SIZE, 2048),
+        ("a size larger than its block", Q_RING_SIZE, size * 2),
+        ("a link to the slots block", Q_RING, slots),
+        ("a link to no block", Q_RING, ring + 64),
+        ("a link past the region", Q_RING, 1 << 40),
+    ] {
+        set_word(&q, field, bad);
+        let err = Queue::open(vals, off)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
+        assert_eq!(err.code(), ErrorCode::Corrupt, "{what}: {err}");
+        set_word(&q, Q_RING, ring);
+        set_word(&q, Q_RING_SIZE, size);
+    }
+    assert!(Queue::open(vals, off).is_ok());
+}
