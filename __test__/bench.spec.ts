@@ -90,6 +90,6 @@ test('the Rust harness (bench_rust --quick) runs every scenario and writes its r
   // One row per target, each with a verdict (SKIP where Boost is missing).
   const rows = svg.match(/text-anchor="end"/g) ?? []
   const verdicts = svg.match(/>(PASS|MISS|SKIP)<\/tspan>/g) ?? []
-  t.is(rows.length, 6, svg)
-  t.is(verdicts.length, 6, svg)
+  t.is(rows.length, 7, svg)
+  t.is(verdicts.length, 7, svg)
 })
