@@ -88,6 +88,28 @@ impl<'a> Span<'a> {
         Ok(())
     }
 
+    /// Append the `n` bytes at `off` to `out` (as [`Span::read`] into
+    /// fresh room at its end, without zeroing that room first).
+    pub fn read_append(&self, off: u64, n: usize, out: &mut Vec<u8>) -> Result<()> {
+        self.check(off, n as u64, 1)?;
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: the source range is inside the mapping (checked); the
+        // destination is the vector's spare capacity, at least `n` bytes
+        // (reserved), which the copy initializes before the length covers
+        // it. As in `read`, another process may write the source meanwhile;
+        // the caller validates the bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(off as usize),
+                out.as_mut_ptr().add(len),
+                n,
+            );
+            out.set_len(len + n);
+        }
+        Ok(())
+    }
+
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
         self.check(off, data.len() as u64, 1)?;
         // SAFETY: the destination range is inside the mapping (checked) and

@@ -59,7 +59,8 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 /// few microseconds when the other side is running on another core).
 const SPINS: u32 = 4000;
 /// Most values [`Queue::enqueue_wire_many`] builds under one hold of the pool
-/// lock (others wait for it meanwhile).
+/// lock (others wait for it meanwhile), or copies into the byte ring under
+/// one hold of the queue lock.
 pub const BATCH: usize = 64;
 
 /// Shared-memory layout of a queue header (128 bytes, at a 64-byte aligned
@@ -651,8 +652,7 @@ impl<'a> Queue<'a> {
             return Err(bad(&format!("has a bad length {len}")));
         }
         let start = inl.len();
-        inl.resize(start + len as usize, 0);
-        span.read(self.ring + off + RECORD_HEADER, &mut inl[start..])?;
+        span.read_append(self.ring + off + RECORD_HEADER, len as usize, inl)?;
         Ok((start..inl.len(), end))
     }
 
@@ -721,8 +721,10 @@ impl<'a> Queue<'a> {
         }
         let mut n = 0;
         for &slot in &slots[..room] {
-            // Slot first, then tail, one packet at a time: a process killed
-            // half-way has published a prefix, each packet whole.
+            // The slots first, then tail once: a process killed half-way
+            // has published nothing. (One store to the header's first line,
+            // not one per packet: a consumer waiting for the lock spins on
+            // that line, and each store there would take it from its cache.)
             let at = self.slot_for_enqueue(head, tail);
             if let Err(e) = slot.write_at(self.values, at) {
                 if n == 0 {
@@ -731,12 +733,12 @@ impl<'a> Queue<'a> {
                 break;
             }
             tail += 1;
-            h.tail.store(tail, Relaxed);
             n += 1;
         }
         if n == 0 {
             return Ok(0);
         }
+        h.tail.store(tail, Relaxed);
         let depth = tail - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
@@ -753,10 +755,11 @@ impl<'a> Queue<'a> {
     /// may then go through the pool). Each must be a checked encoding of at
     /// most [`INLINE_MAX`] bytes with no references ([`next_inline`]).
     ///
-    /// Per packet: the record (its length and stamp, then the encoding)
-    /// goes into the ring, `ring_write` moves past it, the slot names it,
-    /// then `tail` moves on. A process killed part way leaves published
-    /// packets whole and at worst ring bytes no packet names, which the
+    /// Per packet the record (its length and stamp, then the encoding) goes
+    /// into the ring and the slot names it; then `ring_write` moves past the
+    /// records and `tail` past the packets, once each (as in
+    /// [`Queue::try_enqueue_many`]). A process killed part way has published
+    /// nothing and leaves at worst ring bytes no packet names, which the
     /// ring gets back when a later record is dequeued or the queue is empty.
     fn try_enqueue_inline(&self, encs: &[&[u8]]) -> Result<(usize, bool)> {
         if encs.is_empty() {
@@ -827,10 +830,6 @@ impl<'a> Queue<'a> {
                 }
                 break;
             }
-            // Past the record before it is published: a producer killed
-            // after publishing must not leave its bytes to be written over.
-            h.ring_write.store(end, Relaxed);
-            write = end;
             let slot = Slot {
                 tag: T_INLINE,
                 bits: pos,
@@ -841,13 +840,17 @@ impl<'a> Queue<'a> {
                 }
                 break;
             }
+            write = end;
             tail += 1;
-            h.tail.store(tail, Relaxed);
             n += 1;
         }
         if n == 0 {
             return Ok((0, ring_full));
         }
+        // Past the records before they are published: a producer killed
+        // after publishing must not leave their bytes to be written over.
+        h.ring_write.store(write, Relaxed);
+        h.tail.store(tail, Relaxed);
         let depth = tail - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
@@ -910,15 +913,16 @@ impl<'a> Queue<'a> {
         let mut got = 0;
         let mut taken = 0;
         while got < max && head != tail {
-            // Per packet as in try_dequeue: take it out, empty the slot, then
-            // move head, so a packet is never delivered twice.
+            // As in try_dequeue: take each packet out and empty its slot,
+            // then move head (once, for the lot, as try_enqueue_many moves
+            // tail), so a packet is never delivered twice: a process killed
+            // half-way leaves empty slots at the head, which are skipped.
             let p = match self.take_at(head, inl) {
                 Ok(p) => p,
                 Err(e) if taken == 0 => return Err(e),
                 Err(_) => break,
             };
             head += 1;
-            h.head.store(head, Relaxed);
             taken += 1;
             if let Some(p) = p {
                 out.push(p);
@@ -928,6 +932,7 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
+        h.head.store(head, Relaxed);
         drop(g);
         self.signal(
             WaitFor::NotFull,
@@ -949,19 +954,23 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         take: impl FnOnce(Vec<Slot>) -> T,
     ) -> Result<T> {
-        self.dequeue_many_raw_then(max, timeout, |ps, inl| Ok(take(self.settle_all(ps, inl)?)))?
+        self.dequeue_many_raw_then(max, timeout, &mut Vec::new(), |ps, inl| {
+            Ok(take(self.settle_all(ps, inl)?))
+        })?
     }
 
     /// [`Queue::dequeue_many_then`] giving packed packets as they are, and
-    /// inline ones as their bytes (ranges of the buffer `take` gets too).
+    /// inline ones as their bytes, appended to `inl` in the order taken
+    /// (ranges of it; `take` gets it too).
     fn dequeue_many_raw_then<T>(
         &self,
         max: usize,
         timeout: Option<Duration>,
-        take: impl FnOnce(Vec<Packet>, &[u8]) -> T,
+        inl: &mut Vec<u8>,
+        take: impl FnOnce(Vec<Packet>, &mut Vec<u8>) -> T,
     ) -> Result<T> {
         if max == 0 {
-            return Ok(take(Vec::new(), &[]));
+            return Ok(take(Vec::new(), inl));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -969,14 +978,13 @@ impl<'a> Queue<'a> {
             {
                 let _b = self.values.busy();
                 let mut ps = Vec::with_capacity(max.min(self.capacity as usize));
-                let mut inl = Vec::new();
-                if self.try_dequeue_many_raw(max, &mut ps, &mut inl)? > 0 {
-                    return Ok(take(ps, &inl));
+                if self.try_dequeue_many_raw(max, &mut ps, inl)? > 0 {
+                    return Ok(take(ps, inl));
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.values.reclaim_if_due();
-                return Ok(take(Vec::new(), &[]));
+                return Ok(take(Vec::new(), inl));
             }
             self.wait(WaitFor::NotEmpty, seen, deadline);
         }
@@ -1042,7 +1050,9 @@ impl<'a> Queue<'a> {
             if n == 0 {
                 break;
             }
-            // The longest run ahead of values sent inline.
+            // The longest run ahead of values sent inline (up to BATCH:
+            // longer holds of the queue lock were slower in bench_rust, as
+            // the consumer then waits for the lock longer).
             let start = r.pos();
             let mut ends = Vec::new();
             while !ring_full && ends.len() < n && next_inline(&mut r) {
@@ -1212,40 +1222,81 @@ impl<'a> Queue<'a> {
         mut ends: Option<&mut Vec<usize>>,
     ) -> Result<usize> {
         let values = self.values;
-        // Packed packets are copied out as they are (checked unless the
-        // caller checks), not built.
-        self.dequeue_many_raw_then(max, timeout, |ps, inl| {
-            let mut copied = Ok(());
-            for p in &ps {
-                // (the mark of dequeue_many_then covers the copy too)
-                copied = match (p, ends.as_deref_mut()) {
-                    (Packet::Slot(s), Some(ends)) => values
-                        .emit_packet_unchecked(*s, w)
-                        .map(|_| ends.push(w.buf.len())),
-                    (Packet::Slot(s), None) => values.emit_owned(*s, w, 0),
-                    // An inline packet's bytes as they are: the caller
-                    // checks them (shape_code_packets), or they are checked
-                    // here.
-                    (Packet::Inline(r), Some(ends)) => {
-                        w.buf.extend_from_slice(&inl[r.clone()]);
-                        ends.push(w.buf.len());
-                        Ok(())
+        let Writer { buf, non_ascii } = w;
+        let start = buf.len();
+        // Inline packets are copied out of the ring straight onto `buf`, in
+        // the order taken; packed packets are copied out as they are, not
+        // built; both are checked here unless the caller checks.
+        let copied = self.dequeue_many_raw_then(max, timeout, buf, |ps, buf| {
+            let mut out: Result<()> = Ok(());
+            if ps.iter().all(|p| matches!(p, Packet::Inline(_))) {
+                // (the common case: every byte is in place already)
+                for p in &ps {
+                    let Packet::Inline(r) = p else { continue };
+                    match ends.as_deref_mut() {
+                        Some(ends) => ends.push(r.end),
+                        None => match check_inline(&buf[r.clone()]) {
+                            Ok(seen) => *non_ascii |= seen.non_ascii,
+                            Err(e) => {
+                                out = Err(e);
+                                break;
+                            }
+                        },
                     }
-                    (Packet::Inline(r), None) => check_inline(&inl[r.clone()]).map(|seen| {
-                        w.non_ascii |= seen.non_ascii;
-                        w.buf.extend_from_slice(&inl[r.clone()]);
-                    }),
-                    (Packet::Damaged(e), _) => Err(e.clone()),
-                };
-                if copied.is_err() {
-                    break;
                 }
+            } else {
+                // Mixed: lift the inline bytes out, then write every packet
+                // in order.
+                let inline = buf.split_off(start);
+                let mut w = Writer {
+                    buf: std::mem::take(buf),
+                    non_ascii: *non_ascii,
+                };
+                for p in &ps {
+                    // (the mark of dequeue_many_then covers the copy too)
+                    out = match (p, ends.as_deref_mut()) {
+                        (Packet::Slot(s), Some(ends)) => values
+                            .emit_packet_unchecked(*s, &mut w)
+                            .map(|_| ends.push(w.buf.len())),
+                        (Packet::Slot(s), None) => values.emit_owned(*s, &mut w, 0),
+                        (Packet::Inline(r), ends) => {
+                            let bytes = &inline[r.start - start..r.end - start];
+                            // (unchecked: the caller checks, shape_code_packets)
+                            let seen = match ends {
+                                Some(_) => Ok(Skipped::default()),
+                                None => check_inline(bytes),
+                            };
+                            seen.map(|seen| {
+                                w.non_ascii |= seen.non_ascii;
+                                w.buf.extend_from_slice(bytes);
+                                if let Some(ends) = ends {
+                                    ends.push(w.buf.len());
+                                }
+                            })
+                        }
+                        (Packet::Damaged(e), _) => Err(e.clone()),
+                    };
+                    if out.is_err() {
+                        break;
+                    }
+                }
+                *buf = w.buf;
+                *non_ascii = w.non_ascii;
             }
             let released = self.release_packets(&ps);
-            copied?;
-            released?;
-            Ok(ps.len())
-        })?
+            out.and(released).map(|()| ps.len())
+        });
+        match copied {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) | Err(e) => {
+                // (nothing of a batch that failed is left in the writer)
+                buf.truncate(start);
+                if let Some(ends) = ends {
+                    ends.retain(|&e| e <= start);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// After an operation (with the lock let go): move the futex word `w` on

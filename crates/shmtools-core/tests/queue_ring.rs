@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use shmtools_core::queue::{ring_size_for, INLINE_MAX, RING_START};
 use shmtools_core::value::wire::Writer;
-use shmtools_core::value::{T_INLINE, T_PACKED};
+use shmtools_core::value::{shape_code_packets, T_INLINE, T_PACKED};
 use shmtools_core::{Directory, ErrorCode, Key, Queue, Region, Value};
 
 mod common;
@@ -100,7 +100,7 @@ fn small_values_go_inline_large_ones_through_the_pool_and_all_come_back_in_order
                 1..=2 => INLINE_MAX - 40,
                 _ => rng.below(200) as usize,
             };
-            match rng.below(6) {
+            match rng.below(7) {
                 0 | 1 => {
                     let v = if rng.below(8) == 0 {
                         Value::Int(next as i64)
@@ -153,6 +153,28 @@ fn small_values_go_inline_large_ones_through_the_pool_and_all_come_back_in_order
                         .flat_map(|_| model.pop_front().unwrap().encode().unwrap())
                         .collect();
                     assert_eq!(w.buf, want, "{ctx}");
+                }
+                5 => {
+                    // The binding's copy form: bytes after what the writer
+                    // held, each packet's end noted, checked by the coder.
+                    let max = 1 + rng.below(2 * capacity) as usize;
+                    let mut w = Writer::default();
+                    w.u8(0);
+                    let mut ends = Vec::new();
+                    let n = q
+                        .dequeue_many_wire_unchecked(max, NOW, &mut w, &mut ends)
+                        .unwrap();
+                    assert_eq!(ends.len(), n, "{ctx}");
+                    let mut want = vec![0u8];
+                    let mut want_ends = Vec::new();
+                    for _ in 0..n {
+                        want.extend(model.pop_front().unwrap().encode().unwrap());
+                        want_ends.push(want.len());
+                    }
+                    assert_eq!((&w.buf, &ends), (&want, &want_ends), "{ctx}");
+                    if n > 0 {
+                        shape_code_packets(&w.buf, 1, &ends).unwrap();
+                    }
                 }
                 _ => {
                     let max = 1 + rng.below(2 * capacity) as usize;
