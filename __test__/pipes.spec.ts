@@ -971,14 +971,29 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   pool.check()
 })
 
-test.serial('a packed packet damaged in the region (by another process) makes dequeueMany({ copy: true }) throw ERR_SHM_CORRUPT; its batch is freed and the pipe goes on working', (t) => {
-  const { region, pool } = fresh(t, 'copy-damage')
+/**
+ * A fresh pipe of 16 for the damage tests, with what they read of its queue
+ * header: `headSlot()` is where the slot of the packet at the head is (the
+ * front slot if the packet went into an empty pipe, else the ring), as a
+ * block and an offset in it.
+ */
+function pipeToDamage(t: ExecutionContext, label: string) {
+  const { region, pool } = fresh(t, label)
   const q = new ServerSide(region, 'p', 16).start().pipe()
   const baseline = used(pool.stats())
   const queue = queueHeader(region, 'p')
   const u64 = (block: number, at: number) => Number(pool.read(block, 8, at).readBigUInt64LE(0))
   const capacity = readU64(pool, queue, CAPACITY_AT)
   const slots = readU64(pool, queue, SLOTS_AT)
+  const headSlot = (): [number, number] => {
+    const head = readU64(pool, queue, HEAD_AT)
+    return readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
+  }
+  return { pool, q, baseline, queue, u64, headSlot }
+}
+
+test.serial('a packed packet damaged in the region (by another process) makes dequeueMany({ copy: true }) throw ERR_SHM_CORRUPT; its batch is freed and the pipe goes on working', (t) => {
+  const { pool, q, baseline, u64, headSlot } = pipeToDamage(t, 'copy-damage')
   // The body of {seq, payload} as the JS encoder writes it: Tab, count 2,
   // Str "seq", Int, Str "payload", Str of 32 x.
   const KEY0 = 5
@@ -997,9 +1012,7 @@ test.serial('a packed packet damaged in the region (by another process) makes de
     t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(1100) }, { seq: 2, payload: 'y'.repeat(1100) }]), 2)
     // The first packet went into an empty pipe, so into the header's
     // front slot; the check below reads whichever slot holds it.
-    const head = readU64(pool, queue, HEAD_AT)
-    const [block, at] =
-      readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
+    const [block, at] = headSlot()
     t.is(u64(block, at), T_PACKED, `${what}: the first packet is packed`)
     const packet = u64(block, at + 8)
     const body = pool.read(packet, u64(packet, 8), 16)
@@ -1015,21 +1028,13 @@ test.serial('a packed packet damaged in the region (by another process) makes de
 })
 
 test.serial('a small packet goes inline, into the pipe byte ring; damage to its record or its bytes (by another process) makes each dequeue form throw ERR_SHM_CORRUPT, the packet is taken out and the pipe goes on working', (t) => {
-  const { region, pool } = fresh(t, 'inline-damage')
-  const q = new ServerSide(region, 'p', 16).start().pipe()
-  const baseline = used(pool.stats())
-  const queue = queueHeader(region, 'p')
-  const u64 = (block: number, at: number) => Number(pool.read(block, 8, at).readBigUInt64LE(0))
-  const capacity = readU64(pool, queue, CAPACITY_AT)
-  const slots = readU64(pool, queue, SLOTS_AT)
+  const { pool, q, baseline, queue, u64, headSlot } = pipeToDamage(t, 'inline-damage')
   const ring = readU64(pool, queue, RING_AT)
   const ringSize = readU64(pool, queue, RING_SIZE_AT)
   t.is(ringSize, 4096, 'the smallest ring, for a pipe of 16')
   // Where the record of the packet at the head is, within the ring's block.
   const headRecord = () => {
-    const head = readU64(pool, queue, HEAD_AT)
-    const [block, at] =
-      readU64(pool, queue, FRONT_POS_AT) === head ? [queue.block, queue.at + FRONT_AT] : [slots, (head % capacity) * 16]
+    const [block, at] = headSlot()
     t.is(u64(block, at), T_INLINE, 'the first packet is inline')
     return RING_START + (u64(block, at + 8) % ringSize)
   }

@@ -519,30 +519,45 @@ impl<'a> Queue<'a> {
     /// Enqueue without waiting. On `Ok(true)` the slot's reference moved into
     /// the queue; on `Ok(false)` (full) the caller still owns it.
     pub fn try_enqueue(&self, slot: Slot) -> Result<bool> {
+        let (g, head, tail, room) = self.lock_for_enqueue(1)?;
+        if room == 0 {
+            return Ok(false);
+        }
+        slot.write_at(self.values, self.slot_for_enqueue(head, tail))?;
+        self.header.tail.store(tail + 1, Relaxed);
+        self.enqueued(g, head, tail + 1, 1);
+        Ok(true)
+    }
+
+    /// Take the lock for an enqueue of up to `want` packets: the counters
+    /// (checked) and how many of them fit now.
+    fn lock_for_enqueue(&self, want: usize) -> Result<(crate::lock::Guard<'a>, u64, u64, usize)> {
         let g = self.lock();
         let h = self.header;
         let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
         self.check_state(head, tail)?;
-        if tail - head == self.capacity {
-            return Ok(false);
-        }
-        // The counters only grow; one at the end of its range was written
-        // by someone else, and moving it on would overflow.
-        let next = tail.checked_add(1).ok_or_else(|| {
-            Error::corrupt(format!(
+        let room = want.min((self.capacity - (tail - head)) as usize);
+        // The counters only grow; one that would pass the end of its range
+        // was written by someone else, and moving it on would overflow.
+        if tail.checked_add(room as u64).is_none() {
+            return Err(Error::corrupt(format!(
                 "queue at {}: its tail counter is at the end of its range",
                 self.off
-            ))
-        })?;
-        slot.write_at(self.values, self.slot_for_enqueue(head, tail))?;
-        h.tail.store(next, Relaxed);
-        let depth = next - head;
+            )));
+        }
+        Ok((g, head, tail, room))
+    }
+
+    /// After `n` packets went in (`tail` moved on to `tail`): note the depth,
+    /// let go of the lock, and tell the consumers.
+    fn enqueued(&self, g: crate::lock::Guard<'a>, head: u64, tail: u64, n: usize) {
+        let h = self.header;
+        let depth = tail - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
         drop(g);
-        self.signal(WaitFor::NotEmpty, head == tail, 1);
-        Ok(true)
+        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
     }
 
     /// Dequeue without waiting; the returned slot's reference is the caller's.
@@ -706,19 +721,7 @@ impl<'a> Queue<'a> {
         if slots.is_empty() {
             return Ok(0);
         }
-        let g = self.lock();
-        let h = self.header;
-        let (head, mut tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
-        self.check_state(head, tail)?;
-        let room = slots.len().min((self.capacity - (tail - head)) as usize);
-        // As in try_enqueue: a tail that would pass the end of its range was
-        // written by someone else.
-        if tail.checked_add(room as u64).is_none() {
-            return Err(Error::corrupt(format!(
-                "queue at {}: its tail counter is at the end of its range",
-                self.off
-            )));
-        }
+        let (g, head, mut tail, room) = self.lock_for_enqueue(slots.len())?;
         let mut n = 0;
         for &slot in &slots[..room] {
             // The slots first, then tail once: a process killed half-way
@@ -738,13 +741,8 @@ impl<'a> Queue<'a> {
         if n == 0 {
             return Ok(0);
         }
-        h.tail.store(tail, Relaxed);
-        let depth = tail - head;
-        if depth > h.high_water.load(Relaxed) {
-            h.high_water.store(depth, Relaxed);
-        }
-        drop(g);
-        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
+        self.header.tail.store(tail, Relaxed);
+        self.enqueued(g, head, tail, n);
         Ok(n)
     }
 
@@ -765,17 +763,8 @@ impl<'a> Queue<'a> {
         if encs.is_empty() {
             return Ok((0, false));
         }
-        let g = self.lock();
+        let (g, head, mut tail, room) = self.lock_for_enqueue(encs.len())?;
         let h = self.header;
-        let (head, mut tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
-        self.check_state(head, tail)?;
-        let room = encs.len().min((self.capacity - (tail - head)) as usize);
-        if tail.checked_add(room as u64).is_none() {
-            return Err(Error::corrupt(format!(
-                "queue at {}: its tail counter is at the end of its range",
-                self.off
-            )));
-        }
         let mut write = h.ring_write.load(Relaxed);
         let read = if head == tail {
             // Nothing queued, so no record is live: the whole ring is free
@@ -851,12 +840,7 @@ impl<'a> Queue<'a> {
         // after publishing must not leave their bytes to be written over.
         h.ring_write.store(write, Relaxed);
         h.tail.store(tail, Relaxed);
-        let depth = tail - head;
-        if depth > h.high_water.load(Relaxed) {
-            h.high_water.store(depth, Relaxed);
-        }
-        drop(g);
-        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
+        self.enqueued(g, head, tail, n);
         Ok((n, ring_full))
     }
 
