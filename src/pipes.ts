@@ -215,9 +215,14 @@ export class CQ<T = any> implements AsyncIterable<T> {
    * Enqueue as many of `values` as fit now (or, with `timeoutMs`, wait that
    * long for room for the first); returns how many went in (a prefix of
    * `values`; 0 if there was no room in time). Every value is encoded first,
-   * so one that cannot be stored throws before any goes in. Then one native
-   * call builds the values that fit, a batch at a time (one pool-lock hold per
-   * batch), and enqueues each batch under one hold of the pipe's lock.
+   * so one that cannot be encoded throws before any goes in. Then one native
+   * call sends the values that fit in runs: small plain values are copied
+   * into the pipe's byte ring, up to 64 under one hold of the pipe's lock;
+   * others are built in the pool, up to 64 per hold of the pool lock, and
+   * enqueued under one hold of the pipe's lock. If the pool cannot take a
+   * value (out of memory), that run goes in not at all: the call throws if
+   * nothing went in yet, and otherwise returns the count sent so far, so
+   * sending the rest again meets the error.
    */
   enqueueMany(values: readonly T[], options?: EnqueueManyOptions): number {
     if (!Array.isArray(values)) throw new ShmArgumentError('enqueueMany takes an array of values')

@@ -204,6 +204,19 @@ pub(crate) enum Packet {
     Damaged(Error),
 }
 
+/// What a dequeue hands out, which decides when an inline packet is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Copies (encodings, or values decoded from them): an inline packet is
+    /// copied out of the ring and never built.
+    Copy,
+    /// Slots for handles: an inline packet is built into objects under the
+    /// queue lock, before it is taken, so a pool with no room for it leaves
+    /// it in the queue (the dequeue answers the pool's error and the packet
+    /// waits for a later one) instead of losing it.
+    Handles,
+}
+
 /// Bytes of the byte ring for a queue of `capacity` packets.
 pub fn ring_size_for(capacity: u64) -> u64 {
     (capacity.saturating_mul(RING_PER_PACKET))
@@ -567,7 +580,7 @@ impl<'a> Queue<'a> {
     /// `values.busy()`.
     pub fn try_dequeue(&self) -> Result<Option<Slot>> {
         let mut inl = Vec::new();
-        match self.try_dequeue_raw(&mut inl)? {
+        match self.try_dequeue_raw(Form::Handles, &mut inl)? {
             Some(p) => self.settle(p, &inl).map(Some),
             None => Ok(None),
         }
@@ -575,8 +588,9 @@ impl<'a> Queue<'a> {
 
     /// The value a packet taken out stands for, as a slot a handle can hold:
     /// a packed packet built into objects ([`Values::unpack`]), an inline
-    /// one built from its bytes (checked first). Consumes the packet's
-    /// reference even when it fails. Call inside `values.busy()`.
+    /// one built from its bytes (checked first; [`Form::Handles`] has built
+    /// them already). Consumes the packet's reference even when it fails.
+    /// Call inside `values.busy()`.
     fn settle(&self, p: Packet, inl: &[u8]) -> Result<Slot> {
         match p {
             Packet::Slot(s) => self.values.unpack(s),
@@ -593,6 +607,9 @@ impl<'a> Queue<'a> {
     /// Give back the references of packets taken out (inline packets hold
     /// none).
     fn release_packets(&self, ps: &[Packet]) -> Result<()> {
+        if !ps.iter().any(|p| matches!(p, Packet::Slot(_))) {
+            return Ok(());
+        }
         let slots: Vec<Slot> = ps
             .iter()
             .filter_map(|p| match p {
@@ -604,18 +621,45 @@ impl<'a> Queue<'a> {
     }
 
     /// Take the packet at position `head` out, under the lock: read its
-    /// slot, copy an inline packet's encoding onto `inl` and give its ring
-    /// bytes back, and empty the slot; the caller then moves head on. None:
-    /// the slot was empty (left by a dequeuer that died between emptying it
-    /// and moving head). On an error nothing has changed (a slot that does
-    /// not read stays where it is; an inline packet whose record does not
-    /// check out is taken, as [`Packet::Damaged`]).
-    fn take_at(&self, head: u64, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+    /// slot, copy an inline packet's encoding onto `inl` (for
+    /// [`Form::Handles`], build it into objects) and give its ring bytes
+    /// back, and empty the slot; the caller then moves head on. None: the
+    /// slot was empty (left by a dequeuer that died between emptying it and
+    /// moving head). On an error nothing has changed: a slot that does not
+    /// read stays where it is, as does an inline packet the pool has no
+    /// room to build; an inline packet whose record or bytes do not check
+    /// out is taken, as [`Packet::Damaged`].
+    fn take_at(&self, form: Form, head: u64, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
         let at = self.slot_of(head, head)?;
         let slot = read_packet_slot(self.values, at)?;
+        let start = inl.len();
         let (p, ring_end) = match slot.tag {
             S_EMPTY => (None, None),
             T_INLINE => match self.copy_inline(head, slot.bits, inl) {
+                Ok((range, end)) if form == Form::Handles => {
+                    let built = check_inline(&inl[range.clone()]).and_then(|_| {
+                        // (the pool lock inside the queue lock: no path
+                        // takes them the other way round)
+                        self.values.with_pool_held(|v| v.store_wire(&inl[range]))
+                    });
+                    inl.truncate(start);
+                    match built {
+                        Ok(s) => (Some(Packet::Slot(s)), Some(end)),
+                        // (no room: the packet stays for a later dequeue)
+                        Err(e) if e.code() == crate::error::ErrorCode::OutOfMemory => {
+                            return Err(e)
+                        }
+                        // Bytes that do not build (damage the check missed)
+                        // would fail every later dequeue the same way.
+                        Err(e) => (
+                            Some(Packet::Damaged(Error::corrupt(format!(
+                                "an inline packet is damaged: {}",
+                                e.message()
+                            )))),
+                            Some(end),
+                        ),
+                    }
+                }
                 Ok((range, end)) => (Some(Packet::Inline(range)), Some(end)),
                 // (its ring bytes come back once a later record is taken,
                 // or the queue is seen empty)
@@ -623,7 +667,13 @@ impl<'a> Queue<'a> {
             },
             _ => (Some(Packet::Slot(slot)), None),
         };
-        Slot::EMPTY.write_at(self.values, at)?;
+        if let Err(e) = Slot::EMPTY.write_at(self.values, at) {
+            inl.truncate(start);
+            if let Some(Packet::Slot(s)) = p.filter(|_| slot.tag == T_INLINE) {
+                let _ = self.values.release(s);
+            }
+            return Err(e);
+        }
         if let Some(end) = ring_end {
             // Records are dequeued in the order they were written, so this
             // one is the oldest still in the ring: all before its end is free.
@@ -673,7 +723,7 @@ impl<'a> Queue<'a> {
 
     /// [`Queue::try_dequeue`] giving packed packets as they are (and inline
     /// ones as their bytes, appended to `inl`).
-    fn try_dequeue_raw(&self, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+    fn try_dequeue_raw(&self, form: Form, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
         let g = self.lock();
         let h = self.header;
         let start = h.head.load(Relaxed);
@@ -693,7 +743,7 @@ impl<'a> Queue<'a> {
                 }
                 return Ok(None);
             }
-            let p = self.take_at(head, inl)?;
+            let p = self.take_at(form, head, inl)?;
             h.head.store(head + 1, Relaxed);
             let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.
@@ -768,17 +818,25 @@ impl<'a> Queue<'a> {
         let mut write = h.ring_write.load(Relaxed);
         let read = if head == tail {
             // Nothing queued, so no record is live: the whole ring is free
-            // (this also takes back bytes a killed producer left).
+            // (this also takes back bytes a killed producer left). Counters
+            // no operation could have left (unaligned, or half way to the
+            // end of their range) start again from 0: a stale slot naming an
+            // old position is never read, as head reads only what is
+            // published from now on, and the stamp would tell anyway.
+            if !write.is_multiple_of(8) || write > u64::MAX / 2 {
+                write = 0;
+                h.ring_write.store(0, Relaxed);
+            }
             h.ring_read.store(write, Relaxed);
             write
         } else {
             h.ring_read.load(Relaxed)
         };
+        // Counters that contradict each other were written by someone else:
+        // no inline send until the queue is next seen empty (which resets
+        // them); values go through the pool meanwhile, as with a full ring.
         if !write.is_multiple_of(8) || write < read || write - read > self.ring_size {
-            return Err(Error::corrupt(format!(
-                "queue at {}: its byte ring counters {read} and {write} contradict its size {}",
-                self.off, self.ring_size
-            )));
+            return Ok((0, true));
         }
         let span = self.values.pool().span();
         let (mut n, mut ring_full) = (0, false);
@@ -793,18 +851,12 @@ impl<'a> Queue<'a> {
             } else {
                 0
             };
-            let pos = write.checked_add(skip);
-            let end = match pos.and_then(|p| p.checked_add(rec)) {
+            // (a sum past the end of the range is damage, as above)
+            let end = match write.checked_add(skip + rec) {
                 Some(end) if end - read <= self.ring_size => end,
-                Some(_) => {
+                _ => {
                     ring_full = true;
                     break;
-                }
-                None => {
-                    return Err(Error::corrupt(format!(
-                        "queue at {}: its byte ring counter is at the end of its range",
-                        self.off
-                    )))
                 }
             };
             let pos = end - rec;
@@ -854,7 +906,7 @@ impl<'a> Queue<'a> {
     /// ends: prefer [`Queue::dequeue_many_then`].
     pub fn try_dequeue_many(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
         let (mut ps, mut inl) = (Vec::new(), Vec::new());
-        self.try_dequeue_many_raw(max, &mut ps, &mut inl)?;
+        self.try_dequeue_many_raw(Form::Handles, max, &mut ps, &mut inl)?;
         let slots = self.settle_all(ps, &inl)?;
         out.extend_from_slice(&slots);
         Ok(slots.len())
@@ -882,6 +934,7 @@ impl<'a> Queue<'a> {
     /// inline ones as their bytes, appended to `inl`).
     fn try_dequeue_many_raw(
         &self,
+        form: Form,
         max: usize,
         out: &mut Vec<Packet>,
         inl: &mut Vec<u8>,
@@ -901,7 +954,7 @@ impl<'a> Queue<'a> {
             // then move head (once, for the lot, as try_enqueue_many moves
             // tail), so a packet is never delivered twice: a process killed
             // half-way leaves empty slots at the head, which are skipped.
-            let p = match self.take_at(head, inl) {
+            let p = match self.take_at(form, head, inl) {
                 Ok(p) => p,
                 Err(e) if taken == 0 => return Err(e),
                 Err(_) => break,
@@ -938,7 +991,7 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         take: impl FnOnce(Vec<Slot>) -> T,
     ) -> Result<T> {
-        self.dequeue_many_raw_then(max, timeout, &mut Vec::new(), |ps, inl| {
+        self.dequeue_many_raw_then(Form::Handles, max, timeout, &mut Vec::new(), |ps, inl| {
             Ok(take(self.settle_all(ps, inl)?))
         })?
     }
@@ -948,6 +1001,7 @@ impl<'a> Queue<'a> {
     /// (ranges of it; `take` gets it too).
     fn dequeue_many_raw_then<T>(
         &self,
+        form: Form,
         max: usize,
         timeout: Option<Duration>,
         inl: &mut Vec<u8>,
@@ -962,7 +1016,7 @@ impl<'a> Queue<'a> {
             {
                 let _b = self.values.busy();
                 let mut ps = Vec::with_capacity(max.min(self.capacity as usize));
-                if self.try_dequeue_many_raw(max, &mut ps, inl)? > 0 {
+                if self.try_dequeue_many_raw(form, max, &mut ps, inl)? > 0 {
                     return Ok(take(ps, inl));
                 }
             }
@@ -1007,15 +1061,18 @@ impl<'a> Queue<'a> {
         })
     }
 
-    /// Build `count` values from their concatenated encodings (`bytes`) and
-    /// enqueue as many as fit now, without waiting; returns how many went in
-    /// (a prefix). Only values there is room for are built: a chunk of up to
-    /// [`BATCH`] under one hold of the pool lock, then enqueued under one hold
-    /// of the queue lock. A value that cannot be built (bad bytes, a dead
-    /// reference, a full pool) leaves nothing of its chunk behind: it is an
-    /// error if nothing went in yet, and otherwise ends the call, which
-    /// returns the count sent so far (so a retry with the rest meets the
-    /// error). Values past those that fit are not looked at.
+    /// Send `count` values from their concatenated encodings (`bytes`),
+    /// as many as fit now, without waiting; returns how many went in (a
+    /// prefix). The values go in chunks of up to [`BATCH`]: a run of values
+    /// that go inline is copied into the byte ring under one hold of the
+    /// queue lock; a run of others is built under one hold of the pool lock
+    /// and then enqueued under one hold of the queue lock (and so is
+    /// everything after the ring is found out of room). A value that cannot
+    /// be sent (bad bytes, a dead reference, a full pool) leaves nothing of
+    /// its chunk behind: it is an error if nothing went in yet, and
+    /// otherwise ends the call, which returns the count sent so far (so a
+    /// retry with the rest meets the error). Values past those that fit are
+    /// not looked at.
     ///
     /// The whole call is one in-progress mark: every value built is in the
     /// queue or released again before it ends, so none is left in this
@@ -1038,10 +1095,16 @@ impl<'a> Queue<'a> {
             // longer holds of the queue lock were slower in bench_rust, as
             // the consumer then waits for the lock longer).
             let start = r.pos();
-            let mut ends = Vec::new();
-            while !ring_full && ends.len() < n && next_inline(&mut r) {
-                ends.push(r.pos());
+            // (on the stack: a call of one value allocates nothing)
+            let mut encs: [&[u8]; BATCH] = [&[]; BATCH];
+            let mut ends = [0usize; BATCH];
+            let mut m = 0;
+            while !ring_full && m < n && next_inline(&mut r) {
+                encs[m] = &bytes[if m == 0 { start } else { ends[m - 1] }..r.pos()];
+                ends[m] = r.pos();
+                m += 1;
             }
+            let (encs, ends) = (&encs[..m], &ends[..m]);
             if !ends.is_empty() {
                 if sent + ends.len() == count && !r.at_end() {
                     if sent == 0 {
@@ -1049,13 +1112,7 @@ impl<'a> Queue<'a> {
                     }
                     break;
                 }
-                let mut encs = Vec::with_capacity(ends.len());
-                let mut at = start;
-                for &e in &ends {
-                    encs.push(&bytes[at..e]);
-                    at = e;
-                }
-                let (k, full) = match self.try_enqueue_inline(&encs) {
+                let (k, full) = match self.try_enqueue_inline(encs) {
                     Ok(x) => x,
                     Err(e) if sent == 0 => return Err(e),
                     Err(_) => break,
@@ -1211,7 +1268,7 @@ impl<'a> Queue<'a> {
         // Inline packets are copied out of the ring straight onto `buf`, in
         // the order taken; packed packets are copied out as they are, not
         // built; both are checked here unless the caller checks.
-        let copied = self.dequeue_many_raw_then(max, timeout, buf, |ps, buf| {
+        let copied = self.dequeue_many_raw_then(Form::Copy, max, timeout, buf, |ps, buf| {
             let mut out: Result<()> = Ok(());
             if ps.iter().all(|p| matches!(p, Packet::Inline(_))) {
                 // (the common case: every byte is in place already)
@@ -1427,14 +1484,17 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         mut take: impl FnMut(Slot) -> T,
     ) -> Result<Option<T>> {
-        self.dequeue_raw_then(timeout, |p, inl| self.settle(p, inl).map(&mut take))?
-            .transpose()
+        self.dequeue_raw_then(Form::Handles, timeout, |p, inl| {
+            self.settle(p, inl).map(&mut take)
+        })?
+        .transpose()
     }
 
     /// [`Queue::dequeue_then`] giving a packed packet as it is, and an
     /// inline one as its bytes (a range of the buffer `take` gets too).
     fn dequeue_raw_then<T>(
         &self,
+        form: Form,
         timeout: Option<Duration>,
         mut take: impl FnMut(Packet, &[u8]) -> T,
     ) -> Result<Option<T>> {
@@ -1444,7 +1504,7 @@ impl<'a> Queue<'a> {
             let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
-                if let Some(p) = self.try_dequeue_raw(&mut inl)? {
+                if let Some(p) = self.try_dequeue_raw(form, &mut inl)? {
                     return Ok(Some(take(p, &inl)));
                 }
             }
@@ -1490,7 +1550,7 @@ impl<'a> Queue<'a> {
     /// building objects. The copy is made inside the mark of the dequeue.
     pub fn dequeue_value(&self, timeout: Option<Duration>) -> Result<Option<crate::value::Value>> {
         let values = self.values;
-        let wire = self.dequeue_raw_then(timeout, |p, inl| match p {
+        let wire = self.dequeue_raw_then(Form::Copy, timeout, |p, inl| match p {
             Packet::Slot(s) => {
                 let mut w = Writer::default();
                 let copied = values.emit_owned(s, &mut w, 0);
@@ -1528,7 +1588,7 @@ impl<'a> Queue<'a> {
     pub fn drain(&self) -> Result<u64> {
         let mut n = 0;
         let mut inl = Vec::new();
-        while let Some(p) = self.try_dequeue_raw(&mut inl)? {
+        while let Some(p) = self.try_dequeue_raw(Form::Copy, &mut inl)? {
             // (a damaged inline packet is dropped as it is taken)
             if let Packet::Slot(s) = p {
                 self.values.release(s)?;

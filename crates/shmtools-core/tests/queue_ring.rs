@@ -332,25 +332,115 @@ fn damaged_ring_records_are_corrupt_in_every_dequeue_form_and_the_pipe_goes_on()
             assert_eq!(baseline(&vals), before, "{ctx}");
         }
     }
-    // Counters that contradict the ring: an enqueue says so and sends nothing.
-    assert!(q.enqueue_value(&message(1, 100), NOW).unwrap());
-    let write = word(&q, Q_RING_WRITE);
-    set_word(&q, Q_RING_READ, write + 8);
-    let err = q.enqueue_value(&message(2, 100), NOW).unwrap_err();
-    assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
-    set_word(&q, Q_RING_READ, write - size - 8);
-    assert_eq!(
-        q.enqueue_value(&message(2, 100), NOW).unwrap_err().code(),
-        ErrorCode::Corrupt
-    );
-    set_word(&q, Q_RING_WRITE, u64::MAX - 7);
-    set_word(&q, Q_RING_READ, u64::MAX - 7);
-    assert_eq!(
-        q.enqueue_value(&message(2, 100), NOW).unwrap_err().code(),
-        ErrorCode::Corrupt,
-        "a counter at the end of its range"
-    );
-    assert_eq!(q.len(), 1);
+}
+
+/// The tag of the slot of the packet last enqueued.
+fn tail_tag(q: &Queue<'_>) -> u64 {
+    let span = q.values().pool().span();
+    let tail = word(q, Q_TAIL) - 1;
+    let at = if word(q, Q_FRONT_POS) == tail {
+        q.offset() + Q_FRONT
+    } else {
+        word(q, Q_SLOTS) + (tail % q.capacity()) * 16
+    };
+    span.u64_at(at).unwrap().load(Ordering::Relaxed)
+}
+
+#[test]
+fn damaged_ring_counters_send_through_the_pool_until_the_queue_is_empty_again() {
+    let (_rm, region, off) = fresh("counters", 16);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let size = word(&q, Q_RING_SIZE);
+    let before = baseline(&vals);
+    type Damage = fn(&Queue<'_>, u64, u64);
+    let damages: [(&str, Damage); 4] = [
+        ("ring_read past ring_write", |q, write, _| {
+            set_word(q, Q_RING_READ, write + 8)
+        }),
+        ("more than the ring apart", |q, _, size| {
+            set_word(q, Q_RING_WRITE, word(q, Q_RING_READ) + size + 8)
+        }),
+        ("an unaligned ring_write", |q, write, _| {
+            set_word(q, Q_RING_WRITE, write + 4)
+        }),
+        ("at the end of their range", |q, _, _| {
+            set_word(q, Q_RING_WRITE, u64::MAX - 7);
+            set_word(q, Q_RING_READ, u64::MAX - 7);
+        }),
+    ];
+    for (what, damage) in damages {
+        // A packet queued, so the counters are not reset: the next small
+        // value goes through the pool (packed), and the pipe goes on.
+        assert!(q.enqueue_value(&message(1, 100), NOW).unwrap(), "{what}");
+        damage(&q, word(&q, Q_RING_WRITE), size);
+        assert!(q.enqueue_value(&message(2, 100), NOW).unwrap(), "{what}");
+        assert_eq!(tail_tag(&q), T_PACKED as u64, "{what}: through the pool");
+        // The first comes out through its own record (checked against the
+        // damaged counters it may be refused: then as corrupt, and taken).
+        match q.dequeue_value(NOW) {
+            Ok(v) => assert_eq!(v, Some(message(1, 100)), "{what}"),
+            Err(e) => assert_eq!(e.code(), ErrorCode::Corrupt, "{what}: {e}"),
+        }
+        assert_eq!(
+            q.dequeue_value(NOW).unwrap(),
+            Some(message(2, 100)),
+            "{what}"
+        );
+        // Empty again: the next inline send resets what it cannot use.
+        assert!(q.enqueue_value(&message(3, 100), NOW).unwrap(), "{what}");
+        assert_eq!(tail_tag(&q), T_INLINE as u64, "{what}: inline again");
+        assert_eq!(
+            q.dequeue_value(NOW).unwrap(),
+            Some(message(3, 100)),
+            "{what}"
+        );
+        assert_eq!(baseline(&vals), before, "{what}");
+    }
+    // An unaligned ring_write on an empty queue is reset at once.
+    set_word(&q, Q_RING_WRITE, word(&q, Q_RING_WRITE) + 4);
+    assert!(q.enqueue_value(&message(4, 100), NOW).unwrap());
+    assert_eq!(tail_tag(&q), T_INLINE as u64);
+    assert_eq!(head_slot(&q).1, 0, "the record at the ring's start");
+    assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(4, 100)));
+}
+
+#[test]
+fn a_handle_dequeue_with_no_room_in_the_pool_leaves_an_inline_packet_in_the_queue() {
+    let (_rm, region, off) = fresh("no-room", 16);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let small = Value::Str("a string that goes inline and needs a block".into());
+    assert!(q.enqueue_value(&small, NOW).unwrap());
+    assert!(q.enqueue_value(&message(2, 100), NOW).unwrap());
+    assert_eq!(head_slot(&q).0, T_INLINE as u64);
+    // Fill the pool.
+    let pool = vals.pool();
+    let mut held = Vec::new();
+    for size in [1 << 20, 64 << 10, 4 << 10, 256, 16] {
+        while let Ok(b) = pool.allocate(size) {
+            held.push(b);
+        }
+    }
+    for form in ["dequeue_shared", "dequeue_many_shared", "try_dequeue"] {
+        let err = match form {
+            "dequeue_shared" => q.dequeue_shared(NOW).map(|_| ()),
+            "dequeue_many_shared" => q.dequeue_many_shared(8, NOW).map(|_| ()),
+            _ => {
+                let _b = vals.busy();
+                q.try_dequeue().map(|_| ())
+            }
+        }
+        .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::OutOfMemory, "{form}: {err}");
+        assert_eq!(q.len(), 2, "{form}: nothing was taken");
+    }
+    // With room again, the handle form takes it.
+    pool.free_many(&held).unwrap();
+    let h = q.dequeue_shared(NOW).unwrap().unwrap();
+    assert_eq!(h.load().unwrap(), small);
+    drop(h);
+    assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(2, 100)));
 }
 
 #[test]
