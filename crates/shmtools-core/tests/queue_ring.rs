@@ -46,15 +46,25 @@ fn set_word(q: &Queue<'_>, field: u64, v: u64) {
 
 /// The slot (tag, bits) holding the packet at the head.
 fn head_slot(q: &Queue<'_>) -> (u64, u64) {
+    slot_at(q, word(q, Q_HEAD))
+}
+
+/// The slot (tag, bits) of the packet at queue position `pos`: the front
+/// slot if it went into an empty queue, else its ring slot.
+fn slot_at(q: &Queue<'_>, pos: u64) -> (u64, u64) {
     let span = q.values().pool().span();
-    let head = word(q, Q_HEAD);
-    let at = if word(q, Q_FRONT_POS) == head {
-        q.offset() + Q_FRONT
-    } else {
-        word(q, Q_SLOTS) + (head % q.capacity()) * 16
-    };
+    let at = slot_offset(q, pos);
     let get = |o: u64| span.u64_at(o).unwrap().load(Ordering::Relaxed);
     (get(at), get(at + 8))
+}
+
+/// Where the slot of the packet at queue position `pos` is.
+fn slot_offset(q: &Queue<'_>, pos: u64) -> u64 {
+    if word(q, Q_FRONT_POS) == pos {
+        q.offset() + Q_FRONT
+    } else {
+        word(q, Q_SLOTS) + (pos % q.capacity()) * 16
+    }
 }
 
 /// A message of `n` payload bytes, numbered `i`.
@@ -110,17 +120,7 @@ fn small_values_go_inline_large_ones_through_the_pool_and_all_come_back_in_order
                     let ok = q.enqueue_value(&v, NOW).unwrap();
                     assert_eq!(ok, (model.len() as u64) < capacity, "{ctx}");
                     if ok {
-                        let (tag, _) = {
-                            // the packet just enqueued is the last one
-                            let tail = word(&q, Q_TAIL) - 1;
-                            let span = q.values().pool().span();
-                            let at = if word(&q, Q_FRONT_POS) == tail {
-                                q.offset() + Q_FRONT
-                            } else {
-                                word(&q, Q_SLOTS) + (tail % capacity) * 16
-                            };
-                            (span.u64_at(at).unwrap().load(Ordering::Relaxed), 0)
-                        };
+                        let tag = tail_tag(&q);
                         if tag == T_INLINE as u64 {
                             inline_seen += 1;
                         } else if tag == T_PACKED as u64 {
@@ -302,12 +302,7 @@ fn damaged_ring_records_are_corrupt_in_every_dequeue_form_and_the_pipe_goes_on()
             let rec = span.u64_at(rec_at).unwrap().load(Ordering::Relaxed);
             let (new_pos, new_rec) = damage(&q, pos, rec);
             if let Some(p) = new_pos {
-                let head = word(&q, Q_HEAD);
-                let at = if word(&q, Q_FRONT_POS) == head {
-                    q.offset() + Q_FRONT
-                } else {
-                    word(&q, Q_SLOTS) + (head % 16) * 16
-                };
+                let at = slot_offset(&q, word(&q, Q_HEAD));
                 span.u64_at(at + 8).unwrap().store(p, Ordering::Relaxed);
             }
             if let Some(r) = new_rec {
@@ -336,14 +331,7 @@ fn damaged_ring_records_are_corrupt_in_every_dequeue_form_and_the_pipe_goes_on()
 
 /// The tag of the slot of the packet last enqueued.
 fn tail_tag(q: &Queue<'_>) -> u64 {
-    let span = q.values().pool().span();
-    let tail = word(q, Q_TAIL) - 1;
-    let at = if word(q, Q_FRONT_POS) == tail {
-        q.offset() + Q_FRONT
-    } else {
-        word(q, Q_SLOTS) + (tail % q.capacity()) * 16
-    };
-    span.u64_at(at).unwrap().load(Ordering::Relaxed)
+    slot_at(q, word(q, Q_TAIL) - 1).0
 }
 
 #[test]
