@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::wire::{Reader, Skipped, Writer};
+use crate::value::wire::{check_packet, Reader, Skipped, Writer};
 use crate::value::{
     Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
 };
@@ -250,16 +250,8 @@ fn next_inline(r: &mut Reader<'_>) -> bool {
 /// well-formed value without references (ERR_SHM_CORRUPT if not: it was
 /// damaged in the region).
 fn check_inline(bytes: &[u8]) -> Result<Skipped> {
-    let damaged = |why: &str| Error::corrupt(format!("an inline packet is damaged: {why}"));
-    let mut r = Reader::new(bytes);
-    let seen = r.skip_value().map_err(|e| damaged(e.message()))?;
-    if !r.at_end() {
-        return Err(damaged("bytes after its value"));
-    }
-    if seen.refs {
-        return Err(damaged("it holds references"));
-    }
-    Ok(seen)
+    check_packet(bytes)
+        .map_err(|e| Error::corrupt(format!("an inline packet is damaged: {}", e.message())))
 }
 
 /// Read a queue slot: an inline packet's slot as it is (its position is
@@ -594,14 +586,16 @@ impl<'a> Queue<'a> {
     fn settle(&self, p: Packet, inl: &[u8]) -> Result<Slot> {
         match p {
             Packet::Slot(s) => self.values.unpack(s),
-            Packet::Inline(r) => {
-                let bytes = &inl[r];
-                check_inline(bytes)?;
-                // (under one hold of the pool lock, as unpack builds)
-                self.values.with_pool_held(|v| v.store_wire(bytes))
-            }
+            Packet::Inline(r) => self.build_inline(&inl[r]),
             Packet::Damaged(e) => Err(e),
         }
+    }
+
+    /// Build an inline packet's bytes (checked first) into objects, under
+    /// one hold of the pool lock, as unpack builds a packed one.
+    fn build_inline(&self, bytes: &[u8]) -> Result<Slot> {
+        check_inline(bytes)?;
+        self.values.with_pool_held(|v| v.store_wire(bytes))
     }
 
     /// Give back the references of packets taken out (inline packets hold
@@ -637,11 +631,9 @@ impl<'a> Queue<'a> {
             S_EMPTY => (None, None),
             T_INLINE => match self.copy_inline(head, slot.bits, inl) {
                 Ok((range, end)) if form == Form::Handles => {
-                    let built = check_inline(&inl[range.clone()]).and_then(|_| {
-                        // (the pool lock inside the queue lock: no path
-                        // takes them the other way round)
-                        self.values.with_pool_held(|v| v.store_wire(&inl[range]))
-                    });
+                    // (the pool lock inside the queue lock: no path takes
+                    // them the other way round)
+                    let built = self.build_inline(&inl[range]);
                     inl.truncate(start);
                     match built {
                         Ok(s) => (Some(Packet::Slot(s)), Some(end)),
@@ -1096,17 +1088,17 @@ impl<'a> Queue<'a> {
             // the consumer then waits for the lock longer).
             let start = r.pos();
             // (on the stack: a call of one value allocates nothing)
-            let mut encs: [&[u8]; BATCH] = [&[]; BATCH];
-            let mut ends = [0usize; BATCH];
+            let mut run: [&[u8]; BATCH] = [&[]; BATCH];
             let mut m = 0;
+            let mut at = start;
             while !ring_full && m < n && next_inline(&mut r) {
-                encs[m] = &bytes[if m == 0 { start } else { ends[m - 1] }..r.pos()];
-                ends[m] = r.pos();
+                run[m] = &bytes[at..r.pos()];
+                at = r.pos();
                 m += 1;
             }
-            let (encs, ends) = (&encs[..m], &ends[..m]);
-            if !ends.is_empty() {
-                if sent + ends.len() == count && !r.at_end() {
+            let encs = &run[..m];
+            if !encs.is_empty() {
+                if sent + encs.len() == count && !r.at_end() {
                     if sent == 0 {
                         return Err(Error::invalid("trailing bytes after the encoded values"));
                     }
@@ -1118,8 +1110,8 @@ impl<'a> Queue<'a> {
                     Err(_) => break,
                 };
                 sent += k;
-                if k < ends.len() {
-                    r.rewind(if k == 0 { start } else { ends[k - 1] });
+                if k < encs.len() {
+                    r.rewind(start + encs[..k].iter().map(|e| e.len()).sum::<usize>());
                     if !full {
                         // The queue filled up meanwhile.
                         break;

@@ -240,14 +240,10 @@ impl<'a> Values<'a> {
                 slot.bits
             ))
         };
-        let mut r = Reader::new(bytes);
-        let seen = r.skip_value().map_err(|e| damaged(e.message()))?;
-        if !r.at_end() {
-            return Err(damaged("bytes after its value"));
-        }
+        let seen = super::wire::check_packet(bytes).map_err(|e| damaged(e.message()))?;
         // (the size limit is the producer's choice, not checked here)
-        if !matches!(bytes.first(), Some(&T_TAB) | Some(&T_ARR)) || seen.refs {
-            return Err(damaged("not a table or list without references"));
+        if !matches!(bytes.first(), Some(&T_TAB) | Some(&T_ARR)) {
+            return Err(damaged("not a table or list"));
         }
         Ok(seen)
     }

@@ -388,6 +388,22 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Check the bytes of a packet copied back out of a region: exactly one
+/// well-formed value, with no references to existing objects (a producer
+/// never stores those as bytes). The error (ERR_SHM_INVALID_ARG) says what
+/// is wrong; a reader of region bytes reports it as damage.
+pub fn check_packet(bytes: &[u8]) -> Result<Skipped> {
+    let mut r = Reader::new(bytes);
+    let seen = r.skip_value()?;
+    if !r.at_end() {
+        return Err(Error::invalid("bytes after its value"));
+    }
+    if seen.refs {
+        return Err(Error::invalid("it holds references"));
+    }
+    Ok(seen)
+}
+
 impl Value {
     /// Encode into the wire format.
     pub fn encode(&self) -> Result<Vec<u8>> {
