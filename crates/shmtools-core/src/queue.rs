@@ -1,30 +1,43 @@
 //! CQ: a bounded multi-producer multi-consumer queue of value slots in a
 //! region, with futex wake-ups between processes.
 //!
-//! A ring of `capacity` slots guarded by a process-shared [`ShmMutex`]; `head`
-//! and `tail` count dequeues and enqueues since creation. A packet that goes
-//! into an empty queue is written to the header's front slot instead of the
-//! ring (`front_pos` names its position), so when a producer and a consumer
-//! take turns, as in a request/reply exchange, each hop moves the header's
-//! first cache line between the cores and nothing else.
+//! A ring of `capacity` slots; `head` and `tail` count dequeues and
+//! enqueues since creation. Each end has its own process-shared
+//! [`ShmMutex`]: producers take `enq_lock` and write only `tail` and what
+//! lies past it (slots, byte-ring records, `ring_write`); consumers take
+//! `deq_lock` and write only `head` and what lies behind it (emptied slots,
+//! `ring_read`). So a producer copying a batch in and a consumer copying
+//! one out run at the same time. Each side publishes with one store of its
+//! counter, after everything it wrote (Release), and reads the other's
+//! counter before touching what it covers (Acquire). A packet that goes
+//! into an empty queue is written to the header's front slot instead of
+//! the ring (`front_pos` names its position), so when a producer and a
+//! consumer take turns, as in a request/reply exchange, each hop moves
+//! mostly the header's first cache line between the cores.
 //!
-//! Two futex words are sequence numbers: `not_empty` for consumers, `not_full`
-//! for producers. A caller that finds nothing to do notes the word's value
-//! before its try and, after the try failed under the lock, sleeps while the
-//! word still has that value. The first operation after that failed try finds
-//! the queue in the same state (empty, or full) and moves the word on, so the
-//! wake-up cannot be lost; operations in between move it only if someone is
-//! asleep (see `Queue::signal`), so a busy pipe writes neither word.
+//! Two futex words are sequence numbers: `not_empty` for consumers,
+//! `not_full` for producers. A caller that finds nothing to do notes the
+//! word's value before its try and, after the try failed, sleeps while the
+//! word still has that value. The operation that moves the other counter
+//! on from where that failed try saw it moves the word on (it stores its
+//! counter and then reads the other, both SeqCst, against the failed try's
+//! store and read in the other order: one of the two sees the other; see
+//! [`Queue::signal`]), so the wake-up cannot be lost; operations in between
+//! move it only if someone is asleep, so a busy pipe writes neither word.
 //! Sleepers are counted, so the common case makes no system call.
 //!
-//! Crash safety: an enqueue writes the slot, then advances `tail`; a dequeue
-//! takes the slot out, empties it, then advances `head`. A process killed in
-//! between leaves either an unpublished slot (its message, lost with it) or an
-//! empty slot at the head, which the next dequeue skips. No message is ever
-//! delivered twice. The lock is robust (a dead holder's lock is taken over),
-//! and nothing under it needs rebuilding after such a death.
+//! Crash safety: an enqueue writes its slots, then advances `tail`; a
+//! dequeue takes each slot out and empties it, then advances `head`. A
+//! process killed in between leaves either unpublished slots (its messages,
+//! lost with it) or empty slots at the head, which the next dequeue skips.
+//! No message is ever delivered twice. Both locks are robust (a dead
+//! holder's lock is taken over), and nothing under them needs rebuilding
+//! after such a death.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -60,24 +73,30 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 const SPINS: u32 = 4000;
 /// Most values [`Queue::enqueue_wire_many`] builds under one hold of the pool
 /// lock (others wait for it meanwhile), or copies into the byte ring under
-/// one hold of the queue lock.
+/// one hold of the producers' lock.
 pub const BATCH: usize = 64;
 
-/// Shared-memory layout of a queue header (128 bytes, at a 64-byte aligned
+/// Shared-memory layout of a queue header (192 bytes, at a 64-byte aligned
 /// offset inside its block; see [`Queue::create`]).
 ///
 /// The first 64 bytes are one cache line holding everything a hop through
-/// an idle pipe touches: the lock, both counters, the consumers' futex word
-/// and sleeper count, and the front slot. A packet enqueued into an empty
-/// queue goes into the front slot instead of the ring, so a producer and a
-/// consumer taking turns move this one line between their cores and nothing
-/// else. The second line holds what is read once at open or written rarely.
+/// an idle pipe touches: the consumers' lock, both counters, the consumers'
+/// futex word and sleeper count, and the front slot. A packet enqueued into
+/// an empty queue goes into the front slot instead of the ring, so a
+/// producer and a consumer taking turns move this line between their cores
+/// and little else. The second line holds what is read once at open or
+/// written rarely; the third the byte ring's counters and the producers'
+/// lock (a line only producers write when no packet goes inline).
 #[repr(C)]
 pub struct QueueHeader {
-    pub lock: ShmMutex,
-    /// Dequeues so far; the next packet is at position `head`.
+    /// The consumers' lock: held by a dequeue while it takes packets out
+    /// and moves `head` on. Producers never take it.
+    pub deq_lock: ShmMutex,
+    /// Dequeues so far; the next packet is at position `head`. Written by
+    /// consumers only (SeqCst, see [`Queue::signal`]).
     pub head: AtomicU64,
-    /// Enqueues so far; the next packet goes to position `tail`.
+    /// Enqueues so far; the next packet goes to position `tail`. Written by
+    /// producers only (SeqCst), after the packets it publishes.
     pub tail: AtomicU64,
     /// Futex sequence consumers wait on: moved on by an enqueue into an
     /// empty queue, or by any enqueue while `sleepers_empty` > 0.
@@ -108,19 +127,23 @@ pub struct QueueHeader {
     pub reserved: [AtomicU64; 2],
     /// Bytes written into the byte ring so far: the next inline packet's
     /// record goes at `ring_write` (mod `ring_size`), or at the ring's start
-    /// if it would not fit before the end.
+    /// if it would not fit before the end. Written by producers.
     pub ring_write: AtomicU64,
     /// Bytes of the byte ring given back so far: everything before
     /// `ring_read` may be written over. The end of the last inline packet
-    /// dequeued, or `ring_write` once the queue has been seen empty.
+    /// dequeued (written by consumers), or `ring_write` once a producer has
+    /// seen the queue empty.
     pub ring_read: AtomicU64,
     /// Offset of the byte ring's block (it starts with [`RING_MAGIC`]; the
     /// ring's bytes follow 64 bytes in).
     pub ring: AtomicU64,
     /// Bytes in the ring: a power of two, [`RING_MIN`] ..= [`RING_MAX`].
     pub ring_size: AtomicU64,
+    /// The producers' lock: held by an enqueue while it writes packets in
+    /// and moves `tail` on. Consumers never take it.
+    pub enq_lock: ShmMutex,
     /// Zero.
-    pub reserved2: [AtomicU64; 4],
+    pub reserved2: [AtomicU64; 2],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
@@ -129,7 +152,7 @@ pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
 pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
 const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
 const _: () = assert!(QUEUE_HEADER_SIZE == 192);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, lock) == 0);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 0);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 16);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 24);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 32);
@@ -148,7 +171,8 @@ const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 128);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 136);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 144);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 152);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 160);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 160);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 176);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +235,7 @@ enum Form {
     /// copied out of the ring and never built.
     Copy,
     /// Slots for handles: an inline packet is built into objects under the
-    /// queue lock, before it is taken, so a pool with no room for it leaves
+    /// consumers' lock, before it is taken, so a pool with no room for it leaves
     /// it in the queue (the dequeue answers the pool's error and the packet
     /// waits for a later one) instead of losing it.
     Handles,
@@ -301,7 +325,8 @@ impl<'a> Queue<'a> {
         let off = (block + 16).next_multiple_of(64);
         span.u64_at(block)?.store(QUEUE_MAGIC, Relaxed);
         let h = header_at(values, off)?;
-        h.lock.init();
+        h.deq_lock.init();
+        h.enq_lock.init();
         h.capacity.store(capacity, Relaxed);
         h.slots.store(slots, Relaxed);
         h.block.store(block, Relaxed);
@@ -495,13 +520,23 @@ impl<'a> Queue<'a> {
         }
     }
 
-    fn lock(&self) -> crate::lock::Guard<'a> {
-        // A holder that died mid-operation leaves at worst an unpublished or
-        // an empty slot, both handled below; nothing to rebuild. But it may
+    /// Take the producers' lock.
+    fn lock_enq(&self) -> crate::lock::Guard<'a> {
+        self.lock_end(&self.header.enq_lock)
+    }
+
+    /// Take the consumers' lock.
+    fn lock_deq(&self) -> crate::lock::Guard<'a> {
+        self.lock_end(&self.header.deq_lock)
+    }
+
+    fn lock_end(&self, m: &'a ShmMutex) -> crate::lock::Guard<'a> {
+        // A holder that died mid-operation leaves at worst unpublished or
+        // empty slots, both handled below; nothing to rebuild. But it may
         // have died before moving a futex word on for what it did, and a
         // waiter that only watches the word (a JS waiter thread) would not
         // look again: move both on and wake everyone, who then recheck.
-        let g = self.header.lock.lock();
+        let g = m.lock();
         if g.recovered {
             for w in [WaitFor::NotEmpty, WaitFor::NotFull] {
                 bump(self.word(w));
@@ -529,17 +564,19 @@ impl<'a> Queue<'a> {
             return Ok(false);
         }
         slot.write_at(self.values, self.slot_for_enqueue(head, tail))?;
-        self.header.tail.store(tail + 1, Relaxed);
-        self.enqueued(g, head, tail + 1, 1);
+        self.enqueued(g, head, tail, tail + 1);
         Ok(true)
     }
 
-    /// Take the lock for an enqueue of up to `want` packets: the counters
-    /// (checked) and how many of them fit now.
+    /// Take the producers' lock for an enqueue of up to `want` packets: the
+    /// counters (checked) and how many of them fit now.
     fn lock_for_enqueue(&self, want: usize) -> Result<(crate::lock::Guard<'a>, u64, u64, usize)> {
-        let g = self.lock();
+        let g = self.lock_enq();
         let h = self.header;
-        let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        // (tail is the producers' own; head is the consumers': SeqCst, so
+        // what they emptied before moving it on is done with before it is
+        // written over, and against a dequeue's wake-up check, see signal)
+        let (tail, head) = (h.tail.load(Relaxed), h.head.load(SeqCst));
         self.check_state(head, tail)?;
         let room = want.min((self.capacity - (tail - head)) as usize);
         // The counters only grow; one that would pass the end of its range
@@ -553,16 +590,31 @@ impl<'a> Queue<'a> {
         Ok((g, head, tail, room))
     }
 
-    /// After `n` packets went in (`tail` moved on to `tail`): note the depth,
-    /// let go of the lock, and tell the consumers.
-    fn enqueued(&self, g: crate::lock::Guard<'a>, head: u64, tail: u64, n: usize) {
+    /// Publish the packets written at `from..tail` (with `head` as the
+    /// enqueue read it): move `tail` on, note the depth, let go of the
+    /// producers' lock, and tell the consumers.
+    fn enqueued(&self, g: crate::lock::Guard<'a>, head: u64, from: u64, tail: u64) {
         let h = self.header;
+        // (SeqCst: a Release for what was written before it, and see signal)
+        h.tail.store(tail, SeqCst);
         let depth = tail - head;
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
         drop(g);
-        self.signal(WaitFor::NotEmpty, depth == n as u64, n as u32);
+        // A consumer that found the queue empty at `from` has moved head
+        // there; having moved tail on, we see that (see signal).
+        let edge = h.head.load(SeqCst) >= from;
+        self.signal(WaitFor::NotEmpty, edge, (tail - from) as u32);
+    }
+
+    /// After a dequeue moved `head` on from `from` (and let go of the
+    /// consumers' lock): tell the producers, `n` of whom may now fit.
+    fn dequeued(&self, from: u64, n: u64) {
+        // A producer that found the queue full when head was at `from` had
+        // moved tail `capacity` past it; having moved head on, we see that.
+        let edge = self.header.tail.load(SeqCst).saturating_sub(from) >= self.capacity;
+        self.signal(WaitFor::NotFull, edge, n.min(u32::MAX as u64) as u32);
     }
 
     /// Dequeue without waiting; the returned slot's reference is the caller's.
@@ -614,7 +666,7 @@ impl<'a> Queue<'a> {
         self.values.release_many(&slots)
     }
 
-    /// Take the packet at position `head` out, under the lock: read its
+    /// Take the packet at position `head` out, under the consumers' lock: read its
     /// slot, copy an inline packet's encoding onto `inl` (for
     /// [`Form::Handles`], build it into objects) and give its ring bytes
     /// back, and empty the slot; the caller then moves head on. None: the
@@ -631,7 +683,7 @@ impl<'a> Queue<'a> {
             S_EMPTY => (None, None),
             T_INLINE => match self.copy_inline(head, slot.bits, inl) {
                 Ok((range, end)) if form == Form::Handles => {
-                    // (the pool lock inside the queue lock: no path takes
+                    // (the pool lock inside the consumers' lock: no path takes
                     // them the other way round)
                     let built = self.build_inline(&inl[range]);
                     inl.truncate(start);
@@ -669,7 +721,8 @@ impl<'a> Queue<'a> {
         if let Some(end) = ring_end {
             // Records are dequeued in the order they were written, so this
             // one is the oldest still in the ring: all before its end is free.
-            self.header.ring_read.store(end, Relaxed);
+            // (Release: the copy is done before a producer writes over it)
+            self.header.ring_read.store(end, Release);
         }
         Ok(p)
     }
@@ -716,33 +769,34 @@ impl<'a> Queue<'a> {
     /// [`Queue::try_dequeue`] giving packed packets as they are (and inline
     /// ones as their bytes, appended to `inl`).
     fn try_dequeue_raw(&self, form: Form, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
-        let g = self.lock();
+        let g = self.lock_deq();
         let h = self.header;
         let start = h.head.load(Relaxed);
-        let was_full = h.tail.load(Relaxed).wrapping_sub(start) == self.capacity;
         // Each round moves head one step towards tail, at most `capacity`
         // away (check_state), so a round more than that means the counters
         // are being rewritten under our lock: the loop does not trust them
         // to end it.
         for _ in 0..=self.capacity {
-            let (head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+            // (head is the consumers' own; tail is the producers': SeqCst,
+            // an Acquire for what they published, and see signal)
+            let (head, tail) = (h.head.load(Relaxed), h.tail.load(SeqCst));
             self.check_state(head, tail)?;
             if head == tail {
                 drop(g);
                 if head != start {
                     // (empty slots skipped: room was made all the same)
-                    self.signal(WaitFor::NotFull, was_full, 1);
+                    self.dequeued(start, 1);
                 }
                 return Ok(None);
             }
             let p = self.take_at(form, head, inl)?;
-            h.head.store(head + 1, Relaxed);
+            h.head.store(head + 1, SeqCst);
             let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
             };
             drop(g);
-            self.signal(WaitFor::NotFull, was_full, 1);
+            self.dequeued(start, 1);
             return Ok(Some(p));
         }
         Err(Error::corrupt(format!(
@@ -763,8 +817,8 @@ impl<'a> Queue<'a> {
         if slots.is_empty() {
             return Ok(0);
         }
-        let (g, head, mut tail, room) = self.lock_for_enqueue(slots.len())?;
-        let mut n = 0;
+        let (g, head, from, room) = self.lock_for_enqueue(slots.len())?;
+        let (mut tail, mut n) = (from, 0);
         for &slot in &slots[..room] {
             // The slots first, then tail once: a process killed half-way
             // has published nothing. (One store to the header's first line,
@@ -783,8 +837,7 @@ impl<'a> Queue<'a> {
         if n == 0 {
             return Ok(0);
         }
-        self.header.tail.store(tail, Relaxed);
-        self.enqueued(g, head, tail, n);
+        self.enqueued(g, head, from, tail);
         Ok(n)
     }
 
@@ -805,7 +858,8 @@ impl<'a> Queue<'a> {
         if encs.is_empty() {
             return Ok((0, false));
         }
-        let (g, head, mut tail, room) = self.lock_for_enqueue(encs.len())?;
+        let (g, head, from, room) = self.lock_for_enqueue(encs.len())?;
+        let mut tail = from;
         let h = self.header;
         let mut write = h.ring_write.load(Relaxed);
         let read = if head == tail {
@@ -819,10 +873,15 @@ impl<'a> Queue<'a> {
                 write = 0;
                 h.ring_write.store(0, Relaxed);
             }
+            // (ring_read is the consumers' counter, but none writes it
+            // now: a dequeue writes it only while taking a packet, before
+            // it moves head on, and head has reached tail, which only we
+            // can move; our store is published with tail, as are records)
             h.ring_read.store(write, Relaxed);
             write
         } else {
-            h.ring_read.load(Relaxed)
+            // (Acquire: the bytes before it were copied out before it moved)
+            h.ring_read.load(Acquire)
         };
         // Counters that contradict each other were written by someone else:
         // no inline send until the queue is next seen empty (which resets
@@ -883,8 +942,7 @@ impl<'a> Queue<'a> {
         // Past the records before they are published: a producer killed
         // after publishing must not leave their bytes to be written over.
         h.ring_write.store(write, Relaxed);
-        h.tail.store(tail, Relaxed);
-        self.enqueued(g, head, tail, n);
+        self.enqueued(g, head, from, tail);
         Ok((n, ring_full))
     }
 
@@ -934,11 +992,12 @@ impl<'a> Queue<'a> {
         if max == 0 {
             return Ok(0);
         }
-        let g = self.lock();
+        let g = self.lock_deq();
         let h = self.header;
-        let (mut head, tail) = (h.head.load(Relaxed), h.tail.load(Relaxed));
+        // (as in try_dequeue_raw)
+        let (mut head, tail) = (h.head.load(Relaxed), h.tail.load(SeqCst));
         self.check_state(head, tail)?;
-        let was_full = tail - head == self.capacity;
+        let start = head;
         let mut got = 0;
         let mut taken = 0;
         while got < max && head != tail {
@@ -961,13 +1020,9 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        h.head.store(head, Relaxed);
+        h.head.store(head, SeqCst);
         drop(g);
-        self.signal(
-            WaitFor::NotFull,
-            was_full,
-            taken.min(u32::MAX as u64) as u32,
-        );
+        self.dequeued(start, taken);
         Ok(got)
     }
 
@@ -1057,8 +1112,8 @@ impl<'a> Queue<'a> {
     /// as many as fit now, without waiting; returns how many went in (a
     /// prefix). The values go in chunks of up to [`BATCH`]: a run of values
     /// that go inline is copied into the byte ring under one hold of the
-    /// queue lock; a run of others is built under one hold of the pool lock
-    /// and then enqueued under one hold of the queue lock (and so is
+    /// producers' lock; a run of others is built under one hold of the pool
+    /// lock and then enqueued under one hold of the producers' lock (and so is
     /// everything after the ring is found out of room). A value that cannot
     /// be sent (bad bytes, a dead reference, a full pool) leaves nothing of
     /// its chunk behind: it is an error if nothing went in yet, and
@@ -1332,17 +1387,22 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// After an operation (with the lock let go): move the futex word `w` on
-    /// and wake up to `n` sleepers on it, if anyone can be waiting for it.
-    /// `edge` says the operation changed the queue from empty (an enqueue)
-    /// or from full (a dequeue). A caller waits on `w` only after seeing the
-    /// queue empty (full) under the lock, having read the word before; the
-    /// first operation after that sees the same state, so it has `edge` set
-    /// and moves the word on. Operations in between (the queue neither
-    /// empty nor full) have no one to tell unless someone is asleep: one
-    /// wake-up for the first packet does not reach a second sleeper, which
-    /// the next packet must wake. So a pipe in steady use writes neither
-    /// word.
+    /// After an operation (with its lock let go): move the futex word `w`
+    /// on and wake up to `n` sleepers on it, if anyone can be waiting for
+    /// it. `edge` says the queue may have been seen empty (for an enqueue)
+    /// or full (a dequeue) where the operation found it. A caller waits on
+    /// `w` only after a try that saw the queue empty (full), having read the
+    /// word before. That try read the other side's counter (SeqCst) after
+    /// its own side's counter was stored (SeqCst); the operation that moves
+    /// the other counter on from there stores it (SeqCst) and then reads
+    /// ours (SeqCst), so it sees where the try left it and has `edge` set
+    /// (an enqueue from tail `t` sees head ≥ `t`; a dequeue from head `h`
+    /// sees tail ≥ `h` + capacity). `edge` may also be set when no one saw
+    /// the edge, which costs a needless word bump, never a lost wake-up.
+    /// Operations in between have no one to tell unless someone is asleep:
+    /// one wake-up for the first packet does not reach a second sleeper,
+    /// which the next packet must wake. So a pipe in steady use writes
+    /// neither word.
     fn signal(&self, w: WaitFor, edge: bool, n: u32) {
         let sleepers = self.sleepers(w);
         if edge || sleepers.load(Relaxed) > 0 {
@@ -1595,7 +1655,7 @@ impl<'a> Queue<'a> {
 /// Move a futex sequence on by one: SeqCst, so a waiter that sees the new
 /// value also sees the slots written before it, and so the sleeper count
 /// read next is ordered after it (see `Queue::signal`). A read-modify-write
-/// even under the queue lock: a cancelled JS wait moves the sequences on
+/// even under a queue lock: a cancelled JS wait moves the sequences on
 /// without the lock (crates/shmtools-node/src/waiter.rs).
 fn bump(word: &AtomicU32) {
     word.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

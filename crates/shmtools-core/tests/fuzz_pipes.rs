@@ -8,7 +8,7 @@
 //! Each case makes a region with a few pipes holding a few packets (some
 //! already taken, so head and tail have moved), damages the directory
 //! header (not its lock), its entries block, queue headers (not their
-//! locks), slot blocks and the bodies of packed packets (small tables and
+//! two locks), slot blocks and the bodies of packed packets (small tables and
 //! lists), block headers included, and calls everything.
 //!
 //! Properties: no panic, no wait beyond what was asked (every wait here is
@@ -37,8 +37,8 @@ mod common;
 mod fuzz_support;
 
 use common::{
-    create, unique_name, RemoveOnDrop, Rng, Q_BLOCK, Q_FRONT, Q_HEAD, Q_RING, Q_RING_READ,
-    Q_RING_SIZE, Q_RING_WRITE, Q_SLOTS, Q_TAIL,
+    create, unique_name, RemoveOnDrop, Rng, Q_BLOCK, Q_DEQ_LOCK, Q_ENQ_LOCK, Q_FRONT, Q_HEAD,
+    Q_RING, Q_RING_READ, Q_RING_SIZE, Q_RING_WRITE, Q_SLOTS, Q_TAIL,
 };
 use fuzz_support::{canon, carve, finishes, same, scribble, tolerate, Watchdog, READ};
 
@@ -183,11 +183,17 @@ proptest! {
         let mut plausible = vec![dir, entries];
         for p in &infos {
             let q = p.queue;
-            // The header sits 16 to 64 bytes into its block; its lock is
-            // its first 16 bytes.
+            // The header sits 16 to 64 bytes into its block; its locks
+            // are 16 bytes each, the consumers' first.
             let block = word(span, q + Q_BLOCK);
             queues.push((block - 16, block + QUEUE_BLOCK_SIZE));
-            queues = carve(&queues, &[(q, q + 16)]);
+            queues = carve(
+                &queues,
+                &[
+                    (q + Q_DEQ_LOCK, q + Q_DEQ_LOCK + 16),
+                    (q + Q_ENQ_LOCK, q + Q_ENQ_LOCK + 16),
+                ],
+            );
             let s = word(span, q + Q_SLOTS);
             slots.push((s - 16, s + p.capacity * SLOT_SIZE));
             plausible.extend([q, s]);

@@ -22,6 +22,8 @@ use shmtools_core::{AttachOptions, CreateOptions, Key, PoolCheck, PoolStats, Reg
 
 /// Offsets of a queue header's fields, for white-box tests that read or
 /// damage them.
+pub const Q_DEQ_LOCK: u64 = std::mem::offset_of!(QueueHeader, deq_lock) as u64;
+pub const Q_ENQ_LOCK: u64 = std::mem::offset_of!(QueueHeader, enq_lock) as u64;
 pub const Q_HEAD: u64 = std::mem::offset_of!(QueueHeader, head) as u64;
 pub const Q_TAIL: u64 = std::mem::offset_of!(QueueHeader, tail) as u64;
 pub const Q_FRONT_POS: u64 = std::mem::offset_of!(QueueHeader, front_pos) as u64;
