@@ -325,7 +325,7 @@ fn child_consume_batches(name: &str) {
     loop {
         round += 1;
         let max = 1 + round * 5 % 32;
-        let got: Vec<Value> = if round % 2 == 0 {
+        let got: Vec<Value> = if round.is_multiple_of(2) {
             let mut w = Writer::default();
             let n = q.dequeue_many_wire(max, Some(GUARD), &mut w).unwrap();
             let mut r = Reader::new(&w.buf);
