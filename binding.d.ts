@@ -25,7 +25,7 @@ export declare class NativeQueue {
    * waiting up to `timeout_ms` for room for the first (undefined or 0: no
    * wait; Infinity: forever); returns how many went in (the rest were not
    * stored). Built in batches under one hold of the pool lock each, and
-   * enqueued under one hold of the queue lock each.
+   * enqueued under one hold of the pipe's producers' lock each.
    */
   enqueueMany(wire: Buffer, count: number, timeoutMs?: number | undefined | null): number
   /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */

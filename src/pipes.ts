@@ -217,9 +217,10 @@ export class CQ<T = any> implements AsyncIterable<T> {
    * `values`; 0 if there was no room in time). Every value is encoded first,
    * so one that cannot be encoded throws before any goes in. Then one native
    * call sends the values that fit in runs: small plain values are copied
-   * into the pipe's byte ring, up to 64 under one hold of the pipe's lock;
+   * into the pipe's byte ring, up to 64 under one hold of the pipe's
+   * producers' lock;
    * others are built in the pool, up to 64 per hold of the pool lock, and
-   * enqueued under one hold of the pipe's lock. If the pool cannot take a
+   * enqueued under one hold of the producers' lock. If the pool cannot take a
    * value (out of memory), that run goes in not at all: the call throws if
    * nothing went in yet, and otherwise returns the count sent so far, so
    * sending the rest again meets the error.

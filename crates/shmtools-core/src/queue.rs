@@ -455,13 +455,18 @@ impl<'a> Queue<'a> {
         self.values
     }
 
-    /// Packets in the queue now.
+    /// Packets in the queue now. Reads `tail`, then `head`, both SeqCst:
+    /// a producer that finds the queue full this way (and then waits on
+    /// `not_full`, as [`Queue::try_enqueue_wire_many`] and the binding's
+    /// try do) has read the counters as a try under the lock does, so the
+    /// dequeue that makes room moves the word on (see [`Queue::signal`]).
+    /// (Loaded in the other order, a `head` read before a dequeue and a
+    /// `tail` read after the next enqueue could look full to a producer
+    /// while that dequeue saw no edge.)
     pub fn len(&self) -> u64 {
         let h = self.header;
-        h.tail
-            .load(Relaxed)
-            .saturating_sub(h.head.load(Relaxed))
-            .min(self.capacity)
+        let tail = h.tail.load(SeqCst);
+        tail.saturating_sub(h.head.load(SeqCst)).min(self.capacity)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -597,14 +602,17 @@ impl<'a> Queue<'a> {
         let h = self.header;
         // (SeqCst: a Release for what was written before it, and see signal)
         h.tail.store(tail, SeqCst);
-        let depth = tail - head;
+        // A consumer that found the queue empty at `from` has moved head
+        // there; having moved tail on, we see that (see signal).
+        let now = h.head.load(SeqCst);
+        // (from the head read now, not at the lock: consumers may have
+        // taken packets meanwhile, and the depth must not be overstated)
+        let depth = tail.saturating_sub(now.max(head));
         if depth > h.high_water.load(Relaxed) {
             h.high_water.store(depth, Relaxed);
         }
         drop(g);
-        // A consumer that found the queue empty at `from` has moved head
-        // there; having moved tail on, we see that (see signal).
-        let edge = h.head.load(SeqCst) >= from;
+        let edge = now >= from;
         self.signal(WaitFor::NotEmpty, edge, (tail - from) as u32);
     }
 
@@ -789,7 +797,18 @@ impl<'a> Queue<'a> {
                 }
                 return Ok(None);
             }
-            let p = self.take_at(form, head, inl)?;
+            let p = match self.take_at(form, head, inl) {
+                Ok(p) => p,
+                Err(e) => {
+                    drop(g);
+                    if head != start {
+                        // (empty slots skipped before the failure: room
+                        // was made, which a producer may be waiting for)
+                        self.dequeued(start, 1);
+                    }
+                    return Err(e);
+                }
+            };
             h.head.store(head + 1, SeqCst);
             let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.

@@ -26,7 +26,7 @@ mod common;
 
 use common::{
     attach_opts, baseline, child_role, create, env_str, env_u64, ks, say, spawn, unique_name, Proc,
-    RemoveOnDrop, ID,
+    RemoveOnDrop, ID, Q_DEQ_LOCK, Q_ENQ_LOCK,
 };
 
 const PIPE: &str = "SHMT_PIPE";
@@ -686,30 +686,42 @@ fn waiters_whose_peers_died_time_out_on_schedule_even_past_a_lock_left_held() {
     let q = server.pipe().unwrap();
     let env = [(PIPE, "s".to_string())];
     // A peer that attached, then was SIGKILLed: its thread id, now gone,
-    // is written into the pipe's lock as if it had died holding it.
+    // is written into one of the pipe's locks (the consumers', then the
+    // producers') as if it had died holding it.
     let mut peer = spawn("blocked", &name, &env);
     peer.expect("ready");
     let dead_tid = peer.pid();
     peer.kill_and_reap();
-    let lock_word = region.span().u32_at(q.offset() + 8).unwrap();
+    let deq_lock = region.span().u32_at(q.offset() + Q_DEQ_LOCK).unwrap();
+    let enq_lock = region.span().u32_at(q.offset() + Q_ENQ_LOCK).unwrap();
     let wait = Duration::from_millis(300);
 
-    // A consumer on an empty pipe whose producer died.
-    lock_word.store(dead_tid, Ordering::Relaxed);
+    // A consumer on an empty pipe whose producer and consumer died, each
+    // holding its side's lock: it takes the consumers' lock over, and never
+    // needs the producers'.
+    enq_lock.store(dead_tid, Ordering::Relaxed);
+    deq_lock.store(dead_tid, Ordering::Relaxed);
     let t0 = Instant::now();
     assert_eq!(q.dequeue_value(Some(wait)).unwrap(), None);
     assert!(t0.elapsed() >= wait, "returned before its timeout");
+    assert_eq!(deq_lock.load(Ordering::Relaxed), 0, "taken over and let go");
+    assert_eq!(enq_lock.load(Ordering::Relaxed), dead_tid);
 
-    // A producer on a full pipe whose consumer died.
+    // The next producer takes the producers' lock over.
     assert!(q.enqueue_value(&Value::Int(1), Some(GUARD)).unwrap());
+    assert_eq!(enq_lock.load(Ordering::Relaxed), 0, "taken over and let go");
     assert!(q.enqueue_value(&Value::Int(2), Some(GUARD)).unwrap());
-    lock_word.store(dead_tid, Ordering::Relaxed);
+
+    // A producer on a full pipe whose consumer died holding its lock.
+    deq_lock.store(dead_tid, Ordering::Relaxed);
     let t0 = Instant::now();
     assert!(!q.enqueue_value(&Value::Int(3), Some(wait)).unwrap());
     assert!(t0.elapsed() >= wait, "gave up before its timeout");
 
     // Nothing was lost or duplicated, and the pipe works on.
+    // (the first dequeue takes the consumers' lock over)
     assert_eq!(q.dequeue_value(Some(GUARD)).unwrap(), Some(Value::Int(1)));
+    assert_eq!(deq_lock.load(Ordering::Relaxed), 0, "taken over and let go");
     assert_eq!(q.dequeue_value(Some(GUARD)).unwrap(), Some(Value::Int(2)));
     assert_eq!(q.dequeue_value(Some(Duration::ZERO)).unwrap(), None);
     // The waits that timed out reclaimed the dead peer's session on the way.

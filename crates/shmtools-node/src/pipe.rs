@@ -139,7 +139,7 @@ impl NativeQueue {
     /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
     /// wait; Infinity: forever); returns how many went in (the rest were not
     /// stored). Built in batches under one hold of the pool lock each, and
-    /// enqueued under one hold of the queue lock each.
+    /// enqueued under one hold of the pipe's producers' lock each.
     #[napi(catch_unwind)]
     pub fn enqueue_many(&self, wire: Buffer, count: u32, timeout_ms: Option<f64>) -> Result<u32> {
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;

@@ -191,7 +191,7 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         if woke == platform::Wake::TimedOut && slice == LOOK_AGAIN {
             // A whole slice without a change: answer "changed" anyway, so
             // the JS side looks at the queue again. A producer killed
-            // between letting go of the queue lock and moving the word on
+            // between letting go of a queue lock and moving the word on
             // leaves a packet there with the word unmoved; this bounds the
             // wait for it to a slice, as a Rust waiter's is. (One look per
             // second of waiting.)
