@@ -403,56 +403,75 @@ fn child_find(name: &str) {
 
 // ---- exactly once -------------------------------------------------------------
 
-#[test]
-fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once() {
-    const P: u64 = 4;
-    const C: u64 = 4;
-    const N: u64 = 2000;
-    const CAP: u64 = 16;
-    let name = unique("mpmc");
+/// Run `producers` and `consumers` processes in the given roles on a fresh
+/// pipe of `cap` packets: each producer sends messages `0..n` and an eof;
+/// once all are in, one pill per consumer. Checks what the consumers report
+/// ([`check_deliveries`]), that the queue ends empty and never held more
+/// than `cap`, and that every block is given back; returns the queue's
+/// stats.
+fn mpmc(
+    tag: &str,
+    (produce, consume): (&str, &str),
+    producers: u64,
+    consumers: u64,
+    n: u64,
+    cap: u64,
+) -> shmtools_core::QueueStats {
+    let name = unique(tag);
     let _rm = RemoveOnDrop(name.clone());
     let region = create(&name, 16 << 20);
-    let server = ServerSide::start(&name, "work", CAP, &attach_opts(GUARD)).unwrap();
+    let server = ServerSide::start(&name, "work", cap, &attach_opts(GUARD)).unwrap();
     let q = server.pipe().unwrap();
     let vals = region.values().unwrap();
     let base = baseline(&vals);
     let t0 = Instant::now();
-
     let env = |id: u64| {
         vec![
             (PIPE, "work".to_string()),
             (ID, id.to_string()),
-            (COUNT, N.to_string()),
-            (CAPACITY, CAP.to_string()),
+            (COUNT, n.to_string()),
+            (CAPACITY, cap.to_string()),
         ]
     };
-    let consumers: Vec<Proc> = (0..C).map(|i| spawn("consume", &name, &env(i))).collect();
-    let producers: Vec<Proc> = (0..P).map(|i| spawn("produce", &name, &env(i))).collect();
-    for p in producers {
-        assert_eq!(p.finish_ok()["sent"], N.to_string());
+    let cs: Vec<Proc> = (0..consumers)
+        .map(|i| spawn(consume, &name, &env(i)))
+        .collect();
+    let ps: Vec<Proc> = (0..producers)
+        .map(|i| spawn(produce, &name, &env(i)))
+        .collect();
+    for p in ps {
+        assert_eq!(p.finish_ok()["sent"], n.to_string());
     }
     // Every message and eof is in the pipe before the first pill.
-    for _ in 0..C {
+    for _ in 0..consumers {
         assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
     }
-    let outs: Vec<_> = consumers.into_iter().map(|c| c.finish_ok()).collect();
-    check_deliveries(&outs, P, N);
+    let outs: Vec<_> = cs.into_iter().map(|c| c.finish_ok()).collect();
+    check_deliveries(&outs, producers, n);
     eprintln!(
-        "{P}×{C} processes moved {} messages in {:?}",
-        P * N,
+        "{producers}×{consumers} processes moved {} messages in {:?}",
+        producers * n,
         t0.elapsed()
     );
-
     let st = q.stats();
     assert_eq!(st.depth, 0);
-    assert_eq!(st.total_enqueued, P * (N + 1) + C);
-    assert_eq!(st.total_dequeued, P * (N + 1) + C);
-    assert!(st.high_water <= CAP, "high water {} > {CAP}", st.high_water);
+    assert!(st.high_water <= cap, "high water {} > {cap}", st.high_water);
     // Every packet (copies, moved objects, nested references) was freed by
     // whichever process released it last.
     assert_eq!(baseline(&vals), base);
     drop(server);
     assert!(region.destroy().unwrap());
+    st
+}
+
+#[test]
+fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once() {
+    const P: u64 = 4;
+    const C: u64 = 4;
+    const N: u64 = 2000;
+    let st = mpmc("mpmc", ("produce", "consume"), P, C, N, 16);
+    assert_eq!(st.total_enqueued, P * (N + 1) + C);
+    assert_eq!(st.total_dequeued, P * (N + 1) + C);
 }
 
 /// The batch forms between processes, with each end's lock taken by
@@ -463,44 +482,8 @@ fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once(
 /// per producer, and every block is given back.
 #[test]
 fn batches_between_three_producer_and_three_consumer_processes_arrive_once_and_in_order() {
-    const P: u64 = 3;
-    const C: u64 = 3;
-    const N: u64 = 20_000;
-    const CAP: u64 = 8;
-    let name = unique("mpmc-batches");
-    let _rm = RemoveOnDrop(name.clone());
-    let region = create(&name, 16 << 20);
-    let server = ServerSide::start(&name, "work", CAP, &attach_opts(GUARD)).unwrap();
-    let q = server.pipe().unwrap();
-    let vals = region.values().unwrap();
-    let base = baseline(&vals);
-    let env = |id: u64| {
-        vec![
-            (PIPE, "work".to_string()),
-            (ID, id.to_string()),
-            (COUNT, N.to_string()),
-        ]
-    };
-    let consumers: Vec<Proc> = (0..C)
-        .map(|i| spawn("consume_batches", &name, &env(i)))
-        .collect();
-    let producers: Vec<Proc> = (0..P)
-        .map(|i| spawn("produce_batches", &name, &env(i)))
-        .collect();
-    for p in producers {
-        assert_eq!(p.finish_ok()["sent"], N.to_string());
-    }
-    for _ in 0..C {
-        assert!(q.enqueue_value(&pill(), Some(GUARD)).unwrap());
-    }
-    let outs: Vec<_> = consumers.into_iter().map(|c| c.finish_ok()).collect();
-    check_deliveries(&outs, P, N);
-    let st = q.stats();
-    assert_eq!(st.depth, 0);
-    assert!(st.high_water <= CAP, "high water {} > {CAP}", st.high_water);
-    assert_eq!(baseline(&vals), base);
-    drop(server);
-    assert!(region.destroy().unwrap());
+    let roles = ("produce_batches", "consume_batches");
+    mpmc("mpmc-batches", roles, 3, 3, 20_000, 8);
 }
 
 // ---- timeouts -----------------------------------------------------------------
