@@ -165,7 +165,7 @@ fn q_recv(args: &[String]) -> R<()> {
         let seq = match kind {
             "copy" => {
                 // One packet's encoding, copied out (inline: from the byte
-                // ring, under the queue lock) into a reused buffer.
+                // ring, under the consumers' lock) into a reused buffer.
                 w.buf.clear();
                 if q.dequeue_many_wire(1, None, &mut w)
                     .map_err(err("dequeue_many_wire"))?
@@ -274,7 +274,7 @@ fn q_send(args: &[String]) -> R<()> {
 }
 
 /// Consumer of the batched 5a variant: takes up to `batch` packets per
-/// call (one hold of the queue lock) as their encodings, copied out into one
+/// call (one hold of the consumers' lock) as their encodings, copied out into one
 /// reused buffer (`dequeue_many_wire`: inline packets straight from the byte
 /// ring, any in pool blocks copied and freed under one hold of the pool
 /// lock), and reads and checks each one's sequence number as `q_recv` does.
@@ -317,9 +317,9 @@ fn q_recv_batch(region: &str, pipe: &str, n: u64, batch: usize) -> R<()> {
 }
 
 /// Producer of the batched 5a variant: `batch` 64-byte Bytes values per
-/// call of `enqueue_wire_many`, which stores a run of up to `queue::BATCH`
-/// of them under one hold of the pool lock and enqueues that run under one
-/// hold of the queue lock (inside one in-progress mark).
+/// call of `enqueue_wire_many`, which copies a run of up to `queue::BATCH`
+/// of them into the pipe's byte ring under one hold of the producers' lock
+/// (inside one in-progress mark).
 fn q_send_batch(region: &str, pipe: &str, n: u64, batch: usize) -> R<()> {
     let end = ClientSide::start(region, pipe, &attach_opts()).map_err(err("attach"))?;
     let q = end.pipe().map_err(err("open pipe"))?;
@@ -1044,7 +1044,7 @@ const OW_LABELS: [&str; 8] = [
 ];
 /// Messages per call in the batched row (as the Node suite's batch forms;
 /// the producer's call copies them into the ring `queue::BATCH` = 64 per
-/// hold of the queue lock, the consumer's takes up to 256 in one).
+/// hold of the producers' lock, the consumer's takes up to 256 in one).
 const OW_BATCH: usize = 256;
 /// (`batch` stands for `batch<OW_BATCH>`.)
 const OW_KINDS: [&str; 5] = ["copy", "bytes", "batch", "value", "int"];
@@ -1702,7 +1702,7 @@ const NOTES: &str = "
   value as a pool object (`store_wire` + `enqueue`, then `dequeue` + read +
   `release`), the path of a shared handle. The batched row sends the same
   values by copy, 256 per call: the producer's `enqueue_wire_many` copies
-  them in, 64 per hold of the queue lock; the consumer's `dequeue_many_wire`
+  them in, 64 per hold of the producers' lock; the consumer's `dequeue_many_wire`
   takes up to 256 under one hold and copies them out in one buffer, and it
   checks every sequence number. Boost's `message_queue` has no batch calls,
   so its row is the same as for the others.

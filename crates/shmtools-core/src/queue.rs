@@ -79,12 +79,13 @@ pub const BATCH: usize = 64;
 /// Shared-memory layout of a queue header (192 bytes, at a 64-byte aligned
 /// offset inside its block; see [`Queue::create`]).
 ///
-/// The first 64 bytes are one cache line holding everything a hop through
+/// The first 64 bytes are one cache line holding most of what a hop through
 /// an idle pipe touches: the consumers' lock, both counters, the consumers'
 /// futex word and sleeper count, and the front slot. A packet enqueued into
 /// an empty queue goes into the front slot instead of the ring, so a
 /// producer and a consumer taking turns move this line between their cores
-/// and little else. The second line holds what is read once at open or
+/// and little else (the producers' lock, in the third line, stays with the
+/// producer). The second line holds what is read once at open or
 /// written rarely; the third the byte ring's counters and the producers'
 /// lock (a line only producers write when no packet goes inline).
 #[repr(C)]
@@ -793,7 +794,7 @@ impl<'a> Queue<'a> {
                 drop(g);
                 if head != start {
                     // (empty slots skipped: room was made all the same)
-                    self.dequeued(start, 1);
+                    self.dequeued(start, head - start);
                 }
                 return Ok(None);
             }
@@ -804,7 +805,7 @@ impl<'a> Queue<'a> {
                     if head != start {
                         // (empty slots skipped before the failure: room
                         // was made, which a producer may be waiting for)
-                        self.dequeued(start, 1);
+                        self.dequeued(start, head - start);
                     }
                     return Err(e);
                 }
@@ -815,7 +816,7 @@ impl<'a> Queue<'a> {
                 continue;
             };
             drop(g);
-            self.dequeued(start, 1);
+            self.dequeued(start, head + 1 - start);
             return Ok(Some(p));
         }
         Err(Error::corrupt(format!(
@@ -1026,7 +1027,18 @@ impl<'a> Queue<'a> {
             // half-way leaves empty slots at the head, which are skipped.
             let p = match self.take_at(form, head, inl) {
                 Ok(p) => p,
-                Err(e) if taken == 0 => return Err(e),
+                // Nothing to hand out: the error is the answer (not an
+                // empty batch, which would send the caller to wait). Empty
+                // slots skipped before it are passed all the same, and the
+                // room they made is signalled.
+                Err(e) if got == 0 => {
+                    if taken > 0 {
+                        h.head.store(head, SeqCst);
+                        drop(g);
+                        self.dequeued(start, taken);
+                    }
+                    return Err(e);
+                }
                 Err(_) => break,
             };
             head += 1;

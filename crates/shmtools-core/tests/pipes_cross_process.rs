@@ -482,8 +482,14 @@ fn four_producer_and_four_consumer_processes_deliver_every_message_exactly_once(
 /// per producer, and every block is given back.
 #[test]
 fn batches_between_three_producer_and_three_consumer_processes_arrive_once_and_in_order() {
+    const P: u64 = 3;
+    const C: u64 = 3;
+    const N: u64 = 20_000;
     let roles = ("produce_batches", "consume_batches");
-    mpmc("mpmc-batches", roles, 3, 3, 20_000, 8);
+    let st = mpmc("mpmc-batches", roles, P, C, N, 8);
+    // (consumers that took more than one pill put the others back)
+    assert_eq!(st.total_enqueued, st.total_dequeued);
+    assert!(st.total_enqueued >= P * (N + 1) + C);
 }
 
 // ---- timeouts -----------------------------------------------------------------
@@ -700,6 +706,11 @@ fn waiters_whose_peers_died_time_out_on_schedule_even_past_a_lock_left_held() {
     let t0 = Instant::now();
     assert!(!q.enqueue_value(&Value::Int(3), Some(wait)).unwrap());
     assert!(t0.elapsed() >= wait, "gave up before its timeout");
+    assert_eq!(
+        deq_lock.load(Ordering::Relaxed),
+        dead_tid,
+        "a producer never takes it"
+    );
 
     // Nothing was lost or duplicated, and the pipe works on.
     // (the first dequeue takes the consumers' lock over)

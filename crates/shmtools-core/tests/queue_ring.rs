@@ -393,6 +393,44 @@ fn damaged_ring_counters_send_through_the_pool_until_the_queue_is_empty_again() 
     assert_eq!(q.dequeue_value(NOW).unwrap(), Some(message(4, 100)));
 }
 
+/// A dequeue that passes an empty slot (left by a consumer killed between
+/// emptying it and moving head on) and then meets a slot that does not
+/// read answers ERR_SHM_CORRUPT, in the single and the batch forms, rather
+/// than "nothing there" (which would send the caller to wait), and moves
+/// head past the empty slot. Once the slot is mended the pipe goes on.
+#[test]
+fn a_dequeue_that_skips_an_empty_slot_and_meets_a_bad_one_answers_the_error() {
+    let (_rm, region, off) = fresh("skip-then-bad", 8);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    for form in ["dequeue_many_wire", "dequeue_many_shared", "dequeue_value"] {
+        let head = word(&q, Q_HEAD);
+        for i in 0..3 {
+            assert!(q.enqueue_value(&Value::Int(i), NOW).unwrap());
+        }
+        let span = vals.pool().span();
+        let (empty, bad) = (slot_offset(&q, head), slot_offset(&q, head + 1));
+        span.u64_at(empty).unwrap().store(0, Ordering::Relaxed);
+        span.u64_at(empty + 8).unwrap().store(0, Ordering::Relaxed);
+        span.u64_at(bad).unwrap().store(200, Ordering::Relaxed);
+        let err = match form {
+            "dequeue_many_wire" => q
+                .dequeue_many_wire(8, NOW, &mut Writer::default())
+                .map(|_| ()),
+            "dequeue_many_shared" => q.dequeue_many_shared(8, NOW).map(|_| ()),
+            _ => q.dequeue_value(NOW).map(|_| ()),
+        }
+        .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Corrupt, "{form}: {err}");
+        assert_eq!(word(&q, Q_HEAD), head + 1, "{form}: past the empty slot");
+        // Mended, the bad slot's packet and the last come out in order.
+        span.u64_at(bad).unwrap().store(3, Ordering::Relaxed); // T_INT
+        assert_eq!(q.dequeue_value(NOW).unwrap(), Some(Value::Int(1)));
+        assert_eq!(q.dequeue_value(NOW).unwrap(), Some(Value::Int(2)));
+        assert_eq!(q.dequeue_value(NOW).unwrap(), None);
+    }
+}
+
 #[test]
 fn a_handle_dequeue_with_no_room_in_the_pool_leaves_an_inline_packet_in_the_queue() {
     let (_rm, region, off) = fresh("no-room", 16);
