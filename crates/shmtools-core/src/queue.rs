@@ -76,7 +76,7 @@ const SPINS: u32 = 4000;
 /// one hold of the producers' lock.
 pub const BATCH: usize = 64;
 
-/// Shared-memory layout of a queue header (192 bytes, at a 64-byte aligned
+/// Shared-memory layout of a queue header (256 bytes, at a 64-byte aligned
 /// offset inside its block; see [`Queue::create`]).
 ///
 /// The first 64 bytes are one cache line holding most of what a hop through
@@ -84,10 +84,12 @@ pub const BATCH: usize = 64;
 /// futex word and sleeper count, and the front slot. A packet enqueued into
 /// an empty queue goes into the front slot instead of the ring, so a
 /// producer and a consumer taking turns move this line between their cores
-/// and little else (the producers' lock, in the third line, stays with the
-/// producer). The second line holds what is read once at open or
-/// written rarely; the third the byte ring's counters and the producers'
-/// lock (a line only producers write when no packet goes inline).
+/// and little else (the producers' lock, in the fourth line, stays with the
+/// producer). The second line holds what is read once at open or written
+/// rarely; the third the byte ring's counters; the fourth the producers'
+/// lock alone, which no consumer touches (beside `ring_read`, which a
+/// consumer writes on every inline packet, it cost each one-per-call
+/// inline send a line move).
 #[repr(C)]
 pub struct QueueHeader {
     /// The consumers' lock: held by a dequeue while it takes packets out
@@ -140,11 +142,13 @@ pub struct QueueHeader {
     pub ring: AtomicU64,
     /// Bytes in the ring: a power of two, [`RING_MIN`] ..= [`RING_MAX`].
     pub ring_size: AtomicU64,
+    /// Zero.
+    pub reserved2: [AtomicU64; 4],
     /// The producers' lock: held by an enqueue while it writes packets in
     /// and moves `tail` on. Consumers never take it.
     pub enq_lock: ShmMutex,
     /// Zero.
-    pub reserved2: [AtomicU64; 2],
+    pub reserved3: [AtomicU64; 6],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
@@ -152,7 +156,7 @@ pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
 /// block's leading magic, wherever the (16-byte aligned) block starts.
 pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
 const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
-const _: () = assert!(QUEUE_HEADER_SIZE == 192);
+const _: () = assert!(QUEUE_HEADER_SIZE == 256);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 0);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 16);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 24);
@@ -172,8 +176,9 @@ const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 128);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 136);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 144);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 152);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 160);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 176);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 160);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 192);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved3) == 208);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
