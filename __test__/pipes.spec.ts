@@ -16,6 +16,7 @@
  * dequeue/enqueue), which would starve the event-loop tests if they overlapped.
  */
 import { setMaxListeners } from 'node:events'
+import { createRequire } from 'node:module'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -87,6 +88,9 @@ function startPipeChild(args: string[], opts: ChildOptions = {}): LiveChild {
 }
 
 /** A fresh region for one test, destroyed when the test ends. */
+/** The native binding itself (the facade's per-message calls go straight to it). */
+const binding = createRequire(import.meta.url)('../binding.js') as typeof import('../binding.js')
+
 function fresh(t: ExecutionContext, tag: string, bytes = 4 * MiB): RegionFixture {
   return freshRegion(t, `pipe-${tag}`, bytes)
 }
@@ -792,6 +796,37 @@ test.serial('after close() every use of the pipe is ERR_SHM_CLOSED; the pipe and
   shm.close()
   t.throws(() => other.enqueue('x'), closed)
   t.throws(() => other.dequeue(0), closed)
+})
+
+test.serial("the binding's per-message pipe calls refuse anything but a live pipe's external with an error, never a crash", (t) => {
+  const { shm, region } = fresh(t, 'fast-args')
+  new ServerSide(region, 'p', 4).start()
+  type Native = { findPipe(name: string): { fast(): object } | null }
+  const q = (region as unknown as { native(): Native }).native().findPipe('p')!
+  const h = q.fast()
+  const wire = Buffer.from([3, 7, 0, 0, 0, 0, 0, 0, 0]) // the Int 7
+  t.true(binding.pipeEnqueue(h as never, wire, 0))
+  t.is(typeof binding.pipeSeq(h as never, 0), 'number')
+  // Not a pipe: a plain object, a number, a Buffer, null, an external of
+  // another kind (a region's own), the class instance itself.
+  const strangers: unknown[] = [{}, 42, wire, null, undefined, q]
+  for (const x of strangers) {
+    t.throws(() => binding.pipeEnqueue(x as never, wire, 0), undefined, String(x))
+    t.throws(() => binding.pipeDequeue(x as never, 0), undefined, String(x))
+    t.throws(() => binding.pipeDequeueMany(x as never, 4, 0), undefined, String(x))
+    t.throws(() => binding.pipeDequeueManyCopy(x as never, 4, 0), undefined, String(x))
+    t.throws(() => binding.pipeSeq(x as never, 0), undefined, String(x))
+  }
+  // A bad kind or timeout is ERR_SHM_INVALID_ARG, as on the class.
+  t.throws(() => binding.pipeSeq(h as never, 7), { message: /ERR_SHM_INVALID_ARG/ })
+  t.throws(() => binding.pipeDequeue(h as never, -1), { message: /ERR_SHM_INVALID_ARG/ })
+  // The packet is still there, and the external works to the end.
+  const got = binding.pipeDequeueManyCopy(h as never, 4, 0)
+  t.true(typeof got === 'string' && got.length > 1)
+  // A closed region: ERR_SHM_CLOSED through the external too.
+  shm.close()
+  t.throws(() => binding.pipeEnqueue(h as never, wire, 0), { message: /ERR_SHM_CLOSED/ })
+  t.throws(() => binding.pipeDequeue(h as never, 0), { message: /ERR_SHM_CLOSED/ })
 })
 
 // 7 ---------------------------------------------------------------------------

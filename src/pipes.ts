@@ -27,6 +27,9 @@ export interface WaitOptions {
   signal?: AbortSignal
 }
 
+/** A pipe as binding.pipe* calls take it (NativeQueue.fast()). */
+type PipeHandle = ReturnType<NativeQueue['fast']>
+
 /** Options of enqueueMany. */
 export interface EnqueueManyOptions {
   /**
@@ -78,6 +81,13 @@ export class CQ<T = any> implements AsyncIterable<T> {
   readonly name: string
   readonly #region: Region
   #q: NativeQueue | undefined
+  /**
+   * The same pipe as an external, for the calls made per message
+   * (binding.pipe*): a call on it skips napi-rs' borrow check of a class
+   * instance, about 170 ns (docs/BENCHMARKS.md, "Calls into native code per
+   * message").
+   */
+  #h: PipeHandle | undefined
   /** Ids of async waits parked right now, so close() can end them. */
   readonly #parked = new Set<number>()
 
@@ -86,12 +96,20 @@ export class CQ<T = any> implements AsyncIterable<T> {
     this.#region = region
     this.name = name
     this.#q = q
+    this.#h = q.fast()
   }
 
   #native(): NativeQueue {
     if (this.#q === undefined) throw new ShmError(ErrorCodes.CLOSED, `pipe '${this.name}' is closed`)
     this.#region.native() // the region must still be open too
     return this.#q
+  }
+
+  /** #native(), as the external for binding.pipe* calls. */
+  #fast(): PipeHandle {
+    if (this.#h === undefined) throw new ShmError(ErrorCodes.CLOSED, `pipe '${this.name}' is closed`)
+    this.#region.native() // the region must still be open too
+    return this.#h
   }
 
   get capacity(): number {
@@ -119,9 +137,9 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   enqueue(value: T, timeoutMs?: number): boolean {
     const t = checkTimeout(timeoutMs)
-    const q = this.#native()
+    const h = this.#fast()
     const wire = encodeFor(this.#region, value)
-    return native(() => q.enqueue(wire, t === Infinity ? undefined : t))
+    return native(() => binding.pipeEnqueue(h, wire, t === Infinity ? undefined : t))
   }
 
   /**
@@ -130,8 +148,8 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   dequeue(timeoutMs?: number): T | undefined {
     const t = checkTimeout(timeoutMs)
-    const q = this.#native()
-    const v = native(() => q.dequeue(t === Infinity ? undefined : t))
+    const h = this.#fast()
+    const v = native(() => binding.pipeDequeue(h, t === Infinity ? undefined : t))
     return v === null || v === undefined ? undefined : (wrap(this.#region, v) as T)
   }
 
@@ -157,12 +175,13 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const deadline = performance.now() + t
     for (;;) {
       const q = this.#native()
-      const seen = native(() => q.seq(NOT_FULL))
+      const h = this.#fast()
+      const seen = native(() => binding.pipeSeq(h, NOT_FULL))
       // Encoded afresh on each try: a shared handle inside `value` may have
       // been released while we waited, and must fail now rather than leave a
       // stale reference in an old encoding.
       const wire = encodeFor(this.#region, value)
-      if (native(() => q.enqueue(wire, 0))) return true
+      if (native(() => binding.pipeEnqueue(h, wire, 0))) return true
       const left = deadline - performance.now()
       if (left <= 0) return false
       if ((await this.#park(q, NOT_FULL, seen, left, signal)) === WAITED_OUT) return false
@@ -181,10 +200,11 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const deadline = performance.now() + t
     for (let first = true; ; first = false) {
       const q = this.#native()
-      const seen = native(() => q.seq(NOT_EMPTY))
+      const h = this.#fast()
+      const seen = native(() => binding.pipeSeq(h, NOT_EMPTY))
       // The first try spins briefly (a reply often arrives within
       // microseconds); later tries follow a wake-up and just look.
-      const v = native(() => (first && t > 0 ? q.dequeueSpin(SPIN_US) : q.dequeue(0)))
+      const v = native(() => (first && t > 0 ? binding.pipeDequeueSpin(h, SPIN_US) : binding.pipeDequeue(h, 0)))
       if (v !== null && v !== undefined) return wrap(this.#region, v) as T
       const left = deadline - performance.now()
       if (left <= 0) return undefined
@@ -228,10 +248,10 @@ export class CQ<T = any> implements AsyncIterable<T> {
   enqueueMany(values: readonly T[], options?: EnqueueManyOptions): number {
     if (!Array.isArray(values)) throw new ShmArgumentError('enqueueMany takes an array of values')
     const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
-    const q = this.#native()
+    const h = this.#fast()
     if (values.length === 0) return 0
     const wire = encodeManyFor(this.#region, values)
-    return native(() => q.enqueueMany(wire, values.length, t))
+    return native(() => binding.pipeEnqueueMany(h, wire, values.length, t))
   }
 
   /**
@@ -245,13 +265,13 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
     const copy = options?.copy === undefined ? false : options.copy
     if (typeof copy !== 'boolean') throw new ShmArgumentError(`copy must be a boolean, got ${typeof copy}`)
-    const q = this.#native()
+    const h = this.#fast()
     const n = Math.min(max, 0xffffffff) // no pipe holds more
     if (copy) {
-      const got = native(() => q.dequeueManyCopy(n, t))
+      const got = native(() => binding.pipeDequeueManyCopy(h, n, t))
       return (typeof got === 'string' ? decodeBatch(got) : decodeMany(got)) as T[]
     }
-    return native(() => q.dequeueMany(n, t)).map((v) => wrap(this.#region, v) as T)
+    return native(() => binding.pipeDequeueMany(h, n, t)).map((v) => wrap(this.#region, v) as T)
   }
 
   /** `for await (const packet of pipe)`: dequeues until the pipe is closed. */
@@ -280,6 +300,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   close(): void {
     this.#q = undefined
+    this.#h = undefined
     for (const id of this.#parked) binding.cancelWait(id)
   }
 }

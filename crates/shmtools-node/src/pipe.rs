@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, Either, Object};
+use napi::bindgen_prelude::{Buffer, BufferSlice, Either, External, Object};
 use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
@@ -42,13 +42,23 @@ pub struct PipeEntry {
     pub queue_block: f64,
 }
 
-#[napi]
-pub struct NativeQueue {
+/// What a pipe call needs: the region and the queue's offset. It is behind
+/// both the `NativeQueue` class (every call) and the external the facade's
+/// per-message calls take (the `pipe_*` functions below): napi-rs checks each
+/// call on a class instance against a process-wide table of borrows, which
+/// cost about 170 ns a call here, while an external is one type check
+/// (docs/BENCHMARKS.md, "Calls into native code per message").
+pub struct PipeRef {
     cell: Arc<RegionCell>,
     off: u64,
     /// Bytes the last copied batch took: the next one's first guess, so its
     /// buffer is sized once instead of grown by doubling.
     copy_hint: std::cell::Cell<usize>,
+}
+
+#[napi]
+pub struct NativeQueue {
+    p: PipeRef,
 }
 
 fn which(w: u32) -> Result<WaitFor> {
@@ -78,6 +88,14 @@ fn timeout(ms: Option<f64>) -> Result<Option<Duration>> {
 impl NativeQueue {
     fn new(cell: &Arc<RegionCell>, off: u64) -> NativeQueue {
         NativeQueue {
+            p: PipeRef::new(cell, off),
+        }
+    }
+}
+
+impl PipeRef {
+    fn new(cell: &Arc<RegionCell>, off: u64) -> PipeRef {
+        PipeRef {
             cell: cell.clone(),
             off,
             copy_hint: std::cell::Cell::new(256),
@@ -98,15 +116,118 @@ impl NativeQueue {
 impl NativeQueue {
     #[napi(getter)]
     pub fn capacity(&self) -> Result<f64> {
-        Ok(self.queue()?.capacity() as f64)
+        self.p.capacity()
     }
 
     #[napi(getter)]
     pub fn length(&self) -> Result<f64> {
-        Ok(self.queue()?.len() as f64)
+        self.p.length()
     }
 
     #[napi(catch_unwind)]
+    pub fn stats(&self) -> Result<PipeStats> {
+        self.p.stats()
+    }
+
+    /// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
+    /// forever; 0: not at all). False if there was no room. A small value
+    /// is copied into the pipe's byte ring; a larger one is stored in the
+    /// pool (packed if it can be). Nothing is built while it waits.
+    #[napi(catch_unwind)]
+    pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
+        self.p.enqueue(&wire, timeout_ms)
+    }
+
+    /// Enqueue as many of the `count` concatenated encoded values as fit,
+    /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
+    /// wait; Infinity: forever); returns how many went in (the rest were not
+    /// stored). Built in batches under one hold of the pool lock each, and
+    /// enqueued under one hold of the pipe's producers' lock each.
+    #[napi(catch_unwind)]
+    pub fn enqueue_many(&self, wire: Buffer, count: u32, timeout_ms: Option<f64>) -> Result<u32> {
+        self.p.enqueue_many(&wire, count, timeout_ms)
+    }
+
+    /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
+    #[napi(catch_unwind)]
+    pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Out>> {
+        self.p.dequeue(timeout_ms)
+    }
+
+    /// Dequeue if a packet is there or arrives within `spin_us` microseconds,
+    /// spinning on the futex word (no sleep): the async forms call this once
+    /// before parking, since a reply often comes within a few microseconds and
+    /// waking through a thread costs tens.
+    #[napi(catch_unwind)]
+    pub fn dequeue_spin(&self, spin_us: u32) -> Result<Option<Out>> {
+        self.p.dequeue_spin(spin_us)
+    }
+
+    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+    /// (undefined or 0: no wait; Infinity: forever), as handles and values.
+    #[napi(catch_unwind)]
+    pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
+        self.p.dequeue_many(max, timeout_ms)
+    }
+
+    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+    /// (undefined or 0: no wait; Infinity: forever), and return deep copies of
+    /// them as concatenated encodings; the packets are released here, their
+    /// blocks going back to the pool together. Up to 64 KiB of encodings come
+    /// as a string, one character per byte (latin1), after a flag character
+    /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
+    /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
+    /// (repeated key lists named by number; the 64 KiB are after coding).
+    /// Larger batches come as a Buffer of the encodings alone (shape coded
+    /// too). Nothing came: an empty string.
+    #[napi(catch_unwind)]
+    pub fn dequeue_many_copy<'env>(
+        &self,
+        env: &'env Env,
+        max: u32,
+        timeout_ms: Option<f64>,
+    ) -> Result<Either<JsString<'env>, Buffer>> {
+        self.p.dequeue_many_copy(env, max, timeout_ms)
+    }
+
+    /// The futex sequence for `kind` (0 not empty, 1 not full); read it before
+    /// a failed attempt, then wait for it to move.
+    #[napi(catch_unwind)]
+    pub fn seq(&self, kind: u32) -> Result<u32> {
+        self.p.seq(kind)
+    }
+
+    /// Resolve once the `kind` sequence moves on from `seen` (0), after
+    /// `timeout_ms` (1), or when cancel_wait(id) is called (2). Sleeps on one
+    /// of shmtools' own threads, never on the event loop or libuv's pool.
+    #[napi(catch_unwind)]
+    pub fn wait_change<'env>(
+        &self,
+        env: &'env Env,
+        kind: u32,
+        seen: u32,
+        timeout_ms: Option<f64>,
+        id: u32,
+    ) -> Result<Object<'env>> {
+        self.p.wait_change(env, kind, seen, timeout_ms, id)
+    }
+
+    /// This pipe as an external, for the per-message calls (`pipe_*`).
+    #[napi(catch_unwind)]
+    pub fn fast(&self) -> External<PipeRef> {
+        External::new(PipeRef::new(&self.p.cell, self.p.off))
+    }
+}
+
+impl PipeRef {
+    pub fn capacity(&self) -> Result<f64> {
+        Ok(self.queue()?.capacity() as f64)
+    }
+
+    pub fn length(&self) -> Result<f64> {
+        Ok(self.queue()?.len() as f64)
+    }
+
     pub fn stats(&self) -> Result<PipeStats> {
         let s = self.queue()?.stats();
         Ok(PipeStats {
@@ -118,12 +239,7 @@ impl NativeQueue {
         })
     }
 
-    /// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
-    /// forever; 0: not at all). False if there was no room. A small value
-    /// is copied into the pipe's byte ring; a larger one is stored in the
-    /// pool (packed if it can be). Nothing is built while it waits.
-    #[napi(catch_unwind)]
-    pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
+    pub fn enqueue(&self, wire: &[u8], timeout_ms: Option<f64>) -> Result<bool> {
         let t = timeout(timeout_ms)?;
         let q = self.queue()?;
         // A try (no wait) on a full pipe: say so before reading the value
@@ -132,24 +248,16 @@ impl NativeQueue {
         if t == Some(Duration::ZERO) && q.len() >= q.capacity() {
             return Ok(false);
         }
-        Ok(q.enqueue_wire_many(&wire, 1, t).map_err(js)? == 1)
+        Ok(q.enqueue_wire_many(wire, 1, t).map_err(js)? == 1)
     }
 
-    /// Enqueue as many of the `count` concatenated encoded values as fit,
-    /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
-    /// wait; Infinity: forever); returns how many went in (the rest were not
-    /// stored). Built in batches under one hold of the pool lock each, and
-    /// enqueued under one hold of the pipe's producers' lock each.
-    #[napi(catch_unwind)]
-    pub fn enqueue_many(&self, wire: Buffer, count: u32, timeout_ms: Option<f64>) -> Result<u32> {
+    pub fn enqueue_many(&self, wire: &[u8], count: u32, timeout_ms: Option<f64>) -> Result<u32> {
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
-        let sent = q.enqueue_wire_many(&wire, count as usize, t).map_err(js)?;
+        let sent = q.enqueue_wire_many(wire, count as usize, t).map_err(js)?;
         Ok(sent as u32)
     }
 
-    /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
-    #[napi(catch_unwind)]
     pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Out>> {
         let t = timeout(timeout_ms)?;
         self.queue()?
@@ -158,11 +266,6 @@ impl NativeQueue {
             .transpose()
     }
 
-    /// Dequeue if a packet is there or arrives within `spin_us` microseconds,
-    /// spinning on the futex word (no sleep): the async forms call this once
-    /// before parking, since a reply often comes within a few microseconds and
-    /// waking through a thread costs tens.
-    #[napi(catch_unwind)]
     pub fn dequeue_spin(&self, spin_us: u32) -> Result<Option<Out>> {
         let q = self.queue()?;
         let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
@@ -183,9 +286,6 @@ impl NativeQueue {
         }
     }
 
-    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-    /// (undefined or 0: no wait; Infinity: forever), as handles and values.
-    #[napi(catch_unwind)]
     pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
@@ -215,17 +315,6 @@ impl NativeQueue {
         }
     }
 
-    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-    /// (undefined or 0: no wait; Infinity: forever), and return deep copies of
-    /// them as concatenated encodings; the packets are released here, their
-    /// blocks going back to the pool together. Up to 64 KiB of encodings come
-    /// as a string, one character per byte (latin1), after a flag character
-    /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
-    /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
-    /// (repeated key lists named by number; the 64 KiB are after coding).
-    /// Larger batches come as a Buffer of the encodings alone (shape coded
-    /// too). Nothing came: an empty string.
-    #[napi(catch_unwind)]
     pub fn dequeue_many_copy<'env>(
         &self,
         env: &'env Env,
@@ -260,17 +349,10 @@ impl NativeQueue {
         env.create_string_latin1(&text).map(Either::A)
     }
 
-    /// The futex sequence for `kind` (0 not empty, 1 not full); read it before
-    /// a failed attempt, then wait for it to move.
-    #[napi(catch_unwind)]
     pub fn seq(&self, kind: u32) -> Result<u32> {
         Ok(self.queue()?.seq(which(kind)?))
     }
 
-    /// Resolve once the `kind` sequence moves on from `seen` (0), after
-    /// `timeout_ms` (1), or when cancel_wait(id) is called (2). Sleeps on one
-    /// of shmtools' own threads, never on the event loop or libuv's pool.
-    #[napi(catch_unwind)]
     pub fn wait_change<'env>(
         &self,
         env: &'env Env,
@@ -294,6 +376,62 @@ impl NativeQueue {
             },
         )
     }
+}
+
+/// The per-message pipe calls, on the external `NativeQueue.fast()` gives:
+/// each does what the `NativeQueue` method of the same name does (see there),
+/// without napi-rs' check of a class instance's borrows (see [`PipeRef`]).
+#[napi(catch_unwind)]
+pub fn pipe_enqueue(
+    p: &External<PipeRef>,
+    wire: BufferSlice,
+    timeout_ms: Option<f64>,
+) -> Result<bool> {
+    p.enqueue(&wire, timeout_ms)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_enqueue_many(
+    p: &External<PipeRef>,
+    wire: BufferSlice,
+    count: u32,
+    timeout_ms: Option<f64>,
+) -> Result<u32> {
+    p.enqueue_many(&wire, count, timeout_ms)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_dequeue(p: &External<PipeRef>, timeout_ms: Option<f64>) -> Result<Option<Out>> {
+    p.dequeue(timeout_ms)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_dequeue_spin(p: &External<PipeRef>, spin_us: u32) -> Result<Option<Out>> {
+    p.dequeue_spin(spin_us)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_dequeue_many(
+    p: &External<PipeRef>,
+    max: u32,
+    timeout_ms: Option<f64>,
+) -> Result<Vec<Out>> {
+    p.dequeue_many(max, timeout_ms)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_dequeue_many_copy<'env>(
+    env: &'env Env,
+    p: &External<PipeRef>,
+    max: u32,
+    timeout_ms: Option<f64>,
+) -> Result<Either<JsString<'env>, Buffer>> {
+    p.dequeue_many_copy(env, max, timeout_ms)
+}
+
+#[napi(catch_unwind)]
+pub fn pipe_seq(p: &External<PipeRef>, kind: u32) -> Result<u32> {
+    p.seq(kind)
 }
 
 /// Check a pipe name (and a capacity, if given) against the core's rules.
