@@ -107,8 +107,13 @@ export declare class NativeRegion {
    * and arrays (owning one reference), the wire bytes back for scalars.
    */
   store(wire: Buffer): Out
-  /** A new handle to the live shared value at `offset` (reference + 1). */
-  valueAt(offset: number): NativeValue
+  /**
+   * A new handle to the live shared value at `offset` (reference + 1),
+   * as [`Out`]'s BigInt.
+   */
+  valueAt(offset: number): bigint
+  /** This region as the value handle functions take it (value.rs). */
+  fast(): RegionRef
   /** Steps logged while creating (for the `debug` option). */
   takeLog(): Array<string>
   info(): RegionInfo
@@ -142,57 +147,22 @@ export declare class NativeRegion {
   get closed(): boolean
 }
 
-export declare class NativeValue {
-  /** Benchmark candidate: deep copy out as a JS value built through N-API. */
-  benchLoadWalk(): Json
-  /** Benchmark candidate: deep copy out as JSON text. */
-  benchLoadJson(): string
-  /** "tab" | "arr" | "str" | "bytes" | "bigint" | "typed" */
-  get kind(): string
-  /** Offset of the object in its region (the same in every process). */
-  get offset(): number
-  /** "dev:inode" of the region this value lives in. */
-  get regionKey(): string
-  get released(): boolean
-  refCount(): number
-  /** Drop this handle's reference now. Idempotent. */
-  release(): void
-  /** Another handle to the same value (reference + 1). */
-  duplicate(): NativeValue
-  /**
-   * Deep copy out, as wire bytes, shape coded for the JS reader (see
-   * shmtools_core::value::shape_code: a large table of rows carries each
-   * key list once); should the coding fail, the plain encoding, which the
-   * reader reads too.
-   */
-  toWire(): Buffer
-  tabGet(key: string): Out | null
-  /** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */
-  tabSet(key: string, wire: Buffer): void
-  tabHas(key: string): boolean
-  tabDelete(key: string): boolean
-  /** Keys in insertion order (integer keys spelled in decimal). */
-  tabKeys(): Array<string>
-  tabLen(): number
-  arrLen(): number
-  arrGet(index: number): Out | null
-  arrSet(index: number, wire: Buffer): void
-  /** Append; returns the new length. */
-  arrPush(wire: Buffer): number
-  arrPop(): Out | null
-  /** Element type code (shmtools_core::value::Elem) of a typed array. */
-  elemType(): number
-  /**
-   * An ArrayBuffer over the array's bytes in the region: no copy. It keeps
-   * the mapping alive; the facade detaches it when the handle is released.
-   */
-  view(): ArrayBuffer
-  /**
-   * Detach a view made by view(), so reads through it fail instead of
-   * seeing freed memory.
-   */
-  detachView(buffer: ArrayBuffer): void
-}
+export declare function arrGet(r: RegionRef, id: number, index: number): Out | null
+
+export declare function arrLen(r: RegionRef, id: number): number
+
+export declare function arrPop(r: RegionRef, id: number): Out | null
+
+/** Append; returns the new length. */
+export declare function arrPush(r: RegionRef, id: number, wire: Buffer): number
+
+export declare function arrSet(r: RegionRef, id: number, index: number, wire: Buffer): void
+
+/** Benchmark candidate: deep copy out as JSON text. */
+export declare function benchLoadJson(r: RegionRef, id: number): string
+
+/** Benchmark candidate: deep copy out as a JS value built through N-API. */
+export declare function benchLoadWalk(r: RegionRef, id: number): Json
 
 /** Stop a parked wait started by wait_change / wait_pipes (AbortSignal). */
 export declare function cancelWait(id: number): void
@@ -205,6 +175,12 @@ export declare function checkRegionArgs(name: string, bytes: number): void
 
 /** Create a region (the seed's SHMMain::start). Replaces a stale one. */
 export declare function createRegion(name: string, bytes: number, mode: number): NativeRegion
+
+/**
+ * Detach a view made by typed_view(), so reads through it fail instead of
+ * seeing freed memory.
+ */
+export declare function detachView(buffer: ArrayBuffer): void
 
 /** What gc did. */
 export interface GcReport {
@@ -325,5 +301,51 @@ export interface RepairReport {
   objectsLive: number
 }
 
+export declare function tabDelete(r: RegionRef, id: number, key: string): boolean
+
+export declare function tabGet(r: RegionRef, id: number, key: string): Out | null
+
+export declare function tabHas(r: RegionRef, id: number, key: string): boolean
+
+/** Keys in insertion order (integer keys spelled in decimal). */
+export declare function tabKeys(r: RegionRef, id: number): Array<string>
+
+export declare function tabLen(r: RegionRef, id: number): number
+
+/** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */
+export declare function tabSet(r: RegionRef, id: number, key: string, wire: Buffer): void
+
 /** One look for a region: the handle if it is ready, null if not yet. */
 export declare function tryAttachRegion(name: string, gc?: boolean | undefined | null): NativeRegion | null
+
+/** Element type code (shmtools_core::value::Elem) of a typed array. */
+export declare function typedElem(r: RegionRef, id: number): number
+
+/**
+ * An ArrayBuffer over the array's bytes in the region: no copy. It keeps
+ * the mapping alive; the facade detaches it when the handle is released.
+ */
+export declare function typedView(r: RegionRef, id: number): ArrayBuffer
+
+/** Another handle to the same value (reference + 1). */
+export declare function valueDuplicate(r: RegionRef, id: number): bigint
+
+/** Offset of the value in its region (the same in every process). */
+export declare function valueOffset(r: RegionRef, id: number): number
+
+/** Cross-process reference count of the value. */
+export declare function valueRefCount(r: RegionRef, id: number): number
+
+/**
+ * Give the handle's reference back now. Idempotent; works after the
+ * region is closed (the GC's safety net calls it too).
+ */
+export declare function valueRelease(r: RegionRef, id: number): void
+
+/**
+ * Deep copy out, as wire bytes, shape coded for the JS reader (see
+ * shmtools_core::value::shape_code: a large table of rows carries each
+ * key list once); should the coding fail, the plain encoding, which the
+ * reader reads too.
+ */
+export declare function valueToWire(r: RegionRef, id: number): Buffer

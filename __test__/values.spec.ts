@@ -10,6 +10,7 @@
  * changes a region while a test looks at it.
  */
 import { randomInt } from 'node:crypto'
+import { createRequire } from 'node:module'
 import { isDeepStrictEqual } from 'node:util'
 import { Worker } from 'node:worker_threads'
 
@@ -46,6 +47,9 @@ import {
 
 const KiB = 1024
 const MiB = 1024 * KiB
+
+/** The native binding itself (the facade's handle calls go straight to it). */
+const binding = createRequire(import.meta.url)('../binding.js') as typeof import('../binding.js')
 
 const VALUES_CHILD = fixturePath('values-child.ts')
 const VALUES_WORKER = fixturePath('values-worker.ts')
@@ -972,6 +976,52 @@ test('GC safety net: 1000 values and their nested handles dropped without releas
   // laid out differently: compare what is used, not the largest free block.)
   const used = (s: PoolStats) => ({ bytesUsed: s.bytesUsed, blocksUsed: s.blocksUsed })
   t.deepEqual(used(got.after), used(got.baseline))
+})
+
+test("the binding's value functions refuse a number that names no live handle (released, stale, forged, another region's) with a code, never a crash", (t) => {
+  const f = fresh(t, 'handle-ids')
+  const other = fresh(t, 'handle-ids-other')
+  type Native = { fast(): object; valueAt(offset: number): bigint }
+  const nat = (f.region as unknown as { native(): Native }).native()
+  const r = nat.fast() as never
+  const tab = Shared(f.pool, { a: 1 })
+  const id = (raw: bigint) => Math.floor(Number(raw) / 4)
+  // A second handle to the same table, straight from the binding.
+  const h = id(nat.valueAt(tab.offset))
+  t.is(binding.tabGet(r, h, 'a'), 1)
+  t.is(binding.valueRefCount(r, h), 2)
+  binding.valueRelease(r, h)
+  binding.valueRelease(r, h) // (idempotent)
+  t.is(tab.refCount, 1, 'released once, whatever the number of calls')
+  const code = (e: unknown) => /^(ERR_SHM_[A-Z_]+):/.exec((e as Error).message)?.[1]
+  // Released: CLOSED, also once its entry is taken by a new handle.
+  t.is(code(t.throws(() => binding.tabGet(r, h, 'a'))), ErrorCodes.CLOSED)
+  const again = id(nat.valueAt(tab.offset))
+  t.is(again % 2 ** 24, h % 2 ** 24, 'the entry is reused')
+  t.not(again, h, 'under a new number')
+  t.is(code(t.throws(() => binding.tabGet(r, h, 'a'))), ErrorCodes.CLOSED)
+  // The right entry under a generation it does not have now: CLOSED for a
+  // use; a release of it gives nothing back.
+  const stale = (again % 2 ** 24) + 2 ** 24 * 7
+  t.is(code(t.throws(() => binding.tabGet(r, stale, 'a'))), ErrorCodes.CLOSED)
+  t.notThrows(() => binding.valueRelease(r, stale))
+  t.is(tab.refCount, 2, 'a stale number releases nothing')
+  // Not handle numbers at all: INVALID_ARG.
+  for (const bad of [-1, 0.5, Number.NaN, Infinity, 2 ** 60, 12345678]) {
+    t.is(code(t.throws(() => binding.tabGet(r, bad, 'a'))), ErrorCodes.INVALID_ARG, String(bad))
+    t.is(code(t.throws(() => binding.valueRelease(r, bad))), ErrorCodes.INVALID_ARG, String(bad))
+  }
+  // The wrong kind of value for the call: INVALID_ARG.
+  t.is(code(t.throws(() => binding.arrLen(r, again))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => binding.typedView(r, again))), ErrorCodes.INVALID_ARG)
+  // Another region's table knows nothing of this number.
+  const r2 = (other.region as unknown as { native(): Native }).native().fast() as never
+  t.is(code(t.throws(() => binding.tabGet(r2, again, 'a'))), ErrorCodes.INVALID_ARG)
+  // Not a region at all.
+  for (const x of [{}, 1, null, tab]) t.throws(() => binding.tabGet(x as never, again, 'a'))
+  binding.valueRelease(r, again)
+  tab.release()
+  assertBaseline(t, f)
 })
 
 // 7 Bad input --------------------------------------------------------------------

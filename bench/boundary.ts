@@ -7,6 +7,8 @@
  *
  *   npm run bench:boundary [-- --quick]
  */
+import { createRequire } from 'node:module'
+
 import { Shared, SHMMain } from 'shmtools'
 
 import { encodeFor } from '../src/values.ts'
@@ -18,6 +20,10 @@ const mem = new SHMMain(name, 256 << 20).start()
 const pool = mem.pool()
 const region = mem.region()
 const nat = region.native()
+const binding = createRequire(import.meta.url)('../binding.js') as typeof import('../binding.js')
+const r = nat.fast()
+/** A raw handle as the binding returns it (a BigInt: 4 × its number + its kind), given back. */
+const drop = (raw: unknown) => binding.valueRelease(r, Math.floor(Number(raw) / 4))
 
 const payload = 'x'.repeat(32)
 const shapes: Record<string, unknown> = {
@@ -40,28 +46,27 @@ function time(label: string, iters: number, fn: () => void): number {
 
 type Row = { shape: string; op: string; wire: number; json: number; walk: number; full: number }
 const rows: Row[] = []
-type Raw = { release(): void; offset: number }
 
 for (const [shape, value] of Object.entries(shapes)) {
   const iters = quick ? 20 : shape.startsWith('table') ? 300 : 20_000
   // Each candidate crosses the boundary and returns the same raw handle.
   const store = {
-    wire: time('wire', iters, () => (nat.store(encodeFor(region, value)) as Raw).release()),
-    json: time('json', iters, () => (nat.benchStoreJson(JSON.stringify(value)) as Raw).release()),
-    walk: time('walk', iters, () => (nat.benchStoreWalk(value) as Raw).release()),
-    full: time('full', iters, () => (Shared(pool, value) as Raw).release()),
+    wire: time('wire', iters, () => drop(nat.store(encodeFor(region, value)))),
+    json: time('json', iters, () => drop(nat.benchStoreJson(JSON.stringify(value)))),
+    walk: time('walk', iters, () => drop(nat.benchStoreWalk(value))),
+    full: time('full', iters, () => (Shared(pool, value) as { release(): void }).release()),
   }
   rows.push({ shape, op: 'store', ...store })
   const handle = Shared(pool, value) as { toJS(): unknown; release(): void; offset: number }
-  const raw = nat.valueAt(handle.offset)
+  const id = Math.floor(Number(nat.valueAt(handle.offset)) / 4)
   const load = {
-    wire: time('wire', iters, () => decode(raw.toWire())),
-    json: time('json', iters, () => JSON.parse(raw.benchLoadJson())),
-    walk: time('walk', iters, () => raw.benchLoadWalk()),
+    wire: time('wire', iters, () => decode(binding.valueToWire(r, id))),
+    json: time('json', iters, () => JSON.parse(binding.benchLoadJson(r, id))),
+    walk: time('walk', iters, () => binding.benchLoadWalk(r, id)),
     full: time('full', iters, () => handle.toJS()),
   }
   rows.push({ shape, op: 'load', ...load })
-  raw.release()
+  binding.valueRelease(r, id)
   handle.release()
 }
 

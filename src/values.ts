@@ -10,7 +10,8 @@
  */
 import { inspect } from 'node:util'
 
-import type { NativeValue } from '../binding'
+import type { NativeRegion } from '../binding'
+import * as binding from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
 import { decode, ELEM_CTORS, encode, encodeMany, type RefSource, type SharedTypedArray } from './wire'
@@ -32,21 +33,60 @@ function handleOf(v: object): Handle | undefined {
 
 const refOf = (v: object): RefSource | undefined => handleOf(v)
 
-/** Where a value lives, and the native reference it owns. */
+/** A region as the binding's value functions take it (NativeRegion.fast()). */
+type RegionRef = ReturnType<NativeRegion['fast']>
+
+/** What the binding returns for a value (see `Out` in crates/shmtools-node/src/value.rs). */
+export type Raw = bigint | number | string | Buffer
+
+/**
+ * Per region: its external for the binding's value functions, and the
+ * FinalizationRegistry that gives back the reference of a handle collected
+ * without release() (the GC's safety net). Kept on the Region object.
+ */
+const HANDLES = Symbol('shmtools.handles')
+type HandleState = { r: RegionRef; fr: FinalizationRegistry<number> }
+
+function handleState(region: Region): HandleState {
+  const own = (region as unknown as { [HANDLES]?: HandleState })[HANDLES]
+  if (own !== undefined) return own
+  const r = native(() => region.native().fast())
+  const fr = new FinalizationRegistry<number>((id) => {
+    try {
+      binding.valueRelease(r, id)
+    } catch {
+      // (nothing to tell: the safety net runs outside any call)
+    }
+  })
+  const st = { r, fr }
+  Object.defineProperty(region, HANDLES, { value: st })
+  return st
+}
+
+/**
+ * Where a value lives, and the native reference it owns: a number naming an
+ * entry of the region's handle table in the binding. This object owns it;
+ * release() gives it back, and so does the region's FinalizationRegistry if
+ * this object is collected first.
+ */
 class Handle implements RefSource {
   #views: ArrayBuffer[] = []
-  /** Mirrors native.released, so checks cost no call into native code. */
   #released = false
   #offset = -1
-  #key: string | undefined
+  readonly r: RegionRef
+  readonly #fr: FinalizationRegistry<number>
   constructor(
     readonly region: Region,
-    readonly native: NativeValue,
-  ) {}
+    readonly id: number,
+  ) {
+    const st = handleState(region)
+    this.r = st.r
+    this.#fr = st.fr
+    st.fr.register(this, id, this)
+  }
 
   get regionKey(): string {
-    this.#key ??= this.native.regionKey
-    return this.#key
+    return this.region.regionKey()
   }
 
   get released(): boolean {
@@ -54,15 +94,16 @@ class Handle implements RefSource {
   }
 
   get offset(): number {
-    if (this.#offset < 0) this.#offset = this.live().offset
+    if (this.#offset < 0) this.#offset = native(() => binding.valueOffset(this.r, this.live()))
     return this.#offset
   }
 
-  live(): NativeValue {
+  /** The handle number, if still live. */
+  live(): number {
     if (this.#released) {
       throw new ShmError(ErrorCodes.CLOSED, 'this shared value was released; take a new handle to use it')
     }
-    return this.native
+    return this.id
   }
 
   refOffset(regionKey: string): number {
@@ -82,9 +123,10 @@ class Handle implements RefSource {
   release(): void {
     if (this.#released) return
     this.#released = true
-    for (const ab of this.#views) native(() => this.native.detachView(ab))
+    for (const ab of this.#views) native(() => binding.detachView(ab))
     this.#views = []
-    native(() => this.native.release())
+    this.#fr.unregister(this)
+    native(() => binding.valueRelease(this.r, this.id))
   }
 }
 
@@ -99,21 +141,23 @@ export function encodeManyFor(region: Region, values: readonly unknown[]): Buffe
 }
 
 /** Turn what the binding returns for a value into its JS face. */
-export function wrap(region: Region, v: NativeValue | number | string | Buffer): unknown {
+export function wrap(region: Region, v: Raw): unknown {
   if (typeof v === 'number' || typeof v === 'string') return v
-  if (Buffer.isBuffer(v)) return decode(v)
-  const h = new Handle(region, v)
-  switch (v.kind) {
-    case 'tab':
+  if (typeof v !== 'bigint') return decode(v)
+  // A handle: 4 × its number + its kind (below 2^52, so exact as a number).
+  const x = Number(v)
+  const kind = x % 4
+  const h = new Handle(region, (x - kind) / 4)
+  switch (kind) {
+    case 0:
       return makeTab(h)
-    case 'arr':
+    case 1:
       return makeArr(h)
-    case 'typed':
+    case 2:
       return new SharedTyped(h)
     default:
-      // Strings, bytes and big integers come back by value (see the binding).
       h.release()
-      throw new ShmError(ErrorCodes.CORRUPT, `unexpected shared value kind ${v.kind}`)
+      throw new ShmError(ErrorCodes.CORRUPT, `unexpected shared value kind ${kind}`)
   }
 }
 
@@ -176,7 +220,7 @@ function hOf(self: object): Handle {
   return h
 }
 
-function getOut(h: Handle, v: NativeValue | number | string | Buffer | null | undefined): unknown {
+function getOut(h: Handle, v: Raw | null | undefined): unknown {
   return v === null || v === undefined ? undefined : wrap(h.region, v)
 }
 
@@ -202,7 +246,7 @@ abstract class HandleCore {
   }
   get refCount(): number {
     const h = hOf(this)
-    return native(() => h.live().refCount())
+    return native(() => binding.valueRefCount(h.r, h.live()))
   }
   get offset(): number {
     return hOf(this).offset
@@ -232,31 +276,31 @@ function methodNames(proto: object): Set<string | symbol> {
 class TabCore extends HandleCore {
   get(key: string): unknown {
     const h = hOf(this)
-    return getOut(h, native(() => h.live().tabGet(String(key))))
+    return getOut(h, native(() => binding.tabGet(h.r, h.live(), String(key))))
   }
   set(key: string, value: unknown): this {
     const h = hOf(this)
     const wire = encodeFor(h.region, value)
-    native(() => h.live().tabSet(String(key), wire))
+    native(() => binding.tabSet(h.r, h.live(), String(key), wire))
     return this
   }
   delete(key: string): boolean {
     const h = hOf(this)
-    return native(() => h.live().tabDelete(String(key)))
+    return native(() => binding.tabDelete(h.r, h.live(), String(key)))
   }
   has(key: string): boolean {
     const h = hOf(this)
-    return native(() => h.live().tabHas(String(key)))
+    return native(() => binding.tabHas(h.r, h.live(), String(key)))
   }
   keys(): string[] {
     const h = hOf(this)
-    return native(() => h.live().tabKeys())
+    return native(() => binding.tabKeys(h.r, h.live()))
   }
   entries(): [string, unknown][] {
     const h = hOf(this)
     const out: [string, unknown][] = []
     for (const k of this.keys()) {
-      const v = native(() => h.live().tabGet(k))
+      const v = native(() => binding.tabGet(h.r, h.live(), k))
       if (v !== null && v !== undefined) out.push([k, wrap(h.region, v)])
     }
     return out
@@ -266,14 +310,14 @@ class TabCore extends HandleCore {
   }
   get size(): number {
     const h = hOf(this)
-    return native(() => h.live().tabLen())
+    return native(() => binding.tabLen(h.r, h.live()))
   }
   [Symbol.iterator](): IterableIterator<[string, unknown]> {
     return this.entries()[Symbol.iterator]()
   }
   toJS(): Record<string, unknown> {
     const h = hOf(this)
-    return decode(native(() => h.live().toWire())) as Record<string, unknown>
+    return decode(native(() => binding.valueToWire(h.r, h.live()))) as Record<string, unknown>
   }
   protected get [LABEL](): string {
     return 'SharedTab'
@@ -340,16 +384,16 @@ function checkIndex(i: number): number {
 class ArrCore extends HandleCore {
   get length(): number {
     const h = hOf(this)
-    return native(() => h.live().arrLen())
+    return native(() => binding.arrLen(h.r, h.live()))
   }
   get(index: number): unknown {
     const h = hOf(this)
-    return getOut(h, native(() => h.live().arrGet(checkIndex(index))))
+    return getOut(h, native(() => binding.arrGet(h.r, h.live(), checkIndex(index))))
   }
   set(index: number, value: unknown): this {
     const h = hOf(this)
     const wire = encodeFor(h.region, value)
-    native(() => h.live().arrSet(checkIndex(index), wire))
+    native(() => binding.arrSet(h.r, h.live(), checkIndex(index), wire))
     return this
   }
   push(...values: unknown[]): number {
@@ -358,12 +402,12 @@ class ArrCore extends HandleCore {
     // call before anything is pushed.
     const wires = values.map((v) => Buffer.from(encodeFor(h.region, v)))
     let n = this.length
-    for (const wire of wires) n = native(() => h.live().arrPush(wire))
+    for (const wire of wires) n = native(() => binding.arrPush(h.r, h.live(), wire))
     return n
   }
   pop(): unknown {
     const h = hOf(this)
-    return getOut(h, native(() => h.live().arrPop()))
+    return getOut(h, native(() => binding.arrPop(h.r, h.live())))
   }
   at(index: number): unknown {
     const n = this.length
@@ -382,7 +426,7 @@ class ArrCore extends HandleCore {
   }
   toJS(): unknown[] {
     const h = hOf(this)
-    return decode(native(() => h.live().toWire())) as unknown[]
+    return decode(native(() => binding.valueToWire(h.r, h.live()))) as unknown[]
   }
   protected get [LABEL](): string {
     return 'SharedArr'
@@ -434,7 +478,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
 
   /** The element constructor's name, e.g. 'Float64Array'. */
   get elementType(): string {
-    const Ctor = ELEM_CTORS[native(() => this.#h.live().elemType())]
+    const Ctor = ELEM_CTORS[native(() => binding.typedElem(this.#h.r, this.#h.live()))]
     return Ctor ? Ctor.name : 'unknown'
   }
 
@@ -449,10 +493,10 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
    */
   view(): T {
     if (this.#view === undefined || this.#view.buffer.byteLength === 0) {
-      const n = this.#h.live()
-      const Ctor = ELEM_CTORS[native(() => n.elemType())]
+      const h = this.#h
+      const Ctor = ELEM_CTORS[native(() => binding.typedElem(h.r, h.live()))]
       if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
-      const ab = native(() => n.view())
+      const ab = native(() => binding.typedView(h.r, h.live()))
       if (ab.byteLength > 0) {
         this.#h.keepView(ab)
         // The buffer holds the handle, so the value (and its reference) lives
@@ -465,7 +509,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   }
 
   toJS(): T {
-    return decode(native(() => this.#h.live().toWire())) as T
+    return decode(native(() => binding.valueToWire(this.#h.r, this.#h.live()))) as T
   }
 
   toJSON(): unknown {
@@ -482,7 +526,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   }
 
   get refCount(): number {
-    return native(() => this.#h.live().refCount())
+    return native(() => binding.valueRefCount(this.#h.r, this.#h.live()))
   }
 
   get offset(): number {
@@ -522,7 +566,7 @@ export function Shared(pool: Pool, value: unknown): unknown {
   const existing = handleOf(value)
   if (existing) {
     existing.refOffset(region.regionKey()) // same region, still live
-    return wrap(region, native(() => existing.live().duplicate()))
+    return wrap(region, native(() => binding.valueDuplicate(existing.r, existing.live())))
   }
   const wire = encodeFor(region, value)
   return wrap(region, native(() => region.native().store(wire)))

@@ -15,7 +15,7 @@ use shmtools_core::ErrorCode;
 
 use crate::convert::{err, js};
 use crate::region::NativeRegion;
-use crate::value::{NativeValue, Out};
+use crate::value::{value_wire, Out, RegionRef};
 
 fn from_json(v: &Json, depth: usize) -> Result<Value> {
     if depth > shmtools_core::value::wire::MAX_DEPTH {
@@ -89,19 +89,16 @@ impl NativeRegion {
     }
 }
 
-#[napi]
-impl NativeValue {
-    /// Benchmark candidate: deep copy out as a JS value built through N-API.
-    #[napi(catch_unwind)]
-    pub fn bench_load_walk(&self) -> Result<Json> {
-        let wire = self.to_wire()?;
-        Ok(to_json(&Value::decode(&wire).map_err(js)?))
-    }
+/// Benchmark candidate: deep copy out as a JS value built through N-API.
+#[napi(catch_unwind)]
+pub fn bench_load_walk(r: &RegionRef, id: f64) -> Result<Json> {
+    let wire = value_wire(r, id)?;
+    Ok(to_json(&Value::decode(&wire).map_err(js)?))
+}
 
-    /// Benchmark candidate: deep copy out as JSON text.
-    #[napi(catch_unwind)]
-    pub fn bench_load_json(&self) -> Result<String> {
-        let wire = self.to_wire()?;
-        Ok(to_json(&Value::decode(&wire).map_err(js)?).to_string())
-    }
+/// Benchmark candidate: deep copy out as JSON text.
+#[napi(catch_unwind)]
+pub fn bench_load_json(r: &RegionRef, id: f64) -> Result<String> {
+    let wire = value_wire(r, id)?;
+    Ok(to_json(&Value::decode(&wire).map_err(js)?).to_string())
 }

@@ -10,6 +10,7 @@ mod region;
 mod value;
 mod waiter;
 
+pub use bench::*;
 pub use pipe::*;
 pub use region::*;
 pub use value::*;

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::{Buffer, Uint8Array};
 use napi_derive::napi;
 use shmtools_core::{boot, ErrorCode, Region, TryAttach};
 
-use crate::value::{from_slot, NativeValue, Out};
+use crate::value::{adopt, from_slot, HandleTable, Out, RegionRef};
 
 use crate::convert::{err, js, to_u64};
 use napi::Result;
@@ -56,6 +56,29 @@ pub struct RegionCell {
     /// Set by close()/destroy(): handles then refuse to work (ERR_SHM_CLOSED),
     /// but finalizers may still release their references.
     pub closed: AtomicBool,
+    /// The value handles JavaScript holds in this region (value.rs).
+    pub handles: parking_lot::Mutex<HandleTable>,
+}
+
+impl Drop for RegionCell {
+    /// The last owner of the mapping is gone (every handle's object, the
+    /// region's and its pipes'): handles still in the table were never
+    /// released, and their FinalizationRegistry went with them. Give their
+    /// references back here.
+    fn drop(&mut self) {
+        let live = self.handles.get_mut().drain();
+        if live.is_empty() {
+            return;
+        }
+        if let Ok(v) = self.region.values() {
+            let _b = v.busy();
+            for (slot, held) in live {
+                if v.unhold(held).unwrap_or(false) {
+                    let _ = v.release(slot);
+                }
+            }
+        }
+    }
 }
 
 impl RegionCell {
@@ -92,6 +115,7 @@ fn wrap(region: Region, log: Vec<String>) -> NativeRegion {
         cell: Some(Arc::new(RegionCell {
             region,
             closed: AtomicBool::new(false),
+            handles: Default::default(),
         })),
         log,
     }
@@ -232,15 +256,22 @@ impl NativeRegion {
         from_slot(cell, slot)
     }
 
-    /// A new handle to the live shared value at `offset` (reference + 1).
+    /// A new handle to the live shared value at `offset` (reference + 1),
+    /// as [`Out`]'s BigInt.
     #[napi(catch_unwind)]
-    pub fn value_at(&self, offset: f64) -> Result<NativeValue> {
+    pub fn value_at(&self, offset: f64) -> Result<u64> {
         let cell = self.cell()?;
         let v = cell.region.values().map_err(js)?;
         let _b = v.busy();
         let slot = v.slot_of(to_u64(offset, "offset")?).map_err(js)?;
         v.retain(slot).map_err(js)?;
-        Ok(NativeValue::adopt(cell.clone(), slot))
+        adopt(cell, slot)
+    }
+
+    /// This region as the value handle functions take it (value.rs).
+    #[napi(catch_unwind)]
+    pub fn fast(&self) -> Result<RegionRef> {
+        Ok(RegionRef::new(self.cell()?.clone()))
     }
 
     /// Steps logged while creating (for the `debug` option).

@@ -1,11 +1,18 @@
-//! `NativeValue`: a handle owning one reference to a shared value. Dropping it
-//! (explicit `release()`, or the GC finalizer as a safety net) releases the
-//! reference. Values cross as wire bytes (see shmtools_core::value::wire);
+//! Shared-value handles. Each owns one reference to a value in the region,
+//! recorded in this process's ledger, and is an entry of its region's
+//! [`HandleTable`]: JavaScript names it by a number and owns it with an
+//! ordinary object (src/values.ts), which gives the reference back on
+//! `release()` or, as a safety net, through a FinalizationRegistry when the
+//! object is collected. Not a `#[napi]` class instance per handle: making a
+//! native object with a finalizer cost 1.2-2.5 us (the GC's work on its weak
+//! handle included), and every call on a class instance about 200 ns more,
+//! for napi-rs' check of its borrows (docs/BENCHMARKS.md, "Handles owned by
+//! JavaScript"). Values cross as wire bytes (see shmtools_core::value::wire);
 //! the facade encodes and decodes them in JavaScript.
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{ArrayBuffer, Buffer, Either4};
+use napi::bindgen_prelude::{ArrayBuffer, Buffer, BufferSlice, Either4, External};
 use napi::Env;
 use napi_derive::napi;
 use shmtools_core::holders::Held;
@@ -19,23 +26,131 @@ use crate::convert::{err, js};
 use crate::region::RegionCell;
 use napi::Result;
 
-#[napi]
-pub struct NativeValue {
-    cell: Arc<RegionCell>,
-    slot: Slot,
-    /// Where the reference is recorded in this process's ledger.
-    held: Option<Held>,
-    released: bool,
+/// Handles a region may have at once in one process (the low bits of a
+/// handle number).
+const INDEX_BITS: u32 = 24;
+/// Releases of one table entry before its generation wraps.
+const GEN_LIMIT: u64 = 1 << 26;
+
+/// The handles JavaScript holds in one region. A handle number is
+/// `index + 2^24 * generation`: the generation moves on each time an entry
+/// is released, so a number kept after its release names nothing (and never
+/// the next handle that reuses the entry).
+#[derive(Default)]
+pub struct HandleTable {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
 }
 
-/// What JavaScript gets for a slot that owns one reference.
-pub type Out = Either4<NativeValue, f64, String, Buffer>;
+#[derive(Clone, Copy)]
+struct Entry {
+    gen: u64,
+    /// The value and where its reference is recorded in the ledger; None
+    /// once released.
+    live: Option<(Slot, Option<Held>)>,
+}
 
-/// What JavaScript gets for a slot that owns one reference: a handle for
-/// containers and typed arrays (which keep their identity); a number or a
-/// string directly for those (the common cases, without a Buffer); the wire
-/// bytes for the rest (None, booleans, big integers, bytes, 64-bit integers
-/// beyond ±2^53). Anything not a handle has its reference released here.
+impl HandleTable {
+    fn insert(&mut self, slot: Slot, held: Option<Held>) -> Result<f64> {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None if self.entries.len() < 1 << INDEX_BITS => {
+                self.entries.push(Entry { gen: 0, live: None });
+                (self.entries.len() - 1) as u32
+            }
+            None => {
+                return Err(err(
+                    ErrorCode::OutOfMemory,
+                    "this process holds 16777216 handles of this region at once; release some",
+                ))
+            }
+        };
+        let e = &mut self.entries[index as usize];
+        e.live = Some((slot, held));
+        Ok((index as u64 + (e.gen << INDEX_BITS)) as f64)
+    }
+
+    /// The entry a handle number names: None if it is not a handle number
+    /// of this table at all.
+    fn at(&self, id: f64) -> Option<(usize, u64)> {
+        if !(id.is_finite()
+            && id >= 0.0
+            && id.fract() == 0.0
+            && id < (GEN_LIMIT << INDEX_BITS) as f64)
+        {
+            return None;
+        }
+        let n = id as u64;
+        let index = (n & ((1 << INDEX_BITS) - 1)) as usize;
+        (index < self.entries.len()).then_some((index, n >> INDEX_BITS))
+    }
+
+    /// The value of a live handle.
+    fn get(&self, id: f64) -> Result<Slot> {
+        let Some((index, gen)) = self.at(id) else {
+            return Err(not_a_handle(id));
+        };
+        match self.entries[index] {
+            Entry {
+                gen: g,
+                live: Some((slot, _)),
+            } if g == gen => Ok(slot),
+            _ => Err(released()),
+        }
+    }
+
+    /// Take a live handle out (its reference is the caller's to give back);
+    /// None if it was released already.
+    fn take(&mut self, id: f64) -> Result<Option<(Slot, Option<Held>)>> {
+        let Some((index, gen)) = self.at(id) else {
+            return Err(not_a_handle(id));
+        };
+        let e = &mut self.entries[index];
+        if e.gen != gen || e.live.is_none() {
+            return Ok(None);
+        }
+        let live = e.live.take();
+        e.gen = (e.gen + 1) % GEN_LIMIT;
+        self.free.push(index as u32);
+        Ok(live)
+    }
+
+    /// Every live handle's value and ledger entry, the table left empty.
+    pub fn drain(&mut self) -> Vec<(Slot, Option<Held>)> {
+        self.free.clear();
+        let out = self.entries.iter().filter_map(|e| e.live).collect();
+        self.entries.clear();
+        out
+    }
+}
+
+fn not_a_handle(id: f64) -> napi::Error {
+    err(
+        ErrorCode::InvalidArg,
+        format!("{id} is not a shared value handle of this region"),
+    )
+}
+
+fn released() -> napi::Error {
+    err(
+        ErrorCode::Closed,
+        "this shared value was released; take a new handle to use it",
+    )
+}
+
+/// A region as the value functions take it (`NativeRegion.fast()`).
+pub type RegionRef = External<Arc<RegionCell>>;
+
+/// What JavaScript gets for a slot that owns one reference: a handle for a
+/// container or a typed array, as a BigInt `4 * handle number + kind` (kind
+/// 0 a table, 1 a list, 2 a typed array; nothing else comes back as a
+/// BigInt, so the type says what it is); a number or a string directly for
+/// those (the common cases, without a Buffer); the wire bytes for the rest
+/// (None, booleans, big integers, bytes, 64-bit integers beyond ±2^53).
+pub type Out = Either4<u64, f64, String, Buffer>;
+
+/// The [`Out`] for a slot that owns one reference. Anything not a handle
+/// has its reference released here.
 /// The slot's reference is consumed even when this fails, so the caller
 /// never releases it again. Call inside `values.busy()`, the mark of the
 /// dequeue that produced the slot.
@@ -79,7 +194,7 @@ pub fn from_slot(cell: &Arc<RegionCell>, slot: Slot) -> Result<Out> {
         released.map_err(js)?;
         return Ok(out);
     }
-    Ok(Either4::A(NativeValue::adopt(cell.clone(), slot)))
+    adopt(cell, slot).map(Either4::A)
 }
 
 fn opt(cell: &Arc<RegionCell>, s: Option<Slot>) -> Result<Option<Out>> {
@@ -93,50 +208,92 @@ fn int_key(key: &str) -> Option<i64> {
     (i.to_string() == key).then_some(i)
 }
 
-impl NativeValue {
-    /// Wrap a reference the caller owns, recording it in the ledger (so it
-    /// is given back if this process dies). Call inside `busy()`.
-    pub fn adopt(cell: Arc<RegionCell>, slot: Slot) -> NativeValue {
-        let held = cell.region.values().ok().and_then(|v| v.hold(slot));
-        NativeValue {
-            cell,
-            slot,
-            held,
-            released: false,
-        }
-    }
-
-    /// Unrecord and release this handle's reference (once).
-    fn give_back(&mut self) -> shmtools_core::Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
-        let v = self.cell.region.values()?;
-        let _b = v.busy();
-        let out = if v.unhold(self.held.take())? {
-            v.release(self.slot)
-        } else {
-            Ok(())
-        };
-        drop(_b);
-        self.cell.end_session_if_idle();
-        out
-    }
-
-    fn values(&self) -> Result<Values<'_>> {
-        if self.released {
+/// Make a handle of a reference the caller owns (a container or a typed
+/// array), recording it in the ledger, so it is given back if this process
+/// dies; the BigInt of [`Out`]. Call inside `busy()`. The reference is
+/// consumed even when this fails.
+pub fn adopt(cell: &Arc<RegionCell>, slot: Slot) -> Result<u64> {
+    let kind = match slot.tag {
+        T_TAB => 0,
+        T_ARR => 1,
+        T_TYPED => 2,
+        t => {
+            let _ = cell.region.values().map(|v| v.release(slot));
             return Err(err(
-                ErrorCode::Closed,
-                "this shared value was released; take a new handle to use it",
+                ErrorCode::Corrupt,
+                format!("a value of tag {t} cannot be a handle"),
             ));
         }
-        self.cell.open()?.values().map_err(js)
+    };
+    let values = cell.region.values().ok();
+    let held = values.as_ref().and_then(|v| v.hold(slot));
+    match cell.handles.lock().insert(slot, held) {
+        Ok(id) => Ok(id as u64 * 4 + kind),
+        Err(e) => {
+            if let Some(v) = values {
+                if v.unhold(held).unwrap_or(false) {
+                    let _ = v.release(slot);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Give a handle's reference back (once; a handle released already is left
+/// as it is). Works on a closed region too: the GC's safety net runs late.
+fn give_back(cell: &RegionCell, id: f64) -> Result<()> {
+    let Some((slot, held)) = cell.handles.lock().take(id)? else {
+        return Ok(());
+    };
+    let out = (|| {
+        let v = cell.region.values()?;
+        let _b = v.busy();
+        if v.unhold(held)? {
+            v.release(slot)
+        } else {
+            Ok(())
+        }
+    })();
+    cell.end_session_if_idle();
+    out.map_err(js)
+}
+
+/// A live handle: its region's values (ERR_SHM_CLOSED once the region is
+/// closed) and its slot.
+struct Hv<'a> {
+    cell: &'a Arc<RegionCell>,
+    v: Values<'a>,
+    slot: Slot,
+}
+
+/// A live handle's plain wire encoding (for bench.rs).
+pub fn value_wire(r: &RegionRef, id: f64) -> Result<Vec<u8>> {
+    hv(r, id)?.wire()
+}
+
+fn hv(r: &RegionRef, id: f64) -> Result<Hv<'_>> {
+    let cell: &Arc<RegionCell> = r;
+    let slot = cell.handles.lock().get(id)?;
+    let v = cell.open()?.values().map_err(js)?;
+    Ok(Hv { cell, v, slot })
+}
+
+impl Hv<'_> {
+    fn expect(&self, tag: u8, what: &str) -> Result<&Self> {
+        if self.slot.tag != tag {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                format!("this shared value is not {what}"),
+            ));
+        }
+        Ok(self)
     }
 
     /// Build the value in `wire` for storing into this container, refusing
     /// one that would contain the container (a cycle is never freed).
-    fn store_for_me(&self, v: &Values<'_>, wire: &[u8]) -> Result<Slot> {
+    fn store_for_me(&self, wire: &[u8]) -> Result<Slot> {
+        let v = &self.v;
         let (value, refs) = v.store_wire_refs(wire).map_err(js)?;
         if refs && v.would_cycle(self.slot, value).map_err(js)? {
             let _ = v.release(value);
@@ -146,16 +303,6 @@ impl NativeValue {
             ));
         }
         Ok(value)
-    }
-
-    fn expect(&self, tag: u8, what: &str) -> Result<()> {
-        if self.slot.tag != tag {
-            return Err(err(
-                ErrorCode::InvalidArg,
-                format!("this shared value is not {what}"),
-            ));
-        }
-        Ok(())
     }
 
     /// Look a JS key up: as a string, then as an integer key.
@@ -172,234 +319,212 @@ impl NativeValue {
             None => Ok(None),
         }
     }
-}
 
-#[napi]
-impl NativeValue {
-    /// "tab" | "arr" | "str" | "bytes" | "bigint" | "typed"
-    #[napi(getter)]
-    pub fn kind(&self) -> &'static str {
-        match self.slot.tag {
-            T_TAB => "tab",
-            T_ARR => "arr",
-            T_STR => "str",
-            T_BYTES => "bytes",
-            T_BIGINT => "bigint",
-            T_TYPED => "typed",
-            _ => "scalar",
-        }
-    }
-
-    /// Offset of the object in its region (the same in every process).
-    #[napi(getter)]
-    pub fn offset(&self) -> f64 {
-        self.slot.bits as f64
-    }
-
-    /// "dev:inode" of the region this value lives in.
-    #[napi(getter)]
-    pub fn region_key(&self) -> String {
-        let (dev, ino) = self.cell.region.identity();
-        format!("{dev}:{ino}")
-    }
-
-    #[napi(getter)]
-    pub fn released(&self) -> bool {
-        self.released
-    }
-
-    #[napi(catch_unwind)]
-    pub fn ref_count(&self) -> Result<u32> {
-        self.values()?.refcount(self.slot).map_err(js)
-    }
-
-    /// Drop this handle's reference now. Idempotent.
-    #[napi(catch_unwind)]
-    pub fn release(&mut self) -> Result<()> {
-        self.give_back().map_err(js)
-    }
-
-    /// Another handle to the same value (reference + 1).
-    #[napi(catch_unwind)]
-    pub fn duplicate(&self) -> Result<NativeValue> {
-        let v = self.values()?;
-        let _b = v.busy();
-        v.retain(self.slot).map_err(js)?;
-        Ok(NativeValue::adopt(self.cell.clone(), self.slot))
-    }
-
-    /// Deep copy out, as wire bytes, shape coded for the JS reader (see
-    /// shmtools_core::value::shape_code: a large table of rows carries each
-    /// key list once); should the coding fail, the plain encoding, which the
-    /// reader reads too.
-    #[napi(catch_unwind)]
-    pub fn to_wire(&self) -> Result<Buffer> {
+    /// Deep copy out as wire bytes (plain, not shape coded).
+    fn wire(&self) -> Result<Vec<u8>> {
         let mut w = Writer::default();
-        self.values()?.load_wire(self.slot, &mut w).map_err(js)?;
-        Ok(shape_coded(w.buf, 0).into())
-    }
-
-    // ---- Tab ---------------------------------------------------------------
-
-    #[napi(catch_unwind)]
-    pub fn tab_get(&self, key: String) -> Result<Option<Out>> {
-        self.expect(T_TAB, "a table")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let s = self.find(&key, |k| v.tab_get(self.slot, k))?;
-        opt(&self.cell, s)
-    }
-
-    /// Set `key` to the value encoded in `wire` (a T_REF stores a reference).
-    #[napi(catch_unwind)]
-    pub fn tab_set(&self, key: String, wire: Buffer) -> Result<()> {
-        self.expect(T_TAB, "a table")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let value = self.store_for_me(&v, &wire)?;
-        let k = match int_key(&key) {
-            Some(i) if v.tab_has(self.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
-            _ => KeyRef::str(&key),
-        };
-        v.tab_set(self.slot, k, value).map_err(js)
-    }
-
-    #[napi(catch_unwind)]
-    pub fn tab_has(&self, key: String) -> Result<bool> {
-        self.expect(T_TAB, "a table")?;
-        let v = self.values()?;
-        Ok(self
-            .find(&key, |k| v.tab_has(self.slot, k).map(|b| b.then_some(())))?
-            .is_some())
-    }
-
-    #[napi(catch_unwind)]
-    pub fn tab_delete(&self, key: String) -> Result<bool> {
-        self.expect(T_TAB, "a table")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        Ok(self
-            .find(&key, |k| {
-                v.tab_delete(self.slot, k).map(|b| b.then_some(()))
-            })?
-            .is_some())
-    }
-
-    /// Keys in insertion order (integer keys spelled in decimal).
-    #[napi(catch_unwind)]
-    pub fn tab_keys(&self) -> Result<Vec<String>> {
-        self.expect(T_TAB, "a table")?;
-        let keys = self.values()?.tab_keys(self.slot).map_err(js)?;
-        Ok(keys
-            .into_iter()
-            .map(|k| match k {
-                shmtools_core::Key::Str(s) => s,
-                shmtools_core::Key::Int(i) => i.to_string(),
-            })
-            .collect())
-    }
-
-    #[napi(catch_unwind)]
-    pub fn tab_len(&self) -> Result<f64> {
-        self.expect(T_TAB, "a table")?;
-        Ok(self.values()?.tab_len(self.slot).map_err(js)? as f64)
-    }
-
-    // ---- Arr ---------------------------------------------------------------
-
-    #[napi(catch_unwind)]
-    pub fn arr_len(&self) -> Result<f64> {
-        self.expect(T_ARR, "a list")?;
-        Ok(self.values()?.arr_len(self.slot).map_err(js)? as f64)
-    }
-
-    #[napi(catch_unwind)]
-    pub fn arr_get(&self, index: u32) -> Result<Option<Out>> {
-        self.expect(T_ARR, "a list")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let s = v.arr_get(self.slot, index as u64).map_err(js)?;
-        opt(&self.cell, s)
-    }
-
-    #[napi(catch_unwind)]
-    pub fn arr_set(&self, index: u32, wire: Buffer) -> Result<()> {
-        self.expect(T_ARR, "a list")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let value = self.store_for_me(&v, &wire)?;
-        v.arr_set(self.slot, index as u64, value).map_err(js)
-    }
-
-    /// Append; returns the new length.
-    #[napi(catch_unwind)]
-    pub fn arr_push(&self, wire: Buffer) -> Result<f64> {
-        self.expect(T_ARR, "a list")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let value = self.store_for_me(&v, &wire)?;
-        Ok(v.arr_push(self.slot, value).map_err(js)? as f64)
-    }
-
-    #[napi(catch_unwind)]
-    pub fn arr_pop(&self) -> Result<Option<Out>> {
-        self.expect(T_ARR, "a list")?;
-        let v = self.values()?;
-        let _b = v.busy();
-        let s = v.arr_pop(self.slot).map_err(js)?;
-        opt(&self.cell, s)
-    }
-
-    // ---- typed arrays ------------------------------------------------------
-
-    /// Element type code (shmtools_core::value::Elem) of a typed array.
-    #[napi(catch_unwind)]
-    pub fn elem_type(&self) -> Result<u32> {
-        self.expect(T_TYPED, "a typed array")?;
-        Ok(self.values()?.typed_info(self.slot).map_err(js)?.0 as u32)
-    }
-
-    /// An ArrayBuffer over the array's bytes in the region: no copy. It keeps
-    /// the mapping alive; the facade detaches it when the handle is released.
-    #[napi(catch_unwind)]
-    pub fn view<'env>(&self, env: &'env Env) -> Result<ArrayBuffer<'env>> {
-        self.expect(T_TYPED, "a typed array")?;
-        let v = self.values()?;
-        let (off, n) = v.data(self.slot).map_err(js)?;
-        if n == 0 {
-            return ArrayBuffer::from_data(env, Vec::<u8>::new());
-        }
-        let ptr = v.pool().span().ptr_at(off, n).map_err(js)?;
-        let keep = self.cell.clone();
-        // SAFETY: `ptr..ptr+n` lies inside the live mapping (checked by
-        // ptr_at) and the mapping stays mapped while `keep` (an Arc of it) is
-        // alive, which the finalizer holds until V8 drops the buffer.
-        let ab = unsafe {
-            ArrayBuffer::from_external(env, ptr, n as usize, keep, |_env, keep| drop(keep))
-        }?;
-        if ab.as_ptr() != ptr.cast_const() {
-            // The runtime refused external memory and napi-rs copied instead:
-            // a copy would silently diverge from the region. Say so.
-            return Err(err(
-                ErrorCode::InvalidState,
-                "this JavaScript runtime does not allow views of external memory (Electron?); use toJS() to copy values out",
-            ));
-        }
-        Ok(ab)
-    }
-
-    /// Detach a view made by view(), so reads through it fail instead of
-    /// seeing freed memory.
-    #[napi(catch_unwind)]
-    pub fn detach_view(&self, buffer: ArrayBuffer) -> Result<()> {
-        buffer.detach()
+        self.v.load_wire(self.slot, &mut w).map_err(js)?;
+        Ok(w.buf)
     }
 }
 
-impl Drop for NativeValue {
-    fn drop(&mut self) {
-        // The GC safety net: a handle never released explicitly gives its
-        // reference back when V8 collects it.
-        let _ = self.give_back();
+// The functions below take a handle as (region, handle number); each
+// answers ERR_SHM_CLOSED for a released handle or a closed region, and
+// ERR_SHM_INVALID_ARG for a number that names no handle.
+
+/// Offset of the value in its region (the same in every process).
+#[napi(catch_unwind)]
+pub fn value_offset(r: &RegionRef, id: f64) -> Result<f64> {
+    Ok(hv(r, id)?.slot.bits as f64)
+}
+
+/// Cross-process reference count of the value.
+#[napi(catch_unwind)]
+pub fn value_ref_count(r: &RegionRef, id: f64) -> Result<u32> {
+    let h = hv(r, id)?;
+    h.v.refcount(h.slot).map_err(js)
+}
+
+/// Give the handle's reference back now. Idempotent; works after the
+/// region is closed (the GC's safety net calls it too).
+#[napi(catch_unwind)]
+pub fn value_release(r: &RegionRef, id: f64) -> Result<()> {
+    give_back(r, id)
+}
+
+/// Another handle to the same value (reference + 1).
+#[napi(catch_unwind)]
+pub fn value_duplicate(r: &RegionRef, id: f64) -> Result<u64> {
+    let h = hv(r, id)?;
+    let _b = h.v.busy();
+    h.v.retain(h.slot).map_err(js)?;
+    adopt(h.cell, h.slot)
+}
+
+/// Deep copy out, as wire bytes, shape coded for the JS reader (see
+/// shmtools_core::value::shape_code: a large table of rows carries each
+/// key list once); should the coding fail, the plain encoding, which the
+/// reader reads too.
+#[napi(catch_unwind)]
+pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
+    Ok(shape_coded(hv(r, id)?.wire()?, 0).into())
+}
+
+// ---- Tab ---------------------------------------------------------------
+
+#[napi(catch_unwind)]
+pub fn tab_get(r: &RegionRef, id: f64, key: String) -> Result<Option<Out>> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    let _b = h.v.busy();
+    let s = h.find(&key, |k| h.v.tab_get(h.slot, k))?;
+    opt(h.cell, s)
+}
+
+/// Set `key` to the value encoded in `wire` (a T_REF stores a reference).
+#[napi(catch_unwind)]
+pub fn tab_set(r: &RegionRef, id: f64, key: String, wire: BufferSlice) -> Result<()> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    let _b = h.v.busy();
+    let value = h.store_for_me(&wire)?;
+    let k = match int_key(&key) {
+        Some(i) if h.v.tab_has(h.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
+        _ => KeyRef::str(&key),
+    };
+    h.v.tab_set(h.slot, k, value).map_err(js)
+}
+
+#[napi(catch_unwind)]
+pub fn tab_has(r: &RegionRef, id: f64, key: String) -> Result<bool> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    Ok(
+        h.find(&key, |k| h.v.tab_has(h.slot, k).map(|b| b.then_some(())))?
+            .is_some(),
+    )
+}
+
+#[napi(catch_unwind)]
+pub fn tab_delete(r: &RegionRef, id: f64, key: String) -> Result<bool> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    let _b = h.v.busy();
+    Ok(
+        h.find(&key, |k| h.v.tab_delete(h.slot, k).map(|b| b.then_some(())))?
+            .is_some(),
+    )
+}
+
+/// Keys in insertion order (integer keys spelled in decimal).
+#[napi(catch_unwind)]
+pub fn tab_keys(r: &RegionRef, id: f64) -> Result<Vec<String>> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    let keys = h.v.tab_keys(h.slot).map_err(js)?;
+    Ok(keys
+        .into_iter()
+        .map(|k| match k {
+            shmtools_core::Key::Str(s) => s,
+            shmtools_core::Key::Int(i) => i.to_string(),
+        })
+        .collect())
+}
+
+#[napi(catch_unwind)]
+pub fn tab_len(r: &RegionRef, id: f64) -> Result<f64> {
+    let h = hv(r, id)?;
+    h.expect(T_TAB, "a table")?;
+    Ok(h.v.tab_len(h.slot).map_err(js)? as f64)
+}
+
+// ---- Arr ---------------------------------------------------------------
+
+#[napi(catch_unwind)]
+pub fn arr_len(r: &RegionRef, id: f64) -> Result<f64> {
+    let h = hv(r, id)?;
+    h.expect(T_ARR, "a list")?;
+    Ok(h.v.arr_len(h.slot).map_err(js)? as f64)
+}
+
+#[napi(catch_unwind)]
+pub fn arr_get(r: &RegionRef, id: f64, index: u32) -> Result<Option<Out>> {
+    let h = hv(r, id)?;
+    h.expect(T_ARR, "a list")?;
+    let _b = h.v.busy();
+    let s = h.v.arr_get(h.slot, index as u64).map_err(js)?;
+    opt(h.cell, s)
+}
+
+#[napi(catch_unwind)]
+pub fn arr_set(r: &RegionRef, id: f64, index: u32, wire: BufferSlice) -> Result<()> {
+    let h = hv(r, id)?;
+    h.expect(T_ARR, "a list")?;
+    let _b = h.v.busy();
+    let value = h.store_for_me(&wire)?;
+    h.v.arr_set(h.slot, index as u64, value).map_err(js)
+}
+
+/// Append; returns the new length.
+#[napi(catch_unwind)]
+pub fn arr_push(r: &RegionRef, id: f64, wire: BufferSlice) -> Result<f64> {
+    let h = hv(r, id)?;
+    h.expect(T_ARR, "a list")?;
+    let _b = h.v.busy();
+    let value = h.store_for_me(&wire)?;
+    Ok(h.v.arr_push(h.slot, value).map_err(js)? as f64)
+}
+
+#[napi(catch_unwind)]
+pub fn arr_pop(r: &RegionRef, id: f64) -> Result<Option<Out>> {
+    let h = hv(r, id)?;
+    h.expect(T_ARR, "a list")?;
+    let _b = h.v.busy();
+    let s = h.v.arr_pop(h.slot).map_err(js)?;
+    opt(h.cell, s)
+}
+
+// ---- typed arrays ------------------------------------------------------
+
+/// Element type code (shmtools_core::value::Elem) of a typed array.
+#[napi(catch_unwind)]
+pub fn typed_elem(r: &RegionRef, id: f64) -> Result<u32> {
+    let h = hv(r, id)?;
+    h.expect(T_TYPED, "a typed array")?;
+    Ok(h.v.typed_info(h.slot).map_err(js)?.0 as u32)
+}
+
+/// An ArrayBuffer over the array's bytes in the region: no copy. It keeps
+/// the mapping alive; the facade detaches it when the handle is released.
+#[napi(catch_unwind)]
+pub fn typed_view<'env>(env: &'env Env, r: &RegionRef, id: f64) -> Result<ArrayBuffer<'env>> {
+    let h = hv(r, id)?;
+    h.expect(T_TYPED, "a typed array")?;
+    let (off, n) = h.v.data(h.slot).map_err(js)?;
+    if n == 0 {
+        return ArrayBuffer::from_data(env, Vec::<u8>::new());
     }
+    let ptr = h.v.pool().span().ptr_at(off, n).map_err(js)?;
+    let keep = h.cell.clone();
+    // SAFETY: `ptr..ptr+n` lies inside the live mapping (checked by
+    // ptr_at) and the mapping stays mapped while `keep` (an Arc of it) is
+    // alive, which the finalizer holds until V8 drops the buffer.
+    let ab =
+        unsafe { ArrayBuffer::from_external(env, ptr, n as usize, keep, |_env, keep| drop(keep)) }?;
+    if ab.as_ptr() != ptr.cast_const() {
+        // The runtime refused external memory and napi-rs copied instead:
+        // a copy would silently diverge from the region. Say so.
+        return Err(err(
+            ErrorCode::InvalidState,
+            "this JavaScript runtime does not allow views of external memory (Electron?); use toJS() to copy values out",
+        ));
+    }
+    Ok(ab)
+}
+
+/// Detach a view made by typed_view(), so reads through it fail instead of
+/// seeing freed memory.
+#[napi(catch_unwind)]
+pub fn detach_view(buffer: ArrayBuffer) -> Result<()> {
+    buffer.detach()
 }
