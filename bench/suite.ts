@@ -106,8 +106,11 @@ const C = quick
       ],
       faninWorkers: 20,
       faninRows: 10_000,
+      // The diagonal and both lopsided corners of 1..4 × 1..4.
       scale: [
         [1, 1],
+        [1, 4],
+        [4, 1],
         [2, 2],
         [4, 4],
       ],
