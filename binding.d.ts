@@ -330,7 +330,10 @@ export declare function typedView(r: RegionRef, id: number): ArrayBuffer
 /** Another handle to the same value (reference + 1). */
 export declare function valueDuplicate(r: RegionRef, id: number): bigint
 
-/** Offset of the value in its region (the same in every process). */
+/**
+ * Offset of the value in its region (the same in every process); read
+ * from the table, so it answers after the region is closed too.
+ */
 export declare function valueOffset(r: RegionRef, id: number): number
 
 /** Cross-process reference count of the value. */

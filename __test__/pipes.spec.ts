@@ -809,13 +809,15 @@ test.serial("the binding's per-message pipe calls refuse anything but a live pip
   t.is(typeof binding.pipeSeq(h as never, 0), 'number')
   // Not a pipe: a plain object, a number, a Buffer, null, an external of
   // another kind (a region's own), the class instance itself.
-  const strangers: unknown[] = [{}, 42, wire, null, undefined, q]
-  for (const x of strangers) {
-    t.throws(() => binding.pipeEnqueue(x as never, wire, 0), undefined, String(x))
-    t.throws(() => binding.pipeDequeue(x as never, 0), undefined, String(x))
-    t.throws(() => binding.pipeDequeueMany(x as never, 4, 0), undefined, String(x))
-    t.throws(() => binding.pipeDequeueManyCopy(x as never, 4, 0), undefined, String(x))
-    t.throws(() => binding.pipeSeq(x as never, 0), undefined, String(x))
+  const regionExternal = (region as unknown as { native(): { fast(): object } }).native().fast()
+  const strangers: unknown[] = [{}, 42, wire, null, undefined, q, regionExternal]
+  for (const [i, x] of strangers.entries()) {
+    const label = `stranger ${i}`
+    t.throws(() => binding.pipeEnqueue(x as never, wire, 0), undefined, label)
+    t.throws(() => binding.pipeDequeue(x as never, 0), undefined, label)
+    t.throws(() => binding.pipeDequeueMany(x as never, 4, 0), undefined, label)
+    t.throws(() => binding.pipeDequeueManyCopy(x as never, 4, 0), undefined, label)
+    t.throws(() => binding.pipeSeq(x as never, 0), undefined, label)
   }
   // A bad kind or timeout is ERR_SHM_INVALID_ARG, as on the class.
   t.throws(() => binding.pipeSeq(h as never, 7), { message: /ERR_SHM_INVALID_ARG/ })
@@ -1111,6 +1113,26 @@ test.serial('a small packet goes inline, into the pipe byte ring; damage to its 
       t.is(readU64(pool, queue, RING_READ_AT), readU64(pool, queue, RING_WRITE_AT), `${label}: the ring is all free`)
     }
   }
+  t.notThrows(() => pool.check())
+})
+
+test.serial('dequeueMany that fails part way (a damaged string after a table) gives back the handles it had made: the pool is as it was', (t) => {
+  const { pool, q, baseline, queue, u64 } = pipeToDamage(t, 'many-partial')
+  const capacity = readU64(pool, queue, CAPACITY_AT)
+  const slots = readU64(pool, queue, SLOTS_AT)
+  // A small table (inline; built into a table as it is taken), then a
+  // string too long to go inline (a string object in the pool).
+  t.true(q.enqueue({ a: 1 }, 0))
+  t.true(q.enqueue('s'.repeat(2000), 0))
+  const head = readU64(pool, queue, HEAD_AT)
+  const second = ((head + 1) % capacity) * 16
+  t.is(u64(slots, second), 7, 'the second packet is a string object')
+  const str = u64(slots, second + 8)
+  // Its first byte of text is no longer UTF-8.
+  pool.write(str, Buffer.from([0xff]), 16)
+  t.throws(() => q.dequeueMany(8), { code: ErrorCodes.CORRUPT })
+  t.is(q.length, 0, 'both packets were taken')
+  t.deepEqual(used(pool.stats()), baseline, 'the table handle made before the failure was given back, and the string freed')
   t.notThrows(() => pool.check())
 })
 

@@ -736,6 +736,29 @@ test('isSHM: true for live handles of that pool only; false for plain values, re
   assertBaseline(t, g)
 })
 
+test('Shared() of a handle through a second mapping of its region makes a handle of that mapping: both work, each releases its own reference', (t) => {
+  const f = fresh(t, 'two-mappings')
+  // Handles in both mappings first, so each mapping's handle table has
+  // live entries at the same numbers.
+  const mine = [Shared(f.pool, { n: 0 }), Shared(f.pool, { n: 1 })]
+  const again = attachSync(f.name, { timeoutMs: 10_000 })
+  t.teardown(() => again.close())
+  const theirs = [Shared(again.pool(), { m: 0 }), Shared(again.pool(), { m: 1 })]
+  const copy = Shared(again.pool(), mine[1]!) as SharedTab
+  t.is(copy.n, 1, 'the copy reads the value it was made from')
+  t.is(copy.offset, mine[1]!.offset)
+  t.is(mine[1]!.refCount, 2)
+  copy.n = 5
+  t.is(mine[1]!.n, 5, 'one value, two handles')
+  copy.release()
+  t.is(mine[1]!.refCount, 1, "the copy's release gave back its own reference")
+  t.deepEqual(theirs.map((h) => h.m), [0, 1], "the second mapping's other handles are untouched")
+  t.deepEqual(mine.map((h) => h.n), [0, 5], "and the first mapping's")
+  for (const h of [...mine, ...theirs]) h.release()
+  again.close()
+  assertBaseline(t, f)
+})
+
 test('every use of a released handle is ERR_SHM_CLOSED; release() is idempotent; a released handle cannot be stored', (t) => {
   const f = fresh(t, 'released')
   const tab = Shared(f.pool, { a: 1 })
@@ -1014,11 +1037,14 @@ test("the binding's value functions refuse a number that names no live handle (r
   // The wrong kind of value for the call: INVALID_ARG.
   t.is(code(t.throws(() => binding.arrLen(r, again))), ErrorCodes.INVALID_ARG)
   t.is(code(t.throws(() => binding.typedView(r, again))), ErrorCodes.INVALID_ARG)
-  // Another region's table knows nothing of this number.
+  // A number means what the table it is used with says: here another
+  // region's table, which holds no handle yet.
   const r2 = (other.region as unknown as { native(): Native }).native().fast() as never
   t.is(code(t.throws(() => binding.tabGet(r2, again, 'a'))), ErrorCodes.INVALID_ARG)
-  // Not a region at all.
-  for (const x of [{}, 1, null, tab]) t.throws(() => binding.tabGet(x as never, again, 'a'))
+  // Not a region at all (a pipe's external included).
+  new ServerSide(other.region, 'p', 4).start()
+  const pipeExternal = (other.region as unknown as { native(): { findPipe(n: string): { fast(): object } } }).native().findPipe('p').fast()
+  for (const x of [{}, 1, null, tab, pipeExternal]) t.throws(() => binding.tabGet(x as never, again, 'a'))
   binding.valueRelease(r, again)
   tab.release()
   assertBaseline(t, f)

@@ -9,7 +9,7 @@ import { logger, type Log } from './debug'
 import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
-import { encodeFor, encodeManyFor, wrap } from './values'
+import { encodeFor, encodeManyFor, wrap, wrapAll } from './values'
 import { decodeBatch, decodeMany } from './wire'
 
 export type { PipeStats }
@@ -271,7 +271,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
       const got = native(() => binding.pipeDequeueManyCopy(h, n, t))
       return (typeof got === 'string' ? decodeBatch(got) : decodeMany(got)) as T[]
     }
-    return native(() => binding.pipeDequeueMany(h, n, t)).map((v) => wrap(this.#region, v) as T)
+    return wrapAll(this.#region, native(() => binding.pipeDequeueMany(h, n, t))) as T[]
   }
 
   /** `for await (const packet of pipe)`: dequeues until the pipe is closed. */

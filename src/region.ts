@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import * as binding from '../binding'
 import type { GcReport, HolderEntry, NativeRegion, PoolCheck, PoolStats, RegionInfo, RepairReport } from '../binding'
 import { logger, type Log } from './debug'
-import { wrap, type SharedArr, type SharedTab, type SharedTyped } from './values'
+import { forgetHandles, wrap, type SharedArr, type SharedTab, type SharedTyped } from './values'
 import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import {
   checkBreakChecker,
@@ -183,12 +183,14 @@ export class Region {
   close(): void {
     this.#native?.close()
     this.#native = undefined
+    forgetHandles(this)
   }
 
   /** @internal unmap and remove the name, if the name is still ours. */
   destroy(): boolean {
     const handle = this.native()
     this.#native = undefined
+    forgetHandles(this)
     return native(() => handle.destroy())
   }
 

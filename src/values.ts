@@ -40,12 +40,14 @@ type RegionRef = ReturnType<NativeRegion['fast']>
 export type Raw = bigint | number | string | Buffer
 
 /**
- * Per region: its external for the binding's value functions, and the
- * FinalizationRegistry that gives back the reference of a handle collected
- * without release() (the GC's safety net). Kept on the Region object.
+ * Per region: its external for the binding's value functions, its key, and
+ * the FinalizationRegistry that gives back the reference of a handle
+ * collected without release() (the GC's safety net). Kept on the Region
+ * object until it is closed (see forgetHandles); each Handle keeps what it
+ * needs of it.
  */
 const HANDLES = Symbol('shmtools.handles')
-type HandleState = { r: RegionRef; fr: FinalizationRegistry<number> }
+type HandleState = { r: RegionRef; key: string; fr: FinalizationRegistry<number> }
 
 function handleState(region: Region): HandleState {
   const own = (region as unknown as { [HANDLES]?: HandleState })[HANDLES]
@@ -58,9 +60,18 @@ function handleState(region: Region): HandleState {
       // (nothing to tell: the safety net runs outside any call)
     }
   })
-  const st = { r, fr }
-  Object.defineProperty(region, HANDLES, { value: st })
+  const st = { r, key: region.regionKey(), fr }
+  Object.defineProperty(region, HANDLES, { value: st, configurable: true })
   return st
+}
+
+/**
+ * Region.close(): the region lets go of its handle state, so the mapping
+ * goes once its last handle (and view) does, not when the Region object is
+ * collected. Handles still alive keep the external and the registry.
+ */
+export function forgetHandles(region: Region): void {
+  delete (region as unknown as { [HANDLES]?: HandleState })[HANDLES]
 }
 
 /**
@@ -74,6 +85,8 @@ class Handle implements RefSource {
   #released = false
   #offset = -1
   readonly r: RegionRef
+  /** "dev:inode" of the region (the same for every mapping of it). */
+  readonly regionKey: string
   readonly #fr: FinalizationRegistry<number>
   constructor(
     readonly region: Region,
@@ -81,12 +94,9 @@ class Handle implements RefSource {
   ) {
     const st = handleState(region)
     this.r = st.r
+    this.regionKey = st.key
     this.#fr = st.fr
     st.fr.register(this, id, this)
-  }
-
-  get regionKey(): string {
-    return this.region.regionKey()
   }
 
   get released(): boolean {
@@ -161,6 +171,27 @@ export function wrap(region: Region, v: Raw): unknown {
   }
 }
 
+/**
+ * wrap() each of a batch the binding returned. Should one fail, the handles
+ * made and those not yet made are given back before the error is thrown,
+ * so none is left to the GC.
+ */
+export function wrapAll(region: Region, raws: Raw[]): unknown[] {
+  const out: unknown[] = []
+  let i = 0
+  try {
+    for (; i < raws.length; i++) out.push(wrap(region, raws[i]!))
+    return out
+  } catch (e) {
+    for (const v of out) handleOf(v as object)?.release()
+    const r = handleState(region).r
+    for (const raw of raws.slice(i + 1)) {
+      if (typeof raw === 'bigint') native(() => binding.valueRelease(r, Math.floor(Number(raw) / 4)))
+    }
+    throw e
+  }
+}
+
 /** Methods every handle has. */
 export interface SharedHandle {
   /** Deep copy into plain JS values. */
@@ -226,8 +257,8 @@ function getOut(h: Handle, v: Raw | null | undefined): unknown {
 
 /**
  * What every handle class shares; subclasses supply toJS() and their name.
- * Methods find their handle through `handles`, because `this` is the Proxy
- * when they are called as `proxy.method()`.
+ * Methods find their handle through the target's HANDLE property (hOf),
+ * because `this` is the Proxy when they are called as `proxy.method()`.
  */
 const LABEL = Symbol('shmtools.label')
 
@@ -270,8 +301,9 @@ function methodNames(proto: object): Set<string | symbol> {
 
 /**
  * The target of every SharedTab proxy. Its methods live on the prototype
- * (one copy for all tables) and find their handle through `handles`, so
- * making a handle costs one object, one Proxy and two map entries.
+ * (one copy for all tables) and find their handle through its HANDLE
+ * property, so making a handle costs a Handle, this target, one Proxy and
+ * one FinalizationRegistry entry.
  */
 class TabCore extends HandleCore {
   get(key: string): unknown {
@@ -565,8 +597,10 @@ export function Shared(pool: Pool, value: unknown): unknown {
   }
   const existing = handleOf(value)
   if (existing) {
-    existing.refOffset(region.regionKey()) // same region, still live
-    return wrap(region, native(() => binding.valueDuplicate(existing.r, existing.live())))
+    // The same region, still live; the new handle goes in the table of this
+    // pool's mapping, which may not be the one `existing` came through.
+    const offset = existing.refOffset(region.regionKey())
+    return wrap(region, native(() => region.native().valueAt(offset)))
   }
   const wire = encodeFor(region, value)
   return wrap(region, native(() => region.native().store(wire)))

@@ -17,7 +17,7 @@ use shmtools_core::{Directory, ErrorCode};
 
 use crate::convert::{err, js, to_u64};
 use crate::region::{NativeRegion, RegionCell};
-use crate::value::{from_slot, Out};
+use crate::value::{from_slot, give_back_all, Out};
 use crate::waiter::{self, Job};
 
 #[napi(object)]
@@ -309,8 +309,11 @@ impl PipeRef {
             })
             .map_err(js)?;
         match first {
-            // (the handles made are dropped, giving their references back)
-            Some(e) => Err(e),
+            Some(e) => {
+                // (JavaScript will never see the handles made: give them back)
+                give_back_all(&self.cell, out);
+                Err(e)
+            }
             None => Ok(out),
         }
     }

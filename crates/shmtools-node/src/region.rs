@@ -48,9 +48,11 @@ pub struct PoolCheck {
     pub largest_free_block: f64,
 }
 
-/// A mapped region shared by its NativeRegion and every value handle and
-/// typed-array view taken from it: the mapping goes when the last of them
-/// goes, so a view can never outlive the memory under it.
+/// A mapped region shared by its NativeRegion, the externals of its pipes
+/// and its handle table (held by the JS handles and, until the region is
+/// closed, its Region object) and every typed-array view taken from it: the
+/// mapping goes when the last of them goes, so a view can never outlive the
+/// memory under it.
 pub struct RegionCell {
     pub region: Region,
     /// Set by close()/destroy(): handles then refuse to work (ERR_SHM_CLOSED),

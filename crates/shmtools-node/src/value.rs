@@ -34,8 +34,12 @@ const GEN_LIMIT: u64 = 1 << 26;
 
 /// The handles JavaScript holds in one region. A handle number is
 /// `index + 2^24 * generation`: the generation moves on each time an entry
-/// is released, so a number kept after its release names nothing (and never
-/// the next handle that reuses the entry).
+/// is released, so a number kept after its release names nothing, not even
+/// the next handle that reuses the entry, until that entry has been
+/// released 2^26 times more and its generation wraps. (The facade never
+/// uses a number after its release; only direct callers of the binding
+/// could keep one that long. The number does not name its region either:
+/// the table it is used with decides what it means.)
 #[derive(Default)]
 pub struct HandleTable {
     entries: Vec<Entry>,
@@ -240,6 +244,16 @@ pub fn adopt(cell: &Arc<RegionCell>, slot: Slot) -> Result<u64> {
     }
 }
 
+/// Give back the references of the handles among `outs` (made for a call
+/// that then failed, so JavaScript never sees them).
+pub fn give_back_all(cell: &RegionCell, outs: Vec<Out>) {
+    for o in outs {
+        if let Either4::A(h) = o {
+            let _ = give_back(cell, (h / 4) as f64);
+        }
+    }
+}
+
 /// Give a handle's reference back (once; a handle released already is left
 /// as it is). Works on a closed region too: the GC's safety net runs late.
 fn give_back(cell: &RegionCell, id: f64) -> Result<()> {
@@ -332,10 +346,11 @@ impl Hv<'_> {
 // answers ERR_SHM_CLOSED for a released handle or a closed region, and
 // ERR_SHM_INVALID_ARG for a number that names no handle.
 
-/// Offset of the value in its region (the same in every process).
+/// Offset of the value in its region (the same in every process); read
+/// from the table, so it answers after the region is closed too.
 #[napi(catch_unwind)]
 pub fn value_offset(r: &RegionRef, id: f64) -> Result<f64> {
-    Ok(hv(r, id)?.slot.bits as f64)
+    Ok(r.handles.lock().get(id)?.bits as f64)
 }
 
 /// Cross-process reference count of the value.
