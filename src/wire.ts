@@ -116,8 +116,10 @@ class Encoder {
     this.refOf = refOf
     this.plainProto = nothingEnumerable(Object.prototype)
     this.pos = 0
-    this.path.length = 0
-    this.stack.length = 0
+    // (only when not empty already: setting an array's length is a call
+    // into the runtime, and it drops the array's storage)
+    if (this.path.length !== 0) this.path.length = 0
+    if (this.stack.length !== 0) this.stack.length = 0
     return this
   }
 
