@@ -318,6 +318,14 @@ export declare function tabSet(r: RegionRef, id: number, key: string, wire: Buff
 /** One look for a region: the handle if it is ready, null if not yet. */
 export declare function tryAttachRegion(name: string, gc?: boolean | undefined | null): NativeRegion | null
 
+/**
+ * A copy of a typed array's bytes in a new ArrayBuffer of V8's own, made
+ * straight from the region (`SharedTyped.toJS()`): one copy, where the wire
+ * took three and a fresh allocation for each (1 MiB: 0.6-0.8 ms, most of it
+ * page faults; docs/BENCHMARKS.md, "A typed array's copy").
+ */
+export declare function typedCopy(r: RegionRef, id: number): ArrayBuffer
+
 /** Element type code (shmtools_core::value::Elem) of a typed array. */
 export declare function typedElem(r: RegionRef, id: number): number
 

@@ -865,6 +865,7 @@ module.exports.tabKeys = nativeBinding.tabKeys
 module.exports.tabLen = nativeBinding.tabLen
 module.exports.tabSet = nativeBinding.tabSet
 module.exports.tryAttachRegion = nativeBinding.tryAttachRegion
+module.exports.typedCopy = nativeBinding.typedCopy
 module.exports.typedElem = nativeBinding.typedElem
 module.exports.typedView = nativeBinding.typedView
 module.exports.valueDuplicate = nativeBinding.valueDuplicate

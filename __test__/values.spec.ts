@@ -210,6 +210,14 @@ test('each typed-array kind is stored as a SharedTyped of the same kind: element
     t.is(copy.constructor.name, kind)
     same(t, copy, src, `${kind} toJS()`)
     t.not(copy.buffer, view.buffer, 'toJS() is a copy')
+    t.is(copy.byteOffset, 0)
+    t.is(copy.buffer.byteLength, copy.byteLength, 'a buffer of its own, exactly its size')
+    // Writing to the copy leaves the shared value alone, and the other way round.
+    if (copy.length > 0) {
+      const before = view[0]
+      ;(copy as unknown as number[])[0] = (typeof before === 'bigint' ? 7n : 7) as never
+      t.is(view[0], before, `${kind}: the copy is not the region`)
+    }
     // Inside a container: a read gives a handle to the same kind.
     const tab = Shared(f.pool, { a: src })
     const inner = tab.a as SharedTyped

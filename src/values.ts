@@ -14,7 +14,7 @@ import type { NativeRegion } from '../binding'
 import * as binding from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
-import { decode, ELEM_CTORS, encode, encodeMany, type RefSource, type SharedTypedArray } from './wire'
+import { decode, ELEM_CTORS, encode, encodeMany, T_BYTES, type RefSource, type SharedTypedArray } from './wire'
 
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
@@ -153,7 +153,12 @@ export function encodeManyFor(region: Region, values: readonly unknown[]): Buffe
 /** Turn what the binding returns for a value into its JS face. */
 export function wrap(region: Region, v: Raw): unknown {
   if (typeof v === 'number' || typeof v === 'string') return v
-  if (typeof v !== 'bigint') return decode(v)
+  if (typeof v !== 'bigint') {
+    // Bytes on their own: the binding made this Buffer for this call alone,
+    // so the bytes are handed out as they are, not copied again.
+    if (v[0] === T_BYTES && v.length >= 5 && v.readUInt32LE(1) === v.length - 5) return v.subarray(5)
+    return decode(v)
+  }
   // A handle: 4 × its number + its kind (below 2^52, so exact as a number).
   const x = Number(v)
   const kind = x % 4
@@ -541,7 +546,11 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   }
 
   toJS(): T {
-    return decode(native(() => binding.valueToWire(this.#h.r, this.#h.live()))) as T
+    const h = this.#h
+    const Ctor = ELEM_CTORS[native(() => binding.typedElem(h.r, h.live()))]
+    if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
+    // One copy, straight from the region into a new ArrayBuffer.
+    return new Ctor(native(() => binding.typedCopy(h.r, h.live()))) as T
   }
 
   toJSON(): unknown {

@@ -382,7 +382,14 @@ pub fn value_duplicate(r: &RegionRef, id: f64) -> Result<u64> {
 /// reader reads too.
 #[napi(catch_unwind)]
 pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
-    Ok(shape_coded(hv(r, id)?.wire()?, 0).into())
+    let h = hv(r, id)?;
+    let wire = h.wire()?;
+    Ok(match h.slot.tag {
+        T_TAB | T_ARR => shape_coded(wire, 0),
+        // (nothing to code, and no second copy of a large array)
+        _ => wire,
+    }
+    .into())
 }
 
 // ---- Tab ---------------------------------------------------------------
@@ -535,6 +542,44 @@ pub fn typed_view<'env>(env: &'env Env, r: &RegionRef, id: f64) -> Result<ArrayB
         ));
     }
     Ok(ab)
+}
+
+/// A copy of a typed array's bytes in a new ArrayBuffer of V8's own, made
+/// straight from the region (`SharedTyped.toJS()`): one copy, where the wire
+/// took three and a fresh allocation for each (1 MiB: 0.6-0.8 ms, most of it
+/// page faults; docs/BENCHMARKS.md, "A typed array's copy").
+#[napi(catch_unwind)]
+pub fn typed_copy<'env>(env: &'env Env, r: &RegionRef, id: f64) -> Result<ArrayBuffer<'env>> {
+    let h = hv(r, id)?;
+    h.expect(T_TYPED, "a typed array")?;
+    let (off, n) = h.v.data(h.slot).map_err(js)?;
+    let n = usize::try_from(n).map_err(|_| {
+        err(
+            ErrorCode::Corrupt,
+            "a typed array too large for this process",
+        )
+    })?;
+    let mut data = std::ptr::null_mut();
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: a plain N-API call on the calling (JS) thread's env, with out
+    // pointers to two locals.
+    let status = unsafe { napi::sys::napi_create_arraybuffer(env.raw(), n, &mut data, &mut raw) };
+    if status != napi::sys::Status::napi_ok {
+        return Err(err(
+            ErrorCode::OutOfMemory,
+            format!("JavaScript could not allocate {n} bytes for the copy"),
+        ));
+    }
+    if n > 0 {
+        // SAFETY: V8 handed `data` over as `n` writable bytes of the new
+        // buffer, which nothing else can reach before this call returns it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(data.cast::<u8>(), n) };
+        h.v.pool().span().read(off, dst).map_err(js)?;
+    }
+    // SAFETY: `raw` is the ArrayBuffer just made in `env`.
+    unsafe {
+        <ArrayBuffer as napi::bindgen_prelude::FromNapiValue>::from_napi_value(env.raw(), raw)
+    }
 }
 
 /// Detach a view made by typed_view(), so reads through it fail instead of

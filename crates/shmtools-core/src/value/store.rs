@@ -579,9 +579,9 @@ impl<'a> Values<'a> {
     }
 
     fn copy_out(&self, off: u64, n: u64, w: &mut Writer) -> Result<()> {
-        let start = w.buf.len();
-        w.buf.resize(start + n as usize, 0);
-        self.span.read(off, &mut w.buf[start..])
+        // (into the room past the end, not zeroed first: a large array is
+        // written once, not twice)
+        self.span.read_append(off, n as usize, &mut w.buf)
     }
 }
 
