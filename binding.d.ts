@@ -290,6 +290,13 @@ export interface RegionInfo {
   pipeDirOffset: number
 }
 
+/**
+ * Build a value from its wire encoding in the region (`Shared()`): a
+ * handle for containers and typed arrays, the value itself for the rest
+ * (see [`Out`]). What `NativeRegion.store` does, without the class call.
+ */
+export declare function regionStore(r: RegionRef, wire: Buffer): Out
+
 /** Remove a region's name from /dev/shm; false if there was none. */
 export declare function removeRegion(name: string): boolean
 

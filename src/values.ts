@@ -612,7 +612,8 @@ export function Shared(pool: Pool, value: unknown): unknown {
     return wrap(region, native(() => region.native().valueAt(offset)))
   }
   const wire = encodeFor(region, value)
-  return wrap(region, native(() => region.native().store(wire)))
+  const r = handleState(region).r
+  return wrap(region, native(() => binding.regionStore(r, wire)))
 }
 
 /** True only when `value` is a live shared handle whose value lives in `pool`. */

@@ -392,6 +392,18 @@ pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
     .into())
 }
 
+/// Build a value from its wire encoding in the region (`Shared()`): a
+/// handle for containers and typed arrays, the value itself for the rest
+/// (see [`Out`]). What `NativeRegion.store` does, without the class call.
+#[napi(catch_unwind)]
+pub fn region_store(r: &RegionRef, wire: BufferSlice) -> Result<Out> {
+    let cell: &Arc<RegionCell> = r;
+    let v = cell.open()?.values().map_err(js)?;
+    let _b = v.busy();
+    let slot = v.store_wire(&wire).map_err(js)?;
+    from_slot(cell, slot)
+}
+
 // ---- Tab ---------------------------------------------------------------
 
 #[napi(catch_unwind)]
