@@ -1338,6 +1338,26 @@ test('a worker thread attaches on its own, takes the Tab by offset, reads and ch
   assertBaseline(t, f)
 })
 
+test('a worker thread that ends holding handles (never released, region never closed) gives their references back as it goes', async (t) => {
+  const f = fresh(t, 'worker-keeps')
+  const tab = Shared(f.pool, { counter: 1, removeMe: 'x', list: ['main'] })
+  const list = tab.list as SharedArr
+  t.is(list.refCount, 2, 'the table and this handle')
+  const w = new Worker(VALUES_WORKER, { workerData: { name: f.name, offset: tab.offset, keep: true } })
+  const msg = await new Promise<{ refCountInWorker: number }>((resolve, reject) => {
+    w.once('message', resolve)
+    w.once('error', reject)
+  })
+  t.is(msg.refCountInWorker, 2, 'the worker held a reference to the table')
+  await new Promise((resolve) => w.once('exit', resolve))
+  t.is(tab.refCount, 1, "the worker's reference to the table is back")
+  t.is(list.refCount, 2, "and its reference to the list")
+  t.is(list.length, 2, 'what it pushed stays')
+  list.release()
+  tab.release()
+  assertBaseline(t, f)
+})
+
 // Found by these tests and fixed -------------------------------------------------
 
 test("toJS() of a Tab with the key '__proto__' keeps it as data, never as the copy's prototype", (t) => {
