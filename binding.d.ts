@@ -21,48 +21,6 @@ export declare class NativeQueue {
   get length(): number
   stats(): PipeStats
   /**
-   * Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
-   * forever; 0: not at all). False if there was no room. A small value
-   * is copied into the pipe's byte ring; a larger one is stored in the
-   * pool (packed if it can be). Nothing is built while it waits.
-   */
-  enqueue(wire: Buffer, timeoutMs?: number | undefined | null): boolean
-  /**
-   * Enqueue as many of the `count` concatenated encoded values as fit,
-   * waiting up to `timeout_ms` for room for the first (undefined or 0: no
-   * wait; Infinity: forever); returns how many went in (the rest were not
-   * stored). Built in batches under one hold of the pool lock each, and
-   * enqueued under one hold of the pipe's producers' lock each.
-   */
-  enqueueMany(wire: Buffer, count: number, timeoutMs?: number | undefined | null): number
-  /** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
-  dequeue(timeoutMs?: number | undefined | null): Out | null
-  /**
-   * Dequeue if a packet is there or arrives within `spin_us` microseconds,
-   * spinning on the futex word (no sleep): the async forms call this once
-   * before parking, since a reply often comes within a few microseconds and
-   * waking through a thread costs tens.
-   */
-  dequeueSpin(spinUs: number): Out | null
-  /**
-   * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-   * (undefined or 0: no wait; Infinity: forever), as handles and values.
-   */
-  dequeueMany(max: number, timeoutMs?: number | undefined | null): Array<Out>
-  /**
-   * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-   * (undefined or 0: no wait; Infinity: forever), and return deep copies of
-   * them as concatenated encodings; the packets are released here, their
-   * blocks going back to the pool together. Up to 64 KiB of encodings come
-   * as a string, one character per byte (latin1), after a flag character
-   * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
-   * faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
-   * (repeated key lists named by number; the 64 KiB are after coding).
-   * Larger batches come as a Buffer of the encodings alone (shape coded
-   * too). Nothing came: an empty string.
-   */
-  dequeueManyCopy(max: number, timeoutMs?: number | undefined | null): string | Buffer
-  /**
    * The futex sequence for `kind` (0 not empty, 1 not full); read it before
    * a failed attempt, then wait for it to move.
    */
@@ -217,21 +175,56 @@ export interface HolderEntry {
  */
 export declare function inspectRegion(name: string): NativeRegion | null
 
+/** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
 export declare function pipeDequeue(p: ExternalObject<PipeRef>, timeoutMs?: number | undefined | null): Out | null
 
+/**
+ * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+ * (undefined or 0: no wait; Infinity: forever), as handles and values.
+ */
 export declare function pipeDequeueMany(p: ExternalObject<PipeRef>, max: number, timeoutMs?: number | undefined | null): Array<Out>
 
+/**
+ * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+ * (undefined or 0: no wait; Infinity: forever), and return deep copies of
+ * them as concatenated encodings; the packets are released here, their
+ * blocks going back to the pool together. Up to 64 KiB of encodings come
+ * as a string, one character per byte (latin1), after a flag character
+ * (0: every string in the batch is ASCII, 1: not): JavaScript reads that
+ * faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
+ * (repeated key lists named by number; the 64 KiB are after coding).
+ * Larger batches come as a Buffer of the encodings alone (shape coded
+ * too). Nothing came: an empty string.
+ */
 export declare function pipeDequeueManyCopy(p: ExternalObject<PipeRef>, max: number, timeoutMs?: number | undefined | null): string | Buffer
 
+/**
+ * Dequeue if a packet is there or arrives within `spin_us` microseconds,
+ * spinning on the futex word (no sleep): the async forms call this once
+ * before parking, since a reply often comes within a few microseconds and
+ * waking through a thread costs tens.
+ */
 export declare function pipeDequeueSpin(p: ExternalObject<PipeRef>, spinUs: number): Out | null
 
 /**
- * The per-message pipe calls, on the external `NativeQueue.fast()` gives:
- * each does what the `NativeQueue` method of the same name does (see there),
- * without napi-rs' check of a class instance's borrows (see [`PipeRef`]).
+ * The per-message pipe calls, on the external `NativeQueue.fast()` gives
+ * (napi-rs checks every call on a class instance against a table of
+ * borrows, see [`PipeRef`]; these skip it).
+ *
+ * Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
+ * forever; 0: not at all). False if there was no room. A small value is
+ * copied into the pipe's byte ring; a larger one is stored in the pool
+ * (packed if it can be). Nothing is built while it waits.
  */
 export declare function pipeEnqueue(p: ExternalObject<PipeRef>, wire: Buffer, timeoutMs?: number | undefined | null): boolean
 
+/**
+ * Enqueue as many of the `count` concatenated encoded values as fit,
+ * waiting up to `timeout_ms` for room for the first (undefined or 0: no
+ * wait; Infinity: forever); returns how many went in (the rest were not
+ * stored). Built in batches under one hold of the pool lock each, and
+ * enqueued under one hold of the pipe's producers' lock each.
+ */
 export declare function pipeEnqueueMany(p: ExternalObject<PipeRef>, wire: Buffer, count: number, timeoutMs?: number | undefined | null): number
 
 export interface PipeEntry {
@@ -248,6 +241,10 @@ export interface PipeEntry {
   queueBlock: number
 }
 
+/**
+ * The futex sequence for `kind` (0 not empty, 1 not full); read it before
+ * a failed attempt, then wait for it to move.
+ */
 export declare function pipeSeq(p: ExternalObject<PipeRef>, kind: number): number
 
 export interface PipeStats {
@@ -293,7 +290,7 @@ export interface RegionInfo {
 /**
  * Build a value from its wire encoding in the region (`Shared()`): a
  * handle for containers and typed arrays, the value itself for the rest
- * (see [`Out`]). What `NativeRegion.store` does, without the class call.
+ * (see [`Out`]). `NativeRegion.store` without the class call.
  */
 export declare function regionStore(r: RegionRef, wire: Buffer): Out
 
@@ -341,9 +338,6 @@ export declare function typedElem(r: RegionRef, id: number): number
  * the mapping alive; the facade detaches it when the handle is released.
  */
 export declare function typedView(r: RegionRef, id: number): ArrayBuffer
-
-/** Another handle to the same value (reference + 1). */
-export declare function valueDuplicate(r: RegionRef, id: number): bigint
 
 /**
  * Offset of the value in its region (the same in every process); read

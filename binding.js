@@ -869,7 +869,6 @@ module.exports.tryAttachRegion = nativeBinding.tryAttachRegion
 module.exports.typedCopy = nativeBinding.typedCopy
 module.exports.typedElem = nativeBinding.typedElem
 module.exports.typedView = nativeBinding.typedView
-module.exports.valueDuplicate = nativeBinding.valueDuplicate
 module.exports.valueOffset = nativeBinding.valueOffset
 module.exports.valueRefCount = nativeBinding.valueRefCount
 module.exports.valueRelease = nativeBinding.valueRelease

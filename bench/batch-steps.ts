@@ -14,15 +14,19 @@
  * HANDLES=1 takes the batch as handles instead (dequeueMany without copy:
  * one handle per message, released at once; `dec` is then 0).
  */
+import { createRequire } from 'node:module'
+
 import { SHMMain, ServerSide } from 'shmtools'
 import { encodeManyFor } from '../src/values.ts'
 import { decodeBatch, decodeMany } from '../src/wire.ts'
 
+const binding = createRequire(import.meta.url)('../binding.js') as typeof import('../binding.js')
 const name = `shmtools-batch-steps-${process.pid}`
 const mem = new SHMMain(name, 64 << 20).start()
 const region = mem.region()
 new ServerSide(region, 'p', 1024).start()
-const q = region.native().findPipe('p')!
+const h = region.native().findPipe('p')!.fast()
+const regionRef = region.native().fast()
 const PAYLOAD = 'x'.repeat(Number(process.env.LEN ?? 32))
 const ROWS = Number(process.env.ROWS ?? 0)
 const B = Number(process.env.B ?? 256)
@@ -41,16 +45,17 @@ for (let r = 0; r < rounds + 200; r++) {
   const t1 = performance.now()
   const wire = encodeManyFor(region, batch)
   const t2 = performance.now()
-  const sent = q.enqueueMany(wire, B, 0)
+  const sent = binding.pipeEnqueueMany(h, wire, B, 0)
   const t3 = performance.now()
   let got: unknown[]
   let t4: number
   if (HANDLES) {
-    got = q.dequeueMany(B, 0)
-    for (const h of got) (h as { release(): void }).release()
+    got = binding.pipeDequeueMany(h, B, 0)
+    // (each a table handle: a BigInt, 4 × its number + its kind)
+    for (const raw of got) binding.valueRelease(regionRef, Math.floor(Number(raw) / 4))
     t4 = performance.now()
   } else {
-    const buf = q.dequeueManyCopy(B, 0)
+    const buf = binding.pipeDequeueManyCopy(h, B, 0)
     t4 = performance.now()
     got = typeof buf === 'string' ? decodeBatch(buf) : decodeMany(buf)
   }

@@ -105,11 +105,10 @@ export class CQ<T = any> implements AsyncIterable<T> {
     return this.#q
   }
 
-  /** #native(), as the external for binding.pipe* calls. */
+  /** #native()'s checks, then the external for binding.pipe* calls. */
   #fast(): PipeHandle {
-    if (this.#h === undefined) throw new ShmError(ErrorCodes.CLOSED, `pipe '${this.name}' is closed`)
-    this.#region.native() // the region must still be open too
-    return this.#h
+    this.#native()
+    return this.#h!
   }
 
   get capacity(): number {

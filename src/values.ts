@@ -159,10 +159,8 @@ export function wrap(region: Region, v: Raw): unknown {
     if (v[0] === T_BYTES && v.length >= 5 && v.readUInt32LE(1) === v.length - 5) return v.subarray(5)
     return decode(v)
   }
-  // A handle: 4 × its number + its kind (below 2^52, so exact as a number).
-  const x = Number(v)
-  const kind = x % 4
-  const h = new Handle(region, (x - kind) / 4)
+  const [id, kind] = unpackHandle(v)
+  const h = new Handle(region, id)
   switch (kind) {
     case 0:
       return makeTab(h)
@@ -174,6 +172,13 @@ export function wrap(region: Region, v: Raw): unknown {
       h.release()
       throw new ShmError(ErrorCodes.CORRUPT, `unexpected shared value kind ${kind}`)
   }
+}
+
+/** A handle as the binding returns it: 4 × its number + its kind (below 2^52, so exact as a number). */
+function unpackHandle(v: bigint): [id: number, kind: number] {
+  const x = Number(v)
+  const kind = x % 4
+  return [(x - kind) / 4, kind]
 }
 
 /**
@@ -191,7 +196,7 @@ export function wrapAll(region: Region, raws: Raw[]): unknown[] {
     for (const v of out) handleOf(v as object)?.release()
     const r = handleState(region).r
     for (const raw of raws.slice(i + 1)) {
-      if (typeof raw === 'bigint') native(() => binding.valueRelease(r, Math.floor(Number(raw) / 4)))
+      if (typeof raw === 'bigint') native(() => binding.valueRelease(r, unpackHandle(raw)[0]))
     }
     throw e
   }
@@ -531,8 +536,7 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
   view(): T {
     if (this.#view === undefined || this.#view.buffer.byteLength === 0) {
       const h = this.#h
-      const Ctor = ELEM_CTORS[native(() => binding.typedElem(h.r, h.live()))]
-      if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
+      const Ctor = this.#ctor()
       const ab = native(() => binding.typedView(h.r, h.live()))
       if (ab.byteLength > 0) {
         this.#h.keepView(ab)
@@ -547,10 +551,16 @@ export class SharedTyped<T extends SharedTypedArray = SharedTypedArray> implemen
 
   toJS(): T {
     const h = this.#h
-    const Ctor = ELEM_CTORS[native(() => binding.typedElem(h.r, h.live()))]
-    if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
+    const Ctor = this.#ctor()
     // One copy, straight from the region into a new ArrayBuffer.
     return new Ctor(native(() => binding.typedCopy(h.r, h.live()))) as T
+  }
+
+  /** The element constructor of the shared array (ERR_SHM_CORRUPT if its code is unknown). */
+  #ctor(): (typeof ELEM_CTORS)[number] & object {
+    const Ctor = ELEM_CTORS[native(() => binding.typedElem(this.#h.r, this.#h.live()))]
+    if (!Ctor) throw new ShmError(ErrorCodes.CORRUPT, 'unknown typed-array element type')
+    return Ctor
   }
 
   toJSON(): unknown {

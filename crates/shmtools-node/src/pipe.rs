@@ -43,10 +43,10 @@ pub struct PipeEntry {
 }
 
 /// What a pipe call needs: the region and the queue's offset. It is behind
-/// both the `NativeQueue` class (every call) and the external the facade's
-/// per-message calls take (the `pipe_*` functions below): napi-rs checks each
-/// call on a class instance against a process-wide table of borrows, which
-/// cost about 170 ns a call here, while an external is one type check
+/// both the `NativeQueue` class (capacity, stats, waits) and the external
+/// the per-message calls take (the `pipe_*` functions below): napi-rs checks
+/// each call on a class instance against a process-wide table of borrows,
+/// which cost about 170 ns a call here, while an external is one type check
 /// (docs/BENCHMARKS.md, "Calls into native code per message").
 pub struct PipeRef {
     cell: Arc<RegionCell>,
@@ -127,67 +127,6 @@ impl NativeQueue {
     #[napi(catch_unwind)]
     pub fn stats(&self) -> Result<PipeStats> {
         self.p.stats()
-    }
-
-    /// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
-    /// forever; 0: not at all). False if there was no room. A small value
-    /// is copied into the pipe's byte ring; a larger one is stored in the
-    /// pool (packed if it can be). Nothing is built while it waits.
-    #[napi(catch_unwind)]
-    pub fn enqueue(&self, wire: Buffer, timeout_ms: Option<f64>) -> Result<bool> {
-        self.p.enqueue(&wire, timeout_ms)
-    }
-
-    /// Enqueue as many of the `count` concatenated encoded values as fit,
-    /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
-    /// wait; Infinity: forever); returns how many went in (the rest were not
-    /// stored). Built in batches under one hold of the pool lock each, and
-    /// enqueued under one hold of the pipe's producers' lock each.
-    #[napi(catch_unwind)]
-    pub fn enqueue_many(&self, wire: Buffer, count: u32, timeout_ms: Option<f64>) -> Result<u32> {
-        self.p.enqueue_many(&wire, count, timeout_ms)
-    }
-
-    /// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
-    #[napi(catch_unwind)]
-    pub fn dequeue(&self, timeout_ms: Option<f64>) -> Result<Option<Out>> {
-        self.p.dequeue(timeout_ms)
-    }
-
-    /// Dequeue if a packet is there or arrives within `spin_us` microseconds,
-    /// spinning on the futex word (no sleep): the async forms call this once
-    /// before parking, since a reply often comes within a few microseconds and
-    /// waking through a thread costs tens.
-    #[napi(catch_unwind)]
-    pub fn dequeue_spin(&self, spin_us: u32) -> Result<Option<Out>> {
-        self.p.dequeue_spin(spin_us)
-    }
-
-    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-    /// (undefined or 0: no wait; Infinity: forever), as handles and values.
-    #[napi(catch_unwind)]
-    pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
-        self.p.dequeue_many(max, timeout_ms)
-    }
-
-    /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
-    /// (undefined or 0: no wait; Infinity: forever), and return deep copies of
-    /// them as concatenated encodings; the packets are released here, their
-    /// blocks going back to the pool together. Up to 64 KiB of encodings come
-    /// as a string, one character per byte (latin1), after a flag character
-    /// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
-    /// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
-    /// (repeated key lists named by number; the 64 KiB are after coding).
-    /// Larger batches come as a Buffer of the encodings alone (shape coded
-    /// too). Nothing came: an empty string.
-    #[napi(catch_unwind)]
-    pub fn dequeue_many_copy<'env>(
-        &self,
-        env: &'env Env,
-        max: u32,
-        timeout_ms: Option<f64>,
-    ) -> Result<Either<JsString<'env>, Buffer>> {
-        self.p.dequeue_many_copy(env, max, timeout_ms)
     }
 
     /// The futex sequence for `kind` (0 not empty, 1 not full); read it before
@@ -381,9 +320,14 @@ impl PipeRef {
     }
 }
 
-/// The per-message pipe calls, on the external `NativeQueue.fast()` gives:
-/// each does what the `NativeQueue` method of the same name does (see there),
-/// without napi-rs' check of a class instance's borrows (see [`PipeRef`]).
+/// The per-message pipe calls, on the external `NativeQueue.fast()` gives
+/// (napi-rs checks every call on a class instance against a table of
+/// borrows, see [`PipeRef`]; these skip it).
+///
+/// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
+/// forever; 0: not at all). False if there was no room. A small value is
+/// copied into the pipe's byte ring; a larger one is stored in the pool
+/// (packed if it can be). Nothing is built while it waits.
 #[napi(catch_unwind)]
 pub fn pipe_enqueue(
     p: &External<PipeRef>,
@@ -393,6 +337,11 @@ pub fn pipe_enqueue(
     p.enqueue(&wire, timeout_ms)
 }
 
+/// Enqueue as many of the `count` concatenated encoded values as fit,
+/// waiting up to `timeout_ms` for room for the first (undefined or 0: no
+/// wait; Infinity: forever); returns how many went in (the rest were not
+/// stored). Built in batches under one hold of the pool lock each, and
+/// enqueued under one hold of the pipe's producers' lock each.
 #[napi(catch_unwind)]
 pub fn pipe_enqueue_many(
     p: &External<PipeRef>,
@@ -403,16 +352,23 @@ pub fn pipe_enqueue_many(
     p.enqueue_many(&wire, count, timeout_ms)
 }
 
+/// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
 #[napi(catch_unwind)]
 pub fn pipe_dequeue(p: &External<PipeRef>, timeout_ms: Option<f64>) -> Result<Option<Out>> {
     p.dequeue(timeout_ms)
 }
 
+/// Dequeue if a packet is there or arrives within `spin_us` microseconds,
+/// spinning on the futex word (no sleep): the async forms call this once
+/// before parking, since a reply often comes within a few microseconds and
+/// waking through a thread costs tens.
 #[napi(catch_unwind)]
 pub fn pipe_dequeue_spin(p: &External<PipeRef>, spin_us: u32) -> Result<Option<Out>> {
     p.dequeue_spin(spin_us)
 }
 
+/// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+/// (undefined or 0: no wait; Infinity: forever), as handles and values.
 #[napi(catch_unwind)]
 pub fn pipe_dequeue_many(
     p: &External<PipeRef>,
@@ -422,6 +378,16 @@ pub fn pipe_dequeue_many(
     p.dequeue_many(max, timeout_ms)
 }
 
+/// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
+/// (undefined or 0: no wait; Infinity: forever), and return deep copies of
+/// them as concatenated encodings; the packets are released here, their
+/// blocks going back to the pool together. Up to 64 KiB of encodings come
+/// as a string, one character per byte (latin1), after a flag character
+/// (0: every string in the batch is ASCII, 1: not): JavaScript reads that
+/// faster than a Buffer (see decodeBatch in src/wire.ts), shape coded
+/// (repeated key lists named by number; the 64 KiB are after coding).
+/// Larger batches come as a Buffer of the encodings alone (shape coded
+/// too). Nothing came: an empty string.
 #[napi(catch_unwind)]
 pub fn pipe_dequeue_many_copy<'env>(
     env: &'env Env,
@@ -432,6 +398,8 @@ pub fn pipe_dequeue_many_copy<'env>(
     p.dequeue_many_copy(env, max, timeout_ms)
 }
 
+/// The futex sequence for `kind` (0 not empty, 1 not full); read it before
+/// a failed attempt, then wait for it to move.
 #[napi(catch_unwind)]
 pub fn pipe_seq(p: &External<PipeRef>, kind: u32) -> Result<u32> {
     p.seq(kind)

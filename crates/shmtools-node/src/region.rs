@@ -8,7 +8,7 @@ use napi::bindgen_prelude::{Buffer, Uint8Array};
 use napi_derive::napi;
 use shmtools_core::{boot, ErrorCode, Region, TryAttach};
 
-use crate::value::{adopt, from_slot, HandleTable, Out, RegionRef};
+use crate::value::{adopt, store_in, HandleTable, Out, RegionRef};
 
 use crate::convert::{err, js, to_u64};
 use napi::Result;
@@ -251,11 +251,7 @@ impl NativeRegion {
     /// and arrays (owning one reference), the wire bytes back for scalars.
     #[napi(catch_unwind)]
     pub fn store(&self, wire: Buffer) -> Result<Out> {
-        let cell = self.cell()?;
-        let v = cell.region.values().map_err(js)?;
-        let _b = v.busy();
-        let slot = v.store_wire(&wire).map_err(js)?;
-        from_slot(cell, slot)
+        store_in(self.cell()?, &wire)
     }
 
     /// A new handle to the live shared value at `offset` (reference + 1),

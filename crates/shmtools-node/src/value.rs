@@ -367,15 +367,6 @@ pub fn value_release(r: &RegionRef, id: f64) -> Result<()> {
     give_back(r, id)
 }
 
-/// Another handle to the same value (reference + 1).
-#[napi(catch_unwind)]
-pub fn value_duplicate(r: &RegionRef, id: f64) -> Result<u64> {
-    let h = hv(r, id)?;
-    let _b = h.v.busy();
-    h.v.retain(h.slot).map_err(js)?;
-    adopt(h.cell, h.slot)
-}
-
 /// Deep copy out, as wire bytes, shape coded for the JS reader (see
 /// shmtools_core::value::shape_code: a large table of rows carries each
 /// key list once); should the coding fail, the plain encoding, which the
@@ -394,13 +385,18 @@ pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
 
 /// Build a value from its wire encoding in the region (`Shared()`): a
 /// handle for containers and typed arrays, the value itself for the rest
-/// (see [`Out`]). What `NativeRegion.store` does, without the class call.
+/// (see [`Out`]). `NativeRegion.store` without the class call.
 #[napi(catch_unwind)]
 pub fn region_store(r: &RegionRef, wire: BufferSlice) -> Result<Out> {
-    let cell: &Arc<RegionCell> = r;
+    store_in(r, &wire)
+}
+
+/// Build the value encoded in `wire` in the region of `cell` (the one body
+/// of `region_store` and `NativeRegion.store`).
+pub fn store_in(cell: &Arc<RegionCell>, wire: &[u8]) -> Result<Out> {
     let v = cell.open()?.values().map_err(js)?;
     let _b = v.busy();
-    let slot = v.store_wire(&wire).map_err(js)?;
+    let slot = v.store_wire(wire).map_err(js)?;
     from_slot(cell, slot)
 }
 
