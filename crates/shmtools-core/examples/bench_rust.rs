@@ -13,7 +13,9 @@
 //!   path of a handle; the copy form in batches of 256 through the batch
 //!   APIs; the Value API; a plain Int slot for the raw queue cost), Boost
 //!   `message_queue`,
-//!   and the floor: a one-slot mailbox in shared memory (spin, and futex).
+//!   and the floors: a one-slot mailbox in shared memory (spin, and futex),
+//!   and a one-producer one-consumer ring with cached counters (spin only,
+//!   and with the per-message fence a sleeping waiter needs).
 //! - 5b: round trip p50/p99 between two processes: shmtools blocking
 //!   enqueue/dequeue, Boost `message_queue`, the spin floor, the futex floor.
 //! - 6: the allocator, ns per allocate+free pair, alone and with two
@@ -410,6 +412,146 @@ fn mb_send(args: &[String]) -> R<()> {
     Ok(())
 }
 
+/// Ring floor block layout (64-byte aligned): the producer's counter @0,
+/// the consumer's @64, the sleep words @128 (consumers' futex word, their
+/// sleeper count, producers' word, theirs), `CAPACITY` records of `MSG`
+/// bytes from @192. Each counter has a line to itself, and each side keeps
+/// the last value it read of the other's, reading it again only when that
+/// says the ring is empty (full): the least a queue of one producer and one
+/// consumer can share per message.
+const RF_HEAD: u64 = 64;
+const RF_WORDS: u64 = 128;
+const RF_DATA: u64 = 192;
+const RF_BYTES: u64 = RF_DATA + CAPACITY * MSG as u64;
+
+/// One side of the ring floor: its counter, the other's, and the sleep
+/// words it waits on and wakes.
+struct RingEnd<'r> {
+    mine: &'r std::sync::atomic::AtomicU64,
+    theirs: &'r std::sync::atomic::AtomicU64,
+    /// (word, sleepers) this side waits on
+    wait: (&'r AtomicU32, &'r AtomicU32),
+    /// (word, sleepers) this side wakes
+    wake: (&'r AtomicU32, &'r AtomicU32),
+    sleep: bool,
+}
+
+impl<'r> RingEnd<'r> {
+    fn open(region: &'r Region, off: u64, producer: bool, sleep: bool) -> R<Self> {
+        let span = region.span();
+        let c = |at: u64| span.u64_at(off + at).map_err(err("ring counter"));
+        let w = |i: u64| word32(region, off + RF_WORDS + 4 * i);
+        let (tail, head) = (c(0)?, c(RF_HEAD)?);
+        let (empty, full) = ((w(0)?, w(1)?), (w(2)?, w(3)?));
+        Ok(if producer {
+            RingEnd {
+                mine: tail,
+                theirs: head,
+                wait: full,
+                wake: empty,
+                sleep,
+            }
+        } else {
+            RingEnd {
+                mine: head,
+                theirs: tail,
+                wait: empty,
+                wake: full,
+                sleep,
+            }
+        })
+    }
+
+    /// Until `ok(the other's counter)`: spin on it, and in sleep mode go to
+    /// sleep on the word after a while, counted in as a sleeper.
+    fn await_other(&self, ok: impl Fn(u64) -> bool) -> u64 {
+        let mut spins = 0u32;
+        loop {
+            let seen = self.wait.0.load(Ordering::SeqCst);
+            let v = self.theirs.load(Ordering::Acquire);
+            if ok(v) {
+                return v;
+            }
+            spins += 1;
+            if !self.sleep || spins < 4000 {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.wait.1.fetch_add(1, Ordering::SeqCst);
+            if !ok(self.theirs.load(Ordering::SeqCst)) {
+                futex_wait(self.wait.0, seen, Some(Duration::from_secs(1)));
+            }
+            self.wait.1.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Publish `v` as this side's counter; in sleep mode, then wake a
+    /// sleeper on the other side if there is one (the store and the load of
+    /// the sleeper count SeqCst, as a queue whose waiters may sleep must do
+    /// for every message: a StoreLoad fence).
+    fn publish(&self, v: u64) {
+        if !self.sleep {
+            self.mine.store(v, Ordering::Release);
+            return;
+        }
+        self.mine.store(v, Ordering::SeqCst);
+        if self.wake.1.load(Ordering::SeqCst) > 0 {
+            self.wake.0.fetch_add(1, Ordering::SeqCst);
+            futex_wake(self.wake.0, 1);
+        }
+    }
+}
+
+/// Consumer of the ring floor. `mode`: spin | sleep.
+fn rf_recv(args: &[String]) -> R<()> {
+    let (name, off, sleep) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "sleep");
+    let n: u64 = arg(args, 3, "count")?;
+    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let span = region.span();
+    let end = RingEnd::open(&region, off, false, sleep)?;
+    let mut buf = [0u8; MSG];
+    let (mut wrong, mut tail) = (0u64, 0u64);
+    ready();
+    for i in 0..n {
+        if tail <= i {
+            tail = end.await_other(|t| t > i);
+        }
+        let at = off + RF_DATA + (i % CAPACITY) * MSG as u64;
+        span.read(at, &mut buf).map_err(err("read"))?;
+        end.publish(i + 1);
+        wrong += u64::from(seq_of(&buf) != i);
+    }
+    let t1 = mono_ns();
+    if wrong > 0 {
+        return Err(format!("{wrong} messages out of order"));
+    }
+    println!("t1={t1}");
+    Ok(())
+}
+
+/// Producer of the ring floor. `mode`: spin | sleep.
+fn rf_send(args: &[String]) -> R<()> {
+    let (name, off, sleep) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "sleep");
+    let n: u64 = arg(args, 3, "count")?;
+    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let span = region.span();
+    let end = RingEnd::open(&region, off, true, sleep)?;
+    let mut buf = [b'x'; MSG];
+    let mut head = 0u64;
+    let t0 = mono_ns();
+    for i in 0..n {
+        if i - head >= CAPACITY {
+            head = end.await_other(|h| i - h < CAPACITY);
+        }
+        payload(i, &mut buf);
+        let at = off + RF_DATA + (i % CAPACITY) * MSG as u64;
+        span.write(at, &buf).map_err(err("write"))?;
+        end.publish(i + 1);
+    }
+    println!("t0={t0}");
+    Ok(())
+}
+
 /// Answerer of 5b on shmtools pipes: every request back on the answer pipe.
 fn q_echo(args: &[String]) -> R<()> {
     let (region, req, ans) = (&args[0], &args[1], &args[2]);
@@ -573,7 +715,8 @@ fn child_main(args: &[String]) -> R<()> {
     let role = args.first().ok_or("child: no role")?;
     let rest = &args[1..];
     let need = match role.as_str() {
-        "q-recv" | "q-send" | "mb-recv" | "mb-send" | "q-echo" | "w-echo" | "alloc" => 4,
+        "q-recv" | "q-send" | "mb-recv" | "mb-send" | "rf-recv" | "rf-send" | "q-echo"
+        | "w-echo" | "alloc" => 4,
         "q-ping" | "w-ping" => 5,
         _ => return Err(format!("unknown role {role}")),
     };
@@ -585,6 +728,8 @@ fn child_main(args: &[String]) -> R<()> {
         "q-send" => q_send(rest),
         "mb-recv" => mb_recv(rest),
         "mb-send" => mb_send(rest),
+        "rf-recv" => rf_recv(rest),
+        "rf-send" => rf_send(rest),
         "q-echo" => q_echo(rest),
         "q-ping" => q_ping(rest),
         "w-echo" => w_echo(rest),
@@ -1032,7 +1177,7 @@ impl Bench<'_> {
 }
 
 /// Rows of scenario 5a, in table order.
-const OW_LABELS: [&str; 8] = [
+const OW_LABELS: [&str; 10] = [
     "shmtools: 64 B by copy, one per call (enqueue_wire_many of 1 → dequeue_many_wire of 1: inline, through the byte ring)",
     "shmtools: Bytes value of 64 B as a pool object (store_wire + enqueue → dequeue + read + release)",
     "shmtools: 64 B by copy, batched (enqueue_wire_many of 256 → dequeue_many_wire of ≤ 256)",
@@ -1041,6 +1186,8 @@ const OW_LABELS: [&str; 8] = [
     "Boost message_queue, 64 B messages (send / receive)",
     "floor: one-slot mailbox, spin (write 64 B, flip a flag)",
     "floor: one-slot mailbox, futex wait/wake",
+    "floor: ring of 1024 × 64 B, one producer, one consumer, spin only (counters on lines of their own, cached)",
+    "floor: the same ring, waiters may sleep (a SeqCst counter store and a sleeper check per message)",
 ];
 /// Messages per call in the batched row (as the Node suite's batch forms;
 /// the producer's call copies them into the ring `queue::BATCH` = 64 per
@@ -1088,6 +1235,13 @@ fn one_way_scenario(b: &mut Bench<'_>) -> Vec<Runs<f64>> {
                 let a = [name.clone(), at.to_string(), mode.into(), count.clone()];
                 let total = count.parse().unwrap_or(0);
                 one_way(me("mb-recv", &a)?, me("mb-send", &a)?, total)
+            });
+            runs[row].add(r, mode);
+        }
+        for (row, mode) in [(8, "spin"), (9, "sleep")] {
+            let r = b.with_block(RF_BYTES, |at| {
+                let a = [name.clone(), at.to_string(), mode.into(), n.clone()];
+                one_way(me("rf-recv", &a)?, me("rf-send", &a)?, b.sz.one_way)
             });
             runs[row].add(r, mode);
         }
@@ -1707,8 +1861,16 @@ const NOTES: &str = "
   checks every sequence number. Boost's `message_queue` has no batch calls,
   so its row is the same as for the others.
 - The floors use a block of a shmtools region as raw shared memory (atomics and
-  byte copies only, no queue, no lock, no allocation). One-way floor: a one-slot
-  mailbox, so every message waits for the previous one to be taken. Round-trip
+  byte copies only, no queue, no lock, no allocation). One-way floors: a one-slot
+  mailbox, so every message waits for the previous one to be taken; and a ring
+  of 1024 records of 64 B for exactly one producer and one consumer, each
+  side's counter on a cache line of its own and the other side's read again
+  only when the ring looks empty (full), so lines move in bursts rather than
+  per message. The ring's first form only spins (Release stores); the second
+  does what a queue whose waiters can sleep must do per message: store its
+  counter SeqCst and then read the other side's sleeper count (a StoreLoad
+  fence), sleeping on a futex after 4000 spins. Neither has locks, crash
+  recovery or more than one process per side. Round-trip
   floor: one word, written alternately by the two processes. The futex floors
   always sleep in `futex_wait` and always call `futex_wake`; the spin floors
   never make a system call.
