@@ -149,7 +149,10 @@ fn a_process_killed_holding_batch_dequeued_handles_and_waiting_in_a_batch_enqueu
     );
     child.expect("blocking");
     // (a condition, with a guard) until the child sleeps waiting for room
-    let sleepers = region.span().u32_at(fq.offset() + 68).unwrap();
+    let sleepers = region
+        .span()
+        .u32_at(fq.sleepers_offset(shmtools_core::WaitFor::NotFull))
+        .unwrap();
     let give_up = std::time::Instant::now() + GUARD;
     while sleepers.load(Relaxed) == 0 {
         assert!(

@@ -623,7 +623,10 @@ fn a_consumer_killed_while_blocked_in_dequeue_does_not_break_the_queue_for_other
     let q = server.pipe().unwrap();
     let vals = region.values().unwrap();
     let base = baseline(&vals);
-    let sleepers = region.span().u32_at(q.offset() + 64).unwrap();
+    let sleepers = region
+        .span()
+        .u32_at(q.sleepers_offset(WaitFor::NotEmpty))
+        .unwrap();
     let env = [(PIPE, "k".to_string())];
     // Wait (a condition, with a guard) until `n` sleepers are counted.
     let wait_sleepers = |n: u32| {
