@@ -136,6 +136,28 @@ fn await_word(w: &AtomicU32, want: u32, futex: bool) {
     }
 }
 
+/// How a consumer role ends a one-way run: the clock after its last
+/// receive, printed for the parent, unless `wrong` of them (`what`) came
+/// out of order.
+fn received(wrong: u64, what: &str) -> R<()> {
+    let t1 = mono_ns();
+    if wrong > 0 {
+        return Err(format!("{wrong} {what} out of order"));
+    }
+    println!("t1={t1}");
+    Ok(())
+}
+
+/// The arguments of a floor role (region name, block offset, mode, count),
+/// with the region attached: the region, the offset, whether the mode is
+/// `second` (the role's other mode than plain spinning), the count.
+fn floor_role(args: &[String], second: &str) -> R<(Region, u64, bool, u64)> {
+    let off = arg::<u64>(args, 1, "offset")?;
+    let n = arg(args, 3, "count")?;
+    let region = Region::attach(&args[0], &attach_opts()).map_err(err("attach"))?;
+    Ok((region, off, args[2] == second, n))
+}
+
 /// The batch size of a kind `batch<N>` (N ≥ 1), if `kind` is one.
 fn batch_of(kind: &str) -> R<Option<usize>> {
     match kind.strip_prefix("batch") {
@@ -209,12 +231,7 @@ fn q_recv(args: &[String]) -> R<()> {
         };
         wrong += u64::from(seq != i);
     }
-    let t1 = mono_ns();
-    if wrong > 0 {
-        return Err(format!("{wrong} packets out of order"));
-    }
-    println!("t1={t1}");
-    Ok(())
+    received(wrong, "packets")
 }
 
 /// Producer of 5a on a shmtools pipe.
@@ -310,12 +327,7 @@ fn q_recv_batch(region: &str, pipe: &str, n: u64, batch: usize) -> R<()> {
         }
         next += got as u64;
     }
-    let t1 = mono_ns();
-    if wrong > 0 {
-        return Err(format!("{wrong} packets out of order"));
-    }
-    println!("t1={t1}");
-    Ok(())
+    received(wrong, "packets")
 }
 
 /// Producer of the batched 5a variant: `batch` 64-byte Bytes values per
@@ -364,9 +376,7 @@ const MB_DATA: u64 = 64;
 
 /// Consumer of the 5a floor: a one-slot mailbox. `mode`: spin | futex.
 fn mb_recv(args: &[String]) -> R<()> {
-    let (name, off, futex) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "futex");
-    let n: u64 = arg(args, 3, "count")?;
-    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let (region, off, futex, n) = floor_role(args, "futex")?;
     let span = region.span();
     let flag = word32(&region, off)?;
     let mut buf = [0u8; MSG];
@@ -381,20 +391,13 @@ fn mb_recv(args: &[String]) -> R<()> {
         }
         wrong += u64::from(seq_of(&buf) != i);
     }
-    let t1 = mono_ns();
-    if wrong > 0 {
-        return Err(format!("{wrong} messages out of order"));
-    }
-    println!("t1={t1}");
-    Ok(())
+    received(wrong, "messages")
 }
 
 /// Producer of the 5a floor: wait for the slot to be empty, write the
 /// message, flip the flag (and wake the consumer, in futex mode).
 fn mb_send(args: &[String]) -> R<()> {
-    let (name, off, futex) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "futex");
-    let n: u64 = arg(args, 3, "count")?;
-    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let (region, off, futex, n) = floor_role(args, "futex")?;
     let span = region.span();
     let flag = word32(&region, off)?;
     let mut buf = [b'x'; MSG];
@@ -504,9 +507,7 @@ impl<'r> RingEnd<'r> {
 
 /// Consumer of the ring floor. `mode`: spin | sleep.
 fn rf_recv(args: &[String]) -> R<()> {
-    let (name, off, sleep) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "sleep");
-    let n: u64 = arg(args, 3, "count")?;
-    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let (region, off, sleep, n) = floor_role(args, "sleep")?;
     let span = region.span();
     let end = RingEnd::open(&region, off, false, sleep)?;
     let mut buf = [0u8; MSG];
@@ -521,19 +522,12 @@ fn rf_recv(args: &[String]) -> R<()> {
         end.publish(i + 1);
         wrong += u64::from(seq_of(&buf) != i);
     }
-    let t1 = mono_ns();
-    if wrong > 0 {
-        return Err(format!("{wrong} messages out of order"));
-    }
-    println!("t1={t1}");
-    Ok(())
+    received(wrong, "messages")
 }
 
 /// Producer of the ring floor. `mode`: spin | sleep.
 fn rf_send(args: &[String]) -> R<()> {
-    let (name, off, sleep) = (&args[0], arg::<u64>(args, 1, "offset")?, args[2] == "sleep");
-    let n: u64 = arg(args, 3, "count")?;
-    let region = Region::attach(name, &attach_opts()).map_err(err("attach"))?;
+    let (region, off, sleep, n) = floor_role(args, "sleep")?;
     let span = region.span();
     let end = RingEnd::open(&region, off, true, sleep)?;
     let mut buf = [b'x'; MSG];
