@@ -470,7 +470,6 @@ impl<'r> RingEnd<'r> {
     fn await_other(&self, ok: impl Fn(u64) -> bool) -> u64 {
         let mut spins = 0u32;
         loop {
-            let seen = self.wait.0.load(Ordering::SeqCst);
             let v = self.theirs.load(Ordering::Acquire);
             if ok(v) {
                 return v;
@@ -480,7 +479,10 @@ impl<'r> RingEnd<'r> {
                 std::hint::spin_loop();
                 continue;
             }
+            // Counted in, then the word, then the counter again (all
+            // SeqCst, against publish's store and count read).
             self.wait.1.fetch_add(1, Ordering::SeqCst);
+            let seen = self.wait.0.load(Ordering::SeqCst);
             if !ok(self.theirs.load(Ordering::SeqCst)) {
                 futex_wait(self.wait.0, seen, Some(Duration::from_secs(1)));
             }
