@@ -79,106 +79,131 @@ pub const BATCH: usize = 64;
 /// Shared-memory layout of a queue header (256 bytes, at a 64-byte aligned
 /// offset inside its block; see [`Queue::create`]).
 ///
-/// The first 64 bytes are one cache line holding most of what a hop through
-/// an idle pipe touches: the consumers' lock, both counters, the consumers'
-/// futex word and sleeper count, and the front slot. A packet enqueued into
-/// an empty queue goes into the front slot instead of the ring, so a
-/// producer and a consumer taking turns move this line between their cores
-/// and little else (the producers' lock, in the fourth line, stays with the
-/// producer). The second line holds what is read once at open or written
-/// rarely; the third the byte ring's counters; the fourth the producers'
-/// lock alone, which no consumer touches (beside `ring_read`, which a
-/// consumer writes on every inline packet, it cost each one-per-call
-/// inline send a line move).
+/// Four cache lines, laid out so that a pipe in steady use moves as few of
+/// them between cores as it can:
+/// - the first is what producers publish: their lock, `tail`, `ring_write`
+///   and the front slot. Consumers read it only when what they last read of
+///   it says the queue is empty, and write it only to take a packet out of
+///   the front slot (and note it in `head_hint`);
+/// - the second holds what is fixed at creation, the two futex words and
+///   their sleeper counts, and `high_water`: read by everyone, written only
+///   when someone sleeps or the queue gets deeper than ever;
+/// - the third is the consumers': their lock, `head`, `ring_read` and what
+///   they last read of the first line. Producers read it only when what they
+///   know of `head` says the queue is full (or its ring has no room);
+/// - the fourth is the producers' own: what they last read of `head` and
+///   `ring_read`.
+///
+/// So a producer and a consumer streaming packets each work in their own
+/// line and the other side's is read once per burst, not per packet; and a
+/// producer and a consumer taking turns (a request and its reply) move
+/// mostly the first line, the front slot's.
 #[repr(C)]
 pub struct QueueHeader {
-    /// The consumers' lock: held by a dequeue while it takes packets out
-    /// and moves `head` on. Producers never take it.
-    pub deq_lock: ShmMutex,
-    /// Dequeues so far; the next packet is at position `head`. Written by
-    /// consumers only (SeqCst, see [`Queue::signal`]).
-    pub head: AtomicU64,
+    /// The producers' lock: held by an enqueue while it writes packets in
+    /// and moves `tail` on. Consumers never take it.
+    pub enq_lock: ShmMutex,
     /// Enqueues so far; the next packet goes to position `tail`. Written by
     /// producers only (SeqCst), after the packets it publishes.
     pub tail: AtomicU64,
-    /// Futex sequence consumers wait on: moved on by an enqueue into an
-    /// empty queue, or by any enqueue while `sleepers_empty` > 0.
-    pub not_empty: AtomicU32,
-    /// Consumers asleep waiting for a packet.
-    pub sleepers_empty: AtomicU32,
+    /// Bytes written into the byte ring so far: the next inline packet's
+    /// record goes at `ring_write` (mod `ring_size`), or at the ring's start
+    /// if it would not fit before the end. Written by producers, before
+    /// `tail`.
+    pub ring_write: AtomicU64,
     /// The position whose packet is in `front` rather than in the ring.
     pub front_pos: AtomicU64,
     /// A slot (tag, bits) for the packet at `front_pos`.
     pub front: [AtomicU64; 2],
+    /// The position after the last packet a consumer took from the front
+    /// slot: stored after `head` moved past it, so never ahead of `head`.
+    /// Producers read it as what they know of `head` (it tells a producer
+    /// that the queue it fed is empty again without reading the consumers'
+    /// line).
+    pub head_hint: AtomicU64,
     pub magic: AtomicU64,
     pub capacity: AtomicU64,
     /// Offset of the slots block (capacity × 16 bytes): the packet at
     /// position p is slot `p % capacity` unless p is `front_pos`.
     pub slots: AtomicU64,
-    /// Futex sequence producers wait on: moved on by a dequeue from a full
-    /// queue, or by any dequeue while `sleepers_full` > 0.
+    /// Futex word producers sleep on: moved on by a dequeue while
+    /// `sleepers_full` > 0.
     pub not_full: AtomicU32,
     /// Producers asleep waiting for room.
     pub sleepers_full: AtomicU32,
-    /// Deepest the queue has been.
-    pub high_water: AtomicU64,
+    /// Offset of the byte ring's block (it starts with [`RING_MAGIC`]; the
+    /// ring's bytes follow 64 bytes in).
+    pub ring: AtomicU64,
     /// Offset of the pool block the header lives in (it starts with
     /// [`QUEUE_MAGIC`]; the header is the first 64-byte aligned offset at
     /// least 16 bytes into it).
     pub block: AtomicU64,
-    /// Zero.
-    pub reserved: [AtomicU64; 2],
-    /// Bytes written into the byte ring so far: the next inline packet's
-    /// record goes at `ring_write` (mod `ring_size`), or at the ring's start
-    /// if it would not fit before the end. Written by producers.
-    pub ring_write: AtomicU64,
-    /// Bytes of the byte ring given back so far: everything before
-    /// `ring_read` may be written over. The end of the last inline packet
-    /// dequeued (written by consumers), or `ring_write` once a producer has
-    /// seen the queue empty.
-    pub ring_read: AtomicU64,
-    /// Offset of the byte ring's block (it starts with [`RING_MAGIC`]; the
-    /// ring's bytes follow 64 bytes in).
-    pub ring: AtomicU64,
+    /// Futex word consumers sleep on: moved on by an enqueue while
+    /// `sleepers_empty` > 0.
+    pub not_empty: AtomicU32,
+    /// Consumers asleep waiting for a packet.
+    pub sleepers_empty: AtomicU32,
     /// Bytes in the ring: a power of two, [`RING_MIN`] ..= [`RING_MAX`].
     pub ring_size: AtomicU64,
+    /// The consumers' lock: held by a dequeue while it takes packets out
+    /// and moves `head` on. Producers never take it.
+    pub deq_lock: ShmMutex,
+    /// Dequeues so far; the next packet is at position `head`. Written by
+    /// consumers only (SeqCst).
+    pub head: AtomicU64,
+    /// Bytes of the byte ring given back so far: everything before
+    /// `ring_read` may be written over. The end of the last inline packet
+    /// dequeued. Written by consumers.
+    pub ring_read: AtomicU64,
+    /// `tail` as a consumer last read it (never ahead of it).
+    pub tail_seen: AtomicU64,
+    /// `front_pos` as read just after `tail_seen`.
+    pub front_seen: AtomicU64,
+    /// `ring_write` as read just after `tail_seen`.
+    pub ring_write_seen: AtomicU64,
+    /// Deepest the queue has been when a producer or consumer read the
+    /// other side's counter.
+    pub high_water: AtomicU64,
+    /// `head` as a producer last read it (never ahead of it).
+    pub head_seen: AtomicU64,
+    /// `ring_read` as a producer last read it (never ahead of it).
+    pub ring_read_seen: AtomicU64,
     /// Zero.
-    pub reserved2: [AtomicU64; 4],
-    /// The producers' lock: held by an enqueue while it writes packets in
-    /// and moves `tail` on. Consumers never take it.
-    pub enq_lock: ShmMutex,
-    /// Zero.
-    pub reserved3: [AtomicU64; 6],
+    pub reserved: [AtomicU64; 6],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
-/// Bytes allocated for a header: room to align it to 64 bytes after the
-/// block's leading magic, wherever the (16-byte aligned) block starts.
+/// Bytes of a queue's header block: the header and room to align it to 64
+/// bytes (blocks are 16-byte aligned).
 pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
 const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
 const _: () = assert!(QUEUE_HEADER_SIZE == 256);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 0);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 16);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 24);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 32);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 36);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, front_pos) == 40);
-const _: () = assert!(FRONT == 48);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 0);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 16);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 24);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, front_pos) == 32);
+const _: () = assert!(FRONT == 40);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head_hint) == 56);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, magic) == 64);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, capacity) == 72);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, slots) == 80);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 88);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 92);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 96);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 96);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, block) == 104);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 112);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 128);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 136);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 144);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 152);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved2) == 160);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 192);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved3) == 208);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 112);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 116);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 120);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 128);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 144);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 152);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, tail_seen) == 160);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, front_seen) == 168);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write_seen) == 176);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 184);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head_seen) == 192);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read_seen) == 200);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 208);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +257,18 @@ pub(crate) enum Packet {
     Slot(Slot),
     Inline(std::ops::Range<usize>),
     Damaged(Error),
+}
+
+/// What the consumers know of the producers' line (see
+/// [`Queue::known_to_consumers`]).
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    /// `tail` as last read: every packet before it is published.
+    tail: u64,
+    /// `front_pos` as read after it.
+    front: u64,
+    /// `ring_write` as read after it: past every record of those packets.
+    ring_write: u64,
 }
 
 /// What a dequeue hands out, which decides when an inline packet is built.
@@ -337,6 +374,7 @@ impl<'a> Queue<'a> {
         h.slots.store(slots, Relaxed);
         h.block.store(block, Relaxed);
         h.front_pos.store(u64::MAX, Relaxed);
+        h.front_seen.store(u64::MAX, Relaxed);
         h.ring.store(ring, Relaxed);
         h.ring_size.store(ring_size, Relaxed);
         h.magic
@@ -418,13 +456,13 @@ impl<'a> Queue<'a> {
     }
 
     /// Region offset of the slot that holds the packet at position `pos`
-    /// (`head ≤ pos < tail`). `front_pos` is only ever set to the position
-    /// of a packet going into an empty queue, which is `head` then, and head
-    /// only grows; so it is `head` or behind it (or the u64::MAX it starts
-    /// as). Anything ahead of `head` was written by someone else, and taking
-    /// it at its word would skip a ring packet.
-    fn slot_of(&self, head: u64, pos: u64) -> Result<u64> {
-        let front = self.header.front_pos.load(Relaxed);
+    /// (`head ≤ pos < tail`), given `front`, what `front_pos` was read as
+    /// (after a `tail` past `pos`). `front_pos` is only ever set to the
+    /// position of a packet going into an empty queue, which is `head` then,
+    /// and head only grows; so it is `head` or behind it (or the u64::MAX it
+    /// starts as). Anything ahead of `head` was written by someone else, and
+    /// taking it at its word would skip a ring packet.
+    fn slot_of(&self, head: u64, front: u64, pos: u64) -> Result<u64> {
         if front == pos {
             return Ok(self.off + FRONT);
         }
@@ -438,8 +476,9 @@ impl<'a> Queue<'a> {
     }
 
     /// Where to write the packet going in at position `tail`: the front
-    /// slot if the queue is empty (`head == tail`), else the ring. Under the
-    /// lock; published only when `tail` moves past it.
+    /// slot if the queue is known to be empty (`head`, what the producer
+    /// knows of it, has reached `tail`), else the ring. Under the lock;
+    /// published only when `tail` moves past it.
     fn slot_for_enqueue(&self, head: u64, tail: u64) -> u64 {
         if head == tail {
             self.header.front_pos.store(tail, Relaxed);
@@ -481,10 +520,13 @@ impl<'a> Queue<'a> {
 
     pub fn stats(&self) -> QueueStats {
         let h = self.header;
+        let depth = self.len();
         QueueStats {
-            depth: self.len(),
+            depth,
             capacity: self.capacity,
-            high_water: h.high_water.load(Relaxed),
+            // (noted when one side reads the other's counter, so the
+            // depth now may be past it)
+            high_water: h.high_water.load(Relaxed).max(depth),
             // (every enqueue moves tail on by one, every dequeue head,
             // including a skip of a slot a dead dequeuer emptied)
             total_enqueued: h.tail.load(Relaxed),
@@ -518,10 +560,55 @@ impl<'a> Queue<'a> {
             } as u64
     }
 
-    /// The current value of a futex sequence word. Read it *before* a failed
-    /// try_*: a change after that means "try again".
+    /// The counter a waiter for `w` watches: `tail` for a packet (it moves
+    /// on with every enqueue), `head` for room (with every dequeue).
+    fn counter(&self, w: WaitFor) -> &'a AtomicU64 {
+        match w {
+            WaitFor::NotEmpty => &self.header.tail,
+            WaitFor::NotFull => &self.header.head,
+        }
+    }
+
+    /// Region offset of the counter a waiter for `w` watches (for waiter
+    /// threads that hold the mapping; its low 32 bits are [`Queue::seq`]).
+    pub fn counter_offset(&self, w: WaitFor) -> u64 {
+        self.off
+            + match w {
+                WaitFor::NotEmpty => std::mem::offset_of!(QueueHeader, tail),
+                WaitFor::NotFull => std::mem::offset_of!(QueueHeader, head),
+            } as u64
+    }
+
+    /// Where the queue is for a waiter for `w`: the low 32 bits of `tail`
+    /// (for a packet) or `head` (for room). Read it *before* a failed try_*:
+    /// a change after that means "try again" ([`Queue::wait`] waits for
+    /// one).
     pub fn seq(&self, w: WaitFor) -> u32 {
-        self.word(w).load(std::sync::atomic::Ordering::Acquire)
+        self.counter(w).load(SeqCst) as u32
+    }
+
+    /// [`Queue::seq`] as a try that just failed left it, read from the
+    /// caller's own side: for a packet, `head` (the queue was empty, so
+    /// `tail` was there, and any enqueue since moves `tail` past it); for
+    /// room, `tail` less the capacity (the queue was full, so `head` was
+    /// there, and any dequeue since moves `head` past it). Any other value
+    /// only means one needless look.
+    fn seq_after_failed_try(&self, w: WaitFor) -> u32 {
+        match w {
+            WaitFor::NotEmpty => self.header.head.load(SeqCst) as u32,
+            WaitFor::NotFull => {
+                (self.header.tail.load(SeqCst).wrapping_sub(self.capacity)) as u32
+            }
+        }
+    }
+
+    /// Note a depth one side saw (with the other side's counter just read)
+    /// in `high_water`, if it is a new deepest.
+    fn note_depth(&self, depth: u64) {
+        let hw = &self.header.high_water;
+        if depth > hw.load(Relaxed) {
+            hw.fetch_max(depth.min(self.capacity), Relaxed);
+        }
     }
 
     fn sleepers(&self, w: WaitFor) -> &'a AtomicU32 {
@@ -575,20 +662,34 @@ impl<'a> Queue<'a> {
             return Ok(false);
         }
         slot.write_at(self.values, self.slot_for_enqueue(head, tail))?;
-        self.enqueued(g, head, tail, tail + 1);
+        self.enqueued(g, tail, tail + 1);
         Ok(true)
     }
 
-    /// Take the producers' lock for an enqueue of up to `want` packets: the
-    /// counters (checked) and how many of them fit now.
+    /// Take the producers' lock for an enqueue of up to `want` packets:
+    /// what is known of `head` (a lower bound, see below), `tail`, and how
+    /// many packets fit now.
+    ///
+    /// A producer reads the consumers' `head` only when what it knows of it
+    /// leaves too little room: the `head_seen` of the last such read, or
+    /// the `head_hint` a consumer leaves on the producers' line when it
+    /// takes a packet from the front slot, whichever is further. Both only
+    /// ever lag `head` (and a value that could not be one is read again),
+    /// so room is at worst understated.
     fn lock_for_enqueue(&self, want: usize) -> Result<(crate::lock::Guard<'a>, u64, u64, usize)> {
         let g = self.lock_enq();
         let h = self.header;
-        // (tail is the producers' own; head is the consumers': SeqCst, so
-        // what they emptied before moving it on is done with before it is
-        // written over, and against a dequeue's wake-up check, see signal)
-        let (tail, head) = (h.tail.load(Relaxed), h.head.load(SeqCst));
-        self.check_state(head, tail)?;
+        // (tail is the producers' own)
+        let tail = h.tail.load(Relaxed);
+        // (Acquire: what a consumer emptied before it moved these on is
+        // done with before it is written over)
+        let mut head = h.head_seen.load(Relaxed).max(h.head_hint.load(Acquire));
+        if head > tail || tail - head > self.capacity || self.capacity - (tail - head) < want as u64 {
+            head = h.head.load(Acquire);
+            self.check_state(head, tail)?;
+            h.head_seen.store(head, Relaxed);
+            self.note_depth(tail - head);
+        }
         let room = want.min((self.capacity - (tail - head)) as usize);
         // The counters only grow; one that would pass the end of its range
         // was written by someone else, and moving it on would overflow.
@@ -601,34 +702,35 @@ impl<'a> Queue<'a> {
         Ok((g, head, tail, room))
     }
 
-    /// Publish the packets written at `from..tail` (with `head` as the
-    /// enqueue read it): move `tail` on, note the depth, let go of the
-    /// producers' lock, and tell the consumers.
-    fn enqueued(&self, g: crate::lock::Guard<'a>, head: u64, from: u64, tail: u64) {
+    /// Room for how many packets a producer can count on now without the
+    /// lock (at least 1 if there is room at all): what it knows of `head`,
+    /// read again from the consumers' line only if that says full.
+    fn room_hint(&self) -> u64 {
         let h = self.header;
-        // (SeqCst: a Release for what was written before it, and see signal)
-        h.tail.store(tail, SeqCst);
-        // A consumer that found the queue empty at `from` has moved head
-        // there; having moved tail on, we see that (see signal).
-        let now = h.head.load(SeqCst);
-        // (from the head read now, not at the lock: consumers may have
-        // taken packets meanwhile, and the depth must not be overstated)
-        let depth = tail.saturating_sub(now.max(head));
-        if depth > h.high_water.load(Relaxed) {
-            h.high_water.store(depth, Relaxed);
+        let tail = h.tail.load(Relaxed);
+        let known = h.head_seen.load(Relaxed).max(h.head_hint.load(Relaxed));
+        match tail.checked_sub(known) {
+            Some(d) if d < self.capacity => self.capacity - d,
+            _ => self
+                .capacity
+                .saturating_sub(tail.saturating_sub(h.head.load(Acquire))),
         }
-        drop(g);
-        let edge = now >= from;
-        self.signal(WaitFor::NotEmpty, edge, (tail - from) as u32);
     }
 
-    /// After a dequeue moved `head` on from `from` (and let go of the
-    /// consumers' lock): tell the producers, `n` of whom may now fit.
-    fn dequeued(&self, from: u64, n: u64) {
-        // A producer that found the queue full when head was at `from` had
-        // moved tail `capacity` past it; having moved head on, we see that.
-        let edge = self.header.tail.load(SeqCst).saturating_sub(from) >= self.capacity;
-        self.signal(WaitFor::NotFull, edge, n.min(u32::MAX as u64) as u32);
+    /// Publish the packets written at `from..tail`: move `tail` on, let go of
+    /// the producers' lock, and wake consumers if any sleep.
+    fn enqueued(&self, g: crate::lock::Guard<'a>, from: u64, tail: u64) {
+        // (SeqCst: a Release for what was written before it, and before the
+        // sleeper count is read, see signal)
+        self.header.tail.store(tail, SeqCst);
+        drop(g);
+        self.signal(WaitFor::NotEmpty, (tail - from) as u32);
+    }
+
+    /// After a dequeue moved `head` on by `n` (and let go of the consumers'
+    /// lock): wake producers if any sleep.
+    fn dequeued(&self, n: u64) {
+        self.signal(WaitFor::NotFull, n.min(u32::MAX as u64) as u32);
     }
 
     /// Dequeue without waiting; the returned slot's reference is the caller's.
@@ -689,13 +791,13 @@ impl<'a> Queue<'a> {
     /// read stays where it is, as does an inline packet the pool has no
     /// room to build; an inline packet whose record or bytes do not check
     /// out is taken, as [`Packet::Damaged`].
-    fn take_at(&self, form: Form, head: u64, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
-        let at = self.slot_of(head, head)?;
+    fn take_at(&self, form: Form, head: u64, known: Known, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+        let at = self.slot_of(head, known.front, head)?;
         let slot = read_packet_slot(self.values, at)?;
         let start = inl.len();
         let (p, ring_end) = match slot.tag {
             S_EMPTY => (None, None),
-            T_INLINE => match self.copy_inline(head, slot.bits, inl) {
+            T_INLINE => match self.copy_inline(head, slot.bits, known.ring_write, inl) {
                 Ok((range, end)) if form == Form::Handles => {
                     // (the pool lock inside the consumers' lock: no path takes
                     // them the other way round)
@@ -744,15 +846,18 @@ impl<'a> Queue<'a> {
     /// Copy the encoding of the inline packet at ring position `pos`, the
     /// packet at queue position `head`, onto `inl`; returns where it is in
     /// `inl` and where its record ends in the ring. Every bound is checked
-    /// against the ring's counters and the record's stamp.
+    /// against the ring's counters (`write`: `ring_write` as the consumers
+    /// know it) and the record's stamp.
     fn copy_inline(
         &self,
         head: u64,
         pos: u64,
+        write: u64,
         inl: &mut Vec<u8>,
     ) -> Result<(std::ops::Range<usize>, u64)> {
-        let h = self.header;
-        let (read, write) = (h.ring_read.load(Relaxed), h.ring_write.load(Relaxed));
+        // (ring_read is the consumers' own; `write` is ring_write as read
+        // after a tail past this packet, so past its record)
+        let read = self.header.ring_read.load(Relaxed);
         let bad = |why: &str| {
             Error::corrupt(format!(
                 "queue at {}: the inline packet at ring position {pos} {why}",
@@ -780,6 +885,56 @@ impl<'a> Queue<'a> {
         Ok((start..inl.len(), end))
     }
 
+    /// What the consumers know of the producers' line, under their lock,
+    /// for a dequeue at `head`: `tail_seen` and the `front_pos` and
+    /// `ring_write` read with it, read again from the producers' line when
+    /// they say the queue is empty (or could not be true). Checked against
+    /// `head` and the capacity.
+    fn known_to_consumers(&self, head: u64) -> Result<Known> {
+        let h = self.header;
+        let tail = h.tail_seen.load(Relaxed);
+        if tail > head && tail - head <= self.capacity {
+            return Ok(Known {
+                tail,
+                front: h.front_seen.load(Relaxed),
+                ring_write: h.ring_write_seen.load(Relaxed),
+            });
+        }
+        // (Acquire: what the producers published with it is visible, and
+        // the two words read after it are at least as new: a front slot or
+        // a record of a packet before `tail` was written before it)
+        let tail = h.tail.load(Acquire);
+        let k = Known {
+            tail,
+            front: h.front_pos.load(Relaxed),
+            ring_write: h.ring_write.load(Relaxed),
+        };
+        self.check_state(head, tail)?;
+        // (the other two before tail_seen: a consumer killed in between
+        // leaves a newer front_seen with an older tail_seen, which still
+        // tells every packet before that tail where it is, as a front slot
+        // once used only moves on to a later packet into an empty queue)
+        h.front_seen.store(k.front, Relaxed);
+        h.ring_write_seen.store(k.ring_write, Relaxed);
+        h.tail_seen.store(tail, Relaxed);
+        self.note_depth(tail - head);
+        Ok(k)
+    }
+
+    /// After taking packets up to (not including) `head` under the
+    /// consumers' lock: move `head` there; if one of them came from the
+    /// front slot, leave that on the producers' line too (`head_hint`).
+    fn move_head(&self, head: u64, took_front: bool) {
+        let h = self.header;
+        // (SeqCst: a Release for the slots emptied and ring bytes copied
+        // out, and before the sleeper count is read, see signal)
+        h.head.store(head, SeqCst);
+        if took_front {
+            // (after head: never ahead of it)
+            h.head_hint.store(head, Release);
+        }
+    }
+
     /// [`Queue::try_dequeue`] giving packed packets as they are (and inline
     /// ones as their bytes, appended to `inl`).
     fn try_dequeue_raw(&self, form: Form, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
@@ -791,37 +946,45 @@ impl<'a> Queue<'a> {
         // are being rewritten under our lock: the loop does not trust them
         // to end it.
         for _ in 0..=self.capacity {
-            // (head is the consumers' own; tail is the producers': SeqCst,
-            // an Acquire for what they published, and see signal)
-            let (head, tail) = (h.head.load(Relaxed), h.tail.load(SeqCst));
-            self.check_state(head, tail)?;
-            if head == tail {
+            // (head is the consumers' own)
+            let head = h.head.load(Relaxed);
+            let known = match self.known_to_consumers(head) {
+                Ok(k) => k,
+                Err(e) => {
+                    drop(g);
+                    if head != start {
+                        self.dequeued(head - start);
+                    }
+                    return Err(e);
+                }
+            };
+            if head == known.tail {
                 drop(g);
                 if head != start {
                     // (empty slots skipped: room was made all the same)
-                    self.dequeued(start, head - start);
+                    self.dequeued(head - start);
                 }
                 return Ok(None);
             }
-            let p = match self.take_at(form, head, inl) {
+            let p = match self.take_at(form, head, known, inl) {
                 Ok(p) => p,
                 Err(e) => {
                     drop(g);
                     if head != start {
                         // (empty slots skipped before the failure: room
                         // was made, which a producer may be waiting for)
-                        self.dequeued(start, head - start);
+                        self.dequeued(head - start);
                     }
                     return Err(e);
                 }
             };
-            h.head.store(head + 1, SeqCst);
+            self.move_head(head + 1, known.front == head);
             let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
             };
             drop(g);
-            self.dequeued(start, head + 1 - start);
+            self.dequeued(head + 1 - start);
             return Ok(Some(p));
         }
         Err(Error::corrupt(format!(
@@ -862,7 +1025,7 @@ impl<'a> Queue<'a> {
         if n == 0 {
             return Ok(0);
         }
-        self.enqueued(g, head, from, tail);
+        self.enqueued(g, from, tail);
         Ok(n)
     }
 
@@ -887,32 +1050,47 @@ impl<'a> Queue<'a> {
         let mut tail = from;
         let h = self.header;
         let mut write = h.ring_write.load(Relaxed);
-        let read = if head == tail {
-            // Nothing queued, so no record is live: the whole ring is free
-            // (this also takes back bytes a killed producer left). Counters
-            // no operation could have left (unaligned, or half way to the
-            // end of their range) start again from 0: a stale slot naming an
-            // old position is never read, as head reads only what is
-            // published from now on, and the stamp would tell anyway.
+        // How much of the ring is free: all before `read` may be written
+        // over. Lazily: the consumers' ring_read is read only when what the
+        // producers last read of it leaves too little room.
+        let mut read = if head == tail {
+            // Known to be empty, so no record is live: the whole ring is
+            // free (this also takes back bytes a killed producer left).
+            // Counters no operation could have left (unaligned, or half way
+            // to the end of their range) start again from 0: a stale slot
+            // naming an old position is never read, as head reads only what
+            // is published from now on, and the stamp would tell anyway.
+            // The consumers check a record against their ring_read, so it
+            // starts again from 0 too. (ring_read is the consumers', but
+            // none writes it now: a dequeue writes it only while taking a
+            // packet, before it moves head on, and head has reached tail,
+            // which only we can move; our store is published with tail.)
             if !write.is_multiple_of(8) || write > u64::MAX / 2 {
                 write = 0;
                 h.ring_write.store(0, Relaxed);
+                h.ring_read.store(0, Relaxed);
             }
-            // (ring_read is the consumers' counter, but none writes it
-            // now: a dequeue writes it only while taking a packet, before
-            // it moves head on, and head has reached tail, which only we
-            // can move; our store is published with tail, as are records)
-            h.ring_read.store(write, Relaxed);
+            h.ring_read_seen.store(write, Relaxed);
             write
         } else {
-            // (Acquire: the bytes before it were copied out before it moved)
-            h.ring_read.load(Acquire)
+            h.ring_read_seen.load(Relaxed)
         };
+        let mut fresh = head == tail;
         // Counters that contradict each other were written by someone else:
         // no inline send until the queue is next seen empty (which resets
         // them); values go through the pool meanwhile, as with a full ring.
-        if !write.is_multiple_of(8) || write < read || write - read > self.ring_size {
+        if !write.is_multiple_of(8) {
             return Ok((0, true));
+        }
+        if write < read || write - read > self.ring_size {
+            // (Acquire: the bytes before it were copied out before it moved)
+            read = h.ring_read.load(Acquire);
+            fresh = true;
+            if write < read || write - read > self.ring_size {
+                // (nothing written: the lock goes with g)
+                return Ok((0, true));
+            }
+            h.ring_read_seen.store(read, Relaxed);
         }
         let span = self.values.pool().span();
         let (mut n, mut ring_full) = (0, false);
@@ -928,13 +1106,32 @@ impl<'a> Queue<'a> {
                 0
             };
             // (a sum past the end of the range is damage, as above)
-            let end = match write.checked_add(skip + rec) {
-                Some(end) if end - read <= self.ring_size => end,
-                _ => {
+            let Some(end) = write.checked_add(skip + rec) else {
+                ring_full = true;
+                break;
+            };
+            if end - read > self.ring_size {
+                if fresh {
                     ring_full = true;
                     break;
                 }
-            };
+                // Read the consumers' ring_read again, once: they may have
+                // given back more since.
+                fresh = true;
+                // (one past what we wrote is damage: the rest goes through
+                // the pool; one behind what we knew is only older news)
+                let now = h.ring_read.load(Acquire);
+                if now > write {
+                    ring_full = true;
+                    break;
+                }
+                read = read.max(now);
+                h.ring_read_seen.store(read, Relaxed);
+                if end - read > self.ring_size {
+                    ring_full = true;
+                    break;
+                }
+            }
             let pos = end - rec;
             let at = self.ring + (pos & (self.ring_size - 1));
             let wrote = span
@@ -967,7 +1164,7 @@ impl<'a> Queue<'a> {
         // Past the records before they are published: a producer killed
         // after publishing must not leave their bytes to be written over.
         h.ring_write.store(write, Relaxed);
-        self.enqueued(g, head, from, tail);
+        self.enqueued(g, from, tail);
         Ok((n, ring_full))
     }
 
@@ -1020,17 +1217,17 @@ impl<'a> Queue<'a> {
         let g = self.lock_deq();
         let h = self.header;
         // (as in try_dequeue_raw)
-        let (mut head, tail) = (h.head.load(Relaxed), h.tail.load(SeqCst));
-        self.check_state(head, tail)?;
+        let mut head = h.head.load(Relaxed);
+        let known = self.known_to_consumers(head)?;
         let start = head;
         let mut got = 0;
         let mut taken = 0;
-        while got < max && head != tail {
+        while got < max && head != known.tail {
             // As in try_dequeue: take each packet out and empty its slot,
             // then move head (once, for the lot, as try_enqueue_many moves
             // tail), so a packet is never delivered twice: a process killed
             // half-way leaves empty slots at the head, which are skipped.
-            let p = match self.take_at(form, head, inl) {
+            let p = match self.take_at(form, head, known, inl) {
                 Ok(p) => p,
                 // Nothing to hand out: the error is the answer (not an
                 // empty batch, which would send the caller to wait). Empty
@@ -1038,9 +1235,9 @@ impl<'a> Queue<'a> {
                 // room they made is signalled.
                 Err(e) if got == 0 => {
                     if taken > 0 {
-                        h.head.store(head, SeqCst);
+                        self.move_head(head, (start..head).contains(&known.front));
                         drop(g);
-                        self.dequeued(start, taken);
+                        self.dequeued(taken);
                     }
                     return Err(e);
                 }
@@ -1056,9 +1253,9 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        h.head.store(head, SeqCst);
+        self.move_head(head, (start..head).contains(&known.front));
         drop(g);
-        self.dequeued(start, taken);
+        self.dequeued(taken);
         Ok(got)
     }
 
@@ -1095,7 +1292,6 @@ impl<'a> Queue<'a> {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
                 let mut ps = Vec::with_capacity(max.min(self.capacity as usize));
@@ -1103,6 +1299,7 @@ impl<'a> Queue<'a> {
                     return Ok(take(ps, inl));
                 }
             }
+            let seen = self.seq_after_failed_try(WaitFor::NotEmpty);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.values.reclaim_if_due();
                 return Ok(take(Vec::new(), inl));
@@ -1169,7 +1366,7 @@ impl<'a> Queue<'a> {
         // through the pool.
         let mut ring_full = false;
         while sent < count {
-            let room = (self.capacity - self.len()) as usize;
+            let room = self.room_hint() as usize;
             let n = (count - sent).min(room).min(BATCH);
             if n == 0 {
                 break;
@@ -1291,11 +1488,11 @@ impl<'a> Queue<'a> {
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let seen = self.seq(WaitFor::NotFull);
             let n = self.try_enqueue_wire_many(bytes, count)?;
             if n > 0 {
                 return Ok(n);
             }
+            let seen = self.seq_after_failed_try(WaitFor::NotFull);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.values.reclaim_if_due();
                 return Ok(0);
@@ -1424,43 +1621,39 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// After an operation (with its lock let go): move the futex word `w`
-    /// on and wake up to `n` sleepers on it, if anyone can be waiting for
-    /// it. `edge` says the queue may have been seen empty (for an enqueue)
-    /// or full (a dequeue) where the operation found it. A caller waits on
-    /// `w` only after a try that saw the queue empty (full), having read the
-    /// word before. That try read the other side's counter (SeqCst) after
-    /// its own side's counter was stored (SeqCst); the operation that moves
-    /// the other counter on from there stores it (SeqCst) and then reads
-    /// ours (SeqCst), so it sees where the try left it and has `edge` set
-    /// (an enqueue from tail `t` sees head ≥ `t`; a dequeue from head `h`
-    /// sees tail ≥ `h` + capacity). `edge` may also be set when no one saw
-    /// the edge, which costs a needless word bump, never a lost wake-up.
-    /// Operations in between have no one to tell unless someone is asleep:
-    /// one wake-up for the first packet does not reach a second sleeper,
-    /// which the next packet must wake. So a pipe in steady use writes
-    /// neither word.
-    fn signal(&self, w: WaitFor, edge: bool, n: u32) {
+    /// After an operation moved its side's counter on (SeqCst, with its lock
+    /// let go): if anyone sleeps waiting for that, move the futex word `w`
+    /// on and wake up to `n` of them.
+    ///
+    /// Waiters watch the other side's counter, not the word (see `wait`):
+    /// one that only spins needs no wake-up, so the word moves only for
+    /// sleepers, and a pipe in steady use writes neither word. A sleeper
+    /// counts itself in, then reads the word, then the counter, all SeqCst,
+    /// and sleeps only if the counter has not moved; we store the counter,
+    /// then read the count, SeqCst: one of the two sees the other. So either
+    /// the sleeper sees the counter move and does not sleep, or we see it
+    /// counted and move the word on, which it either read already (then the
+    /// kernel sees the word changed and it does not sleep) or not (then it
+    /// sees the counter moved). One wake-up for the first packet does not
+    /// reach a second sleeper: the next packet, finding it still counted,
+    /// wakes it.
+    fn signal(&self, w: WaitFor, n: u32) {
         let sleepers = self.sleepers(w);
-        if edge || sleepers.load(Relaxed) > 0 {
+        if sleepers.load(SeqCst) > 0 {
             let word = self.word(w);
-            // The word's new value before the sleeper count is read, against
-            // a sleeper counting itself in before the kernel reads the word
-            // (see `wait`): SeqCst on both sides, so one of the two sees the
-            // other. (On x86 both are what Release and Relaxed give anyway.)
             bump(word);
-            if sleepers.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                platform::futex_wake(word, n);
-            }
+            platform::futex_wake(word, n);
         }
     }
 
-    /// Sleep until the word `w` moves on from `seen`, or `deadline` passes,
-    /// spinning a little first. Callers recheck their condition either way.
+    /// Wait until the counter for `w` ([`Queue::seq`]) moves on from
+    /// `seen`, or `deadline` passes: spinning on it a little first, then
+    /// asleep on the futex word (counted in, see `signal`). Callers recheck
+    /// their condition either way.
     pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) {
-        let word = self.word(w);
+        let counter = self.counter(w);
         for _ in 0..SPINS {
-            if word.load(Relaxed) != seen {
+            if counter.load(Relaxed) as u32 != seen {
                 return;
             }
             std::hint::spin_loop();
@@ -1474,10 +1667,13 @@ impl<'a> Queue<'a> {
                 return;
             }
         }
-        let sleepers = self.sleepers(w);
-        // (SeqCst: counted in before the kernel reads the word; see `signal`)
-        sleepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        platform::futex_wait(word, seen, Some(slice));
+        let (word, sleepers) = (self.word(w), self.sleepers(w));
+        // (SeqCst, in this order: see `signal`)
+        sleepers.fetch_add(1, SeqCst);
+        let now = word.load(SeqCst);
+        if counter.load(SeqCst) as u32 == seen {
+            platform::futex_wait(word, now, Some(slice));
+        }
         sleepers.fetch_sub(1, Relaxed);
     }
 
@@ -1523,7 +1719,6 @@ impl<'a> Queue<'a> {
             e.map_or(Ok(false), Err)
         };
         loop {
-            let seen = self.seq(WaitFor::NotFull);
             {
                 let _b = self.values.busy();
                 match self.values.unhold(held.take()) {
@@ -1553,6 +1748,7 @@ impl<'a> Queue<'a> {
             }
             // (once the deadline has passed, this returns at once and the
             // next round answers false)
+            let seen = self.seq_after_failed_try(WaitFor::NotFull);
             self.wait(WaitFor::NotFull, seen, deadline);
         }
     }
@@ -1590,13 +1786,13 @@ impl<'a> Queue<'a> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut inl = Vec::new();
         loop {
-            let seen = self.seq(WaitFor::NotEmpty);
             {
                 let _b = self.values.busy();
                 if let Some(p) = self.try_dequeue_raw(form, &mut inl)? {
                     return Ok(Some(take(p, &inl)));
                 }
             }
+            let seen = self.seq_after_failed_try(WaitFor::NotEmpty);
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.values.reclaim_if_due();
                 return Ok(None);
@@ -1664,7 +1860,8 @@ impl<'a> Queue<'a> {
         let mut slots = Vec::new();
         for i in head..tail {
             // (an inline packet holds no object)
-            let s = read_packet_slot(self.values, self.slot_of(head, i)?)?;
+            let front = h.front_pos.load(Relaxed);
+            let s = read_packet_slot(self.values, self.slot_of(head, front, i)?)?;
             if s.is_object() {
                 slots.push(s);
             }

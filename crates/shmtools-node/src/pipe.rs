@@ -311,8 +311,8 @@ impl PipeRef {
             Job {
                 cell: self.cell.clone(),
                 word: q.word_offset(w),
+                counter: Some((q.counter_offset(w), q.sleepers_offset(w))),
                 seen,
-                sleepers: Some(q.sleepers_offset(w)),
                 deadline,
                 id,
             },
@@ -517,8 +517,8 @@ impl NativeRegion {
             Job {
                 cell: cell.clone(),
                 word,
+                counter: None,
                 seen,
-                sleepers: None,
                 deadline,
                 id,
             },

@@ -35,10 +35,13 @@ pub struct Job {
     pub cell: Arc<RegionCell>,
     /// Region offset of the futex word to sleep on.
     pub word: u64,
+    /// What the wait is for: the word itself moving on from `seen` (None),
+    /// or a queue's counter (the region offset of a u64 whose low 32 bits
+    /// are compared with `seen`, see `Queue::seq`) with the sleeper count
+    /// that goes with the word, held up while asleep: a queue moves its word
+    /// on only for counted sleepers (`Queue::signal`).
+    pub counter: Option<(u64, u64)>,
     pub seen: u32,
-    /// Region offset of a sleeper counter to hold up while asleep (so wakers
-    /// know to make the wake-up call), if the word has one.
-    pub sleepers: Option<u64>,
     pub deadline: Option<Instant>,
     pub id: u32,
 }
@@ -166,28 +169,39 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
     let Ok(word) = span.u32_at(job.word) else {
         return CHANGED; // let the JS side retry and report the real error
     };
-    let sleepers = job.sleepers.and_then(|o| span.u32_at(o).ok());
+    let (counter, sleepers) = match job.counter {
+        Some((c, s)) => match (span.u64_at(c), span.u32_at(s)) {
+            (Ok(c), Ok(s)) => (Some(c), Some(s)),
+            _ => return CHANGED,
+        },
+        None => (None, None),
+    };
     if let Some(s) = sleepers {
-        // (SeqCst: counted in before the word is read; the queue's `signal`
-        // fences between moving the word on and reading the count)
+        // (SeqCst, before the word and the counter are read: see the
+        // queue's `signal`)
         s.fetch_add(1, Ordering::SeqCst);
     }
     let outcome = loop {
-        if cancel.load(Ordering::Acquire) {
+        // The word first, then the flag: a cancel sets the flag and then
+        // moves the word on, so either we see the flag or the kernel sees
+        // the word changed.
+        let now = word.load(Ordering::SeqCst);
+        if cancel.load(Ordering::SeqCst) {
             break CANCELLED;
         }
-        if word.load(Ordering::Acquire) != job.seen {
+        let current = counter.map_or(now, |c| c.load(Ordering::SeqCst) as u32);
+        if current != job.seen {
             break CHANGED;
         }
         let mut slice = LOOK_AGAIN;
         if let Some(d) = job.deadline {
-            let now = Instant::now();
-            if now >= d {
+            let t = Instant::now();
+            if t >= d {
                 break TIMED_OUT;
             }
-            slice = slice.min(d - now);
+            slice = slice.min(d - t);
         }
-        let woke = platform::futex_wait(word, job.seen, Some(slice));
+        let woke = platform::futex_wait(word, now, Some(slice));
         if woke == platform::Wake::TimedOut && slice == LOOK_AGAIN {
             // A whole slice without a change: answer "changed" anyway, so
             // the JS side looks at the queue again. A producer killed
