@@ -68,41 +68,59 @@ pub const INLINE_MAX: usize = 1024;
 pub const RECORD_HEADER: u64 = 8;
 /// Most packets a queue may hold.
 pub const MAX_CAPACITY: u64 = 1 << 24;
-/// Spins on the futex word before sleeping (a message often arrives within a
-/// few microseconds when the other side is running on another core).
+/// Spins on the counter a consumer waits for before sleeping (a message
+/// often arrives within microseconds when the other side runs on another
+/// core; a spin is about 10 ns here, so this is tens of microseconds).
 const SPINS: u32 = 4000;
+/// Spins before a producer waiting for room sleeps: a few microseconds,
+/// looking at `head` every [`ROOM_LOOK_EVERY`] spins. Room comes when a
+/// consumer ends a dequeue, and a producer spinning on the consumers' line
+/// through a long one slowed that consumer down (`bash bench/rust.sh --only
+/// 5a`, 2026-12-05: the batched row took 58-61 ns per message with 4000
+/// spins, 42-45 with 100-400, 47-49 sleeping at once; the Int row 210-270
+/// looking at every spin, 160-175 at every 16th).
+const SPINS_FOR_ROOM: u32 = 256;
+const ROOM_LOOK_EVERY: u32 = 16;
 /// Most values [`Queue::enqueue_wire_many`] builds under one hold of the pool
 /// lock (others wait for it meanwhile), or copies into the byte ring under
 /// one hold of the producers' lock.
 pub const BATCH: usize = 64;
 
-/// Shared-memory layout of a queue header (256 bytes, at a 64-byte aligned
+/// Shared-memory layout of a queue header (320 bytes, at a 64-byte aligned
 /// offset inside its block; see [`Queue::create`]).
 ///
-/// Four cache lines, laid out so that a pipe in steady use moves as few of
-/// them between cores as it can:
-/// - the first is what producers publish: their lock, `tail`, `ring_write`
-///   and the front slot. Consumers read it only when what they last read of
-///   it says the queue is empty, and write it only to take a packet out of
-///   the front slot (and note it in `head_hint`);
-/// - the second holds what is fixed at creation, the two futex words and
-///   their sleeper counts, and `high_water`: read by everyone, written only
-///   when someone sleeps or the queue gets deeper than ever;
-/// - the third is the consumers': their lock, `head`, `ring_read` and what
-///   they last read of the first line. Producers read it only when what they
-///   know of `head` says the queue is full (or its ring has no room);
-/// - the fourth is the producers' own: what they last read of `head` and
-///   `ring_read`.
+/// Five cache lines, laid out so that a pipe in steady use moves as few of
+/// them between cores as it can, and so that no locked instruction works
+/// on a line the other side reads:
+/// - the first is the producers' own: their lock and what they last read
+///   of the consumers' counters;
+/// - the second is what producers publish: `tail`, `ring_write` and the
+///   front slot. Consumers read it only when what they last read of it says
+///   the queue is empty, and write it only to take a packet out of the
+///   front slot (and note that in `head_hint`);
+/// - the third holds what is fixed at creation and the two futex words with
+///   their sleeper counts: read by everyone, written only around a sleep;
+/// - the fourth is what consumers publish: `head`, `ring_read` (and
+///   `high_water`, written when the queue gets deeper than ever). Producers
+///   read it only when what they know of `head` says the queue is full (or
+///   its ring has no room);
+/// - the fifth is the consumers' own: their lock and what they last read of
+///   the second line.
 ///
 /// So a producer and a consumer streaming packets each work in their own
-/// line and the other side's is read once per burst, not per packet; and a
-/// producer and a consumer taking turns (a request and its reply) move
-/// mostly the first line, the front slot's.
+/// lines and read the other side's once per burst, not per packet, and the
+/// lock operations a call makes never wait for a line the other side took.
 #[repr(C)]
 pub struct QueueHeader {
     /// The producers' lock: held by an enqueue while it writes packets in
     /// and moves `tail` on. Consumers never take it.
     pub enq_lock: ShmMutex,
+    /// `head` as a producer last read it (never ahead of it).
+    pub head_seen: AtomicU64,
+    /// `ring_read` as a producer last read it (never ahead of it).
+    pub ring_read_seen: AtomicU64,
+    /// Zero.
+    pub reserved0: [AtomicU64; 4],
     /// Enqueues so far; the next packet goes to position `tail`. Written by
     /// producers only (SeqCst), after the packets it publishes.
     pub tail: AtomicU64,
@@ -121,6 +139,8 @@ pub struct QueueHeader {
     /// that the queue it fed is empty again without reading the consumers'
     /// line).
     pub head_hint: AtomicU64,
+    /// Zero.
+    pub reserved1: [AtomicU64; 2],
     pub magic: AtomicU64,
     pub capacity: AtomicU64,
     /// Offset of the slots block (capacity × 16 bytes): the packet at
@@ -145,9 +165,6 @@ pub struct QueueHeader {
     pub sleepers_empty: AtomicU32,
     /// Bytes in the ring: a power of two, [`RING_MIN`] ..= [`RING_MAX`].
     pub ring_size: AtomicU64,
-    /// The consumers' lock: held by a dequeue while it takes packets out
-    /// and moves `head` on. Producers never take it.
-    pub deq_lock: ShmMutex,
     /// Dequeues so far; the next packet is at position `head`. Written by
     /// consumers only (SeqCst).
     pub head: AtomicU64,
@@ -155,21 +172,22 @@ pub struct QueueHeader {
     /// `ring_read` may be written over. The end of the last inline packet
     /// dequeued. Written by consumers.
     pub ring_read: AtomicU64,
+    /// Deepest the queue has been when a producer or consumer read the
+    /// other side's counter.
+    pub high_water: AtomicU64,
+    /// Zero.
+    pub reserved3: [AtomicU64; 5],
+    /// The consumers' lock: held by a dequeue while it takes packets out
+    /// and moves `head` on. Producers never take it.
+    pub deq_lock: ShmMutex,
     /// `tail` as a consumer last read it (never ahead of it).
     pub tail_seen: AtomicU64,
     /// `front_pos` as read just after `tail_seen`.
     pub front_seen: AtomicU64,
     /// `ring_write` as read just after `tail_seen`.
     pub ring_write_seen: AtomicU64,
-    /// Deepest the queue has been when a producer or consumer read the
-    /// other side's counter.
-    pub high_water: AtomicU64,
-    /// `head` as a producer last read it (never ahead of it).
-    pub head_seen: AtomicU64,
-    /// `ring_read` as a producer last read it (never ahead of it).
-    pub ring_read_seen: AtomicU64,
     /// Zero.
-    pub reserved: [AtomicU64; 6],
+    pub reserved4: [AtomicU64; 3],
 }
 
 pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
@@ -177,33 +195,36 @@ pub const QUEUE_HEADER_SIZE: u64 = std::mem::size_of::<QueueHeader>() as u64;
 /// bytes (blocks are 16-byte aligned).
 pub const QUEUE_BLOCK_SIZE: u64 = QUEUE_HEADER_SIZE + 64;
 const FRONT: u64 = std::mem::offset_of!(QueueHeader, front) as u64;
-const _: () = assert!(QUEUE_HEADER_SIZE == 256);
+const _: () = assert!(QUEUE_HEADER_SIZE == 320);
 const _: () = assert!(std::mem::offset_of!(QueueHeader, enq_lock) == 0);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 16);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 24);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, front_pos) == 32);
-const _: () = assert!(FRONT == 40);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, head_hint) == 56);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, magic) == 64);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, capacity) == 72);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, slots) == 80);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 88);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 92);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 96);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, block) == 104);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 112);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 116);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 120);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 128);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 144);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 152);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, tail_seen) == 160);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, front_seen) == 168);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write_seen) == 176);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 184);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, head_seen) == 192);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read_seen) == 200);
-const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved) == 208);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head_seen) == 16);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read_seen) == 24);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved0) == 32);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, tail) == 64);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write) == 72);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, front_pos) == 80);
+const _: () = assert!(FRONT == 88);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head_hint) == 104);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved1) == 112);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, magic) == 128);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, capacity) == 136);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, slots) == 144);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, not_full) == 152);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_full) == 156);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring) == 160);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, block) == 168);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, not_empty) == 176);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, sleepers_empty) == 180);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_size) == 184);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, head) == 192);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_read) == 200);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, high_water) == 208);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved3) == 216);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, deq_lock) == 256);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, tail_seen) == 272);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, front_seen) == 280);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, ring_write_seen) == 288);
+const _: () = assert!(std::mem::offset_of!(QueueHeader, reserved4) == 296);
 
 /// Which futex word a waiter sleeps on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -720,8 +741,9 @@ impl<'a> Queue<'a> {
     /// Publish the packets written at `from..tail`: move `tail` on, let go of
     /// the producers' lock, and wake consumers if any sleep.
     fn enqueued(&self, g: crate::lock::Guard<'a>, from: u64, tail: u64) {
-        // (SeqCst: a Release for what was written before it, and before the
-        // sleeper count is read, see signal)
+        // (Release: for what was written before it. The StoreLoad against
+        // sleepers that signal needs is its fence, after the lock's release,
+        // which has drained our stores already: one stall per call, not two)
         self.header.tail.store(tail, SeqCst);
         drop(g);
         self.signal(WaitFor::NotEmpty, (tail - from) as u32);
@@ -791,13 +813,20 @@ impl<'a> Queue<'a> {
     /// read stays where it is, as does an inline packet the pool has no
     /// room to build; an inline packet whose record or bytes do not check
     /// out is taken, as [`Packet::Damaged`].
-    fn take_at(&self, form: Form, head: u64, known: Known, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+    fn take_at(
+        &self,
+        form: Form,
+        head: u64,
+        known: Known,
+        read: &mut u64,
+        inl: &mut Vec<u8>,
+    ) -> Result<Option<Packet>> {
         let at = self.slot_of(head, known.front, head)?;
         let slot = read_packet_slot(self.values, at)?;
         let start = inl.len();
         let (p, ring_end) = match slot.tag {
             S_EMPTY => (None, None),
-            T_INLINE => match self.copy_inline(head, slot.bits, known.ring_write, inl) {
+            T_INLINE => match self.copy_inline(head, slot.bits, *read, known.ring_write, inl) {
                 Ok((range, end)) if form == Form::Handles => {
                     // (the pool lock inside the consumers' lock: no path takes
                     // them the other way round)
@@ -836,9 +865,9 @@ impl<'a> Queue<'a> {
         }
         if let Some(end) = ring_end {
             // Records are dequeued in the order they were written, so this
-            // one is the oldest still in the ring: all before its end is free.
-            // (Release: the copy is done before a producer writes over it)
-            self.header.ring_read.store(end, Release);
+            // one is the oldest still in the ring: all before its end is
+            // free, once `move_head` gives it back.
+            *read = end;
         }
         Ok(p)
     }
@@ -846,18 +875,18 @@ impl<'a> Queue<'a> {
     /// Copy the encoding of the inline packet at ring position `pos`, the
     /// packet at queue position `head`, onto `inl`; returns where it is in
     /// `inl` and where its record ends in the ring. Every bound is checked
-    /// against the ring's counters (`write`: `ring_write` as the consumers
-    /// know it) and the record's stamp.
+    /// against the ring's counters (`read`: the end of the last record this
+    /// dequeue took, or `ring_read`; `write`: `ring_write` as the consumers
+    /// know it, read after a `tail` past this packet, so past its record)
+    /// and the record's stamp.
     fn copy_inline(
         &self,
         head: u64,
         pos: u64,
+        read: u64,
         write: u64,
         inl: &mut Vec<u8>,
     ) -> Result<(std::ops::Range<usize>, u64)> {
-        // (ring_read is the consumers' own; `write` is ring_write as read
-        // after a tail past this packet, so past its record)
-        let read = self.header.ring_read.load(Relaxed);
         let bad = |why: &str| {
             Error::corrupt(format!(
                 "queue at {}: the inline packet at ring position {pos} {why}",
@@ -886,14 +915,14 @@ impl<'a> Queue<'a> {
     }
 
     /// What the consumers know of the producers' line, under their lock,
-    /// for a dequeue at `head`: `tail_seen` and the `front_pos` and
-    /// `ring_write` read with it, read again from the producers' line when
-    /// they say the queue is empty (or could not be true). Checked against
-    /// `head` and the capacity.
-    fn known_to_consumers(&self, head: u64) -> Result<Known> {
+    /// for a dequeue of up to `want` packets at `head`: `tail_seen` and the
+    /// `front_pos` and `ring_write` read with it, read again from the
+    /// producers' line when they say fewer than `want` packets are there
+    /// (or could not be true). Checked against `head` and the capacity.
+    fn known_to_consumers(&self, head: u64, want: usize) -> Result<Known> {
         let h = self.header;
         let tail = h.tail_seen.load(Relaxed);
-        if tail > head && tail - head <= self.capacity {
+        if tail > head && tail - head <= self.capacity && tail - head >= want as u64 {
             return Ok(Known {
                 tail,
                 front: h.front_seen.load(Relaxed),
@@ -922,12 +951,21 @@ impl<'a> Queue<'a> {
     }
 
     /// After taking packets up to (not including) `head` under the
-    /// consumers' lock: move `head` there; if one of them came from the
-    /// front slot, leave that on the producers' line too (`head_hint`).
-    fn move_head(&self, head: u64, took_front: bool) {
+    /// consumers' lock: give back their ring bytes (all before `read`, if
+    /// that moved on from `was`), move `head` there, and if one of them came
+    /// from the front slot, leave that on the producers' line too
+    /// (`head_hint`). (Once per dequeue, not per packet: a producer that
+    /// waits for room reads this line, and each write takes it away.)
+    fn move_head(&self, head: u64, took_front: bool, was: u64, read: u64) {
         let h = self.header;
-        // (SeqCst: a Release for the slots emptied and ring bytes copied
-        // out, and before the sleeper count is read, see signal)
+        if read != was {
+            // (Release: the copies are done before a producer writes over
+            // the bytes. A consumer killed before this leaves them taken
+            // until the queue is next seen empty, which frees the ring.)
+            h.ring_read.store(read, Release);
+        }
+        // (Release: for the slots emptied and ring bytes copied out; the
+        // StoreLoad against sleepers is signal's fence, as in `enqueued`)
         h.head.store(head, SeqCst);
         if took_front {
             // (after head: never ahead of it)
@@ -941,6 +979,8 @@ impl<'a> Queue<'a> {
         let g = self.lock_deq();
         let h = self.header;
         let start = h.head.load(Relaxed);
+        let was = h.ring_read.load(Relaxed);
+        let mut read = was;
         // Each round moves head one step towards tail, at most `capacity`
         // away (check_state), so a round more than that means the counters
         // are being rewritten under our lock: the loop does not trust them
@@ -948,7 +988,7 @@ impl<'a> Queue<'a> {
         for _ in 0..=self.capacity {
             // (head is the consumers' own)
             let head = h.head.load(Relaxed);
-            let known = match self.known_to_consumers(head) {
+            let known = match self.known_to_consumers(head, 1) {
                 Ok(k) => k,
                 Err(e) => {
                     drop(g);
@@ -966,7 +1006,7 @@ impl<'a> Queue<'a> {
                 }
                 return Ok(None);
             }
-            let p = match self.take_at(form, head, known, inl) {
+            let p = match self.take_at(form, head, known, &mut read, inl) {
                 Ok(p) => p,
                 Err(e) => {
                     drop(g);
@@ -978,7 +1018,7 @@ impl<'a> Queue<'a> {
                     return Err(e);
                 }
             };
-            self.move_head(head + 1, known.front == head);
+            self.move_head(head + 1, known.front == head, was, read);
             let Some(p) = p else {
                 // Left by a dequeuer that died between emptying and advancing.
                 continue;
@@ -1218,8 +1258,10 @@ impl<'a> Queue<'a> {
         let h = self.header;
         // (as in try_dequeue_raw)
         let mut head = h.head.load(Relaxed);
-        let known = self.known_to_consumers(head)?;
+        let known = self.known_to_consumers(head, max)?;
         let start = head;
+        let was = h.ring_read.load(Relaxed);
+        let mut read = was;
         let mut got = 0;
         let mut taken = 0;
         while got < max && head != known.tail {
@@ -1227,7 +1269,7 @@ impl<'a> Queue<'a> {
             // then move head (once, for the lot, as try_enqueue_many moves
             // tail), so a packet is never delivered twice: a process killed
             // half-way leaves empty slots at the head, which are skipped.
-            let p = match self.take_at(form, head, known, inl) {
+            let p = match self.take_at(form, head, known, &mut read, inl) {
                 Ok(p) => p,
                 // Nothing to hand out: the error is the answer (not an
                 // empty batch, which would send the caller to wait). Empty
@@ -1235,7 +1277,7 @@ impl<'a> Queue<'a> {
                 // room they made is signalled.
                 Err(e) if got == 0 => {
                     if taken > 0 {
-                        self.move_head(head, (start..head).contains(&known.front));
+                        self.move_head(head, (start..head).contains(&known.front), was, read);
                         drop(g);
                         self.dequeued(taken);
                     }
@@ -1253,7 +1295,7 @@ impl<'a> Queue<'a> {
         if taken == 0 {
             return Ok(0);
         }
-        self.move_head(head, (start..head).contains(&known.front));
+        self.move_head(head, (start..head).contains(&known.front), was, read);
         drop(g);
         self.dequeued(taken);
         Ok(got)
@@ -1621,16 +1663,17 @@ impl<'a> Queue<'a> {
         }
     }
 
-    /// After an operation moved its side's counter on (SeqCst, with its lock
-    /// let go): if anyone sleeps waiting for that, move the futex word `w`
-    /// on and wake up to `n` of them.
+    /// After an operation moved its side's counter on (with its lock let
+    /// go): if anyone sleeps waiting for that, move the futex word `w` on and
+    /// wake up to `n` of them.
     ///
     /// Waiters watch the other side's counter, not the word (see `wait`):
     /// one that only spins needs no wake-up, so the word moves only for
     /// sleepers, and a pipe in steady use writes neither word. A sleeper
-    /// counts itself in, then reads the word, then the counter, all SeqCst,
-    /// and sleeps only if the counter has not moved; we store the counter,
-    /// then read the count, SeqCst: one of the two sees the other. So either
+    /// counts itself in, then (after a SeqCst fence) reads the word, then the
+    /// counter, and sleeps only if the counter has not moved; we store the
+    /// counter, then (after a SeqCst fence) read the count: one of the two
+    /// sees the other's store. So either
     /// the sleeper sees the counter move and does not sleep, or we see it
     /// counted and move the word on, which it either read already (then the
     /// kernel sees the word changed and it does not sleep) or not (then it
@@ -1639,6 +1682,8 @@ impl<'a> Queue<'a> {
     /// wakes it.
     fn signal(&self, w: WaitFor, n: u32) {
         let sleepers = self.sleepers(w);
+        // (the counter's store before the count's load, see above; on x86
+        // an mfence, cheap here: the lock's release just drained the stores)
         if sleepers.load(SeqCst) > 0 {
             let word = self.word(w);
             bump(word);
@@ -1652,8 +1697,12 @@ impl<'a> Queue<'a> {
     /// their condition either way.
     pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) {
         let counter = self.counter(w);
-        for _ in 0..SPINS {
-            if counter.load(Relaxed) as u32 != seen {
+        let (spins, every) = match w {
+            WaitFor::NotEmpty => (SPINS, 1),
+            WaitFor::NotFull => (SPINS_FOR_ROOM, ROOM_LOOK_EVERY),
+        };
+        for i in 0..spins {
+            if i % every == 0 && counter.load(Relaxed) as u32 != seen {
                 return;
             }
             std::hint::spin_loop();
@@ -1668,8 +1717,10 @@ impl<'a> Queue<'a> {
             }
         }
         let (word, sleepers) = (self.word(w), self.sleepers(w));
-        // (SeqCst, in this order: see `signal`)
+        // (counted in, a fence, then the word and the counter, in this
+        // order: see `signal`)
         sleepers.fetch_add(1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
         let now = word.load(SeqCst);
         if counter.load(SeqCst) as u32 == seen {
             platform::futex_wait(word, now, Some(slice));
