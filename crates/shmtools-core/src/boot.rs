@@ -17,7 +17,10 @@ use crate::pool;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMTOOLS");
 /// 4: queue packets may be packed (slot tag 15), which a version-3 reader
 /// would refuse as an unknown tag. 7: each queue has a producers' and a
-/// consumers' lock, where a version-6 process would take only the one.
+/// consumers' lock, where a version-6 process would take only the one. 8:
+/// the queue header is five lines with each side's caches of the other's
+/// counters, and waiters watch the counters (a version-7 process would
+/// read the counters at other offsets).
 pub const LAYOUT_VERSION: u32 = 8;
 /// The boot block occupies the whole first page; the pool header follows.
 pub const BOOT_SIZE: u64 = 4096;

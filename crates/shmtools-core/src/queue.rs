@@ -617,9 +617,7 @@ impl<'a> Queue<'a> {
     fn seq_after_failed_try(&self, w: WaitFor) -> u32 {
         match w {
             WaitFor::NotEmpty => self.header.head.load(SeqCst) as u32,
-            WaitFor::NotFull => {
-                (self.header.tail.load(SeqCst).wrapping_sub(self.capacity)) as u32
-            }
+            WaitFor::NotFull => (self.header.tail.load(SeqCst).wrapping_sub(self.capacity)) as u32,
         }
     }
 
@@ -705,7 +703,8 @@ impl<'a> Queue<'a> {
         // (Acquire: what a consumer emptied before it moved these on is
         // done with before it is written over)
         let mut head = h.head_seen.load(Relaxed).max(h.head_hint.load(Acquire));
-        if head > tail || tail - head > self.capacity || self.capacity - (tail - head) < want as u64 {
+        if head > tail || tail - head > self.capacity || self.capacity - (tail - head) < want as u64
+        {
             head = h.head.load(Acquire);
             self.check_state(head, tail)?;
             h.head_seen.store(head, Relaxed);
@@ -939,6 +938,14 @@ impl<'a> Queue<'a> {
             ring_write: h.ring_write.load(Relaxed),
         };
         self.check_state(head, tail)?;
+        // (a front slot ahead of head was written by someone else: said
+        // here, before it is cached, as slot_of would say it)
+        if k.front != u64::MAX && k.front > head {
+            return Err(Error::corrupt(format!(
+                "queue at {}: its front slot names position {}, ahead of its head {head}",
+                self.off, k.front
+            )));
+        }
         // (the other two before tail_seen: a consumer killed in between
         // leaves a newer front_seen with an older tail_seen, which still
         // tells every packet before that tail where it is, as a front slot
@@ -1086,10 +1093,28 @@ impl<'a> Queue<'a> {
         if encs.is_empty() {
             return Ok((0, false));
         }
-        let (g, head, from, room) = self.lock_for_enqueue(encs.len())?;
+        let (g, mut head, from, room) = self.lock_for_enqueue(encs.len())?;
         let mut tail = from;
         let h = self.header;
         let mut write = h.ring_write.load(Relaxed);
+        if head != tail {
+            // What we know of the ring says it is damaged or short of room:
+            // look at head itself first. A queue that is really empty gives
+            // the whole ring back (and resets damaged counters), as below.
+            let seen = h.ring_read_seen.load(Relaxed);
+            let first = record_len(encs[0].len() as u64);
+            if !write.is_multiple_of(8)
+                || write > u64::MAX / 2
+                || write < seen
+                || write - seen > self.ring_size.saturating_sub(2 * first)
+            {
+                let now = h.head.load(Acquire);
+                if now == tail {
+                    head = now;
+                    h.head_seen.store(now, Relaxed);
+                }
+            }
+        }
         // How much of the ring is free: all before `read` may be written
         // over. Lazily: the consumers' ring_read is read only when what the
         // producers last read of it leaves too little room.
@@ -1101,14 +1126,19 @@ impl<'a> Queue<'a> {
             // naming an old position is never read, as head reads only what
             // is published from now on, and the stamp would tell anyway.
             // The consumers check a record against their ring_read, so it
-            // starts again from 0 too. (ring_read is the consumers', but
-            // none writes it now: a dequeue writes it only while taking a
-            // packet, before it moves head on, and head has reached tail,
-            // which only we can move; our store is published with tail.)
+            // is set to where the next record goes (unless it is there
+            // already: a load, not a store, on the consumers' line, as it
+            // usually is). (ring_read is the consumers', but none writes it
+            // now: a dequeue writes it only while taking packets, before it
+            // moves head on, and head has reached tail, which only we can
+            // move; our store is published with tail.) So a ring_read
+            // damaged past ring_write is mended here too.
             if !write.is_multiple_of(8) || write > u64::MAX / 2 {
                 write = 0;
                 h.ring_write.store(0, Relaxed);
-                h.ring_read.store(0, Relaxed);
+            }
+            if h.ring_read.load(Relaxed) != write {
+                h.ring_read.store(write, Relaxed);
             }
             h.ring_read_seen.store(write, Relaxed);
             write

@@ -184,7 +184,7 @@ proptest! {
         for p in &infos {
             let q = p.queue;
             // The header sits 16 to 64 bytes into its block; its locks
-            // are 16 bytes each, the consumers' first.
+            // are 16 bytes each.
             let block = word(span, q + Q_BLOCK);
             queues.push((block - 16, block + QUEUE_BLOCK_SIZE));
             queues = carve(

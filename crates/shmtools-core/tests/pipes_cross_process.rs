@@ -585,10 +585,13 @@ fn wake_ups_that_bring_nothing_do_not_push_a_deadline_back() {
         ("enqueue on a full queue", full, WaitFor::NotFull),
     ] {
         let stop = Arc::new(AtomicBool::new(false));
-        let before = q.seq(w);
+        // (the futex word: the wait sleeps on it, and looks at the queue's
+        // counter, which the bumper leaves alone, each time it is woken)
+        let word = region.span().u32_at(q.word_offset(w)).unwrap();
+        let before = word.load(Ordering::Acquire);
         let h = bumper(name.clone(), q.word_offset(w), stop.clone());
         // The bumper is running before the wait starts.
-        while q.seq(w) == before {
+        while word.load(Ordering::Acquire) == before {
             std::thread::yield_now();
         }
         let t0 = Instant::now();

@@ -17,7 +17,9 @@ use shmtools_core::{Directory, ErrorCode, Queue, Region, Slot, Value, WaitFor};
 
 mod common;
 
-use common::{attach_opts, create, unique_name, RemoveOnDrop, Rng, Q_FRONT, Q_FRONT_POS};
+use common::{
+    attach_opts, create, unique_name, RemoveOnDrop, Rng, Q_DEQ_LOCK, Q_FRONT, Q_FRONT_POS,
+};
 
 const SIZE: u64 = 4 << 20;
 
@@ -48,6 +50,7 @@ fn packets_come_out_in_order_through_front_slot_and_ring_at_every_capacity() {
         let q = dir.queue(&p).unwrap();
         let mut model = VecDeque::new();
         let mut next = 0u64;
+        let mut fronts = 0;
         for step in 0..20_000 {
             let ctx = format!("capacity {capacity}, step {step}");
             match rng.below(4) {
@@ -55,10 +58,16 @@ fn packets_come_out_in_order_through_front_slot_and_ring_at_every_capacity() {
                     let was_empty = model.is_empty();
                     let ok = q.try_enqueue(int(next)).unwrap();
                     assert_eq!(ok, (model.len() as u64) < capacity, "{ctx}");
-                    if was_empty {
-                        // Into an empty queue: the header's front slot.
-                        assert_eq!(word(&q, Q_FRONT_POS), next, "{ctx}");
+                    // The header's front slot takes a packet only into a
+                    // queue its producer knows to be empty (what it knows of
+                    // head lags, so not every one).
+                    if ok && word(&q, Q_FRONT_POS) == next {
+                        assert!(
+                            was_empty,
+                            "{ctx}: front slot used for a queue that held packets"
+                        );
                         assert_eq!(word(&q, Q_FRONT + 8), next, "{ctx}: the packet's bits");
+                        fronts += 1;
                     }
                     if ok {
                         model.push_back(next);
@@ -92,6 +101,10 @@ fn packets_come_out_in_order_through_front_slot_and_ring_at_every_capacity() {
             }
             assert_eq!(q.len(), model.len() as u64, "{ctx}");
         }
+        assert!(
+            fronts > 0,
+            "capacity {capacity}: the front slot was never used"
+        );
         let st = q.stats();
         assert_eq!(st.total_enqueued, next);
         assert_eq!(st.total_dequeued, next - model.len() as u64);
@@ -110,75 +123,59 @@ fn sleepers<'a>(q: &Queue<'a>, w: WaitFor) -> &'a std::sync::atomic::AtomicU32 {
         .unwrap()
 }
 
+/// The futex word that goes with `w`.
+fn futex_word<'a>(q: &Queue<'a>, w: WaitFor) -> &'a std::sync::atomic::AtomicU32 {
+    q.values().pool().span().u32_at(q.word_offset(w)).unwrap()
+}
+
 #[test]
-fn after_a_failed_try_the_next_operation_moves_the_futex_word_on() {
+fn the_counters_move_with_every_operation_and_the_futex_words_only_for_counted_sleepers() {
     let name = unique_name("qmodel-", "words");
     let _rm = RemoveOnDrop(name.clone());
     let region = create(&name, SIZE);
     let dir = Directory::open(&region).unwrap();
     let (p, _) = dir.create("words", 3).unwrap();
     let q = dir.queue(&p).unwrap();
+    let (e, f) = (WaitFor::NotEmpty, WaitFor::NotFull);
+    let (word_e, word_f) = (futex_word(&q, e), futex_word(&q, f));
 
-    // A consumer finds the queue empty: the next enqueue must tell it.
-    let seen = q.seq(WaitFor::NotEmpty);
+    // A consumer finds the queue empty: the next enqueue moves what it
+    // watches (tail), and, with no one asleep, not the word.
+    let (seen, w0) = (q.seq(e), word_e.load(Ordering::Relaxed));
     assert_eq!(q.try_dequeue().unwrap(), None);
+    assert_eq!(q.seq(e), seen, "a failed try moves nothing");
     assert!(q.try_enqueue(int(1)).unwrap());
-    assert_ne!(
-        q.seq(WaitFor::NotEmpty),
-        seen,
-        "enqueue into an empty queue"
-    );
+    assert_ne!(q.seq(e), seen, "enqueue into an empty queue");
+    assert_eq!(word_e.load(Ordering::Relaxed), w0, "no sleeper, no word");
 
-    // Nobody can be waiting for a packet while one is there and no one
-    // sleeps: an enqueue then leaves the word alone.
-    let seen = q.seq(WaitFor::NotEmpty);
-    assert!(q.try_enqueue(int(2)).unwrap());
-    assert_eq!(
-        q.seq(WaitFor::NotEmpty),
-        seen,
-        "enqueue into a non-empty queue"
-    );
-
-    // But a sleeper counted in (one wake-up went to another) is told again.
-    let sl = sleepers(&q, WaitFor::NotEmpty);
+    // A sleeper counted in is told, through the batch form too.
+    let sl = sleepers(&q, e);
     sl.fetch_add(1, Ordering::Relaxed);
-    let seen = q.seq(WaitFor::NotEmpty);
-    assert_eq!(q.try_enqueue_many(&[int(3)]).unwrap(), 1);
-    assert_ne!(q.seq(WaitFor::NotEmpty), seen, "enqueue with a sleeper");
+    assert_eq!(q.try_enqueue_many(&[int(2)]).unwrap(), 1);
+    assert_ne!(word_e.load(Ordering::Relaxed), w0, "enqueue with a sleeper");
     sl.fetch_sub(1, Ordering::Relaxed);
 
-    // A producer finds the queue full: the next dequeue must tell it.
-    let seen = q.seq(WaitFor::NotFull);
+    // A producer finds the queue full: the next dequeue moves head.
+    assert!(q.try_enqueue(int(3)).unwrap());
+    let (seen, w1) = (q.seq(f), word_f.load(Ordering::Relaxed));
     assert!(!q.try_enqueue(int(4)).unwrap());
+    assert_eq!(q.try_enqueue_many(&[int(4)]).unwrap(), 0);
+    assert_eq!(q.seq(f), seen, "failed tries move nothing");
     assert_eq!(q.try_dequeue().unwrap().map(|s| s.bits), Some(1));
-    assert_ne!(q.seq(WaitFor::NotFull), seen, "dequeue from a full queue");
+    assert_ne!(q.seq(f), seen, "dequeue from a full queue");
+    assert_eq!(word_f.load(Ordering::Relaxed), w1, "no sleeper, no word");
 
-    // The same through the batch form.
-    assert!(q.try_enqueue(int(4)).unwrap());
-    let seen = q.seq(WaitFor::NotFull);
-    assert_eq!(q.try_enqueue_many(&[int(5)]).unwrap(), 0);
+    // With a producer counted asleep, a batch dequeue moves the word.
+    let sl = sleepers(&q, f);
+    sl.fetch_add(1, Ordering::Relaxed);
+    let seen = q.seq(f);
     let mut out = Vec::new();
     assert_eq!(q.try_dequeue_many(1, &mut out).unwrap(), 1);
-    assert_ne!(
-        q.seq(WaitFor::NotFull),
-        seen,
-        "batch dequeue from a full queue"
-    );
-
-    // A dequeue from a queue that was not full, with no producer asleep,
-    // leaves the word alone; with one asleep it moves it.
-    let seen = q.seq(WaitFor::NotFull);
-    assert!(q.try_dequeue().unwrap().is_some());
-    assert_eq!(
-        q.seq(WaitFor::NotFull),
-        seen,
-        "dequeue from a queue with room"
-    );
-    let sl = sleepers(&q, WaitFor::NotFull);
-    sl.fetch_add(1, Ordering::Relaxed);
-    assert!(q.try_dequeue().unwrap().is_some());
-    assert_ne!(q.seq(WaitFor::NotFull), seen, "dequeue with a sleeper");
+    assert_eq!(out[0].bits, 2);
+    assert_ne!(q.seq(f), seen);
+    assert_ne!(word_f.load(Ordering::Relaxed), w1, "dequeue with a sleeper");
     sl.fetch_sub(1, Ordering::Relaxed);
+    assert_eq!(q.try_dequeue().unwrap().map(|s| s.bits), Some(3));
     assert!(q.is_empty());
     assert!(region.destroy().unwrap());
 }
@@ -209,10 +206,11 @@ fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
         while sl.load(Ordering::Relaxed) < 2 {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let seen = q.seq(WaitFor::NotEmpty);
+        let word = futex_word(&q, WaitFor::NotEmpty);
+        let seen = word.load(Ordering::Relaxed);
         assert!(q.try_enqueue(int(10)).unwrap());
-        let mid = q.seq(WaitFor::NotEmpty);
-        assert_ne!(mid, seen);
+        let mid = word.load(Ordering::Relaxed);
+        assert_ne!(mid, seen, "sleepers counted: the word moves");
         // One wake-up went out; the other thread sleeps on in the kernel
         // (until woken, or its one-second slice ends) and is still counted.
         // The second packet may find the first still queued, so only the
@@ -223,7 +221,7 @@ fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
         assert!(q.try_enqueue(int(11)).unwrap());
         if counted > 0 {
             assert_ne!(
-                q.seq(WaitFor::NotEmpty),
+                word.load(Ordering::Relaxed),
                 mid,
                 "a counted sleeper must be told"
             );
@@ -327,15 +325,19 @@ fn a_queue_lock_taken_over_from_a_dead_holder_moves_both_futex_words_on() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    let lock_word = region.span().u32_at(q.offset()).unwrap();
+    let lock_word = region.span().u32_at(q.offset() + Q_DEQ_LOCK).unwrap();
     lock_word.store(dead, Ordering::Relaxed);
-    let before = [q.seq(WaitFor::NotEmpty), q.seq(WaitFor::NotFull)];
+    let words = [
+        futex_word(&q, WaitFor::NotEmpty),
+        futex_word(&q, WaitFor::NotFull),
+    ];
+    let before = words.map(|w| w.load(Ordering::Relaxed));
     // The next locker takes the lock over, and the packet is still there.
     assert_eq!(q.try_dequeue().unwrap().map(|s| s.bits), Some(7));
-    let after = [q.seq(WaitFor::NotEmpty), q.seq(WaitFor::NotFull)];
+    let after = words.map(|w| w.load(Ordering::Relaxed));
     assert_ne!(
         after[0], before[0],
-        "not_empty moved on: a waiter watching only the word looks again"
+        "not_empty moved on: a sleeper the dead holder owed a wake-up looks again"
     );
     assert_ne!(after[1], before[1], "not_full too");
     assert_eq!(

@@ -32,6 +32,7 @@ pub const Q_SLOTS: u64 = std::mem::offset_of!(QueueHeader, slots) as u64;
 pub const Q_BLOCK: u64 = std::mem::offset_of!(QueueHeader, block) as u64;
 pub const Q_RING_WRITE: u64 = std::mem::offset_of!(QueueHeader, ring_write) as u64;
 pub const Q_RING_READ: u64 = std::mem::offset_of!(QueueHeader, ring_read) as u64;
+pub const Q_RING_READ_SEEN: u64 = std::mem::offset_of!(QueueHeader, ring_read_seen) as u64;
 pub const Q_RING: u64 = std::mem::offset_of!(QueueHeader, ring) as u64;
 pub const Q_RING_SIZE: u64 = std::mem::offset_of!(QueueHeader, ring_size) as u64;
 
