@@ -79,7 +79,7 @@ test('inspect shows the boot block, a consistent pool, and each pipe with depth,
   ;(pipe.dequeue(0) as { release(): void }).release()
   const r = await cli('inspect', name)
   t.is(r.code, 0, r.stderr)
-  t.regex(r.stdout, /layout {5}version 7, state ready, generation 1/)
+  t.regex(r.stdout, /layout {5}version 8, state ready, generation 1/)
   t.regex(r.stdout, /check {6}consistent/)
   t.regex(r.stdout, new RegExp(`HOLDER\\s+PID[^\\n]*\\n\\d+\\s+${process.pid}\\s+yes`))
   t.regex(r.stdout, /jobs\s+2\s+8\s+3\s+3\s+1\s+\d+/)

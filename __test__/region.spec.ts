@@ -40,7 +40,7 @@ test('a region created here and attached from another process shares its bytes b
   const info = lastJson<RegionInfo>(w)
   t.is(info.creatorPid, process.pid)
   t.is(info.magic, 'SHMTOOLS')
-  t.is(info.layoutVersion, 7)
+  t.is(info.layoutVersion, 8)
   t.is(info.state, 'ready')
   t.is(info.size, bytes)
   t.is(info.generation, 1)
