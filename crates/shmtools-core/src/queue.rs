@@ -487,13 +487,20 @@ impl<'a> Queue<'a> {
         if front == pos {
             return Ok(self.off + FRONT);
         }
+        self.check_front(head, front)?;
+        Ok(self.slots + (pos % self.capacity) * SLOT_SIZE)
+    }
+
+    /// `front_pos` (as read) is `head` or behind it, or the u64::MAX it
+    /// starts as: one ahead was written by someone else.
+    fn check_front(&self, head: u64, front: u64) -> Result<()> {
         if front != u64::MAX && front > head {
             return Err(Error::corrupt(format!(
                 "queue at {}: its front slot names position {front}, ahead of its head {head}",
                 self.off
             )));
         }
-        Ok(self.slots + (pos % self.capacity) * SLOT_SIZE)
+        Ok(())
     }
 
     /// Where to write the packet going in at position `tail`: the front
@@ -940,12 +947,7 @@ impl<'a> Queue<'a> {
         self.check_state(head, tail)?;
         // (a front slot ahead of head was written by someone else: said
         // here, before it is cached, as slot_of would say it)
-        if k.front != u64::MAX && k.front > head {
-            return Err(Error::corrupt(format!(
-                "queue at {}: its front slot names position {}, ahead of its head {head}",
-                self.off, k.front
-            )));
-        }
+        self.check_front(head, k.front)?;
         // (the other two before tail_seen: a consumer killed in between
         // leaves a newer front_seen with an older tail_seen, which still
         // tells every packet before that tail where it is, as a front slot
