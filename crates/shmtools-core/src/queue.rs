@@ -712,10 +712,7 @@ impl<'a> Queue<'a> {
         let mut head = h.head_seen.load(Relaxed).max(h.head_hint.load(Acquire));
         if head > tail || tail - head > self.capacity || self.capacity - (tail - head) < want as u64
         {
-            head = h.head.load(Acquire);
-            self.check_state(head, tail)?;
-            h.head_seen.store(head, Relaxed);
-            self.note_depth(tail - head);
+            head = self.look_at_head(tail)?;
         }
         let room = want.min((self.capacity - (tail - head)) as usize);
         // The counters only grow; one that would pass the end of its range
@@ -727,6 +724,34 @@ impl<'a> Queue<'a> {
             )));
         }
         Ok((g, head, tail, room))
+    }
+
+    /// Read the consumers' `head` itself (with the producers' lock held),
+    /// check it against `tail`, and keep it in `head_seen` for the next
+    /// calls. A head that contradicts `tail` is an error and is not kept.
+    fn look_at_head(&self, tail: u64) -> Result<u64> {
+        let h = self.header;
+        // (Acquire: what a consumer emptied before it moved head on is done
+        // with before it is written over)
+        let head = h.head.load(Acquire);
+        self.check_state(head, tail)?;
+        h.head_seen.store(head, Relaxed);
+        self.note_depth(tail - head);
+        Ok(head)
+    }
+
+    /// Read the consumers' `ring_read` itself (producers' lock held) and
+    /// keep it in `ring_read_seen`; `None` if it cannot be one, being past
+    /// `write` or more than the ring behind it (damage: the caller sends
+    /// through the pool instead).
+    fn look_at_ring_read(&self, write: u64) -> Option<u64> {
+        // (Acquire: the bytes before it were copied out before it moved)
+        let read = self.header.ring_read.load(Acquire);
+        if read > write || write - read > self.ring_size {
+            return None;
+        }
+        self.header.ring_read_seen.store(read, Relaxed);
+        Some(read)
     }
 
     /// Room for how many packets a producer can count on now without the
@@ -1110,10 +1135,10 @@ impl<'a> Queue<'a> {
                 || write < seen
                 || write - seen > self.ring_size.saturating_sub(2 * first)
             {
-                let now = h.head.load(Acquire);
-                if now == tail {
+                // (a contradicting head was refused by the lock already or
+                // is refused by the next call: here it only means no reset)
+                if let Ok(now) = self.look_at_head(tail) {
                     head = now;
-                    h.head_seen.store(now, Relaxed);
                 }
             }
         }
@@ -1155,14 +1180,12 @@ impl<'a> Queue<'a> {
             return Ok((0, true));
         }
         if write < read || write - read > self.ring_size {
-            // (Acquire: the bytes before it were copied out before it moved)
-            read = h.ring_read.load(Acquire);
             fresh = true;
-            if write < read || write - read > self.ring_size {
+            match self.look_at_ring_read(write) {
+                Some(now) => read = now,
                 // (nothing written: the lock goes with g)
-                return Ok((0, true));
+                None => return Ok((0, true)),
             }
-            h.ring_read_seen.store(read, Relaxed);
         }
         let span = self.values.pool().span();
         let (mut n, mut ring_full) = (0, false);
@@ -1188,17 +1211,14 @@ impl<'a> Queue<'a> {
                     break;
                 }
                 // Read the consumers' ring_read again, once: they may have
-                // given back more since.
+                // given back more since. (Damage sends the rest through the
+                // pool; a value behind what we knew is only older news.)
                 fresh = true;
-                // (one past what we wrote is damage: the rest goes through
-                // the pool; one behind what we knew is only older news)
-                let now = h.ring_read.load(Acquire);
-                if now > write {
+                let Some(now) = self.look_at_ring_read(write) else {
                     ring_full = true;
                     break;
-                }
+                };
                 read = read.max(now);
-                h.ring_read_seen.store(read, Relaxed);
                 if end - read > self.ring_size {
                     ring_full = true;
                     break;
