@@ -17,7 +17,7 @@ use std::time::Duration;
 use rustix::fs::{self, FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mm::{self, MapFlags, ProtFlags};
-use rustix::thread::futex;
+use rustix::thread::{futex, membarrier, membarrier_query, MembarrierCommand};
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -227,6 +227,59 @@ pub fn futex_wake(word: &AtomicU32, n: u32) {
     let _ = futex::wake(word, futex::Flags::empty(), n.min(i32::MAX as u32));
 }
 
+/// Set to the fork epoch + 1 once this process has registered for
+/// `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (0: not yet; u64::MAX:
+/// the kernel does not offer it, or registering failed).
+static FAST_PUBLISH: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the kernel offers the global expedited memory barrier (cached).
+fn global_barrier_offered() -> bool {
+    static OFFERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFFERED.get_or_init(|| {
+        let q = membarrier_query();
+        q.contains_command(MembarrierCommand::GlobalExpedited)
+            && q.contains_command(MembarrierCommand::RegisterGlobalExpedited)
+    })
+}
+
+/// True when this process may publish a queue counter with a plain release
+/// store and then look for sleepers with a plain load, with no fence
+/// between the two (and so no locked instruction): it is registered for
+/// the kernel's global expedited memory barrier, which every sleeper issues
+/// after counting itself in and before it looks at the counter
+/// ([`sleeper_fence`]). The barrier runs a full fence on every CPU that is
+/// running a registered process at that moment, so the pair of
+/// store-then-load on each side cannot both miss the other's store, as if
+/// both sides had a fence; a publisher that is not running at that moment
+/// passes through the scheduler, which fences too. Registers on first use
+/// (once per process, again in a forked child); false where the kernel does
+/// not offer the barrier, and the caller then uses SeqCst as before.
+pub fn fast_publish() -> bool {
+    let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
+    match FAST_PUBLISH.load(Ordering::Relaxed) {
+        e if e == epoch => return true,
+        u64::MAX => return false,
+        _ => {}
+    }
+    register_at_fork();
+    let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
+    let ok =
+        global_barrier_offered() && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
+    FAST_PUBLISH.store(if ok { epoch } else { u64::MAX }, Ordering::Relaxed);
+    ok
+}
+
+/// The sleeper's half of [`fast_publish`]: call after counting oneself in
+/// as a sleeper (a SeqCst read-modify-write) and before reading the counter
+/// one waits on. True when a publisher can no longer miss the count: the
+/// barrier ran, or the kernel does not offer it (then no process publishes
+/// without a fence). False only when the kernel offers it but the call
+/// failed here (a seccomp filter, say): a publisher may then miss this
+/// sleeper once, so the caller sleeps in short slices.
+pub fn sleeper_fence() -> bool {
+    !global_barrier_offered() || membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+}
+
 /// This process's id and start time, cached per thread and refreshed after
 /// a fork:
 /// the holder code asks for the pid on every operation that moves a
@@ -388,6 +441,36 @@ pub fn sleep(d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Publishing without a fence is allowed exactly where every sleeper
+    /// can run the barrier that stands in for it; and a forked child (a
+    /// new process, which must register again) gets the same answer.
+    #[test]
+    fn unfenced_publish_is_used_only_where_the_sleepers_barrier_works() {
+        let fast = fast_publish();
+        assert_eq!(fast, global_barrier_offered(), "registering failed here");
+        assert!(sleeper_fence(), "the barrier failed after registering");
+        if !fast {
+            // (correct all the same: every publish is then SeqCst)
+            eprintln!("membarrier(GLOBAL_EXPEDITED) is not offered here");
+        }
+        // SAFETY: the child only makes system calls (no allocation, no
+        // locks: every cache it reads was filled above, save the fork
+        // epoch's re-registration, which is one system call) and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = fast_publish() && sleeper_fence();
+            // SAFETY: ends the forked child without running the parent's
+            // destructors or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above; status is a valid out
+        // pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 
     #[test]
     fn a_process_whose_main_thread_exited_is_alive_while_another_thread_runs() {

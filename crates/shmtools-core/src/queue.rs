@@ -20,11 +20,14 @@
 //! word's value before its try and, after the try failed, sleeps while the
 //! word still has that value. The operation that moves the other counter
 //! on from where that failed try saw it moves the word on (it stores its
-//! counter and then reads the other, both SeqCst, against the failed try's
-//! store and read in the other order: one of the two sees the other; see
-//! [`Queue::signal`]), so the wake-up cannot be lost; operations in between
-//! move it only if someone is asleep, so a busy pipe writes neither word.
-//! Sleepers are counted, so the common case makes no system call.
+//! counter and then reads the count of sleepers, against the sleeper's
+//! count-in and read of the counter in the other order, with a fence on
+//! both sides, so one of the two sees the other; see [`Queue::signal`]),
+//! so the wake-up cannot be lost; operations in between move it only if
+//! someone is asleep, so a busy pipe writes neither word. Sleepers are
+//! counted, so the common case makes no system call. The publisher's fence
+//! is normally not an instruction at all: the sleeper, the rare side, runs
+//! the kernel's global memory barrier for both ([`platform::fast_publish`]).
 //!
 //! Crash safety: an enqueue writes its slots, then advances `tail`; a
 //! dequeue takes each slot out and empties it, then advances `head`. A
@@ -48,6 +51,34 @@ use crate::value::wire::{check_packet, Reader, Skipped, Writer};
 use crate::value::{
     Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
 };
+
+/// An in-progress mark (`Values::busy`) taken only once an operation
+/// handles a reference: a pool object, a packed packet, or objects built
+/// from an inline packet. An operation on inline bytes copied in or out, or
+/// on scalar slots, moves no reference, so a process killed inside one
+/// leaves nothing for a repair to find and needs no mark; the queue's own
+/// state is the locks' to recover. The mark is a locked increment on the
+/// process's holder record, and on x86 a locked instruction first waits
+/// for the stores before it, which one message per call keeps pending on
+/// lines the other side has just read: skipping it is most of what a call
+/// of one inline packet saves (see docs/BENCHMARKS.md).
+struct Mark<'a> {
+    values: Values<'a>,
+    busy: Option<crate::holders::Busy<'a>>,
+}
+
+impl<'a> Mark<'a> {
+    fn new(values: Values<'a>) -> Mark<'a> {
+        Mark { values, busy: None }
+    }
+
+    /// Mark the operation as in progress, from now until the mark drops.
+    fn set(&mut self) {
+        if self.busy.is_none() {
+            self.busy = Some(self.values.busy());
+        }
+    }
+}
 
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"SHMQUEUE");
 /// First word of a byte ring's block.
@@ -772,10 +803,9 @@ impl<'a> Queue<'a> {
     /// Publish the packets written at `from..tail`: move `tail` on, let go of
     /// the producers' lock, and wake consumers if any sleep.
     fn enqueued(&self, g: crate::lock::Guard<'a>, from: u64, tail: u64) {
-        // (Release: for what was written before it. The StoreLoad against
-        // sleepers that signal needs is its fence, after the lock's release,
-        // which has drained our stores already: one stall per call, not two)
-        self.header.tail.store(tail, SeqCst);
+        // (Release: for what was written before it; see `publish` for the
+        // StoreLoad against sleepers that signal needs)
+        publish(&self.header.tail, tail);
         drop(g);
         self.signal(WaitFor::NotEmpty, (tail - from) as u32);
     }
@@ -793,7 +823,7 @@ impl<'a> Queue<'a> {
     /// `values.busy()`.
     pub fn try_dequeue(&self) -> Result<Option<Slot>> {
         let mut inl = Vec::new();
-        match self.try_dequeue_raw(Form::Handles, &mut inl)? {
+        match self.try_dequeue_raw(Form::Handles, &mut inl, &mut Mark::new(self.values))? {
             Some(p) => self.settle(p, &inl).map(Some),
             None => Ok(None),
         }
@@ -851,9 +881,14 @@ impl<'a> Queue<'a> {
         known: Known,
         read: &mut u64,
         inl: &mut Vec<u8>,
+        mark: &mut Mark<'a>,
     ) -> Result<Option<Packet>> {
         let at = self.slot_of(head, known.front, head)?;
         let slot = read_packet_slot(self.values, at)?;
+        if slot.is_object() || (slot.tag == T_INLINE && form == Form::Handles) {
+            // (before the reference leaves the queue, or objects are built)
+            mark.set();
+        }
         let start = inl.len();
         let (p, ring_end) = match slot.tag {
             S_EMPTY => (None, None),
@@ -999,8 +1034,8 @@ impl<'a> Queue<'a> {
             h.ring_read.store(read, Release);
         }
         // (Release: for the slots emptied and ring bytes copied out; the
-        // StoreLoad against sleepers is signal's fence, as in `enqueued`)
-        h.head.store(head, SeqCst);
+        // StoreLoad against sleepers as in `enqueued`)
+        publish(&h.head, head);
         if took_front {
             // (after head: never ahead of it)
             h.head_hint.store(head, Release);
@@ -1009,7 +1044,12 @@ impl<'a> Queue<'a> {
 
     /// [`Queue::try_dequeue`] giving packed packets as they are (and inline
     /// ones as their bytes, appended to `inl`).
-    fn try_dequeue_raw(&self, form: Form, inl: &mut Vec<u8>) -> Result<Option<Packet>> {
+    fn try_dequeue_raw(
+        &self,
+        form: Form,
+        inl: &mut Vec<u8>,
+        mark: &mut Mark<'a>,
+    ) -> Result<Option<Packet>> {
         let g = self.lock_deq();
         let h = self.header;
         let start = h.head.load(Relaxed);
@@ -1038,9 +1078,10 @@ impl<'a> Queue<'a> {
                     // (empty slots skipped: room was made all the same)
                     self.dequeued(head - start);
                 }
+                self.found_empty();
                 return Ok(None);
             }
-            let p = match self.take_at(form, head, known, &mut read, inl) {
+            let p = match self.take_at(form, head, known, &mut read, inl, mark) {
                 Ok(p) => p,
                 Err(e) => {
                     drop(g);
@@ -1270,7 +1311,13 @@ impl<'a> Queue<'a> {
     /// ends: prefer [`Queue::dequeue_many_then`].
     pub fn try_dequeue_many(&self, max: usize, out: &mut Vec<Slot>) -> Result<usize> {
         let (mut ps, mut inl) = (Vec::new(), Vec::new());
-        self.try_dequeue_many_raw(Form::Handles, max, &mut ps, &mut inl)?;
+        self.try_dequeue_many_raw(
+            Form::Handles,
+            max,
+            &mut ps,
+            &mut inl,
+            &mut Mark::new(self.values),
+        )?;
         let slots = self.settle_all(ps, &inl)?;
         out.extend_from_slice(&slots);
         Ok(slots.len())
@@ -1302,6 +1349,7 @@ impl<'a> Queue<'a> {
         max: usize,
         out: &mut Vec<Packet>,
         inl: &mut Vec<u8>,
+        mark: &mut Mark<'a>,
     ) -> Result<usize> {
         if max == 0 {
             return Ok(0);
@@ -1321,7 +1369,7 @@ impl<'a> Queue<'a> {
             // then move head (once, for the lot, as try_enqueue_many moves
             // tail), so a packet is never delivered twice: a process killed
             // half-way leaves empty slots at the head, which are skipped.
-            let p = match self.take_at(form, head, known, &mut read, inl) {
+            let p = match self.take_at(form, head, known, &mut read, inl, mark) {
                 Ok(p) => p,
                 // Nothing to hand out: the error is the answer (not an
                 // empty batch, which would send the caller to wait). Empty
@@ -1345,6 +1393,8 @@ impl<'a> Queue<'a> {
             }
         }
         if taken == 0 {
+            drop(g);
+            self.found_empty();
             return Ok(0);
         }
         self.move_head(head, (start..head).contains(&known.front), was, read);
@@ -1387,9 +1437,10 @@ impl<'a> Queue<'a> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             {
-                let _b = self.values.busy();
+                // (held until `take` has dealt with what was taken)
+                let mut mark = Mark::new(self.values);
                 let mut ps = Vec::with_capacity(max.min(self.capacity as usize));
-                if self.try_dequeue_many_raw(form, max, &mut ps, inl)? > 0 {
+                if self.try_dequeue_many_raw(form, max, &mut ps, inl, &mut mark)? > 0 {
                     return Ok(take(ps, inl));
                 }
             }
@@ -1453,7 +1504,8 @@ impl<'a> Queue<'a> {
     /// process's hands unrecorded (a process killed inside is reclaimed as
     /// uncertain, and a repair finds what it was building).
     pub fn try_enqueue_wire_many(&self, bytes: &[u8], count: usize) -> Result<usize> {
-        let _b = self.values.busy();
+        // (set before anything is built in the pool; inline sends need none)
+        let mut mark = Mark::new(self.values);
         let mut r = Reader::new(bytes);
         let mut sent = 0;
         // Set once the byte ring is out of room: the rest of this call goes
@@ -1470,8 +1522,19 @@ impl<'a> Queue<'a> {
             // 50 in bench_rust, but zeroing a run array 4 times the size
             // made a call of one value 15% slower.)
             let start = r.pos();
-            // (on the stack: a call of one value allocates nothing)
-            let mut run: [&[u8]; BATCH] = [&[]; BATCH];
+            // On the stack, so a call of one value allocates nothing, and
+            // only as large as this round needs: zeroing BATCH entries (1
+            // KiB) for a call of one value took most of a lock-free
+            // producer's time in a profile, its stores queued behind the
+            // previous call's stores to lines the consumer had read.
+            let mut small: [&[u8]; 4] = [&[]; 4];
+            let mut big: [&[u8]; BATCH];
+            let run: &mut [&[u8]] = if n <= small.len() {
+                &mut small
+            } else {
+                big = [&[]; BATCH];
+                &mut big
+            };
             let mut m = 0;
             let mut at = start;
             while !ring_full && m < n && next_inline(&mut r) {
@@ -1526,6 +1589,7 @@ impl<'a> Queue<'a> {
                 k
             };
             let last = sent + n == count;
+            mark.set();
             let built = self.values.with_pool_held(|v| {
                 let mut slots = Vec::with_capacity(n);
                 if let Err(e) = v.store_packets(&mut r, n, &mut slots) {
@@ -1734,20 +1798,48 @@ impl<'a> Queue<'a> {
     /// wakes it.
     fn signal(&self, w: WaitFor, n: u32) {
         let sleepers = self.sleepers(w);
-        // (the counter's store before the count's load, see above; on x86
-        // an mfence, cheap here: the lock's release just drained the stores)
-        if sleepers.load(SeqCst) > 0 {
+        // (the counter's store before the count's load: see `publish`)
+        let counted = if platform::fast_publish() {
+            std::sync::atomic::compiler_fence(SeqCst);
+            sleepers.load(Relaxed)
+        } else {
+            sleepers.load(SeqCst)
+        };
+        if counted > 0 {
             let word = self.word(w);
             bump(word);
             platform::futex_wake(word, n);
         }
     }
 
+    /// After a dequeue found the queue empty: wake any producer still
+    /// counted asleep for room, after a fence. A consumer publishes `head`
+    /// without a fence (see `publish`), and a producer's first nap runs no
+    /// barrier ([`FIRST_NAP`]), so that publish can miss a producer that
+    /// just counted itself in. The next dequeue's `signal` sees the count;
+    /// this covers the case where there is no next dequeue because the
+    /// consumer emptied the queue (then no producer has reason to wait).
+    /// A consumer finding nothing is idle, so the fence costs it nothing.
+    fn found_empty(&self) {
+        if !platform::fast_publish() {
+            return;
+        }
+        std::sync::atomic::fence(SeqCst);
+        if self.header.sleepers_full.load(Relaxed) > 0 {
+            let word = self.word(WaitFor::NotFull);
+            bump(word);
+            platform::futex_wake(word, u32::MAX);
+        }
+    }
+
     /// Wait until the counter for `w` ([`Queue::seq`]) moves on from
     /// `seen`, or `deadline` passes: spinning on it a little first, then
     /// asleep on the futex word (counted in, see `signal`). Callers recheck
-    /// their condition either way.
-    pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) {
+    /// their condition either way. Returns [`platform::Wake::TimedOut`]
+    /// only when a sleep that a publisher should have ended ran its whole
+    /// slice (a second, or less before `deadline`) and the counter had not
+    /// moved: a missed wake-up, or nothing happening for a second.
+    pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) -> platform::Wake {
         let counter = self.counter(w);
         let (spins, every) = match w {
             WaitFor::NotEmpty => (SPINS, 1),
@@ -1755,7 +1847,7 @@ impl<'a> Queue<'a> {
         };
         for i in 0..spins {
             if i % every == 0 && counter.load(Relaxed) as u32 != seen {
-                return;
+                return platform::Wake::Woken;
             }
             std::hint::spin_loop();
         }
@@ -1765,7 +1857,7 @@ impl<'a> Queue<'a> {
         if let Some(d) = deadline {
             slice = slice.min(d.saturating_duration_since(Instant::now()));
             if slice.is_zero() {
-                return;
+                return platform::Wake::Woken;
             }
         }
         let (word, sleepers) = (self.word(w), self.sleepers(w));
@@ -1773,11 +1865,33 @@ impl<'a> Queue<'a> {
         // order: see `signal`)
         sleepers.fetch_add(1, SeqCst);
         std::sync::atomic::fence(SeqCst);
-        let now = word.load(SeqCst);
-        if counter.load(SeqCst) as u32 == seen {
-            platform::futex_wait(word, now, Some(slice));
+        let mut out = platform::Wake::Woken;
+        if w == WaitFor::NotFull {
+            // A producer waiting for room first naps without the barrier
+            // (see `FIRST_NAP`): a consumer's publish can miss it, which
+            // costs at most the nap.
+            let now = word.load(SeqCst);
+            if counter.load(SeqCst) as u32 == seen {
+                platform::futex_wait(word, now, Some(slice.min(FIRST_NAP)));
+            }
+            slice = slice.saturating_sub(FIRST_NAP);
+        }
+        if !slice.is_zero() && counter.load(SeqCst) as u32 == seen {
+            // (the publishers' fence: see `publish`)
+            if !platform::sleeper_fence() {
+                // (a publisher may miss this sleeper once: look again soon)
+                slice = slice.min(SLICE_UNFENCED);
+            }
+            let now = word.load(SeqCst);
+            if counter.load(SeqCst) as u32 == seen
+                && platform::futex_wait(word, now, Some(slice)) == platform::Wake::TimedOut
+                && counter.load(SeqCst) as u32 == seen
+            {
+                out = platform::Wake::TimedOut;
+            }
         }
         sleepers.fetch_sub(1, Relaxed);
+        out
     }
 
     /// Enqueue, waiting up to `timeout` for room (None: forever). On
@@ -1823,7 +1937,11 @@ impl<'a> Queue<'a> {
         };
         loop {
             {
-                let _b = self.values.busy();
+                // (a scalar slot, unrecorded, moves no reference: see Mark)
+                let mut mark = Mark::new(self.values);
+                if slot.is_object() || held.is_some() {
+                    mark.set();
+                }
                 match self.values.unhold(held.take()) {
                     Ok(true) => {}
                     // Closed (or reclaimed) while we waited: the reference
@@ -1843,7 +1961,7 @@ impl<'a> Queue<'a> {
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     let out = give_up(None);
-                    drop(_b);
+                    drop(mark);
                     self.values.reclaim_if_due();
                     return out;
                 }
@@ -1890,8 +2008,9 @@ impl<'a> Queue<'a> {
         let mut inl = Vec::new();
         loop {
             {
-                let _b = self.values.busy();
-                if let Some(p) = self.try_dequeue_raw(form, &mut inl)? {
+                // (held until `take` has dealt with what was taken)
+                let mut mark = Mark::new(self.values);
+                if let Some(p) = self.try_dequeue_raw(form, &mut inl, &mut mark)? {
                     return Ok(Some(take(p, &inl)));
                 }
             }
@@ -1977,7 +2096,8 @@ impl<'a> Queue<'a> {
     pub fn drain(&self) -> Result<u64> {
         let mut n = 0;
         let mut inl = Vec::new();
-        while let Some(p) = self.try_dequeue_raw(Form::Copy, &mut inl)? {
+        let mut mark = Mark::new(self.values);
+        while let Some(p) = self.try_dequeue_raw(Form::Copy, &mut inl, &mut mark)? {
             // (a damaged inline packet is dropped as it is taken)
             if let Packet::Slot(s) = p {
                 self.values.release(s)?;
@@ -1986,6 +2106,44 @@ impl<'a> Queue<'a> {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// How long a sleeper sleeps at most when the kernel's global barrier
+/// failed for it ([`platform::sleeper_fence`]).
+pub const SLICE_UNFENCED: Duration = Duration::from_millis(10);
+
+/// How long a producer waiting for room first sleeps without running the
+/// kernel's global barrier. Under load such a producer sleeps often (it
+/// spins only briefly, see [`SPINS_FOR_ROOM`]), and each barrier
+/// interrupts every CPU running a registered process: a barrier before
+/// every such sleep took the batched row of `bash bench/rust.sh --only 5a`
+/// from 40-44 ns to 62-66 ns a message (its producer slept about 1900
+/// times a run). Without the barrier a consumer's unfenced publish can
+/// miss the sleeper, which this nap bounds; and the consumer's next
+/// dequeue, or its finding the queue empty (`found_empty`), wakes it
+/// sooner. A producer still waiting after the nap runs the barrier and
+/// sleeps on. (Not shorter: on this VM naps of 200 us or 1 ms, each
+/// arming a timer that is then cancelled, kept the batched row at 52-55
+/// ns; 10 ms gave 40-42, as did sleeping without a bound.) Consumers
+/// waiting for packets spin for tens of microseconds first and run the
+/// barrier before every sleep.
+pub const FIRST_NAP: Duration = Duration::from_millis(10);
+
+/// Publish a side's counter (`tail` or `head`) after everything it covers
+/// was written (Release), ready for [`Queue::signal`]'s look at the
+/// sleepers, which must not be ordered before this store (a StoreLoad).
+/// Where this process is registered for the kernel's global barrier
+/// ([`platform::fast_publish`]) a plain release store does: every sleeper
+/// runs that barrier between counting itself in and reading the counter
+/// (a producer's first nap aside, see [`FIRST_NAP`]), which fences this
+/// side too, and `signal` keeps the compiler from moving its load up.
+/// Otherwise a SeqCst store, the fence on this side.
+fn publish(counter: &AtomicU64, v: u64) {
+    if platform::fast_publish() {
+        counter.store(v, Release);
+    } else {
+        counter.store(v, SeqCst);
     }
 }
 

@@ -158,6 +158,8 @@ fn child_entry() {
         "produce_batches" => child_produce_batches(&name),
         "consume_batches" => child_consume_batches(&name),
         "find" => child_find(&name),
+        "sleepy_produce" => child_sleepy(&name, true),
+        "sleepy_consume" => child_sleepy(&name, false),
         other => panic!("unknown child role {other}"),
     }
 }
@@ -409,6 +411,66 @@ fn child_find(name: &str) {
 /// ([`check_deliveries`]), that the queue ends empty and never held more
 /// than `cap`, and that every block is given back; returns the queue's
 /// stats.
+/// One side of `every_sleeper_is_woken_...`: Int slots 0..count through a
+/// pipe of one packet, by hand (try, then `Queue::wait`), after a pause of
+/// a random length before each try (0 to about 150 us of spinning, so tries
+/// land in the other side's spin, in its fall into sleep and while it
+/// sleeps). Reports how many packets went through, how many arrived out
+/// of order (consumer) and how many waits ran a whole slice without the
+/// counter moving (`Wake::TimedOut`): each such wait is a wake-up the
+/// other side's publish missed, as the other side never pauses for long.
+fn child_sleepy(name: &str, produce: bool) {
+    let (pipe, count, seed) = (env_str(PIPE), env_u64(COUNT), env_u64(ID));
+    let c = ClientSide::start(name, &pipe, &attach_opts(GUARD)).unwrap();
+    let q = c.pipe().unwrap();
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let (mut missed, mut wrong) = (0u64, 0u64);
+    let w = if produce {
+        WaitFor::NotFull
+    } else {
+        WaitFor::NotEmpty
+    };
+    let deadline = Instant::now() + GUARD;
+    for i in 0..count {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        for _ in 0..(rng >> 33) % 15_000 {
+            std::hint::spin_loop();
+        }
+        loop {
+            assert!(Instant::now() < deadline, "stuck at packet {i}");
+            let seen = q.seq(w);
+            let done = if produce {
+                q.try_enqueue(shmtools_core::Slot {
+                    tag: shmtools_core::value::T_INT,
+                    bits: i,
+                })
+                .unwrap()
+            } else {
+                match q.try_dequeue().unwrap() {
+                    Some(s) => {
+                        wrong += u64::from(s.tag != shmtools_core::value::T_INT || s.bits != i);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if done {
+                break;
+            }
+            if q.wait(w, seen, Some(deadline)) == platform::Wake::TimedOut {
+                missed += 1;
+            }
+        }
+    }
+    say("moved", count);
+    say("wrong", wrong);
+    say("missed", missed);
+}
+
 fn mpmc(
     tag: &str,
     (produce, consume): (&str, &str),
@@ -462,6 +524,45 @@ fn mpmc(
     drop(server);
     assert!(region.destroy().unwrap());
     st
+}
+
+/// The sleeper handshake (see `Queue::signal` and `publish`): each side
+/// publishes its counter without a fence where the kernel's global barrier
+/// is there, and a sleeper runs that barrier after counting itself in (a
+/// producer after a first nap). A mistake there shows as a sleeper that a
+/// publish missed, which sleeps out its whole slice. Two processes pass
+/// packets through a pipe of one, each pausing at random before each try,
+/// so both sides keep falling asleep just as the other publishes.
+#[test]
+fn every_sleeper_is_woken_by_the_publish_it_waits_for_across_processes() {
+    const N: u64 = 4000;
+    let name = unique("sleepy");
+    let _rm = RemoveOnDrop(name.clone());
+    let region = create(&name, 4 << 20);
+    let server = ServerSide::start(&name, "nap", 1, &attach_opts(GUARD)).unwrap();
+    let env = |seed: u64| {
+        vec![
+            (PIPE, "nap".to_string()),
+            (ID, seed.to_string()),
+            (COUNT, N.to_string()),
+        ]
+    };
+    let consumer = spawn("sleepy_consume", &name, &env(1));
+    let producer = spawn("sleepy_produce", &name, &env(2));
+    let (p, c) = (producer.finish_ok(), consumer.finish_ok());
+    assert_eq!((p["moved"].as_str(), c["moved"].as_str()), ("4000", "4000"));
+    assert_eq!(c["wrong"], "0", "packets out of order or damaged");
+    // A timed-out sleep is a missed wake-up (neither side ever pauses for
+    // more than about 150 us between tries).
+    assert_eq!(
+        (p["missed"].as_str(), c["missed"].as_str()),
+        ("0", "0"),
+        "sleeps that ran out their slice (producer, consumer)"
+    );
+    let st = server.pipe().unwrap().stats();
+    assert_eq!((st.total_enqueued, st.total_dequeued), (N, N));
+    drop(server);
+    assert!(region.destroy().unwrap());
 }
 
 #[test]

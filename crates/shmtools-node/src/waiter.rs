@@ -176,10 +176,13 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         },
         None => (None, None),
     };
+    // Whether a publisher can miss this sleeper (see `platform::fast_publish`).
+    let mut unfenced = false;
     if let Some(s) = sleepers {
-        // (SeqCst, before the word and the counter are read: see the
-        // queue's `signal`)
+        // (SeqCst, then the publishers' fence, before the word and the
+        // counter are read: see the queue's `signal` and `publish`)
         s.fetch_add(1, Ordering::SeqCst);
+        unfenced = !platform::sleeper_fence();
     }
     let outcome = loop {
         // The word first, then the flag: a cancel sets the flag and then
@@ -194,6 +197,9 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
             break CHANGED;
         }
         let mut slice = LOOK_AGAIN;
+        if unfenced {
+            slice = slice.min(shmtools_core::queue::SLICE_UNFENCED);
+        }
         if let Some(d) = job.deadline {
             let t = Instant::now();
             if t >= d {
