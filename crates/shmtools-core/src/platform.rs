@@ -271,13 +271,14 @@ pub fn fast_publish() -> bool {
 
 /// The sleeper's half of [`fast_publish`]: call after counting oneself in
 /// as a sleeper (a SeqCst read-modify-write) and before reading the counter
-/// one waits on. True when a publisher can no longer miss the count: the
-/// barrier ran, or the kernel does not offer it (then no process publishes
-/// without a fence). False only when the kernel offers it but the call
-/// failed here (a seccomp filter, say): a publisher may then miss this
+/// one waits on. True when the barrier ran, so a publisher can no longer
+/// miss the count. False when it did not: the kernel lacks it, or this
+/// process may not call it (a seccomp filter; the query then reads as
+/// "not offered" too), while another process on the machine may be
+/// registered and publish without a fence. A publisher may then miss this
 /// sleeper once, so the caller sleeps in short slices.
 pub fn sleeper_fence() -> bool {
-    !global_barrier_offered() || membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+    global_barrier_offered() && membarrier(MembarrierCommand::GlobalExpedited).is_ok()
 }
 
 /// This process's id and start time, cached per thread and refreshed after
@@ -449,7 +450,11 @@ mod tests {
     fn unfenced_publish_is_used_only_where_the_sleepers_barrier_works() {
         let fast = fast_publish();
         assert_eq!(fast, global_barrier_offered(), "registering failed here");
-        assert!(sleeper_fence(), "the barrier failed after registering");
+        assert_eq!(
+            sleeper_fence(),
+            fast,
+            "the barrier and registering disagree"
+        );
         if !fast {
             // (correct all the same: every publish is then SeqCst)
             eprintln!("membarrier(GLOBAL_EXPEDITED) is not offered here");
@@ -460,7 +465,7 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let ok = fast_publish() && sleeper_fence();
+            let ok = fast_publish() == global_barrier_offered() && sleeper_fence() == fast;
             // SAFETY: ends the forked child without running the parent's
             // destructors or test harness.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };

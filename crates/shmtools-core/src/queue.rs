@@ -1499,10 +1499,12 @@ impl<'a> Queue<'a> {
     /// retry with the rest meets the error). Values past those that fit are
     /// not looked at.
     ///
-    /// The whole call is one in-progress mark: every value built is in the
-    /// queue or released again before it ends, so none is left in this
-    /// process's hands unrecorded (a process killed inside is reclaimed as
-    /// uncertain, and a repair finds what it was building).
+    /// From the first value built in the pool on, the call is one
+    /// in-progress mark: every value built is in the queue or released
+    /// again before it ends, so none is left in this process's hands
+    /// unrecorded (a process killed inside is reclaimed as uncertain, and a
+    /// repair finds what it was building). Values sent inline move no
+    /// reference and need no mark (see `Mark`).
     pub fn try_enqueue_wire_many(&self, bytes: &[u8], count: usize) -> Result<usize> {
         // (set before anything is built in the pool; inline sends need none)
         let mut mark = Mark::new(self.values);
@@ -1786,10 +1788,11 @@ impl<'a> Queue<'a> {
     /// Waiters watch the other side's counter, not the word (see `wait`):
     /// one that only spins needs no wake-up, so the word moves only for
     /// sleepers, and a pipe in steady use writes neither word. A sleeper
-    /// counts itself in, then (after a SeqCst fence) reads the word, then the
-    /// counter, and sleeps only if the counter has not moved; we store the
-    /// counter, then (after a SeqCst fence) read the count: one of the two
-    /// sees the other's store. So either
+    /// counts itself in, then (after a fence, and the kernel's global
+    /// barrier that stands in for ours, see `publish`) reads the word, then
+    /// the counter, and sleeps only if the counter has not moved; we store
+    /// the counter, then read the count: one of the two sees the other's
+    /// store. So either
     /// the sleeper sees the counter move and does not sleep, or we see it
     /// counted and move the word on, which it either read already (then the
     /// kernel sees the word changed and it does not sleep) or not (then it
@@ -1837,8 +1840,9 @@ impl<'a> Queue<'a> {
     /// asleep on the futex word (counted in, see `signal`). Callers recheck
     /// their condition either way. Returns [`platform::Wake::TimedOut`]
     /// only when a sleep that a publisher should have ended ran its whole
-    /// slice (a second, or less before `deadline`) and the counter had not
-    /// moved: a missed wake-up, or nothing happening for a second.
+    /// slice (a second, or less before `deadline`; 10 ms where the
+    /// kernel's barrier failed, see [`SLICE_UNFENCED`]) and the counter had
+    /// not moved: a missed wake-up, or nothing happening for that long.
     pub fn wait(&self, w: WaitFor, seen: u32, deadline: Option<Instant>) -> platform::Wake {
         let counter = self.counter(w);
         let (spins, every) = match w {

@@ -405,12 +405,6 @@ fn child_find(name: &str) {
 
 // ---- exactly once -------------------------------------------------------------
 
-/// Run `producers` and `consumers` processes in the given roles on a fresh
-/// pipe of `cap` packets: each producer sends messages `0..n` and an eof;
-/// once all are in, one pill per consumer. Checks what the consumers report
-/// ([`check_deliveries`]), that the queue ends empty and never held more
-/// than `cap`, and that every block is given back; returns the queue's
-/// stats.
 /// One side of `every_sleeper_is_woken_...`: Int slots 0..count through a
 /// pipe of one packet, by hand (try, then `Queue::wait`), after a pause of
 /// a random length before each try (0 to about 150 us of spinning, so tries
@@ -471,6 +465,12 @@ fn child_sleepy(name: &str, produce: bool) {
     say("missed", missed);
 }
 
+/// Run `producers` and `consumers` processes in the given roles on a fresh
+/// pipe of `cap` packets: each producer sends messages `0..n` and an eof;
+/// once all are in, one pill per consumer. Checks what the consumers report
+/// ([`check_deliveries`]), that the queue ends empty and never held more
+/// than `cap`, and that every block is given back; returns the queue's
+/// stats.
 fn mpmc(
     tag: &str,
     (produce, consume): (&str, &str),
