@@ -694,8 +694,7 @@ impl<'a> Queue<'a> {
         let g = m.lock();
         if g.recovered {
             for w in [WaitFor::NotEmpty, WaitFor::NotFull] {
-                bump(self.word(w));
-                platform::futex_wake(self.word(w), u32::MAX);
+                self.wake(w, u32::MAX);
             }
         }
         g
@@ -1809,10 +1808,15 @@ impl<'a> Queue<'a> {
             sleepers.load(SeqCst)
         };
         if counted > 0 {
-            let word = self.word(w);
-            bump(word);
-            platform::futex_wake(word, n);
+            self.wake(w, n);
         }
+    }
+
+    /// Move the futex word for `w` on and wake up to `n` of its sleepers.
+    fn wake(&self, w: WaitFor, n: u32) {
+        let word = self.word(w);
+        bump(word);
+        platform::futex_wake(word, n);
     }
 
     /// After a dequeue found the queue empty: wake any producer still
@@ -1828,10 +1832,8 @@ impl<'a> Queue<'a> {
             return;
         }
         std::sync::atomic::fence(SeqCst);
-        if self.header.sleepers_full.load(Relaxed) > 0 {
-            let word = self.word(WaitFor::NotFull);
-            bump(word);
-            platform::futex_wake(word, u32::MAX);
+        if self.sleepers(WaitFor::NotFull).load(Relaxed) > 0 {
+            self.wake(WaitFor::NotFull, u32::MAX);
         }
     }
 
@@ -1869,27 +1871,28 @@ impl<'a> Queue<'a> {
         // order: see `signal`)
         sleepers.fetch_add(1, SeqCst);
         std::sync::atomic::fence(SeqCst);
+        let unmoved = || counter.load(SeqCst) as u32 == seen;
         let mut out = platform::Wake::Woken;
         if w == WaitFor::NotFull {
             // A producer waiting for room first naps without the barrier
             // (see `FIRST_NAP`): a consumer's publish can miss it, which
             // costs at most the nap.
             let now = word.load(SeqCst);
-            if counter.load(SeqCst) as u32 == seen {
+            if unmoved() {
                 platform::futex_wait(word, now, Some(slice.min(FIRST_NAP)));
             }
             slice = slice.saturating_sub(FIRST_NAP);
         }
-        if !slice.is_zero() && counter.load(SeqCst) as u32 == seen {
+        if !slice.is_zero() && unmoved() {
             // (the publishers' fence: see `publish`)
             if !platform::sleeper_fence() {
                 // (a publisher may miss this sleeper once: look again soon)
                 slice = slice.min(SLICE_UNFENCED);
             }
             let now = word.load(SeqCst);
-            if counter.load(SeqCst) as u32 == seen
+            if unmoved()
                 && platform::futex_wait(word, now, Some(slice)) == platform::Wake::TimedOut
-                && counter.load(SeqCst) as u32 == seen
+                && unmoved()
             {
                 out = platform::Wake::TimedOut;
             }

@@ -417,9 +417,7 @@ fn child_sleepy(name: &str, produce: bool) {
     let (pipe, count, seed) = (env_str(PIPE), env_u64(COUNT), env_u64(ID));
     let c = ClientSide::start(name, &pipe, &attach_opts(GUARD)).unwrap();
     let q = c.pipe().unwrap();
-    let mut rng = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut rng = seed;
     let (mut missed, mut wrong) = (0u64, 0u64);
     let w = if produce {
         WaitFor::NotFull
