@@ -1866,11 +1866,10 @@ impl<'a> Queue<'a> {
                 return platform::Wake::Woken;
             }
         }
-        let (word, sleepers) = (self.word(w), self.sleepers(w));
+        let word = self.word(w);
         // (counted in, a fence, then the word and the counter, in this
         // order: see `signal`)
-        sleepers.fetch_add(1, SeqCst);
-        std::sync::atomic::fence(SeqCst);
+        let mut me = Sleeper::count_in(self.sleepers(w));
         let unmoved = || counter.load(SeqCst) as u32 == seen;
         let mut out = platform::Wake::Woken;
         if w == WaitFor::NotFull {
@@ -1884,11 +1883,8 @@ impl<'a> Queue<'a> {
             slice = slice.saturating_sub(FIRST_NAP);
         }
         if !slice.is_zero() && unmoved() {
-            // (the publishers' fence: see `publish`)
-            if !platform::sleeper_fence() {
-                // (a publisher may miss this sleeper once: look again soon)
-                slice = slice.min(SLICE_UNFENCED);
-            }
+            me.fence_publishers();
+            slice = me.slice(slice);
             let now = word.load(SeqCst);
             if unmoved()
                 && platform::futex_wait(word, now, Some(slice)) == platform::Wake::TimedOut
@@ -1897,7 +1893,7 @@ impl<'a> Queue<'a> {
                 out = platform::Wake::TimedOut;
             }
         }
-        sleepers.fetch_sub(1, Relaxed);
+        drop(me);
         out
     }
 
@@ -2119,6 +2115,58 @@ impl<'a> Queue<'a> {
 /// How long a sleeper sleeps at most when the kernel's global barrier
 /// failed for it ([`platform::sleeper_fence`]).
 pub const SLICE_UNFENCED: Duration = Duration::from_millis(10);
+
+/// A sleeper's side of the handshake with publishers (see
+/// `Queue::signal`): counted in on a queue's sleeper count while it lives,
+/// and counted out when dropped. Every thread that sleeps on a queue's
+/// futex word, `Queue::wait` and the Node binding's waiter threads alike,
+/// goes through it, so the order (count in, fence, the publishers'
+/// barrier, then read the word and the counter) is written once.
+pub struct Sleeper<'a> {
+    count: &'a AtomicU32,
+    /// None until [`Sleeper::fence_publishers`]; then whether the kernel's
+    /// barrier ran.
+    fenced: Option<bool>,
+}
+
+impl<'a> Sleeper<'a> {
+    /// Count in on `count` (a queue's sleeper count for one direction,
+    /// [`Queue::sleepers_offset`]), with a full fence after it.
+    pub fn count_in(count: &'a AtomicU32) -> Sleeper<'a> {
+        count.fetch_add(1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        Sleeper {
+            count,
+            fenced: None,
+        }
+    }
+
+    /// Run the publishers' fence (the kernel's global barrier, see
+    /// `publish`), once however often it is called. Until it has run, a
+    /// publisher storing its counter without a fence can miss this
+    /// sleeper; read the word and the counter after it.
+    pub fn fence_publishers(&mut self) {
+        if self.fenced.is_none() {
+            self.fenced = Some(platform::sleeper_fence());
+        }
+    }
+
+    /// The longest sleep this sleeper may take at once, at most `want`:
+    /// [`SLICE_UNFENCED`] when the barrier failed (or has not run), since
+    /// a publisher may then miss it once and it must look again by itself.
+    pub fn slice(&self, want: Duration) -> Duration {
+        match self.fenced {
+            Some(true) => want,
+            _ => want.min(SLICE_UNFENCED),
+        }
+    }
+}
+
+impl Drop for Sleeper<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Relaxed);
+    }
+}
 
 /// How long a producer waiting for room first sleeps without running the
 /// kernel's global barrier. Under load such a producer sleeps often (it

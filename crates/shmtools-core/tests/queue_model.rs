@@ -12,6 +12,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use shmtools_core::platform;
+use shmtools_core::queue::{Sleeper, SLICE_UNFENCED};
 use shmtools_core::value::T_INT;
 use shmtools_core::{Directory, ErrorCode, Queue, Region, Slot, Value, WaitFor};
 
@@ -232,8 +234,32 @@ fn two_threads_asleep_on_one_pipe_are_both_woken_by_two_packets() {
             .collect();
         got.sort();
         assert_eq!(got, [10, 11]);
+        assert_eq!(sl.load(Ordering::Relaxed), 0, "both counted out again");
     });
     assert!(region.destroy().unwrap());
+}
+
+#[test]
+fn a_sleeper_is_counted_in_while_it_lives_and_sleeps_briefly_until_the_publishers_are_fenced() {
+    let count = std::sync::atomic::AtomicU32::new(5);
+    let long = Duration::from_secs(1);
+    {
+        let mut me = Sleeper::count_in(&count);
+        assert_eq!(count.load(Ordering::Relaxed), 6);
+        // Before the barrier a publisher may miss it: short slices only.
+        assert_eq!(me.slice(long), SLICE_UNFENCED);
+        me.fence_publishers();
+        me.fence_publishers();
+        let want = if platform::sleeper_fence() {
+            long
+        } else {
+            SLICE_UNFENCED
+        };
+        assert_eq!(me.slice(long), want);
+        assert_eq!(me.slice(Duration::from_millis(1)), Duration::from_millis(1));
+        assert_eq!(count.load(Ordering::Relaxed), 6, "fencing counts nothing");
+    }
+    assert_eq!(count.load(Ordering::Relaxed), 5, "counted out when dropped");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use napi::bindgen_prelude::Object;
 use napi::{Env, JsDeferred};
 use parking_lot::{Condvar, Mutex};
 use shmtools_core::platform;
+use shmtools_core::queue::Sleeper;
 
 use crate::region::RegionCell;
 
@@ -176,15 +177,14 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         },
         None => (None, None),
     };
-    // Whether a publisher can miss this sleeper (see `platform::fast_publish`).
-    let mut unfenced = false;
-    if let Some(s) = sleepers {
-        // (SeqCst, then the publishers' fence, before the word and the
-        // counter are read: see the queue's `signal` and `publish`)
-        s.fetch_add(1, Ordering::SeqCst);
-        unfenced = !platform::sleeper_fence();
-    }
-    let outcome = loop {
+    // Counted in, with the publishers' fence run, before the word and the
+    // counter are read (counted out when this returns).
+    let me = sleepers.map(|s| {
+        let mut me = Sleeper::count_in(s);
+        me.fence_publishers();
+        me
+    });
+    loop {
         // The word first, then the flag: a cancel sets the flag and then
         // moves the word on, so either we see the flag or the kernel sees
         // the word changed.
@@ -196,10 +196,7 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         if current != job.seen {
             break CHANGED;
         }
-        let mut slice = LOOK_AGAIN;
-        if unfenced {
-            slice = slice.min(shmtools_core::queue::SLICE_UNFENCED);
-        }
+        let mut slice = me.as_ref().map_or(LOOK_AGAIN, |me| me.slice(LOOK_AGAIN));
         if let Some(d) = job.deadline {
             let t = Instant::now();
             if t >= d {
@@ -217,9 +214,5 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
             // second of waiting.)
             break CHANGED;
         }
-    };
-    if let Some(s) = sleepers {
-        s.fetch_sub(1, Ordering::Relaxed);
     }
-    outcome
 }
