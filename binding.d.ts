@@ -294,6 +294,13 @@ export interface RegionInfo {
  */
 export declare function regionStore(r: RegionRef, wire: Buffer): Out
 
+/**
+ * A typed array of element type `elem` (the wire's element code) holding
+ * `data`'s bytes, built in the region (`Shared(pool, typedArray)`): one
+ * copy, straight from the JS array's memory into the new object.
+ */
+export declare function regionStoreTyped(r: RegionRef, elem: number, data: Uint8Array): Out
+
 /** Remove a region's name from /dev/shm; false if there was none. */
 export declare function removeRegion(name: string): boolean
 

@@ -858,6 +858,7 @@ module.exports.pipeEnqueue = nativeBinding.pipeEnqueue
 module.exports.pipeEnqueueMany = nativeBinding.pipeEnqueueMany
 module.exports.pipeSeq = nativeBinding.pipeSeq
 module.exports.regionStore = nativeBinding.regionStore
+module.exports.regionStoreTyped = nativeBinding.regionStoreTyped
 module.exports.removeRegion = nativeBinding.removeRegion
 module.exports.tabDelete = nativeBinding.tabDelete
 module.exports.tabGet = nativeBinding.tabGet

@@ -230,6 +230,20 @@ test('each typed-array kind is stored as a SharedTyped of the same kind: element
   const big = new Int16Array([1, 2, 3, 4, 5, 6])
   const win = Shared(f.pool, big.subarray(2, 5))
   t.deepEqual(Array.from(win.view()), [3, 4, 5])
+  // Over a SharedArrayBuffer, and a window of one: copied in like any other.
+  const sab = new Float64Array(new SharedArrayBuffer(32))
+  sab.set([1.5, -2, 3, 4])
+  const fromSab = Shared(f.pool, sab.subarray(1, 3))
+  t.deepEqual(Array.from(fromSab.view()), [-2, 3])
+  sab[1] = 99
+  t.is(fromSab.view()[0], -2, 'a copy, not the SharedArrayBuffer')
+  done(fromSab)
+  // A subclass is refused, as the encoder refuses it, and nothing is allocated.
+  class Tagged extends Float64Array {}
+  const before = f.pool.stats().bytesUsed
+  const err = t.throws(() => Shared(f.pool, new Tagged(4)))
+  t.is((err as { code?: string }).code, 'ERR_SHM_UNSUPPORTED')
+  t.is(f.pool.stats().bytesUsed, before)
   // Empty typed arrays work too.
   const empty = Shared(f.pool, new Float32Array(0))
   t.is(empty.view().length, 0)

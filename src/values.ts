@@ -14,7 +14,7 @@ import type { NativeRegion } from '../binding'
 import * as binding from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
-import { decode, ELEM_CTORS, encode, encodeMany, T_BYTES, type RefSource, type SharedTypedArray } from './wire'
+import { decode, ELEM_CTORS, elemCode, encode, encodeMany, T_BYTES, type RefSource, type SharedTypedArray } from './wire'
 
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
@@ -621,8 +621,18 @@ export function Shared(pool: Pool, value: unknown): unknown {
     const offset = existing.refOffset(region.regionKey())
     return wrap(region, native(() => region.native().valueAt(offset)))
   }
-  const wire = encodeFor(region, value)
   const r = handleState(region).r
+  if (ArrayBuffer.isView(value) && !Buffer.isBuffer(value)) {
+    // A typed array goes straight from its own memory into the region (one
+    // copy; its encoding would be a second). Other views take the encoder's
+    // path, which refuses them with the right message.
+    const code = elemCode(value)
+    if (code !== 0) {
+      const bytes = new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
+      return wrap(region, native(() => binding.regionStoreTyped(r, code, bytes)))
+    }
+  }
+  const wire = encodeFor(region, value)
   return wrap(region, native(() => binding.regionStore(r, wire)))
 }
 

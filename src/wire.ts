@@ -53,7 +53,8 @@ export type SharedTypedArray =
   | Float32Array
   | Float64Array
 
-function elemCode(v: ArrayBufferView): number {
+/** The element code of a typed array the encoder accepts; 0 for any other view. */
+export function elemCode(v: ArrayBufferView): number {
   // Exact prototypes only: a Uint8ClampedArray or a subclass is refused by
   // the caller rather than silently changed into something else.
   switch (Object.getPrototypeOf(v)) {

@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{ArrayBuffer, Buffer, BufferSlice, Either4, External};
+use napi::bindgen_prelude::{ArrayBuffer, Buffer, BufferSlice, Either4, External, Uint8Array};
 use napi::Env;
 use napi_derive::napi;
 use shmtools_core::holders::Held;
-use shmtools_core::value::{scalar_wire, shape_coded, wire::Writer, KeyRef, Slot, Values};
+use shmtools_core::value::{scalar_wire, shape_coded, wire::Writer, Elem, KeyRef, Slot, Values};
 use shmtools_core::value::{
     T_ARR, T_BIGINT, T_BYTES, T_F32, T_F64, T_INT, T_PACKED, T_SSTR, T_STR, T_TAB, T_TYPED, T_UINT,
 };
@@ -381,6 +381,21 @@ pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
         _ => wire,
     }
     .into())
+}
+
+/// A typed array of element type `elem` (the wire's element code) holding
+/// `data`'s bytes, built in the region (`Shared(pool, typedArray)`): one
+/// copy, straight from the JS array's memory into the new object.
+#[napi(catch_unwind)]
+pub fn region_store_typed(r: &RegionRef, elem: u32, data: Uint8Array) -> Result<Out> {
+    let elem = u8::try_from(elem)
+        .ok()
+        .and_then(Elem::from_code)
+        .ok_or_else(|| err(ErrorCode::InvalidArg, "unknown typed-array element type"))?;
+    let v = r.open()?.values().map_err(js)?;
+    let _b = v.busy();
+    let slot = v.store_typed(elem, &data).map_err(js)?;
+    from_slot(r, slot)
 }
 
 /// Build a value from its wire encoding in the region (`Shared()`): a

@@ -24,6 +24,31 @@ impl<'a> Values<'a> {
         Ok(Slot::object(kind, off))
     }
 
+    /// A new typed array of `elem` elements holding `bytes` (their raw,
+    /// little-endian contents), copied in once; the result owns one
+    /// reference. The same object `store_wire` builds from a typed array's
+    /// encoding, without the encoding: a caller holding the elements in
+    /// memory already (the Node binding's `Shared(pool, typedArray)`) skips
+    /// one copy of them. ERR_SHM_INVALID_ARG if `bytes` is not a whole
+    /// number of elements, or holds more than 2^32-1 of them (the wire
+    /// format's limit).
+    pub fn store_typed(&self, elem: Elem, bytes: &[u8]) -> Result<Slot> {
+        let size = elem.size() as usize;
+        if !bytes.len().is_multiple_of(size) {
+            return Err(Error::invalid(format!(
+                "{} bytes are not a whole number of {size}-byte elements",
+                bytes.len()
+            )));
+        }
+        let n = bytes.len() / size;
+        if n > u32::MAX as usize {
+            return Err(Error::invalid(
+                "a typed array longer than 2^32-1 elements cannot be shared",
+            ));
+        }
+        self.new_blob(T_TYPED, elem as u8, n as u64, bytes)
+    }
+
     /// Build the value encoded in `bytes`; the result owns one reference.
     /// On any error, everything built so far is freed again.
     pub fn store_wire(&self, bytes: &[u8]) -> Result<Slot> {

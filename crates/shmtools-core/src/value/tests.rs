@@ -99,6 +99,14 @@ impl Rng {
     }
 }
 
+/// The element bytes of a `Value::Typed`.
+fn v_raw(v: &Value) -> &[u8] {
+    match v {
+        Value::Typed(_, raw) => raw,
+        other => panic!("not a typed array: {other:?}"),
+    }
+}
+
 fn s(x: &str) -> Value {
     Value::Str(x.to_string())
 }
@@ -451,11 +459,29 @@ fn typed_arrays_of_every_element_type_round_trip_with_their_type_and_count() {
             let slot = vals.store(&v).unwrap();
             assert_eq!(vals.typed_info(slot).unwrap(), (e, count), "{what}");
             assert_eq!(vals.data(slot).unwrap().1, count * e.size(), "{what}");
+            // Straight from the elements' bytes: the same object as through
+            // the encoding.
+            let direct = vals.store_typed(e, v_raw(&v)).unwrap();
+            assert_eq!(vals.typed_info(direct).unwrap(), (e, count), "{what}");
+            assert_eq!(
+                vals.load(direct).unwrap(),
+                vals.load(slot).unwrap(),
+                "{what}"
+            );
+            vals.release(direct).unwrap();
             vals.release(slot).unwrap();
         }
         if e.size() > 1 {
             let ragged = Value::Typed(e, vec![0; e.size() as usize + 1]);
             assert_eq!(code(ragged.encode()), ErrorCode::InvalidArg, "{e:?}");
+            let before = baseline(&vals);
+            let odd = vec![0; e.size() as usize + 1];
+            assert_eq!(
+                code(vals.store_typed(e, &odd)),
+                ErrorCode::InvalidArg,
+                "{e:?}"
+            );
+            assert_at(&vals, &before, "a refused store_typed allocates nothing");
         }
     }
     // Not a typed array: typed_info refuses, data() refuses containers.
