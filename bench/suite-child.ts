@@ -12,7 +12,7 @@ import { Worker } from 'node:worker_threads'
 
 import { ClientSide, Shared, type CQ, type SharedTab, type SharedTyped } from 'shmtools'
 
-import { fillValue, isCtl, lineSplitter, PAYLOAD, WORKER_SCRIPT, type Ctl } from './suite-lib.ts'
+import { fillValue, isCtl, lineSplitter, PAYLOAD, readyArray, stamp, WORKER_SCRIPT, type Ctl } from './suite-lib.ts'
 
 type Args = Record<string, any>
 interface Ctx {
@@ -202,8 +202,15 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
     const n: number = a.n
     const bytes: number = a.bytes
     const f64 = a.kind === 'f64'
-    const make = (i: number): Float64Array | Buffer =>
-      f64 ? new Float64Array(bytes / 8).fill(fillValue(i)) : Buffer.allocUnsafe(bytes).fill(fillValue(i))
+    // Ready data: one array made before the clock starts, stamped per message.
+    const src = a.ready ? readyArray(f64, bytes) : undefined
+    const make = (i: number): Float64Array | Buffer => {
+      if (src) {
+        stamp(src, i)
+        return src
+      }
+      return f64 ? new Float64Array(bytes / 8).fill(fillValue(i)) : Buffer.allocUnsafe(bytes).fill(fillValue(i))
+    }
     switch (a.transport) {
       case 'ps': {
         const w = sendWindow(2)
@@ -220,7 +227,11 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
         for (let i = 0; i < n; i++) {
           const m = make(i)
           s.write(header)
-          await write(s, Buffer.from(m.buffer, m.byteOffset, m.byteLength))
+          const body = Buffer.from(m.buffer, m.byteOffset, m.byteLength)
+          // The socket may hold on to the bytes until they are written, so
+          // ready data (stamped again for the next message) waits for that.
+          if (src) await new Promise<void>((r, j) => s.write(body, (e) => (e ? j(e) : r())))
+          else await write(s, body)
         }
         await endSock(s)
         return {}
@@ -233,8 +244,14 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
         const blank = f64 ? new Float64Array(bytes / 8) : new Uint8Array(bytes)
         await ctx.ready()
         for (let i = 0; i < n; i++) {
-          const h = Shared(pool, blank) as SharedTyped<Float64Array | Uint8Array>
-          h.view().fill(fillValue(i))
+          // Ready data is copied in once (as TypedArray.set would); otherwise
+          // a blank array is made in the region and filled there.
+          // (a Buffer would be stored as a byte string: a Uint8Array over it
+          // makes it a typed array, as the blank one is)
+          const m = src ? make(i) : blank
+          const typed = Buffer.isBuffer(m) ? new Uint8Array(m.buffer, m.byteOffset, m.byteLength) : m
+          const h = Shared(pool, typed) as SharedTyped<Float64Array | Uint8Array>
+          if (!src) h.view().fill(fillValue(i))
           out.enq(h) // the pipe takes a reference: no copy
           h.release()
         }

@@ -466,6 +466,28 @@ export function touchF64(a: Float64Array, i: number): number {
   return s
 }
 
+/** Ready data (scenario 3's second table): every element but the first is READY_FILL. */
+export const READY_FILL = 7
+
+/** Made once, before the clock starts: every message sends this array, stamped. */
+export function readyArray(f64: boolean, bytes: number): Float64Array | Buffer {
+  return f64 ? new Float64Array(bytes / 8).fill(READY_FILL) : Buffer.alloc(bytes, READY_FILL)
+}
+
+/** Mark ready data as message i (its first element), so each delivery can be told apart. */
+export function stamp(a: Float64Array | Uint8Array, i: number): void {
+  a[0] = a instanceof Float64Array ? i : i & 255
+}
+
+/** Check a ready-data message at its first, middle and last element; throws if it is not message i. */
+export function checkStamp(a: Float64Array | Uint8Array, i: number): void {
+  const first = a instanceof Float64Array ? i : i & 255
+  const n = a.length
+  if (a[0] !== first || a[n >> 1] !== READY_FILL || a[n - 1] !== READY_FILL) {
+    throw new Error(`message ${i}: got ${a[0]} / ${a[n >> 1]} / ${a[n - 1]}, expected ${first} / ${READY_FILL} / ${READY_FILL}`)
+  }
+}
+
 /** Read every byte (memchr for a 0); throws if the bytes are not fillValue(i). */
 export function touchBytes(u8: Uint8Array, i: number): number {
   const b = Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength)

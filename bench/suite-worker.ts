@@ -6,7 +6,7 @@
  */
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads'
 
-import { fillValue, PAYLOAD } from './suite-lib.ts'
+import { fillValue, PAYLOAD, readyArray, stamp } from './suite-lib.ts'
 
 const port = parentPort!
 const data = workerData as Record<string, any>
@@ -46,13 +46,21 @@ async function main(): Promise<void> {
           wake?.()
         }
       })
+      // Ready data (cloned, never transferred): one array, stamped per message.
+      const src = data.ready ? readyArray(data.kind === 'f64', data.bytes) : undefined
       const started = go()
       port.postMessage('ready')
       await started
       for (let i = 0; i < data.n; i++) {
         while (credit === 0) await new Promise<void>((r) => (wake = r))
         credit--
-        const m = data.kind === 'f64' ? new Float64Array(data.bytes / 8).fill(fillValue(i)) : new Uint8Array(data.bytes).fill(fillValue(i))
+        let m: Float64Array | Uint8Array
+        if (src) {
+          stamp(src, i)
+          m = src
+        } else {
+          m = data.kind === 'f64' ? new Float64Array(data.bytes / 8).fill(fillValue(i)) : new Uint8Array(data.bytes).fill(fillValue(i))
+        }
         port.postMessage(m, data.transfer ? [m.buffer] : [])
       }
       return
