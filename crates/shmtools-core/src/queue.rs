@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::wire::{check_packet, Reader, Skipped, Writer};
+use crate::value::wire::{check_packet, Reader, Skipped, Writer, T_REF};
 use crate::value::{
     Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
 };
@@ -103,6 +103,23 @@ pub const MAX_CAPACITY: u64 = 1 << 24;
 /// often arrives within microseconds when the other side runs on another
 /// core; a spin is about 10 ns here, so this is tens of microseconds).
 const SPINS: u32 = 4000;
+/// Longest a consumer's wait spins in all, [`SPINS`] and the adaptive
+/// spin after them together (see `Queue::wait`). Putting a consumer to
+/// sleep and waking it costs both sides: the sleeper's kernel barrier,
+/// then the publisher's futex wake, which on this VM took 30-50 us of the
+/// producer's time per message in a stream of 1 MiB arrays, one every
+/// 100-130 us (strace -T, 2026-12-06; BENCHMARKS "Waking a consumer").
+pub const SPIN_MAX: Duration = Duration::from_micros(250);
+
+thread_local! {
+    /// How long this thread's next wait for a packet spins, counted from
+    /// the wait's start, before it sleeps: zero for [`SPINS`] alone. Set by
+    /// each wait that slept: to 1.5 times that wait's length (at most
+    /// [`SPIN_MAX`]) when a packet ended it that soon, else back to zero.
+    /// Per thread, not per queue: a thread that blocks usually blocks on
+    /// the same pipe over and over.
+    static SPIN_MORE: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
 /// Spins before a producer waiting for room sleeps: a few microseconds,
 /// looking at `head` every [`ROOM_LOOK_EVERY`] spins. Room comes when a
 /// consumer ends a dequeue, and a producer spinning on the consumers' line
@@ -1591,9 +1608,9 @@ impl<'a> Queue<'a> {
             };
             let last = sent + n == count;
             mark.set();
-            let built = self.values.with_pool_held(|v| {
+            let build = |v: Values<'a>, r: &mut Reader<'_>| {
                 let mut slots = Vec::with_capacity(n);
-                if let Err(e) = v.store_packets(&mut r, n, &mut slots) {
+                if let Err(e) = v.store_packets(r, n, &mut slots) {
                     let _ = v.release_many(&slots);
                     return Err(e);
                 }
@@ -1602,7 +1619,15 @@ impl<'a> Queue<'a> {
                     return Err(Error::invalid("trailing bytes after the encoded values"));
                 }
                 Ok(slots)
-            });
+            };
+            // A lone reference to an existing value allocates nothing (its
+            // count goes up), so it needs no hold of the pool lock; a
+            // consumer freeing a large value holds that lock meanwhile.
+            let built = if n == 1 && r.peek() == Some(T_REF) {
+                build(self.values, &mut r)
+            } else {
+                self.values.with_pool_held(|v| build(v, &mut r))
+            };
             let slots = match built {
                 Ok(s) => s,
                 Err(e) if sent == 0 => return Err(e),
@@ -1851,11 +1876,32 @@ impl<'a> Queue<'a> {
             WaitFor::NotEmpty => (SPINS, 1),
             WaitFor::NotFull => (SPINS_FOR_ROOM, ROOM_LOOK_EVERY),
         };
+        // A consumer's wait is timed, to learn how long to spin next time.
+        let began = (w == WaitFor::NotEmpty).then(Instant::now);
         for i in 0..spins {
             if i % every == 0 && counter.load(Relaxed) as u32 != seen {
                 return platform::Wake::Woken;
             }
             std::hint::spin_loop();
+        }
+        if let Some(began) = began {
+            // Packets lately came soon after a sleep: spin on for that
+            // long instead (looking at the clock every 64 spins).
+            let more = SPIN_MORE.get();
+            let mut i = 0u32;
+            while !more.is_zero() {
+                if counter.load(Relaxed) as u32 != seen {
+                    return platform::Wake::Woken;
+                }
+                std::hint::spin_loop();
+                i = i.wrapping_add(1);
+                if i.is_multiple_of(64) {
+                    let now = Instant::now();
+                    if now - began >= more || deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                }
+            }
         }
         // Slices of at most a second, so a sleeper whose wake-up was lost to
         // a crashed peer still rechecks.
@@ -1894,6 +1940,9 @@ impl<'a> Queue<'a> {
             }
         }
         drop(me);
+        if let Some(began) = began {
+            SPIN_MORE.set(next_spin(began.elapsed(), !unmoved()));
+        }
         out
     }
 
@@ -2202,6 +2251,20 @@ fn publish(counter: &AtomicU64, v: u64) {
     }
 }
 
+/// How long a consumer's next wait spins (counted from its start) after a
+/// wait that slept and took `waited` in all: 1.5 times that, at most
+/// [`SPIN_MAX`], if a packet (`moved`) ended it within [`SPIN_MAX`]; else
+/// zero, which leaves the fixed [`SPINS`]. A stream whose packets come a
+/// little too far apart for [`SPINS`] is met spinning from its second
+/// packet on; a pipe gone quiet costs one longer spin, then none.
+fn next_spin(waited: Duration, moved: bool) -> Duration {
+    if moved && waited <= SPIN_MAX {
+        (waited + waited / 2).min(SPIN_MAX)
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// Move a futex sequence on by one: SeqCst, so a waiter that sees the new
 /// value also sees the slots written before it, and so the sleeper count
 /// read next is ordered after it (see `Queue::signal`). A read-modify-write
@@ -2220,4 +2283,23 @@ fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
     // SAFETY: in bounds (ptr_at) and 16-aligned; QueueHeader is all atomics,
     // valid for any bit pattern.
     Ok(unsafe { &*(p as *const QueueHeader) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_spins_longer_only_after_a_packet_came_soon_after_it_fell_asleep() {
+        let us = Duration::from_micros;
+        // Soon: spin half as long again next time, within the cap.
+        assert_eq!(next_spin(us(100), true), us(150));
+        assert_eq!(next_spin(us(200), true), SPIN_MAX);
+        assert_eq!(next_spin(SPIN_MAX, true), SPIN_MAX);
+        // Too late, or no packet (a timeout, a slice that ran out): back to
+        // the fixed spins.
+        assert_eq!(next_spin(SPIN_MAX + us(1), true), Duration::ZERO);
+        assert_eq!(next_spin(Duration::from_secs(1), true), Duration::ZERO);
+        assert_eq!(next_spin(us(100), false), Duration::ZERO);
+    }
 }
