@@ -627,7 +627,8 @@ export function Shared(pool: Pool, value: unknown): unknown {
     // copy; its encoding would be a second). Other views take the encoder's
     // path, which refuses them with the right message.
     const code = elemCode(value)
-    if (code !== 0) {
+    // (longer than the wire allows: the encoder refuses it with its error)
+    if (code !== 0 && (value as ArrayBufferView & { length: number }).length <= 0xffffffff) {
       const bytes = new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
       return wrap(region, native(() => binding.regionStoreTyped(r, code, bytes)))
     }

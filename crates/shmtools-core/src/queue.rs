@@ -114,8 +114,9 @@ pub const SPIN_MAX: Duration = Duration::from_micros(250);
 thread_local! {
     /// How long this thread's next wait for a packet spins, counted from
     /// the wait's start, before it sleeps: zero for [`SPINS`] alone. Set by
-    /// each wait that slept: to 1.5 times that wait's length (at most
-    /// [`SPIN_MAX`]) when a packet ended it that soon, else back to zero.
+    /// each wait that got past [`SPINS`]: to 1.5 times that wait's length
+    /// (at most [`SPIN_MAX`]) when a packet ended it that soon, else back to
+    /// zero (a deadline or a sleep that ran out).
     /// Per thread, not per queue: a thread that blocks usually blocks on
     /// the same pipe over and over.
     static SPIN_MORE: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
@@ -1884,6 +1885,12 @@ impl<'a> Queue<'a> {
             }
             std::hint::spin_loop();
         }
+        // However this wait ends from here on, it sets the next one's spin.
+        let _learn = began.map(|began| Learn {
+            began,
+            counter,
+            seen,
+        });
         if let Some(began) = began {
             // Packets lately came soon after a sleep: spin on for that
             // long instead (looking at the clock every 64 spins).
@@ -1940,9 +1947,6 @@ impl<'a> Queue<'a> {
             }
         }
         drop(me);
-        if let Some(began) = began {
-            SPIN_MORE.set(next_spin(began.elapsed(), !unmoved()));
-        }
         out
     }
 
@@ -2252,11 +2256,27 @@ fn publish(counter: &AtomicU64, v: u64) {
 }
 
 /// How long a consumer's next wait spins (counted from its start) after a
-/// wait that slept and took `waited` in all: 1.5 times that, at most
+/// wait that got past [`SPINS`] and took `waited` in all: 1.5 times that, at most
 /// [`SPIN_MAX`], if a packet (`moved`) ended it within [`SPIN_MAX`]; else
 /// zero, which leaves the fixed [`SPINS`]. A stream whose packets come a
 /// little too far apart for [`SPINS`] is met spinning from its second
 /// packet on; a pipe gone quiet costs one longer spin, then none.
+/// A consumer's wait past its fixed spins: when it ends, by a packet, its
+/// deadline or a slice that ran out, it sets the thread's next spin
+/// ([`next_spin`]).
+struct Learn<'c> {
+    began: Instant,
+    counter: &'c AtomicU64,
+    seen: u32,
+}
+
+impl Drop for Learn<'_> {
+    fn drop(&mut self) {
+        let moved = self.counter.load(Relaxed) as u32 != self.seen;
+        SPIN_MORE.set(next_spin(self.began.elapsed(), moved));
+    }
+}
+
 fn next_spin(waited: Duration, moved: bool) -> Duration {
     if moved && waited <= SPIN_MAX {
         (waited + waited / 2).min(SPIN_MAX)
@@ -2301,5 +2321,38 @@ mod tests {
         assert_eq!(next_spin(SPIN_MAX + us(1), true), Duration::ZERO);
         assert_eq!(next_spin(Duration::from_secs(1), true), Duration::ZERO);
         assert_eq!(next_spin(us(100), false), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_wait_that_reaches_its_deadline_forgets_the_learnt_spin_and_one_met_at_once_keeps_it() {
+        let sc = crate::scratch::Scratch::new("spin", 1 << 20);
+        let vals = sc.values();
+        let q = Queue::open(vals, Queue::create(vals, 4).unwrap()).unwrap();
+        let e = WaitFor::NotEmpty;
+        // Learnt from an earlier stream; the pipe is quiet now, and the
+        // caller's deadline ends the wait while it spins: the spin must not
+        // be kept for the next wait (it would spin out every short timeout).
+        SPIN_MORE.set(SPIN_MAX);
+        let seen = q.seq(e);
+        let deadline = Instant::now() + Duration::from_micros(50);
+        assert_eq!(q.wait(e, seen, Some(deadline)), platform::Wake::Woken);
+        assert_eq!(SPIN_MORE.get(), Duration::ZERO);
+        // A packet already there is seen in the fixed spins: nothing learnt.
+        SPIN_MORE.set(SPIN_MAX);
+        let seen = q.seq(e);
+        assert!(q
+            .try_enqueue(Slot {
+                tag: crate::value::T_INT,
+                bits: 1
+            })
+            .unwrap());
+        assert_eq!(q.wait(e, seen, None), platform::Wake::Woken);
+        assert_eq!(SPIN_MORE.get(), SPIN_MAX);
+        // A producer's wait for room learns nothing.
+        SPIN_MORE.set(Duration::ZERO);
+        let f = WaitFor::NotFull;
+        let deadline = Instant::now() + Duration::from_millis(1);
+        q.wait(f, q.seq(f), Some(deadline));
+        assert_eq!(SPIN_MORE.get(), Duration::ZERO);
     }
 }
