@@ -5,14 +5,16 @@
  * the parent takes each one with a blocking `deq()`, checks two elements
  * through `view()` and releases it. Prints, per message, the parent's time
  * (after the first), the child's time and the child's enqueue tries (p50 /
- * p90). Pipe capacity 4, as in `npm run bench` scenario 3.
+ * p90). Pipe capacity 4 unless CAP says otherwise, as in `npm run bench`
+ * scenario 3.
  *
  *   node --import @oxc-node/core/register bench/large-ref.ts
  *   ELEMS=16 N=20000 node --import @oxc-node/core/register bench/large-ref.ts
  *   WRAP="strace -f -T -e trace=futex -o /tmp/st.txt" node --import @oxc-node/core/register bench/large-ref.ts
  *
  * ELEMS: elements per array (default 131072, 1 MiB); N: messages (default
- * 1000); WRAP: a command line the child runs under (strace, perf record).
+ * 1000); CAP: the pipe's capacity (default 4); WRAP: a command line the
+ * child runs under (strace, perf record).
  */
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
@@ -52,7 +54,7 @@ async function child(name: string): Promise<void> {
 async function parent(): Promise<void> {
   const name = `shmtools-large-ref-${process.pid}`
   const mem = new SHMMain(name, Math.max(64 << 20, n * 8 * 16), { debug: false }).start()
-  const server = new ServerSide(name, 'p', 4, { debug: false })
+  const server = new ServerSide(name, 'p', Number(process.env.CAP ?? 4), { debug: false })
   server.start()
   const pipe = server.pipe()
   try {
