@@ -235,6 +235,57 @@ fn with_the_ring_full_a_batch_goes_on_through_the_pool() {
 }
 
 #[test]
+fn a_lone_byte_string_goes_inline_or_with_the_ring_full_through_the_pool_and_waits_for_a_full_queue(
+) {
+    let (_rm, region, off) = fresh("lone", 64);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let before = baseline(&vals);
+    let lone = |i: u8, n: usize| Value::Bytes(vec![i; n]).encode().unwrap();
+    // Inline: ring bytes, no pool block.
+    let small = lone(1, 64);
+    assert_eq!(q.try_enqueue_wire_many(&small, 1).unwrap(), 1);
+    assert!(word(&q, Q_RING_WRITE) > word(&q, Q_RING_READ));
+    assert_eq!(baseline(&vals).stats.blocks_used, before.stats.blocks_used);
+    // Fill the ring (8 KiB) with records near the inline limit; the next
+    // lone byte string, which would go inline, takes a pool block instead.
+    let big: Vec<Vec<u8>> = (2..9).map(|i| lone(i, INLINE_MAX - 8)).collect();
+    for b in &big {
+        assert_eq!(q.try_enqueue_wire_many(b, 1).unwrap(), 1);
+    }
+    let last = lone(9, INLINE_MAX - 8);
+    assert_eq!(q.try_enqueue_wire_many(&last, 1).unwrap(), 1);
+    assert_eq!(
+        baseline(&vals).stats.blocks_used,
+        before.stats.blocks_used + 1,
+        "the ring was full: one pool block"
+    );
+    // All come back, in order.
+    let mut w = Writer::default();
+    assert_eq!(q.dequeue_many_wire(64, NOW, &mut w).unwrap(), 9);
+    let want: Vec<u8> = [small.clone()]
+        .into_iter()
+        .chain(big)
+        .chain([last])
+        .flatten()
+        .collect();
+    assert_eq!(w.buf, want);
+    assert_eq!(baseline(&vals), before);
+    // A full queue: nothing goes in, and nothing is left allocated.
+    let (_rm1, region1, off1) = fresh("lone-full", 1);
+    let vals1 = region1.values().unwrap();
+    let q1 = Queue::open(vals1, off1).unwrap();
+    let before1 = baseline(&vals1);
+    assert_eq!(q1.try_enqueue_wire_many(&small, 1).unwrap(), 1);
+    assert_eq!(q1.try_enqueue_wire_many(&small, 1).unwrap(), 0);
+    assert_eq!(q1.try_enqueue_wire_many(&lone(3, 2000), 1).unwrap(), 0);
+    let mut w = Writer::default();
+    assert_eq!(q1.dequeue_many_wire(4, NOW, &mut w).unwrap(), 1);
+    assert_eq!(w.buf, small);
+    assert_eq!(baseline(&vals1), before1);
+}
+
+#[test]
 fn ring_bytes_a_killed_producer_left_come_back_and_its_packet_never_appears() {
     let (_rm, region, off) = fresh("killed", 16);
     let vals = region.values().unwrap();
