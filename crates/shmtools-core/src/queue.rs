@@ -384,6 +384,35 @@ fn next_inline(r: &mut Reader<'_>) -> bool {
     false
 }
 
+/// What `Queue::dequeue_value` copied out of a packet: its encoding, to
+/// decode once the queue is done with, or a byte string already a value.
+enum Copied {
+    Wire(Vec<u8>),
+    Value(crate::value::Value),
+}
+
+/// Encode `v` into this thread's reusable buffer and run `f` on the
+/// encoding, so that sending a value allocates nothing once the buffer has
+/// grown to fit (a buffer grown past 64 KiB is let go again). A nested
+/// call, which nothing makes today, gets a buffer of its own.
+fn with_encoding<T>(v: &crate::value::Value, f: impl FnOnce(&[u8]) -> Result<T>) -> Result<T> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Writer> = std::cell::RefCell::new(Writer::default());
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut w) => {
+            w.buf.clear();
+            w.non_ascii = false;
+            let out = v.encode_into(&mut w).and_then(|()| f(&w.buf));
+            if w.buf.capacity() > 64 << 10 {
+                *w = Writer::default();
+            }
+            out
+        }
+        Err(_) => f(&v.encode()?),
+    })
+}
+
 /// Whether `enc` is exactly one byte string's encoding: its tag, its
 /// length (u32, little-endian) and that many bytes. The commonest packet
 /// (a Rust `Value::Bytes`, a Node Buffer), told without the parser, whose
@@ -2135,7 +2164,7 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
     ) -> Result<bool> {
         // (inline if small, else stored; nothing is built while it waits)
-        Ok(self.enqueue_wire_many(&v.encode()?, 1, timeout)? == 1)
+        with_encoding(v, |enc| Ok(self.enqueue_wire_many(enc, 1, timeout)? == 1))
     }
 
     /// Dequeue and deep-copy the packet out (its reference is released); a
@@ -2148,13 +2177,22 @@ impl<'a> Queue<'a> {
                 let mut w = Writer::default();
                 let copied = values.emit_owned(s, &mut w, 0);
                 let released = values.release(s);
-                copied.and(released).map(|()| w.buf)
+                copied.and(released).map(|()| Copied::Wire(w.buf))
             }
-            Packet::Inline(r) => check_inline(&inl[r.clone()]).map(|_| inl[r].to_vec()),
+            Packet::Inline(r) => {
+                let enc = &inl[r];
+                if is_lone_bytes(enc) {
+                    // (a byte string's bytes are the value: no decoding)
+                    return Ok(Copied::Value(crate::value::Value::Bytes(enc[5..].to_vec())));
+                }
+                check_inline(enc).map(|_| Copied::Wire(enc.to_vec()))
+            }
             Packet::Damaged(e) => Err(e),
         })?;
         match wire {
-            Some(buf) => crate::value::Value::decode(&buf?).map(Some),
+            Some(Ok(Copied::Value(v))) => Ok(Some(v)),
+            Some(Ok(Copied::Wire(buf))) => crate::value::Value::decode(&buf).map(Some),
+            Some(Err(e)) => Err(e),
             None => Ok(None),
         }
     }

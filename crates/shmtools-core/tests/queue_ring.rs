@@ -286,6 +286,32 @@ fn a_lone_byte_string_goes_inline_or_with_the_ring_full_through_the_pool_and_wai
 }
 
 #[test]
+fn the_value_api_sends_byte_strings_and_other_values_of_every_size_and_they_come_back_equal() {
+    let (_rm, region, off) = fresh("values", 64);
+    let vals = region.values().unwrap();
+    let q = Queue::open(vals, off).unwrap();
+    let before = baseline(&vals);
+    let sent = [
+        Value::Bytes(vec![0xff, 0, 0x80, 7]),
+        Value::Bytes(vec![]),
+        Value::Bytes(vec![3; INLINE_MAX - 5]),
+        // Through the pool, and past the reused encoding buffer's keep limit.
+        Value::Bytes(vec![4; 100 << 10]),
+        message(5, 64),
+        Value::Str("small again".into()),
+        Value::Bytes(vec![6; 64]),
+    ];
+    for v in &sent {
+        assert!(q.enqueue_value(v, NOW).unwrap());
+    }
+    for v in &sent {
+        assert_eq!(q.dequeue_value(NOW).unwrap().as_ref(), Some(v));
+    }
+    assert_eq!(q.dequeue_value(NOW).unwrap(), None);
+    assert_eq!(baseline(&vals), before);
+}
+
+#[test]
 fn ring_bytes_a_killed_producer_left_come_back_and_its_packet_never_appears() {
     let (_rm, region, off) = fresh("killed", 16);
     let vals = region.values().unwrap();

@@ -412,6 +412,12 @@ impl Value {
         Ok(w.buf)
     }
 
+    /// Encode, appending to `w` (whose buffer a caller may reuse from one
+    /// value to the next). On an error `w` may hold part of the encoding.
+    pub fn encode_into(&self, w: &mut Writer) -> Result<()> {
+        self.write(w, 0)
+    }
+
     fn write(&self, w: &mut Writer, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::invalid(format!(
