@@ -1337,12 +1337,15 @@ test('a worker thread attaches on its own, takes the Tab by offset, reads and ch
   const f = fresh(t, 'worker')
   const tab = Shared(f.pool, { counter: 41, removeMe: 'x', list: ['main'], typed: new Uint8Array([1, 2]) })
   const w = new Worker(VALUES_WORKER, { workerData: { name: f.name, offset: tab.offset } })
+  // (listened for from the start: the exit can come in the same turn as the
+  // message, before an await after the message would listen)
+  const exited = new Promise((resolve) => w.once('exit', resolve))
   const msg = await new Promise<{ seen: unknown; refCountInWorker: number; shm: boolean }>((resolve, reject) => {
     w.once('message', resolve)
     w.once('error', reject)
     w.once('exit', (code) => reject(new Error(`worker exited with ${code} before answering`)))
   })
-  await new Promise((resolve) => w.once('exit', resolve))
+  await exited
   t.deepEqual(msg.seen, { counter: 41, removeMe: 'x', list: ['main'], typed: new Uint8Array([1, 2]) })
   t.is(msg.refCountInWorker, 2)
   t.true(msg.shm)
@@ -1358,12 +1361,16 @@ test('a worker thread that ends holding handles (never released, region never cl
   const list = tab.list as SharedArr
   t.is(list.refCount, 2, 'the table and this handle')
   const w = new Worker(VALUES_WORKER, { workerData: { name: f.name, offset: tab.offset, keep: true } })
+  // (listened for from the start: the exit can come in the same turn as the
+  // message, before an await after the message would listen)
+  const exited = new Promise((resolve) => w.once('exit', resolve))
   const msg = await new Promise<{ refCountInWorker: number }>((resolve, reject) => {
     w.once('message', resolve)
     w.once('error', reject)
+    w.once('exit', (code) => reject(new Error(`worker exited with ${code} before answering`)))
   })
   t.is(msg.refCountInWorker, 2, 'the worker held a reference to the table')
-  await new Promise((resolve) => w.once('exit', resolve))
+  await exited
   t.is(tab.refCount, 1, "the worker's reference to the table is back")
   t.is(list.refCount, 2, "and its reference to the list")
   t.is(list.length, 2, 'what it pushed stays')
