@@ -109,7 +109,8 @@ const SPINS: u32 = 4000;
 /// sleep and waking it costs both sides: the sleeper's kernel barrier,
 /// then the publisher's futex wake, which on this VM took 30-50 us of the
 /// producer's time per message in a stream of 1 MiB arrays, one every
-/// 100-130 us (strace -T, 2026-12-06; BENCHMARKS "Waking a consumer").
+/// 100-130 us (strace -T, 2026-12-06; docs/BENCHMARKS.md, "Large arrays by
+/// reference, and waking a consumer").
 pub const SPIN_MAX: Duration = Duration::from_micros(250);
 
 thread_local! {
