@@ -47,10 +47,9 @@ use crate::error::{Error, Result};
 use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::wire::{check_packet, Reader, Skipped, Writer, T_REF};
+use crate::value::wire::{check_packet, lone_bytes, Reader, Skipped, Writer, T_REF};
 use crate::value::{
-    Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_BYTES, T_F32, T_F64, T_INLINE, T_INT,
-    T_NONE, T_UINT,
+    Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
 };
 
 /// An in-progress mark (`Values::busy`) taken only once an operation
@@ -414,29 +413,10 @@ fn with_encoding<T>(v: &crate::value::Value, f: impl FnOnce(&[u8]) -> Result<T>)
     })
 }
 
-/// Whether `enc` is exactly one byte string's encoding: its tag, its
-/// length (u32, little-endian) and that many bytes. The commonest packet
-/// (a Rust `Value::Bytes`, a Node Buffer), told without the parser, whose
-/// walk (a stack of open levels set up per value) cost the batched byte
-/// rows a fifth of their time (`bash bench/rust.sh --only 5a`, 2026-12-06:
-/// 50-53 against 38-41 ns a message). Such a value is well formed, holds
-/// no references and no strings, exactly as the parser would find it.
-fn is_lone_bytes(enc: &[u8]) -> bool {
-    match enc {
-        [T_BYTES, a, b, c, d, rest @ ..] => {
-            u32::from_le_bytes([*a, *b, *c, *d]) as usize == rest.len()
-        }
-        _ => false,
-    }
-}
-
 /// Check the encoding of an inline packet read from the ring: exactly one
 /// well-formed value without references (ERR_SHM_CORRUPT if not: it was
 /// damaged in the region).
 fn check_inline(bytes: &[u8]) -> Result<Skipped> {
-    if is_lone_bytes(bytes) {
-        return Ok(Skipped::default());
-    }
     check_packet(bytes)
         .map_err(|e| Error::corrupt(format!("an inline packet is damaged: {}", e.message())))
 }
@@ -1573,10 +1553,10 @@ impl<'a> Queue<'a> {
     /// repair finds what it was building). Values sent inline move no
     /// reference and need no mark (see `Mark`).
     pub fn try_enqueue_wire_many(&self, bytes: &[u8], count: usize) -> Result<usize> {
-        if count == 1 && bytes.len() <= INLINE_MAX && is_lone_bytes(bytes) {
+        if count == 1 && bytes.len() <= INLINE_MAX && lone_bytes(bytes).is_some() {
             // One small byte string: inline, without the parser (see
-            // `is_lone_bytes`). With the ring out of room it goes on below,
-            // to the pool.
+            // `lone_bytes`). With the ring out of room it goes on below, to
+            // the pool.
             match self.try_enqueue_inline(&[bytes])? {
                 (1, _) => return Ok(1),
                 (_, false) => return Ok(0), // (the queue is full)
@@ -2182,9 +2162,9 @@ impl<'a> Queue<'a> {
             }
             Packet::Inline(r) => {
                 let enc = &inl[r];
-                if is_lone_bytes(enc) {
+                if let Some(bytes) = lone_bytes(enc) {
                     // (a byte string's bytes are the value: no decoding)
-                    return Ok(Copied::Value(crate::value::Value::Bytes(enc[5..].to_vec())));
+                    return Ok(Copied::Value(crate::value::Value::Bytes(bytes.to_vec())));
                 }
                 check_inline(enc).map(|_| Copied::Wire(enc.to_vec()))
             }
@@ -2377,28 +2357,6 @@ fn header_at<'a>(values: Values<'a>, off: u64) -> Result<&'a QueueHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::Value;
-
-    #[test]
-    fn a_lone_byte_string_is_told_exactly_as_the_parser_tells_it() {
-        let mut enc = Value::Bytes(vec![7; 64]).encode().unwrap();
-        assert!(is_lone_bytes(&enc));
-        assert!(check_packet(&enc).is_ok());
-        assert!(is_lone_bytes(&Value::Bytes(vec![]).encode().unwrap()));
-        // A byte too many or too few, another kind, a short header: not one,
-        // and the parser refuses the damaged ones too.
-        enc.push(0);
-        assert!(!is_lone_bytes(&enc) && check_packet(&enc).is_err());
-        enc.truncate(enc.len() - 2);
-        assert!(!is_lone_bytes(&enc) && check_packet(&enc).is_err());
-        assert!(!is_lone_bytes(
-            &Value::Str("x".repeat(64)).encode().unwrap()
-        ));
-        assert!(!is_lone_bytes(&[T_BYTES, 0, 0, 0]));
-        assert!(!is_lone_bytes(&[]));
-        let list = Value::Arr(vec![Value::Bytes(vec![1, 2])]).encode().unwrap();
-        assert!(!is_lone_bytes(&list));
-    }
 
     #[test]
     fn a_consumer_spins_longer_only_after_a_packet_came_soon_after_it_fell_asleep() {

@@ -493,6 +493,37 @@ fn typed_arrays_of_every_element_type_round_trip_with_their_type_and_count() {
 }
 
 #[test]
+fn a_lone_byte_string_is_told_exactly_as_the_parsers_walk_tells_it() {
+    use super::wire::{check_packet, lone_bytes, Reader, T_BYTES};
+    // The walk itself, without check_packet's shortcut.
+    let walk = |enc: &[u8]| {
+        let mut r = Reader::new(enc);
+        r.skip_value().map(|seen| (seen, r.at_end()))
+    };
+    let payload = vec![7; 64];
+    let mut enc = Value::Bytes(payload.clone()).encode().unwrap();
+    assert_eq!(lone_bytes(&enc), Some(&payload[..]));
+    assert_eq!(walk(&enc).unwrap(), (Default::default(), true));
+    assert!(check_packet(&enc).is_ok());
+    let empty = Value::Bytes(vec![]).encode().unwrap();
+    assert_eq!(lone_bytes(&empty), Some(&[][..]));
+    assert_eq!(walk(&empty).unwrap(), (Default::default(), true));
+    // A byte too many or too few, another kind, a short header: not one,
+    // and the walk and check_packet refuse the damaged ones too.
+    enc.push(0);
+    assert!(lone_bytes(&enc).is_none() && check_packet(&enc).is_err());
+    assert!(!matches!(walk(&enc), Ok((_, true))));
+    enc.truncate(enc.len() - 2);
+    assert!(lone_bytes(&enc).is_none() && check_packet(&enc).is_err());
+    assert!(walk(&enc).is_err());
+    assert!(lone_bytes(&s(&"x".repeat(64)).encode().unwrap()).is_none());
+    assert!(lone_bytes(&[T_BYTES, 0, 0, 0]).is_none());
+    assert!(lone_bytes(&[]).is_none());
+    let list = Value::Arr(vec![Value::Bytes(vec![1, 2])]).encode().unwrap();
+    assert!(lone_bytes(&list).is_none());
+}
+
+#[test]
 fn tabs_round_trip_with_int_and_string_keys_in_insertion_order() {
     let sc = Scratch::new("tabs", 1 << 20);
     let vals = sc.values();

@@ -388,11 +388,33 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The bytes of `enc` if it is exactly one byte string's encoding: its
+/// tag, its length (u32, little-endian) and that many bytes. The commonest
+/// packet (a Rust `Value::Bytes`, a Node Buffer), told without the
+/// parser's walk, which sets up a stack of open levels for every value and
+/// cost the batched byte rows of `bash bench/rust.sh --only 5a` a fifth of
+/// their time (2026-12-06: 50-53 against 38-41 ns a message). Such a value
+/// is well formed and holds no references and no strings, exactly as the
+/// walk would find it.
+pub fn lone_bytes(enc: &[u8]) -> Option<&[u8]> {
+    match enc {
+        [T_BYTES, a, b, c, d, rest @ ..]
+            if u32::from_le_bytes([*a, *b, *c, *d]) as usize == rest.len() =>
+        {
+            Some(rest)
+        }
+        _ => None,
+    }
+}
+
 /// Check the bytes of a packet copied back out of a region: exactly one
 /// well-formed value, with no references to existing objects (a producer
 /// never stores those as bytes). The error (ERR_SHM_INVALID_ARG) says what
 /// is wrong; a reader of region bytes reports it as damage.
 pub fn check_packet(bytes: &[u8]) -> Result<Skipped> {
+    if lone_bytes(bytes).is_some() {
+        return Ok(Skipped::default());
+    }
     let mut r = Reader::new(bytes);
     let seen = r.skip_value()?;
     if !r.at_end() {
