@@ -392,10 +392,7 @@ pub fn region_store_typed(r: &RegionRef, elem: u32, data: Uint8Array) -> Result<
         .ok()
         .and_then(Elem::from_code)
         .ok_or_else(|| err(ErrorCode::InvalidArg, "unknown typed-array element type"))?;
-    let v = r.open()?.values().map_err(js)?;
-    let _b = v.busy();
-    let slot = v.store_typed(elem, &data).map_err(js)?;
-    from_slot(r, slot)
+    build_in(r, |v| v.store_typed(elem, &data))
 }
 
 /// Build a value from its wire encoding in the region (`Shared()`): a
@@ -409,9 +406,18 @@ pub fn region_store(r: &RegionRef, wire: BufferSlice) -> Result<Out> {
 /// Build the value encoded in `wire` in the region of `cell` (the one body
 /// of `region_store` and `NativeRegion.store`).
 pub fn store_in(cell: &Arc<RegionCell>, wire: &[u8]) -> Result<Out> {
+    build_in(cell, |v| v.store_wire(wire))
+}
+
+/// Build a new value in the region of `cell` with `build`, inside an
+/// in-progress mark, and hand it to JS as [`from_slot`] does.
+fn build_in(
+    cell: &Arc<RegionCell>,
+    build: impl FnOnce(&Values<'_>) -> shmtools_core::Result<Slot>,
+) -> Result<Out> {
     let v = cell.open()?.values().map_err(js)?;
     let _b = v.busy();
-    let slot = v.store_wire(wire).map_err(js)?;
+    let slot = build(&v).map_err(js)?;
     from_slot(cell, slot)
 }
 

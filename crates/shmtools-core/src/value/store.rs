@@ -385,8 +385,7 @@ impl<'a> Values<'a> {
                 let elem = Elem::from_code(r.u8()?)
                     .ok_or_else(|| Error::invalid("unknown typed-array element type"))?;
                 let n = r.count(elem.size() as usize)?;
-                let raw = r.take(n * elem.size() as usize)?;
-                self.new_blob(T_TYPED, elem as u8, n as u64, raw)
+                self.store_typed(elem, r.take(n * elem.size() as usize)?)
             }
             T_TAB => {
                 let n = r.count(2)?;
