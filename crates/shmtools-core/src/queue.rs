@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::holders::Held;
 use crate::lock::ShmMutex;
 use crate::platform;
-use crate::value::wire::{check_packet, lone_bytes, Reader, Skipped, Writer, T_REF};
+use crate::value::wire::{check_packet, lone_bytes, Reader, Skipped, Writer};
 use crate::value::{
     Shared, Slot, Values, SLOT_SIZE, S_EMPTY, T_BOOL, T_F32, T_F64, T_INLINE, T_INT, T_NONE, T_UINT,
 };
@@ -1649,9 +1649,9 @@ impl<'a> Queue<'a> {
             };
             let last = sent + n == count;
             mark.set();
-            let build = |v: Values<'a>, r: &mut Reader<'_>| {
+            let built = self.values.with_pool_held(|v| {
                 let mut slots = Vec::with_capacity(n);
-                if let Err(e) = v.store_packets(r, n, &mut slots) {
+                if let Err(e) = v.store_packets(&mut r, n, &mut slots) {
                     let _ = v.release_many(&slots);
                     return Err(e);
                 }
@@ -1660,15 +1660,7 @@ impl<'a> Queue<'a> {
                     return Err(Error::invalid("trailing bytes after the encoded values"));
                 }
                 Ok(slots)
-            };
-            // A lone reference to an existing value allocates nothing (its
-            // count goes up), so it needs no hold of the pool lock; a
-            // consumer freeing a large value holds that lock meanwhile.
-            let built = if n == 1 && r.peek() == Some(T_REF) {
-                build(self.values, &mut r)
-            } else {
-                self.values.with_pool_held(|v| build(v, &mut r))
-            };
+            });
             let slots = match built {
                 Ok(s) => s,
                 Err(e) if sent == 0 => return Err(e),
