@@ -20,7 +20,7 @@ impl<'a> Values<'a> {
 
     fn new_blob(&self, kind: u8, sub: u8, len: u64, bytes: &[u8]) -> Result<Slot> {
         let off = self.new_obj(kind, sub, len, bytes.len() as u64)?;
-        self.span.write(off + OBJ_HEADER, bytes)?;
+        self.span.write_streaming(off + OBJ_HEADER, bytes)?;
         Ok(Slot::object(kind, off))
     }
 
