@@ -1,19 +1,20 @@
 /**
- * Large typed arrays by reference between two processes, the producer's
- * steps timed: a child process copies one ready Float64Array into the
- * region (`Shared(pool, array)`), enqueues the handle and releases its own;
- * the parent takes each one with a blocking `deq()`, checks two elements
- * through `view()` and releases it. Prints, per message, the parent's time
- * (after the first), the child's time and the child's enqueue tries (p50 /
- * p90). Pipe capacity 4 unless CAP says otherwise, as in `npm run bench`
- * scenario 3.
+ * Large typed arrays by reference between two processes, each step timed:
+ * a child process copies one ready Float64Array into the region
+ * (`Shared(pool, array)`), tries to enqueue the handle (and, if the pipe is
+ * full, waits with `enq`), and releases its own; the parent takes each one
+ * with a blocking `deq()`, checks two elements through `view()` and
+ * releases it (with ASYNC=1, `await dequeueAsync()`). Prints each side's time a message (the parent's after the
+ * first) and p50 / p90 / mean of every step. Pipe capacity 4 unless CAP
+ * says otherwise, as in `npm run bench` scenario 3.
  *
  *   node --import @oxc-node/core/register bench/large-ref.ts
  *   ELEMS=16 N=20000 node --import @oxc-node/core/register bench/large-ref.ts
  *   WRAP="strace -f -T -e trace=futex -o /tmp/st.txt" node --import @oxc-node/core/register bench/large-ref.ts
  *
  * ELEMS: elements per array (default 131072, 1 MiB); N: messages (default
- * 1000); CAP: the pipe's capacity (default 4); WRAP: a command line the
+ * 1000); CAP: the pipe's capacity (default 4); ASYNC=1: the parent takes
+ * each with `await dequeueAsync()`; WRAP: a command line the
  * child runs under (strace, perf record).
  */
 import { spawn } from 'node:child_process'
@@ -23,10 +24,27 @@ import { ClientSide, SHMMain, ServerSide, Shared, type SharedTyped } from 'shmto
 
 const n = Number(process.env.ELEMS ?? 131072)
 const N = Number(process.env.N ?? 1000)
+const asyncDeq = process.env.ASYNC === '1'
 const me = fileURLToPath(import.meta.url)
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+}
+
+/** Microseconds since `t` (a process.hrtime.bigint()). */
+function since(t: bigint): number {
+  return Number(process.hrtime.bigint() - t) / 1e3
+}
+
+/** "name p50 … p90 … mean …" of microsecond samples. */
+function steps(named: Record<string, number[]>): string {
+  return Object.entries(named)
+    .map(([name, xs]) => {
+      const s = [...xs].sort((x, y) => x - y)
+      const mean = s.reduce((x, y) => x + y, 0) / Math.max(1, s.length)
+      return `${name} p50 ${percentile(s, 0.5).toFixed(1)} p90 ${percentile(s, 0.9).toFixed(1)} mean ${mean.toFixed(1)}`
+    })
+    .join('; ')
 }
 
 async function child(name: string): Promise<void> {
@@ -34,20 +52,22 @@ async function child(name: string): Promise<void> {
   const pipe = side.pipe()
   const pool = side.pool()
   const src = new Float64Array(n).fill(7)
-  const tries: number[] = []
+  const t = { share: [] as number[], 'enqueue try': [] as number[], release: [] as number[] }
   const t0 = process.hrtime.bigint()
   for (let i = 0; i < N; i++) {
     src[0] = i
+    const a = process.hrtime.bigint()
     const h = Shared(pool, src) as SharedTyped<Float64Array>
+    t.share.push(since(a))
     const b = process.hrtime.bigint()
     const ok = pipe.enqueue(h, 0)
-    tries.push(Number(process.hrtime.bigint() - b) / 1e3)
+    t['enqueue try'].push(since(b))
     if (!ok) pipe.enq(h)
+    const c = process.hrtime.bigint()
     h.release()
+    t.release.push(since(c))
   }
-  const us = Number(process.hrtime.bigint() - t0) / 1e3 / N
-  tries.sort((x, y) => x - y)
-  console.log(`child: ${us.toFixed(1)} us a message; enqueue try p50 ${percentile(tries, 0.5).toFixed(1)} p90 ${percentile(tries, 0.9).toFixed(1)} us`)
+  console.log(`child: ${(since(t0) / N).toFixed(1)} us a message; ${steps(t)} (us)`)
   side.close()
 }
 
@@ -63,15 +83,22 @@ async function parent(): Promise<void> {
     const c = wrap.length ? spawn(wrap[0], [...wrap.slice(1), process.execPath, ...argv], { stdio: 'inherit' }) : spawn(process.execPath, argv, { stdio: 'inherit' })
     const exited = new Promise((r) => c.on('exit', r))
     let first = 0n
+    const t = { deq: [] as number[], view: [] as number[], release: [] as number[] }
     for (let got = 0; got < N; got++) {
-      const g = pipe.deq() as SharedTyped<Float64Array>
+      const a = process.hrtime.bigint()
+      const g = (asyncDeq ? await pipe.dequeueAsync() : pipe.deq()) as SharedTyped<Float64Array>
       if (got === 0) first = process.hrtime.bigint()
+      else t.deq.push(since(a))
+      const b = process.hrtime.bigint()
       const v = g.view()
+      if (got > 0) t.view.push(since(b))
       if (v[0] !== got || v[n - 1] !== 7) throw new Error(`message ${got}: got ${v[0]} / ${v[n - 1]}`)
+      const c = process.hrtime.bigint()
       g.release()
+      if (got > 0) t.release.push(since(c))
     }
-    const us = Number(process.hrtime.bigint() - first) / 1e3 / Math.max(1, N - 1)
-    console.log(`parent: ${us.toFixed(1)} us a message after the first, ${((n * 8) / us / 1e3).toFixed(2)} GB/s`)
+    const us = since(first) / Math.max(1, N - 1)
+    console.log(`parent: ${us.toFixed(1)} us a message after the first, ${((n * 8) / us / 1e3).toFixed(2)} GB/s; ${steps(t)} (us)`)
     await exited
   } finally {
     server.close()

@@ -2329,12 +2329,6 @@ fn publish(counter: &AtomicU64, v: u64) {
     }
 }
 
-/// How long a consumer's next wait spins (counted from its start) after a
-/// wait that got past [`SPINS`] and took `waited` in all: 1.5 times that, at most
-/// [`SPIN_MAX`], if a packet (`moved`) ended it within [`SPIN_MAX`]; else
-/// zero, which leaves the fixed [`SPINS`]. A stream whose packets come a
-/// little too far apart for [`SPINS`] is met spinning from its second
-/// packet on; a pipe gone quiet costs one longer spin, then none.
 /// A consumer's wait past its fixed spins: when it ends, by a packet, its
 /// deadline or a slice that ran out, it sets the thread's next spin
 /// ([`next_spin`]).
@@ -2351,7 +2345,15 @@ impl Drop for Learn<'_> {
     }
 }
 
-fn next_spin(waited: Duration, moved: bool) -> Duration {
+/// How long a consumer's next wait spins (counted from its start) after a
+/// wait that got past [`SPINS`] and took `waited` in all: 1.5 times that, at most
+/// [`SPIN_MAX`], if a packet (`moved`) ended it within [`SPIN_MAX`]; else
+/// zero, which leaves the fixed [`SPINS`]. A stream whose packets come a
+/// little too far apart for [`SPINS`] is met spinning from its second
+/// packet on; a pipe gone quiet costs one longer spin, then none.
+/// A JS waiter thread learns its spin the same way
+/// (crates/shmtools-node/src/waiter.rs).
+pub fn next_spin(waited: Duration, moved: bool) -> Duration {
     if moved && waited <= SPIN_MAX {
         (waited + waited / 2).min(SPIN_MAX)
     } else {

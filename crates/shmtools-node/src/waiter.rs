@@ -8,8 +8,9 @@
 //! moved", "timed out" or "cancelled", and the JS side retries the operation on
 //! its own thread. So no value ever sits in a thread between processes.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use napi::bindgen_prelude::Object;
 use napi::{Env, JsDeferred};
 use parking_lot::{Condvar, Mutex};
 use shmtools_core::platform;
-use shmtools_core::queue::Sleeper;
+use shmtools_core::queue::{self, Sleeper};
 
 use crate::region::RegionCell;
 
@@ -166,6 +167,71 @@ fn worker() {
 }
 
 fn run(job: &Job, cancel: &AtomicBool) -> u32 {
+    let began = Instant::now();
+    let outcome = watch(job, cancel);
+    // A queue wait teaches this thread how long to spin next time (see
+    // `spin`): by whether the counter moved, and how soon.
+    if let Some((c, _)) = job.counter {
+        let moved = outcome == CHANGED
+            && job
+                .cell
+                .region
+                .span()
+                .u64_at(c)
+                .is_ok_and(|c| c.load(Ordering::Relaxed) as u32 != job.seen);
+        SPIN_MORE.set(queue::next_spin(began.elapsed(), moved));
+    }
+    outcome
+}
+
+thread_local! {
+    /// How long this waiter thread spins on a queue's counter before it
+    /// counts itself in and sleeps: as a Rust consumer's `Queue::wait`
+    /// learns it (`queue::next_spin`), from how soon the last wait ended.
+    static SPIN_MORE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Spin on `counter` until it moves from `seen` (CHANGED), `cancel` is set
+/// (CANCELLED), the job's deadline passes (TIMED_OUT) or this thread's
+/// learnt spin is over (None).
+///
+/// A sleeper costs both sides: counting in runs the kernel's barrier (58 us
+/// on average here), and each packet's producer then pays a futex wake
+/// (30-50 us of its own time on this VM; docs/BENCHMARKS.md, "Large arrays
+/// by reference, and waking a consumer"). The JS side has spun 20 us on the
+/// event loop before it parked the wait; this thread spins on, off the event
+/// loop, when packets lately came that soon, and not at all on a quiet pipe.
+fn spin(job: &Job, counter: &AtomicU64, cancel: &AtomicBool) -> Option<u32> {
+    let more = SPIN_MORE.get();
+    if more.is_zero() {
+        return None;
+    }
+    let began = Instant::now();
+    let mut i = 0u32;
+    loop {
+        if counter.load(Ordering::Relaxed) as u32 != job.seen {
+            return Some(CHANGED);
+        }
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            if cancel.load(Ordering::Relaxed) {
+                return Some(CANCELLED);
+            }
+            let now = Instant::now();
+            if job.deadline.is_some_and(|d| now >= d) {
+                return Some(TIMED_OUT);
+            }
+            if now - began >= more {
+                return None;
+            }
+        }
+    }
+}
+
+/// Wait for the job's word or counter to move on: spinning first where
+/// this thread learnt to (`spin`), then asleep on the futex word.
+fn watch(job: &Job, cancel: &AtomicBool) -> u32 {
     let span = job.cell.region.span();
     let Ok(word) = span.u32_at(job.word) else {
         return CHANGED; // let the JS side retry and report the real error
@@ -177,6 +243,11 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
         },
         None => (None, None),
     };
+    if let Some(c) = counter {
+        if let Some(outcome) = spin(job, c, cancel) {
+            return outcome;
+        }
+    }
     // Counted in, with the publishers' fence run, before the word and the
     // counter are read (counted out when this returns).
     let me = sleepers.map(|s| {
