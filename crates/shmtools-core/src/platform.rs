@@ -251,22 +251,67 @@ fn global_barrier_offered() -> bool {
 /// running a registered process at that moment, so the pair of
 /// store-then-load on each side cannot both miss the other's store, as if
 /// both sides had a fence; a publisher that is not running at that moment
-/// passes through the scheduler, which fences too. Registers on first use
-/// (once per process, again in a forked child); false where the kernel does
-/// not offer the barrier, and the caller then uses SeqCst as before.
+/// passes through the scheduler, which fences too. False until this
+/// process is registered (once per process, again in a forked child; see
+/// [`start_fast_publish`], which this starts if nothing has yet), and
+/// where the kernel does not offer the barrier: the caller then uses
+/// SeqCst. Once true it stays true until a fork, so a publish that found it
+/// false and stored SeqCst is fenced either way.
 pub fn fast_publish() -> bool {
     let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
-    match FAST_PUBLISH.load(Ordering::Relaxed) {
-        e if e == epoch => return true,
-        u64::MAX => return false,
-        _ => {}
+    match FAST_PUBLISH.load(Ordering::Acquire) {
+        e if e == epoch => true,
+        u64::MAX => false,
+        _ => {
+            start_fast_publish();
+            false
+        }
     }
+}
+
+/// The fork epoch + 1 for which [`start_fast_publish`] has started the
+/// registration.
+static REGISTERING: AtomicU64 = AtomicU64::new(0);
+
+/// Register this process for the kernel's global expedited barrier (see
+/// [`fast_publish`]) on a short-lived thread of its own, once per process
+/// (and again in a forked child); until it is done, publishes are fenced.
+/// Opening a region calls this, so a process is usually registered before
+/// it first publishes.
+///
+/// On a thread because registering a process that has more than one
+/// thread waits for the kernel to pass a grace period on every CPU: 15.8
+/// ms here (`strace -T` of a Node child, 2026-12-06). When the first
+/// enqueue of a fresh process registered, that enqueue took 8-19 ms instead
+/// of 0.1 (a 20-worker fan-in pays it in every worker).
+pub fn start_fast_publish() {
     register_at_fork();
     let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
-    let ok =
-        global_barrier_offered() && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
-    FAST_PUBLISH.store(if ok { epoch } else { u64::MAX }, Ordering::Relaxed);
-    ok
+    let now = FAST_PUBLISH.load(Ordering::Relaxed);
+    if now == epoch || now == u64::MAX || REGISTERING.swap(epoch, Ordering::AcqRel) == epoch {
+        return;
+    }
+    if !global_barrier_offered() {
+        FAST_PUBLISH.store(u64::MAX, Ordering::Release);
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("shmtools-barrier".into())
+        .stack_size(64 * 1024)
+        .spawn(move || register_fast_publish(epoch));
+    if spawned.is_err() {
+        register_fast_publish(epoch);
+    }
+}
+
+/// Register for fork epoch `epoch` (+ 1), here and now, and say so in
+/// `FAST_PUBLISH`.
+fn register_fast_publish(epoch: u64) {
+    let ok = membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
+    // (Release: whoever sees the epoch sees a registered process; a fork
+    // meanwhile leaves the child without this thread, and its own epoch
+    // starts again)
+    FAST_PUBLISH.store(if ok { epoch } else { u64::MAX }, Ordering::Release);
 }
 
 /// The sleeper's half of [`fast_publish`]: call after counting oneself in
@@ -443,12 +488,42 @@ pub fn sleep(d: Duration) {
 mod tests {
     use super::*;
 
+    /// Start registering and wait until it is done: whether this process
+    /// may publish without a fence.
+    fn registered() -> bool {
+        start_fast_publish();
+        let done = std::time::Instant::now() + Duration::from_secs(20);
+        while FAST_PUBLISH.load(Ordering::Acquire) == 0 {
+            assert!(std::time::Instant::now() < done, "registering never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fast_publish()
+    }
+
+    #[test]
+    fn registering_for_the_barrier_happens_once_and_then_holds() {
+        // (other tests in this process may have started it already)
+        start_fast_publish();
+        start_fast_publish();
+        let fast = registered();
+        let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
+        assert_eq!(REGISTERING.load(Ordering::Relaxed), epoch);
+        if fast {
+            assert_eq!(FAST_PUBLISH.load(Ordering::Relaxed), epoch);
+        } else {
+            // A kernel without the barrier: publishes stay fenced.
+            assert_eq!(FAST_PUBLISH.load(Ordering::Relaxed), u64::MAX);
+        }
+        start_fast_publish();
+        assert_eq!(fast_publish(), fast, "registered stays registered");
+    }
+
     /// Publishing without a fence is allowed exactly where every sleeper
     /// can run the barrier that stands in for it; and a forked child (a
     /// new process, which must register again) gets the same answer.
     #[test]
     fn unfenced_publish_is_used_only_where_the_sleepers_barrier_works() {
-        let fast = fast_publish();
+        let fast = registered();
         assert_eq!(fast, global_barrier_offered(), "registering failed here");
         assert_eq!(
             sleeper_fence(),
@@ -460,12 +535,19 @@ mod tests {
             eprintln!("membarrier(GLOBAL_EXPEDITED) is not offered here");
         }
         // SAFETY: the child only makes system calls (no allocation, no
-        // locks: every cache it reads was filled above, save the fork
-        // epoch's re-registration, which is one system call) and _exits.
+        // locks: every cache it reads was filled above; it registers for
+        // its own fork epoch in place, with one system call, rather than
+        // on a thread) and _exits.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let ok = fast_publish() == global_barrier_offered() && sleeper_fence() == fast;
+            // (the parent's registration is not the child's: a new fork
+            // epoch, set by the fork handler)
+            let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
+            let inherited = FAST_PUBLISH.load(Ordering::Relaxed) == epoch;
+            register_fast_publish(epoch);
+            let ok =
+                !inherited && fast_publish() == global_barrier_offered() && sleeper_fence() == fast;
             // SAFETY: ends the forked child without running the parent's
             // destructors or test harness.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };

@@ -183,6 +183,7 @@ impl Region {
     ) -> Result<Region> {
         validate_name(name)?;
         validate_size(bytes)?;
+        platform::start_fast_publish();
         if mode & !0o777 != 0 {
             return Err(Error::invalid(format!(
                 "mode {mode:#o} has bits beyond 0o777; give permission bits such as 0o600"
@@ -314,6 +315,11 @@ impl Region {
     /// (if `gc`) reclaim the dead.
     fn try_attach_as(name: &str, register: Option<bool>) -> Result<TryAttach> {
         validate_name(name)?;
+        if register.is_some() {
+            // (so this process can publish without a fence by its first
+            // enqueue; see start_fast_publish)
+            platform::start_fast_publish();
+        }
         let Some(fd) = platform::shm_open_existing(name)? else {
             return Ok(TryAttach::NotYet("the region does not exist yet"));
         };
