@@ -43,6 +43,11 @@ pub struct Job {
     /// that goes with the word, held up while asleep: a queue moves its word
     /// on only for counted sleepers (`Queue::signal`).
     pub counter: Option<(u64, u64)>,
+    /// A consumer's wait for a packet: it may spin before it sleeps (see
+    /// `spin`). A producer's wait for room sleeps at once, as a spinning
+    /// producer reading `head` slows the consumer down (queue.rs,
+    /// `SPINS_FOR_ROOM`), and learns nothing.
+    pub for_packet: bool,
     pub seen: u32,
     pub deadline: Option<Instant>,
     pub id: u32,
@@ -169,9 +174,9 @@ fn worker() {
 fn run(job: &Job, cancel: &AtomicBool) -> u32 {
     let began = Instant::now();
     let outcome = watch(job, cancel);
-    // A queue wait teaches this thread how long to spin next time (see
-    // `spin`): by whether the counter moved, and how soon.
-    if let Some((c, _)) = job.counter {
+    // A wait for a packet teaches this thread how long to spin next time
+    // (see `spin`): by whether the counter moved, and how soon.
+    if let (Some((c, _)), true) = (job.counter, job.for_packet) {
         let moved = outcome == CHANGED
             && job
                 .cell
@@ -185,9 +190,10 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
 }
 
 thread_local! {
-    /// How long this waiter thread spins on a queue's counter before it
-    /// counts itself in and sleeps: as a Rust consumer's `Queue::wait`
-    /// learns it (`queue::next_spin`), from how soon the last wait ended.
+    /// How long this waiter thread spins on a queue's counter, waiting for
+    /// a packet, before it counts itself in and sleeps: as a Rust
+    /// consumer's `Queue::wait` learns it (`queue::next_spin`), from how
+    /// soon its last wait for a packet ended.
     static SPIN_MORE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
@@ -243,7 +249,7 @@ fn watch(job: &Job, cancel: &AtomicBool) -> u32 {
         },
         None => (None, None),
     };
-    if let Some(c) = counter {
+    if let (Some(c), true) = (counter, job.for_packet) {
         if let Some(outcome) = spin(job, c, cancel) {
             return outcome;
         }
