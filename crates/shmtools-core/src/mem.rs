@@ -113,7 +113,8 @@ impl<'a> Span<'a> {
     pub fn write(&self, off: u64, data: &[u8]) -> Result<()> {
         self.check(off, data.len() as u64, 1)?;
         // SAFETY: the destination range is inside the mapping (checked) and
-        // writable (mapped read-write); the source is a distinct local slice.
+        // writable (mapped read-write); the source is a slice that does not
+        // overlap it (the caller's memory, or another object of the region).
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off as usize), data.len())
         };
@@ -124,15 +125,17 @@ impl<'a> Span<'a> {
     /// from [`STREAM_MIN`] bytes up (on x86-64), the bytes go to memory with
     /// non-temporal stores, past this CPU's caches, so the copy does not
     /// evict everything this process works with next (see [`STREAM_MIN`]).
-    /// Ends with a store fence: the bytes are visible before anything
-    /// published after it.
+    /// A streaming copy ends with a store fence, so that, like a plain
+    /// copy's, its bytes are ordered before anything published after it
+    /// with a release store.
     pub fn write_streaming(&self, off: u64, data: &[u8]) -> Result<()> {
         if data.len() < STREAM_MIN {
             return self.write(off, data);
         }
         self.check(off, data.len() as u64, 1)?;
         // SAFETY: the destination range is inside the mapping (checked) and
-        // writable; the source is a distinct local slice of the same length.
+        // writable; the source is a slice of the same length that does not
+        // overlap it (the caller's memory, or another object of the region).
         unsafe { stream_copy(self.base.add(off as usize), data) };
         Ok(())
     }

@@ -255,8 +255,7 @@ fn global_barrier_offered() -> bool {
 /// process is registered (once per process, again in a forked child; see
 /// [`start_fast_publish`], which this starts if nothing has yet), and
 /// where the kernel does not offer the barrier: the caller then uses
-/// SeqCst. Once true it stays true until a fork, so a publish that found it
-/// false and stored SeqCst is fenced either way.
+/// SeqCst. Once true it stays true until a fork.
 pub fn fast_publish() -> bool {
     let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
     match FAST_PUBLISH.load(Ordering::Acquire) {
@@ -283,16 +282,29 @@ static REGISTERING: AtomicU64 = AtomicU64::new(0);
 /// thread waits for the kernel to pass a grace period on every CPU: 15.8
 /// ms here (`strace -T` of a Node child, 2026-12-06). When the first
 /// enqueue of a fresh process registered, that enqueue took 8-19 ms instead
-/// of 0.1 (a 20-worker fan-in pays it in every worker).
+/// of 0.1 (a 20-worker fan-in pays it in every worker). A process of one
+/// thread registers at once, which costs it no wait.
 pub fn start_fast_publish() {
     register_at_fork();
     let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
     let now = FAST_PUBLISH.load(Ordering::Relaxed);
-    if now == epoch || now == u64::MAX || REGISTERING.swap(epoch, Ordering::AcqRel) == epoch {
+    // (a load before the swap: every publish calls this until registration
+    // is done, and a swap on a line all threads share would cost each one)
+    if now == epoch
+        || now == u64::MAX
+        || REGISTERING.load(Ordering::Relaxed) == epoch
+        || REGISTERING.swap(epoch, Ordering::AcqRel) == epoch
+    {
         return;
     }
     if !global_barrier_offered() {
         FAST_PUBLISH.store(u64::MAX, Ordering::Release);
+        return;
+    }
+    if thread_count() == Some(1) {
+        // (a process of one thread registers at once: the kernel then
+        // needs no grace period, and a thread of our own would make two)
+        register_fast_publish(epoch);
         return;
     }
     let spawned = std::thread::Builder::new()
@@ -304,9 +316,26 @@ pub fn start_fast_publish() {
     }
 }
 
+/// Registrations this process made (tests: the first is the only one).
+#[cfg(test)]
+static REGISTRATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Threads of this process (field 20 of `/proc/self/stat`).
+fn thread_count() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // (after the command name in parentheses come fields 3..)
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .nth(17)?
+        .parse()
+        .ok()
+}
+
 /// Register for fork epoch `epoch` (+ 1), here and now, and say so in
 /// `FAST_PUBLISH`.
 fn register_fast_publish(epoch: u64) {
+    #[cfg(test)]
+    REGISTRATIONS.fetch_add(1, Ordering::Relaxed);
     let ok = membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok();
     // (Release: whoever sees the epoch sees a registered process; a fork
     // meanwhile leaves the child without this thread, and its own epoch
@@ -501,6 +530,25 @@ mod tests {
     }
 
     #[test]
+    fn this_process_counts_its_threads_as_the_kernel_does() {
+        let status = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        // (other tests start and end threads meanwhile: a few tries)
+        let agree = (0..20).any(|_| {
+            let (a, b, c) = (status(), thread_count(), status());
+            a.is_some() && a == b && b == c
+        });
+        assert!(agree, "field 20 of /proc/self/stat is not the thread count");
+    }
+
+    #[test]
     fn registering_for_the_barrier_happens_once_and_then_holds() {
         // (other tests in this process may have started it already)
         start_fast_publish();
@@ -516,6 +564,12 @@ mod tests {
         }
         start_fast_publish();
         assert_eq!(fast_publish(), fast, "registered stays registered");
+        let once = if global_barrier_offered() { 1 } else { 0 };
+        assert_eq!(
+            REGISTRATIONS.load(Ordering::Relaxed),
+            once,
+            "registered again"
+        );
     }
 
     /// Publishing without a fence is allowed exactly where every sleeper
@@ -534,10 +588,11 @@ mod tests {
             // (correct all the same: every publish is then SeqCst)
             eprintln!("membarrier(GLOBAL_EXPEDITED) is not offered here");
         }
-        // SAFETY: the child only makes system calls (no allocation, no
-        // locks: every cache it reads was filled above; it registers for
-        // its own fork epoch in place, with one system call, rather than
-        // on a thread) and _exits.
+        // SAFETY: the child makes system calls and reads /proc/self/stat
+        // (one allocation: glibc's fork handlers leave malloc usable in the
+        // child; no other lock is taken, as every cache it reads was filled
+        // above) and _exits. A forked child has one thread, so it registers
+        // for its own fork epoch in place, with no thread of its own.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
@@ -545,9 +600,14 @@ mod tests {
             // epoch, set by the fork handler)
             let epoch = FORK_EPOCH.load(Ordering::Relaxed).wrapping_add(1);
             let inherited = FAST_PUBLISH.load(Ordering::Relaxed) == epoch;
-            register_fast_publish(epoch);
-            let ok =
-                !inherited && fast_publish() == global_barrier_offered() && sleeper_fence() == fast;
+            start_fast_publish();
+            // (done by now: no thread was left to finish it)
+            let now = FAST_PUBLISH.load(Ordering::Relaxed);
+            let inline = now == epoch || now == u64::MAX;
+            let ok = !inherited
+                && inline
+                && fast_publish() == global_barrier_offered()
+                && sleeper_fence() == fast;
             // SAFETY: ends the forked child without running the parent's
             // destructors or test harness.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };

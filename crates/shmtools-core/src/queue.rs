@@ -149,7 +149,11 @@ const ROOM_RUN_MAX: u64 = 32;
 /// (2026-12-06, one run each, same machine): one per call 158 → 91 ns a
 /// message, the Value API 205 → 131, the Int slot 133 → 67; batched 41
 /// either way. A queue that only ever holds a few packets is not full, so
-/// this never delays it.
+/// this never delays it. What it can cost: a producer that waits spins its
+/// 256 spins (a few microseconds) when the consumer stops after freeing
+/// fewer slots than the run, and with several producers, those that are
+/// not waiting may take the freed slots first, so the waiting one tries
+/// again, or sleeps, more often than before.
 fn room_worth_taking(capacity: u64) -> u32 {
     (capacity / 16).clamp(1, ROOM_RUN_MAX) as u32
 }
@@ -2320,12 +2324,15 @@ pub const FIRST_NAP: Duration = Duration::from_millis(10);
 /// runs that barrier between counting itself in and reading the counter
 /// (a producer's first nap aside, see [`FIRST_NAP`]), which fences this
 /// side too, and `signal` keeps the compiler from moving its load up.
-/// Otherwise a SeqCst store, the fence on this side.
+/// Otherwise the store and then a SeqCst fence, the fence on this side:
+/// a fence, not a SeqCst store, so that a `signal` that finds the process
+/// registered by then (registration ends on a thread of its own, see
+/// [`platform::start_fast_publish`]) and loads the count Relaxed is still
+/// ordered after this store.
 fn publish(counter: &AtomicU64, v: u64) {
-    if platform::fast_publish() {
-        counter.store(v, Release);
-    } else {
-        counter.store(v, SeqCst);
+    counter.store(v, Release);
+    if !platform::fast_publish() {
+        std::sync::atomic::fence(SeqCst);
     }
 }
 

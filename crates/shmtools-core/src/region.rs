@@ -183,12 +183,14 @@ impl Region {
     ) -> Result<Region> {
         validate_name(name)?;
         validate_size(bytes)?;
-        platform::start_fast_publish();
         if mode & !0o777 != 0 {
             return Err(Error::invalid(format!(
                 "mode {mode:#o} has bits beyond 0o777; give permission bits such as 0o600"
             )));
         }
+        // (so this process can publish without a fence by its first
+        // enqueue; see start_fast_publish)
+        platform::start_fast_publish();
         let old_generation = stale_generation(name);
         if platform::shm_unlink(name)? {
             log(&format!("removed stale region '{name}'"));
