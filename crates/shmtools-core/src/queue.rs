@@ -1962,21 +1962,10 @@ impl<'a> Queue<'a> {
         });
         if let Some(began) = began {
             // Packets lately came soon after a sleep: spin on for that
-            // long instead (looking at the clock every 64 spins).
-            let more = SPIN_MORE.get();
-            let mut i = 0u32;
-            while !more.is_zero() {
-                if counter.load(Relaxed) as u32 != seen {
-                    return platform::Wake::Woken;
-                }
-                std::hint::spin_loop();
-                i = i.wrapping_add(1);
-                if i.is_multiple_of(64) {
-                    let now = Instant::now();
-                    if now - began >= more || deadline.is_some_and(|d| now >= d) {
-                        break;
-                    }
-                }
+            // long instead.
+            let past = |now: Instant| deadline.is_some_and(|d| now >= d);
+            if spin_until_moved(counter, seen, began, learnt_spin(), past) {
+                return platform::Wake::Woken;
             }
         }
         // Slices of at most a second, so a sleeper whose wake-up was lost to
@@ -2348,8 +2337,51 @@ struct Learn<'c> {
 impl Drop for Learn<'_> {
     fn drop(&mut self) {
         let moved = self.counter.load(Relaxed) as u32 != self.seen;
-        SPIN_MORE.set(next_spin(self.began.elapsed(), moved));
+        learn(self.began.elapsed(), moved);
     }
+}
+
+/// How long this thread's next wait for a packet spins on after its fixed
+/// spins ([`SPIN_MORE`]); zero: not at all.
+pub fn learnt_spin() -> Duration {
+    SPIN_MORE.get()
+}
+
+/// Set this thread's next spin from a wait for a packet that took
+/// `waited` in all and was (`moved`) or was not ended by one
+/// ([`next_spin`]). A JS waiter thread learns through this too
+/// (crates/shmtools-node/src/waiter.rs).
+pub fn learn(waited: Duration, moved: bool) {
+    SPIN_MORE.set(next_spin(waited, moved));
+}
+
+/// Spin on `counter` until its low 32 bits move on from `seen` (true), or
+/// until `more` has passed since `began` or `give_up` says so (false);
+/// the clock and `give_up` are looked at every 64 spins. Zero `more`: no
+/// spin at all. A queue's consumer spins so on in [`Queue::wait`], and a
+/// JS waiter thread before it sleeps.
+pub fn spin_until_moved(
+    counter: &AtomicU64,
+    seen: u32,
+    began: Instant,
+    more: Duration,
+    mut give_up: impl FnMut(Instant) -> bool,
+) -> bool {
+    let mut i = 0u32;
+    while !more.is_zero() {
+        if counter.load(Relaxed) as u32 != seen {
+            return true;
+        }
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i.is_multiple_of(64) {
+            let now = Instant::now();
+            if now - began >= more || give_up(now) {
+                break;
+            }
+        }
+    }
+    false
 }
 
 /// How long a consumer's next wait spins (counted from its start) after a
@@ -2358,9 +2390,7 @@ impl Drop for Learn<'_> {
 /// zero, which leaves the fixed [`SPINS`]. A stream whose packets come a
 /// little too far apart for [`SPINS`] is met spinning from its second
 /// packet on; a pipe gone quiet costs one longer spin, then none.
-/// A JS waiter thread learns its spin the same way
-/// (crates/shmtools-node/src/waiter.rs).
-pub fn next_spin(waited: Duration, moved: bool) -> Duration {
+fn next_spin(waited: Duration, moved: bool) -> Duration {
     if moved && waited <= SPIN_MAX {
         (waited + waited / 2).min(SPIN_MAX)
     } else {

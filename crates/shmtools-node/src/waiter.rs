@@ -8,7 +8,6 @@
 //! moved", "timed out" or "cancelled", and the JS side retries the operation on
 //! its own thread. So no value ever sits in a thread between processes.
 
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -184,22 +183,15 @@ fn run(job: &Job, cancel: &AtomicBool) -> u32 {
                 .span()
                 .u64_at(c)
                 .is_ok_and(|c| c.load(Ordering::Relaxed) as u32 != job.seen);
-        SPIN_MORE.set(queue::next_spin(began.elapsed(), moved));
+        queue::learn(began.elapsed(), moved);
     }
     outcome
 }
 
-thread_local! {
-    /// How long this waiter thread spins on a queue's counter, waiting for
-    /// a packet, before it counts itself in and sleeps: as a Rust
-    /// consumer's `Queue::wait` learns it (`queue::next_spin`), from how
-    /// soon its last wait for a packet ended.
-    static SPIN_MORE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
-}
-
 /// Spin on `counter` until it moves from `seen` (CHANGED), `cancel` is set
-/// (CANCELLED), the job's deadline passes (TIMED_OUT) or this thread's
-/// learnt spin is over (None).
+/// (CANCELLED), the job's deadline passes (TIMED_OUT) or the spin this
+/// thread learnt, as a Rust consumer's `Queue::wait` learns it
+/// (`queue::learn`), is over (None).
 ///
 /// A sleeper costs both sides: counting in runs the kernel's barrier (58 us
 /// on average here), and each packet's producer then pays a futex wake
@@ -208,31 +200,20 @@ thread_local! {
 /// event loop before it parked the wait; this thread spins on, off the event
 /// loop, when packets lately came that soon, and not at all on a quiet pipe.
 fn spin(job: &Job, counter: &AtomicU64, cancel: &AtomicBool) -> Option<u32> {
-    let more = SPIN_MORE.get();
-    if more.is_zero() {
-        return None;
-    }
-    let began = Instant::now();
-    let mut i = 0u32;
-    loop {
-        if counter.load(Ordering::Relaxed) as u32 != job.seen {
-            return Some(CHANGED);
+    let mut ended = None;
+    let give_up = |now: Instant| {
+        if cancel.load(Ordering::Relaxed) {
+            ended = Some(CANCELLED);
+        } else if job.deadline.is_some_and(|d| now >= d) {
+            ended = Some(TIMED_OUT);
         }
-        std::hint::spin_loop();
-        i = i.wrapping_add(1);
-        if i.is_multiple_of(64) {
-            if cancel.load(Ordering::Relaxed) {
-                return Some(CANCELLED);
-            }
-            let now = Instant::now();
-            if job.deadline.is_some_and(|d| now >= d) {
-                return Some(TIMED_OUT);
-            }
-            if now - began >= more {
-                return None;
-            }
-        }
+        ended.is_some()
+    };
+    let more = queue::learnt_spin();
+    if queue::spin_until_moved(counter, job.seen, Instant::now(), more, give_up) {
+        return Some(CHANGED);
     }
+    ended
 }
 
 /// Wait for the job's word or counter to move on: spinning first where
