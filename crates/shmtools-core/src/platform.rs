@@ -320,15 +320,18 @@ pub fn start_fast_publish() {
 #[cfg(test)]
 static REGISTRATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Threads of this process (field 20 of `/proc/self/stat`).
+/// Threads of this process (field 20 of `/proc/self/stat`, the 18th from
+/// field 3).
 fn thread_count() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // (after the command name in parentheses come fields 3..)
-    stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .nth(17)?
-        .parse()
-        .ok()
+    fields_after_name(&stat)?.nth(17)?.parse().ok()
+}
+
+/// The fields of a `/proc/.../stat` line from field 3 on: after the
+/// command name (field 2), which is in parentheses and may hold spaces or
+/// ')'.
+fn fields_after_name(stat: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_ascii_whitespace())
 }
 
 /// Register for fork epoch `epoch` (+ 1), here and now, and say so in
@@ -447,10 +450,8 @@ fn stat_fields(id: u32) -> Option<(u8, u64)> {
 /// State letter and start time of the stat file at `path`.
 fn stat_fields_at(path: &str) -> Option<(u8, u64)> {
     let stat = std::fs::read_to_string(path).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' come fields 3.. ; the start time is field 22, the 20th of those.
-    let mut fields = rest.split_ascii_whitespace();
+    // The start time is field 22, the 20th from field 3.
+    let mut fields = fields_after_name(&stat)?;
     let state = *fields.next()?.as_bytes().first()?;
     let start = fields.nth(18)?.parse().ok()?;
     Some((state, start))
