@@ -1142,6 +1142,40 @@ test('values that cannot be stored are refused with ERR_SHM_UNSUPPORTED (a TypeE
   assertBaseline(t, f)
 })
 
+test('a refusal says what was refused and where: the keys down to it, and a cycle told apart from deep nesting', (t) => {
+  const f = fresh(t, 'where')
+  const before = f.pool.stats()
+  const cyclic: Record<string, unknown> = { a: [1, { b: 2 }] }
+  ;((cyclic.a as unknown[])[1] as Record<string, unknown>).back = cyclic
+  let deep: unknown = 1
+  for (let i = 0; i < 300; i++) deep = { d: deep }
+  // A cycle that begins below the top (the top object is met only once).
+  const inner: Record<string, unknown> = { x: 1 }
+  inner.me = inner
+  const getter = { ok: 1, list: ['fine', { get boom() {
+    throw new Error('kaput')
+  } }] }
+  const cases: [string, unknown, RegExp][] = [
+    ['a function two levels down', { ok: 1, list: ['s', { fn: () => 1 }] }, /^a function cannot be shared at \["list"\]\["1"\]\["fn"\]$/],
+    ['a class instance in an array', [1, 2, new Point()], /^Point cannot be shared: .* at \["2"\]$/],
+    ['a symbol at the top', Symbol('s'), /^a symbol cannot be shared$/],
+    ['a cycle', cyclic, /^a value that contains itself \(a cycle\) cannot be shared at \["a"\]\["1"\]\["back"\]/],
+    ['a cycle below the top', { top: [inner] }, /^a value that contains itself \(a cycle\) cannot be shared at \["top"\]\["0"\]\["me"\]\["me"\]/],
+    ['nesting past the limit', deep, /^values nest deeper than 256 levels at (\["d"\]){256}$/],
+    ['a getter that throws', getter, /^reading this property threw \(kaput\) at \["list"\]\["1"\]\["boom"\]$/],
+    ['a key with a lone surrogate', { outer: { ['k\uD83D']: 1 } }, /^a string with a lone surrogate cannot be stored as UTF-8 at \["outer"\]\["k\\ud83d"\]$/],
+  ]
+  for (const [what, bad, want] of cases) {
+    const err = t.throws(() => Shared(f.pool, bad as object), unsupported, what)
+    t.regex(err?.message ?? '', want, what)
+  }
+  // The getter's own error is kept as the cause.
+  const err = t.throws(() => Shared(f.pool, getter), unsupported)
+  t.is((err?.cause as Error | undefined)?.message, 'kaput')
+  t.deepEqual(f.pool.stats(), before)
+  assertBaseline(t, f)
+})
+
 test('symbol-keyed properties are skipped, as JSON.stringify and structuredClone skip them (documented decision)', (t) => {
   const f = fresh(t, 'symkey')
   const k = Symbol('k')

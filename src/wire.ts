@@ -96,15 +96,56 @@ export class ShmUnsupportedError extends TypeError {
   }
 }
 
+/**
+ * A value the encoder refuses, on its way up out of the walk. Each array or
+ * table it passes on the way notes its key and itself, so a walk that goes
+ * well keeps no path at all; encodeWith turns it into the
+ * ShmUnsupportedError the caller sees, which says where the value was.
+ */
+class Refusal {
+  /** The keys from the refused value outwards. */
+  readonly keys: unknown[] = []
+  /** The arrays and tables around the refused value, innermost first. */
+  readonly around: object[] = []
+  /** When the walk stopped at MAX_DEPTH: the object it stopped at. */
+  deepest: object | undefined = undefined
+  constructor(
+    readonly message: string,
+    readonly cause: unknown,
+  ) {}
+
+  /** Note that this refusal passed up through entry `key` of `container`. */
+  static through(e: unknown, key: unknown, container: object): unknown {
+    if (e instanceof Refusal) {
+      e.keys.push(key)
+      e.around.push(container)
+    }
+    return e
+  }
+
+  toError(): ShmUnsupportedError {
+    let message = this.message
+    const deepest = this.deepest
+    if (deepest !== undefined) {
+      // A cycle always runs into the depth limit; deep nesting without one
+      // does too. Told apart only now, from the objects around.
+      const a = this.around
+      const cyclic = a.includes(deepest) || new Set(a).size < a.length
+      message = cyclic ? 'a value that contains itself (a cycle) cannot be shared' : `values nest deeper than ${MAX_DEPTH} levels`
+    }
+    const keys = this.keys
+    let where = ''
+    for (let i = keys.length - 1; i >= 0; i--) where += `[${JSON.stringify(String(keys[i]))}]`
+    return new ShmUnsupportedError(where ? `${message} at ${where}` : message, { cause: this.cause })
+  }
+}
+
 const TWO32 = 2 ** 32
 
 class Encoder {
   buf = Buffer.allocUnsafe(256)
   view = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength)
   pos = 0
-  readonly path: unknown[] = []
-  /** Objects being encoded, outermost first (to tell a cycle from deep nesting). */
-  readonly stack: object[] = []
 
   regionKey = ''
   refOf: RefLookup = () => undefined
@@ -117,10 +158,6 @@ class Encoder {
     this.refOf = refOf
     this.plainProto = nothingEnumerable(Object.prototype)
     this.pos = 0
-    // (only when not empty already: setting an array's length is a call
-    // into the runtime, and it drops the array's storage)
-    if (this.path.length !== 0) this.path.length = 0
-    if (this.stack.length !== 0) this.stack.length = 0
     return this
   }
 
@@ -150,9 +187,8 @@ class Encoder {
     this.u32(n)
   }
 
-  fail(message: string, cause?: unknown): ShmUnsupportedError {
-    const where = this.path.length ? ` at ${this.path.map((p) => `[${JSON.stringify(String(p))}]`).join('')}` : ''
-    return new ShmUnsupportedError(`${message}${where}`, { cause })
+  fail(message: string, cause?: unknown): Refusal {
+    return new Refusal(message, cause)
   }
 
   string(tag: number, s: string): void {
@@ -165,6 +201,16 @@ class Encoder {
     // the UTF-8 encoder. Anything else goes through it.
     let n = 0
     if (len <= 64) {
+      // Four characters to a store while they are ASCII.
+      const view = this.view
+      for (; n + 4 <= len; n += 4) {
+        const a = s.charCodeAt(n)
+        const b = s.charCodeAt(n + 1)
+        const c = s.charCodeAt(n + 2)
+        const d = s.charCodeAt(n + 3)
+        if ((a | b | c | d) >= 0x80) break
+        view.setUint32(start + n, a | (b << 8) | (c << 16) | (d << 24), true)
+      }
       for (; n < len; n++) {
         const c = s.charCodeAt(n)
         if (c >= 0x80) break
@@ -186,7 +232,12 @@ class Encoder {
 
   number(n: number): void {
     this.ensure(9)
-    if (Number.isSafeInteger(n) && !Object.is(n, -0)) {
+    if ((n | 0) === n && (n !== 0 || 1 / n > 0)) {
+      // (an int32, not -0: the common case, without a division)
+      this.buf[this.pos] = T_INT
+      this.view.setInt32(this.pos + 1, n, true)
+      this.view.setInt32(this.pos + 5, n >> 31, true)
+    } else if (Number.isSafeInteger(n) && !Object.is(n, -0)) {
       this.buf[this.pos] = T_INT
       this.view.setUint32(this.pos + 1, n >>> 0, true)
       this.view.setInt32(this.pos + 5, Math.floor(n / TWO32), true)
@@ -279,10 +330,11 @@ class Encoder {
       return
     }
     if (depth >= MAX_DEPTH) {
-      // Only now look for a cycle (a cycle always ends here): the common case
-      // pays for an array push and pop per object, not a set.
-      const cyclic = this.stack.includes(v) || new Set(this.stack).size < this.stack.length
-      throw this.fail(cyclic ? 'a value that contains itself (a cycle) cannot be shared' : `values nest deeper than ${MAX_DEPTH} levels`)
+      // (whether it is a cycle is worked out from the objects around, which
+      // the refusal collects on its way up: see Refusal.toError)
+      const r = this.fail('')
+      r.deepest = v
+      throw r
     }
     if (ArrayBuffer.isView(v)) {
       if (Buffer.isBuffer(v)) return this.bytes(T_BYTES, 0, v)
@@ -293,29 +345,26 @@ class Encoder {
       return this.bytes(T_TYPED, code, v)
     }
     const proto = Object.getPrototypeOf(v)
-    this.stack.push(v)
-    {
-      if (Array.isArray(v) && proto === Array.prototype) {
-        this.u8(T_ARR)
-        this.len(v.length, 'an array')
-        for (let i = 0; i < v.length; i++) {
-          this.path.push(i)
+    if (Array.isArray(v) && proto === Array.prototype) {
+      this.u8(T_ARR)
+      this.len(v.length, 'an array')
+      for (let i = 0; i < v.length; i++) {
+        try {
           this.value(this.read(v, i), depth + 1)
-          this.path.pop()
+        } catch (e) {
+          throw Refusal.through(e, i, v)
         }
-        this.stack.pop()
-        return
       }
-      if (proto !== Object.prototype && proto !== null) {
-        const what = (v as { constructor?: { name?: string } }).constructor?.name ?? 'this object'
-        throw this.fail(`${what} cannot be shared: only plain objects, arrays, Buffers, typed arrays and primitives can`)
-      }
-      // Symbol-keyed properties are skipped, as JSON.stringify and
-      // structuredClone skip them: a table's keys are strings.
-      if (proto === null || this.plainProto) this.ownKeys(v, depth)
-      else this.listedKeys(v, Object.keys(v), depth)
+      return
     }
-    this.stack.pop()
+    if (proto !== Object.prototype && proto !== null) {
+      const what = (v as { constructor?: { name?: string } }).constructor?.name ?? 'this object'
+      throw this.fail(`${what} cannot be shared: only plain objects, arrays, Buffers, typed arrays and primitives can`)
+    }
+    // Symbol-keyed properties are skipped, as JSON.stringify and
+    // structuredClone skip them: a table's keys are strings.
+    if (proto === null || this.plainProto) this.ownKeys(v, depth)
+    else this.listedKeys(v, Object.keys(v), depth)
   }
 
   /**
@@ -339,16 +388,18 @@ class Encoder {
     let count = 0
     for (const k in v) {
       count++
-      this.path.push(k)
-      this.key(k)
-      let x: unknown
       try {
-        x = (v as Record<string, unknown>)[k]
+        this.key(k)
+        let x: unknown
+        try {
+          x = (v as Record<string, unknown>)[k]
+        } catch (e) {
+          throw this.readFailed(e)
+        }
+        this.value(x, depth + 1)
       } catch (e) {
-        throw this.readFailed(e)
+        throw Refusal.through(e, k, v)
       }
-      this.value(x, depth + 1)
-      this.path.pop()
     }
     this.view.setUint32(head + 1, count, true)
   }
@@ -357,10 +408,12 @@ class Encoder {
     this.u8(T_TAB)
     this.len(keys.length, 'an object')
     for (const k of keys) {
-      this.path.push(k)
-      this.key(k)
-      this.value(this.read(v, k), depth + 1)
-      this.path.pop()
+      try {
+        this.key(k)
+        this.value(this.read(v, k), depth + 1)
+      } catch (e) {
+        throw Refusal.through(e, k, v)
+      }
     }
   }
 
@@ -372,7 +425,7 @@ class Encoder {
     }
   }
 
-  readFailed(e: unknown): ShmUnsupportedError {
+  readFailed(e: unknown): Refusal {
     return this.fail(`reading this property threw (${(e as Error)?.message ?? e})`, e)
   }
 }
@@ -416,6 +469,8 @@ function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => 
       e.reset(regionKey, refOf)
       write(e)
     }
+  } catch (err) {
+    throw err instanceof Refusal ? err.toError() : err
   } finally {
     e.busy = false
   }
