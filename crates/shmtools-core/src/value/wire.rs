@@ -174,6 +174,7 @@ impl<'a> Reader<'a> {
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(Error::invalid("the encoded value ends too early"));
@@ -182,14 +183,17 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(s)
     }
+    #[inline]
     pub fn u8(&mut self) -> Result<u8> {
         Ok(self.take(1)?[0])
     }
+    #[inline]
     pub fn u32(&mut self) -> Result<u32> {
         let mut a = [0; 4];
         a.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(a))
     }
+    #[inline]
     pub fn u64(&mut self) -> Result<u64> {
         let mut a = [0; 8];
         a.copy_from_slice(self.take(8)?);
@@ -197,6 +201,7 @@ impl<'a> Reader<'a> {
     }
     /// A count of items that each take at least `min_each` bytes: refuses
     /// counts the remaining input cannot possibly hold.
+    #[inline]
     pub fn count(&mut self, min_each: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_each) > self.remaining() {
@@ -217,9 +222,10 @@ pub struct Skipped {
     pub refs: bool,
 }
 
-/// The open containers of [`Reader::skip_value_upto`]'s walk: (is a
-/// table, items left). The first few levels live on the stack, so checking
-/// the usual shallow packet allocates nothing; deeper ones spill to the heap.
+/// The containers around the innermost open one in
+/// [`Reader::skip_value_upto`]'s walk, each as (is a table, items left).
+/// The first few levels live on the stack, so checking the usual shallow
+/// packet allocates nothing; deeper ones spill to the heap.
 #[derive(Default)]
 struct OpenLevels {
     near: [(bool, u64); 8],
@@ -238,22 +244,14 @@ impl OpenLevels {
         }
         self.len += 1;
     }
-    fn pop(&mut self) {
-        if self.len > self.near.len() {
-            self.deep.pop();
-        }
-        self.len = self.len.saturating_sub(1);
-    }
-    fn last_mut(&mut self) -> Option<&mut (bool, u64)> {
+    /// Take the innermost level out.
+    fn pop(&mut self) -> Option<(bool, u64)> {
         let i = self.len.checked_sub(1)?;
-        match self.near.get_mut(i) {
-            Some(at) => Some(at),
-            None => self.deep.last_mut(),
+        self.len = i;
+        match self.near.get(i) {
+            Some(at) => Some(*at),
+            None => self.deep.pop(),
         }
-    }
-    fn last(&self) -> Option<(bool, u64)> {
-        let i = self.len.checked_sub(1)?;
-        self.near.get(i).or(self.deep.last()).copied()
     }
 }
 
@@ -303,20 +301,17 @@ impl<'a> Reader<'a> {
     pub fn skip_value_upto(&mut self, max: usize) -> Result<Option<Skipped>> {
         let start = self.pos;
         let mut out = Skipped::default();
-        // Items still to read at each open container level; for a table,
-        // keys and values count separately (2 per entry) and a key is due
-        // when the count left is even.
-        let mut open = OpenLevels::default();
+        // The innermost open container, as (is a table, items left), in a
+        // local; those around it in `outer`. For a table, keys and values
+        // count separately (2 per entry) and a key is due when the count
+        // left is even.
+        let mut top: Option<(bool, u64)> = None;
+        let mut outer = OpenLevels::default();
         loop {
-            if open.len() > MAX_DEPTH {
-                return Err(Error::invalid(format!(
-                    "values nest deeper than {MAX_DEPTH} levels"
-                )));
-            }
             if self.pos - start > max {
                 return Ok(None);
             }
-            let key_due = matches!(open.last(), Some((true, left)) if left % 2 == 0);
+            let key_due = matches!(top, Some((true, left)) if left % 2 == 0);
             let tag = self.u8()?;
             if key_due && tag != T_STR && tag != T_INT {
                 return Err(Error::invalid("a table key must be a string or an integer"));
@@ -363,26 +358,38 @@ impl<'a> Reader<'a> {
                 T_TAB | T_ARR => {
                     let tab = tag == T_TAB;
                     let n = self.count(if tab { 2 } else { 1 })? as u64;
-                    // Counted as an item of its parent below, once it closes.
-                    open.push((tab, if tab { 2 * n } else { n }));
-                    // An empty container closes at once.
+                    let items = if tab { 2 * n } else { n };
+                    if items > 0 {
+                        // Open: counted as an item of its parent once it
+                        // closes.
+                        if let Some(around) = top {
+                            if outer.len() + 2 > MAX_DEPTH {
+                                return Err(Error::invalid(format!(
+                                    "values nest deeper than {MAX_DEPTH} levels"
+                                )));
+                            }
+                            outer.push(around);
+                        }
+                        top = Some((tab, items));
+                        continue;
+                    }
+                    // (an empty container is done at once)
                 }
                 t => return Err(Error::invalid(format!("unknown value tag {t}"))),
             }
             // One item done (a scalar, or a container now closed); close
             // every level it completes.
-            if !matches!(tag, T_TAB | T_ARR) {
-                match open.last_mut() {
+            loop {
+                match &mut top {
                     None => return Ok(Some(out).filter(|_| self.pos - start <= max)),
-                    Some((_, left)) => *left -= 1,
+                    Some((_, left)) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                    }
                 }
-            }
-            while let Some((_, 0)) = open.last() {
-                open.pop();
-                match open.last_mut() {
-                    None => return Ok(Some(out).filter(|_| self.pos - start <= max)),
-                    Some((_, left)) => *left -= 1,
-                }
+                top = outer.pop();
             }
         }
     }
