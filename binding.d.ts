@@ -179,6 +179,16 @@ export declare function inspectRegion(name: string): NativeRegion | null
 export declare function pipeDequeue(p: ExternalObject<PipeRef>, timeoutMs?: number | undefined | null): Out | null
 
 /**
+ * Dequeue one packet, waiting up to `timeout_ms` (undefined: forever; 0:
+ * not at all) and, with `spin_us` > 0, first spinning up to that long for
+ * one to arrive (as pipe_dequeue_spin; the wait is then over), and return
+ * a deep copy of it, the packet released here: as pipe_dequeue_many_copy
+ * returns a batch of one, without the shape coding (a single message has
+ * no key list to repeat). Nothing came: an empty string.
+ */
+export declare function pipeDequeueCopy(p: ExternalObject<PipeRef>, timeoutMs: number | undefined | null, spinUs: number): string | Buffer
+
+/**
  * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
  * (undefined or 0: no wait; Infinity: forever), as handles and values.
  */

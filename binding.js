@@ -851,6 +851,7 @@ module.exports.createRegion = nativeBinding.createRegion
 module.exports.detachView = nativeBinding.detachView
 module.exports.inspectRegion = nativeBinding.inspectRegion
 module.exports.pipeDequeue = nativeBinding.pipeDequeue
+module.exports.pipeDequeueCopy = nativeBinding.pipeDequeueCopy
 module.exports.pipeDequeueMany = nativeBinding.pipeDequeueMany
 module.exports.pipeDequeueManyCopy = nativeBinding.pipeDequeueManyCopy
 module.exports.pipeDequeueSpin = nativeBinding.pipeDequeueSpin

@@ -26,6 +26,7 @@ import {
   AbortError,
   ClientSide,
   ErrorCodes,
+  isSHM,
   ServerSide,
   Shared,
   SHMMain,
@@ -254,6 +255,14 @@ test.serial('batch forms across processes: enqueueMany with a timeout → dequeu
 
 test.serial('the copy form mixes with the handle forms: producers (batch, sync, many) × consumers (copy, sync, copy) share one pipe, exactly once, nothing leaks', async (t) => {
   await deliverExactlyOnce(t, ['batch', 'sync', 'many'], ['copy', 'sync', 'copy'], 1500, 16)
+})
+
+test.serial('the one-packet copy forms across processes: dequeue, dequeueAsync and packets() with { copy: true } against every producer form, exactly once, nothing leaks', async (t) => {
+  await deliverExactlyOnce(t, ['batch', 'sync', 'async'], ['sync-copy', 'async-copy', 'iter-copy'], 1500, 16)
+})
+
+test.serial('one consumer taking plain copies one at a time (sync) keeps each producer\'s order and stops on the last eof', async (t) => {
+  await deliverExactlyOnce(t, ['many', 'sync'], ['sync-copy'], 2000, 8)
 })
 
 // 2 ---------------------------------------------------------------------------
@@ -960,7 +969,7 @@ test.serial('an abort right after an async wait parks is never lost, even with o
 
 // batch forms -----------------------------------------------------------------
 
-test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() gives, for every kind of value, shared or not, in small and large batches', (t) => {
+test.serial('dequeueMany({ copy: true }) and the one-packet copy forms give the same plain values toJS() gives, for every kind of value, shared or not, in small and large batches', async (t) => {
   const { region, pool } = fresh(t, 'copy-kinds', 16 * MiB)
   const q = new ServerSide(region, 'p', 64).start().pipe()
   const baseline = pool.stats()
@@ -986,6 +995,19 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   t.is(shared.refCount, 4, 'one handle, one reference inside a packet, two packets')
   const got = q.dequeueMany(100, { copy: true })
   t.deepEqual(got, [...expected, shared.toJS(), shared.toJS()])
+  // One at a time, in each one-packet form, the same values.
+  t.is(q.enqueueMany([...plain, shared]), plain.length + 1)
+  const one: unknown[] = []
+  for (let i = 0; i < plain.length + 1; i++) {
+    const v = i % 3 === 0 ? q.dequeue(0, { copy: true }) : i % 3 === 1 ? q.deq({ copy: true }) : await q.dequeueAsync(0, { copy: true })
+    t.false(isSHM(v, pool), `packet ${i} came as a plain copy, not a handle`)
+    one.push(v)
+  }
+  t.deepEqual(one, [...expected, shared.toJS()])
+  t.is(q.dequeue(0, { copy: true }), undefined, 'nothing there: undefined')
+  t.is(await q.dequeueAsync(0, { copy: true }), undefined)
+  t.is(await q.dequeueAsync(50, { copy: true }), undefined, 'after spinning and parking: undefined')
+  t.is(shared.refCount, 1, 'the one-at-a-time packets were released too')
   t.true(Object.hasOwn(got[1] as object, '__proto__'))
   t.is(Object.getPrototypeOf(got[1]), Object.prototype)
   t.true(Object.is((got[2] as { neg: number }).neg, -0))
@@ -996,6 +1018,15 @@ test.serial('dequeueMany({ copy: true }) gives the same plain values toJS() give
   const big = Array.from({ length: 5 }, (_, i) => ({ i, text: `${i}`.repeat(30_000) + 'ü' }))
   t.is(q.enqueueMany(big), 5)
   t.deepEqual(q.dequeueMany(5, { copy: true }), big)
+  // So does one such packet taken alone.
+  t.true(q.enqueue(big[0]))
+  t.deepEqual(q.dequeue(0, { copy: true }), big[0])
+  // A packet whose value is None comes as null, not as "nothing".
+  t.true(q.enqueue(null))
+  t.true(q.enqueue(undefined))
+  t.is(q.dequeue(0, { copy: true }), null)
+  t.is(await q.dequeueAsync(0, { copy: true }), null)
+  t.throws(() => q.dequeue(0, { copy: 'yes' as unknown as boolean }), { code: ErrorCodes.INVALID_ARG })
   // Only what is there, and nothing when empty.
   t.is(q.enqueueMany([1, 2, 3]), 3)
   t.deepEqual(q.dequeueMany(2, { copy: true }), [1, 2])
@@ -1029,7 +1060,7 @@ function pipeToDamage(t: ExecutionContext, label: string) {
   return { pool, q, baseline, queue, u64, headSlot }
 }
 
-test.serial('a packed packet damaged in the region (by another process) makes dequeueMany({ copy: true }) throw ERR_SHM_CORRUPT; its batch is freed and the pipe goes on working', (t) => {
+test.serial('a packed packet damaged in the region (by another process) makes dequeueMany({ copy: true }) and dequeue(0, { copy: true }) throw ERR_SHM_CORRUPT; what they took is freed and the pipe goes on working', (t) => {
   const { pool, q, baseline, u64, headSlot } = pipeToDamage(t, 'copy-damage')
   // The body of {seq, payload} as the JS encoder writes it: Tab, count 2,
   // Str "seq", Int, Str "payload", Str of 32 x.
@@ -1044,7 +1075,12 @@ test.serial('a packed packet damaged in the region (by another process) makes de
     ['a value ending before its packet does', (b) => b.writeUInt32LE(1, 1)],
     ['no table at all', (b) => (b[0] = 7)],
   ]
-  for (const [what, damage] of damages) {
+  const forms: [string, () => unknown][] = [
+    ['dequeueMany copy', () => q.dequeueMany(8, { copy: true })],
+    ['dequeue copy', () => q.dequeue(0, { copy: true })],
+  ]
+  for (const [form, take] of forms) for (const [damageName, damage] of damages) {
+    const what = `${form}, ${damageName}`
     // (payloads too long to go inline, so these are packed)
     t.is(q.enqueueMany([{ seq: 1, payload: 'x'.repeat(1100) }, { seq: 2, payload: 'y'.repeat(1100) }]), 2)
     // The first packet went into an empty pipe, so into the header's
@@ -1055,7 +1091,11 @@ test.serial('a packed packet damaged in the region (by another process) makes de
     const body = pool.read(packet, u64(packet, 8), 16)
     damage(body)
     pool.write(packet, body, 16)
-    t.throws(() => q.dequeueMany(8, { copy: true }), { code: ErrorCodes.CORRUPT }, what)
+    t.throws(take, { code: ErrorCodes.CORRUPT }, what)
+    if (form === 'dequeue copy') {
+      t.is(q.length, 1, `${what}: the damaged packet was taken`)
+      t.deepEqual(q.dequeue(0, { copy: true }), { seq: 2, payload: 'y'.repeat(1100) }, `${what}: the next one intact`)
+    }
     t.is(q.length, 0, `${what}: the batch was taken`)
     t.deepEqual(used(pool.stats()), baseline, `${what}: and freed`)
     t.is(q.enqueueMany([{ seq: 3 }]), 1)
@@ -1091,6 +1131,7 @@ test.serial('a small packet goes inline, into the pipe byte ring; damage to its 
   const forms: [string, () => unknown, number][] = [
     // (what the form takes: one packet, or the whole batch)
     ['dequeue', () => q.dequeue(0), 1],
+    ['dequeue copy', () => q.dequeue(0, { copy: true }), 1],
     ['dequeueMany', () => q.dequeueMany(8), 2],
     ['dequeueMany copy', () => q.dequeueMany(8, { copy: true }), 2],
   ]

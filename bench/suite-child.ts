@@ -102,15 +102,18 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
         return {}
       }
       case 'shm-sync':
+      case 'shm-sync-copy':
       case 'shm-async':
+      case 'shm-async-copy':
       case 'shm-batch':
       case 'shm-copy': {
         const side = client(a.region, a.pipe)
         const out = side.pipe()
         await ctx.ready()
-        if (a.transport === 'shm-sync') {
+        // (the -copy forms differ only on the consumer's side)
+        if (a.transport === 'shm-sync' || a.transport === 'shm-sync-copy') {
           for (let seq = 0; seq < n; seq++) out.enq({ seq, payload: PAYLOAD })
-        } else if (a.transport === 'shm-async') {
+        } else if (a.transport === 'shm-async' || a.transport === 'shm-async-copy') {
           for (let seq = 0; seq < n; seq++) await out.enqueueAsync({ seq, payload: PAYLOAD })
         } else if (a.transport === 'shm-copy') {
           // Batches of 256; when the pipe is full, wait (blocking) for room.

@@ -189,7 +189,7 @@ const seqSum = (n: number) => (n * (n - 1)) / 2
 
 // ---- 1. small objects one way ------------------------------------------------------
 
-type OnewayForm = 'ps' | 'sock' | 'worker' | 'shm-sync' | 'shm-async' | 'shm-batch' | 'shm-copy'
+type OnewayForm = 'ps' | 'sock' | 'worker' | 'shm-sync' | 'shm-sync-copy' | 'shm-async' | 'shm-async-copy' | 'shm-batch' | 'shm-copy'
 
 async function scenario1(): Promise<void> {
   const nRun = C.oneway
@@ -242,12 +242,24 @@ async function scenario1(): Promise<void> {
           see(v.seq)
           v.release()
         }
+      } else if (form === 'shm-sync-copy') {
+        while (got < n) {
+          const v = pipe.dequeue(30_000, { copy: true }) as { seq: number } | undefined
+          if (v === undefined) throw new Error('oneway shm-sync-copy: nothing for 30 s')
+          see(v.seq)
+        }
       } else if (form === 'shm-async') {
         while (got < n) {
           const v = (await pipe.dequeueAsync(30_000)) as SharedTab | undefined
           if (v === undefined) throw new Error('oneway shm-async: nothing for 30 s')
           see(v.seq)
           v.release()
+        }
+      } else if (form === 'shm-async-copy') {
+        while (got < n) {
+          const v = (await pipe.dequeueAsync(30_000, { copy: true })) as { seq: number } | undefined
+          if (v === undefined) throw new Error('oneway shm-async-copy: nothing for 30 s')
+          see(v.seq)
         }
       } else if (form === 'shm-batch') {
         while (got < n) {
@@ -279,7 +291,9 @@ async function scenario1(): Promise<void> {
       ['sock', 'unix socket (NDJSON)'],
       ['worker', 'worker_threads postMessage (in-process)'],
       ['shm-sync', 'shmtools enq / deq (sync)'],
+      ['shm-sync-copy', 'shmtools enq / deq({ copy: true }) (sync)'],
       ['shm-async', 'shmtools enqueueAsync / dequeueAsync'],
+      ['shm-async-copy', 'shmtools enqueueAsync / dequeueAsync(t, { copy: true })'],
       ['shm-batch', 'shmtools enqueueMany(64) / dequeueMany(256)'],
       ['shm-copy', 'shmtools enqueueMany(256) / dequeueMany(256, { copy: true })'],
     ]
@@ -306,7 +320,7 @@ async function scenario1(): Promise<void> {
     report.out()
     report.out(
       `${nRun} messages \`{seq, payload: 32 chars}\` per run, median of ${C.reps} after one unmeasured warm-up run of ${Math.ceil(nRun / 10)} per form (the worker form still starts a fresh Worker per run); the consumer (the parent) reads \`seq\` of every message ` +
-        `(shmtools: through the handle, which it then releases; the copy form: from the plain copy) and checks the sum. shmtools pipe capacity 1024.`,
+        `(shmtools: through the handle, which it then releases; the copy forms: from the plain copy) and checks the sum. shmtools pipe capacity 1024.`,
     )
     report.out()
     report.out(

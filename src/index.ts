@@ -5,7 +5,7 @@
 export { SHMMain, Region, Pool, attach, attachSync } from './region'
 export type { AttachOptions, SHMMainOptions, RegionInfo, PoolStats, PoolCheck, GcReport, HolderEntry, RepairReport } from './region'
 export { ServerSide, ClientSide, CQ } from './pipes'
-export type { WaitOptions, SideOptions, PipeStats } from './pipes'
+export type { WaitOptions, DequeueOptions, DequeueWaitOptions, DequeueManyOptions, EnqueueManyOptions, SideOptions, PipeStats } from './pipes'
 export { Shared, isSHM, SharedTyped } from './values'
 export type { SharedTab, SharedArr, SharedHandle, TabMethods, ArrMethods } from './values'
 export { ShmUnsupportedError } from './wire'

@@ -10,7 +10,7 @@ import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './er
 import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
 import { encodeFor, encodeManyFor, wrap, wrapAll } from './values'
-import { decodeBatch, decodeMany } from './wire'
+import { decode, decodeBatch, decodeMany } from './wire'
 
 export type { PipeStats }
 
@@ -27,6 +27,21 @@ export interface WaitOptions {
   signal?: AbortSignal
 }
 
+/** Options of dequeue() and deq(). */
+export interface DequeueOptions {
+  /**
+   * Return a plain JS copy of the packet (as `toJS()` would give) instead of
+   * a handle, and release the packet at once. No handle is made, so nothing
+   * is left to release or to the GC: for small messages several times
+   * faster than a handle (see docs/BENCHMARKS.md). A large table read in
+   * part is cheaper through a handle, which copies nothing. Default false.
+   */
+  copy?: boolean
+}
+
+/** Options of dequeueAsync() and packets(): a wait's, and dequeue()'s. */
+export interface DequeueWaitOptions extends WaitOptions, DequeueOptions {}
+
 /** A pipe as binding.pipe* calls take it (NativeQueue.fast()). */
 type PipeHandle = ReturnType<NativeQueue['fast']>
 
@@ -41,7 +56,7 @@ export interface EnqueueManyOptions {
 }
 
 /** Options of dequeueMany. */
-export interface DequeueManyOptions {
+export interface DequeueManyOptions extends DequeueOptions {
   /**
    * Return plain JS copies of the packets (as `toJS()` would give) instead of
    * handles, and release the packets at once. One native call copies the
@@ -65,6 +80,19 @@ function checkPipe(name: unknown, capacity?: unknown): string {
   if (capacity !== undefined) checkCount(capacity, 'capacity', { min: 1 })
   native(() => binding.checkPipeArgs(n, capacity as number | undefined))
   return n
+}
+
+/** The `copy` option of the dequeue forms: a boolean, false if not given. */
+function checkCopy(options: DequeueOptions | undefined): boolean {
+  const copy = options?.copy === undefined ? false : options.copy
+  if (typeof copy !== 'boolean') throw new ShmArgumentError(`copy must be a boolean, got ${typeof copy}`)
+  return copy
+}
+
+/** A packet as pipeDequeueCopy returns it, decoded; undefined for nothing. */
+function copied(got: string | Buffer): unknown {
+  if (typeof got !== 'string') return decode(got)
+  return got.length === 0 ? undefined : decodeBatch(got)[0]
 }
 
 function aborted(signal: AbortSignal | undefined, what: string): AbortError {
@@ -145,9 +173,11 @@ export class CQ<T = any> implements AsyncIterable<T> {
    * Dequeue, waiting up to `timeoutMs` for a packet (no timeout: forever; 0:
    * no wait). Returns undefined if none came in time. Blocks this thread.
    */
-  dequeue(timeoutMs?: number): T | undefined {
+  dequeue(timeoutMs?: number, options?: DequeueOptions): T | undefined {
     const t = checkTimeout(timeoutMs)
+    const copy = checkCopy(options)
     const h = this.#fast()
+    if (copy) return copied(native(() => binding.pipeDequeueCopy(h, t === Infinity ? undefined : t, 0))) as T | undefined
     const v = native(() => binding.pipeDequeue(h, t === Infinity ? undefined : t))
     return v === null || v === undefined ? undefined : (wrap(this.#region, v) as T)
   }
@@ -158,8 +188,8 @@ export class CQ<T = any> implements AsyncIterable<T> {
   }
 
   /** Dequeue, blocking until there is a packet (the seed's deq). */
-  deq(): T {
-    return this.dequeue() as T
+  deq(options?: DequeueOptions): T {
+    return this.dequeue(undefined, options) as T
   }
 
   /**
@@ -192,9 +222,10 @@ export class CQ<T = any> implements AsyncIterable<T> {
    * shmtools thread. Resolves undefined on timeout; rejects with an AbortError
    * if `signal` aborts.
    */
-  async dequeueAsync(timeoutMs?: number, options?: WaitOptions): Promise<T | undefined> {
+  async dequeueAsync(timeoutMs?: number, options?: DequeueWaitOptions): Promise<T | undefined> {
     const t = checkTimeout(timeoutMs)
     const signal = checkSignal(options?.signal)
+    const copy = checkCopy(options)
     if (signal?.aborted) throw aborted(signal, `dequeue on pipe '${this.name}'`)
     const deadline = performance.now() + t
     for (let first = true; ; first = false) {
@@ -203,8 +234,13 @@ export class CQ<T = any> implements AsyncIterable<T> {
       const seen = native(() => binding.pipeSeq(h, NOT_EMPTY))
       // The first try spins briefly (a reply often arrives within
       // microseconds); later tries follow a wake-up and just look.
-      const v = native(() => (first && t > 0 ? binding.pipeDequeueSpin(h, SPIN_US) : binding.pipeDequeue(h, 0)))
-      if (v !== null && v !== undefined) return wrap(this.#region, v) as T
+      if (copy) {
+        const v = copied(native(() => binding.pipeDequeueCopy(h, 0, first && t > 0 ? SPIN_US : 0)))
+        if (v !== undefined) return v as T
+      } else {
+        const v = native(() => (first && t > 0 ? binding.pipeDequeueSpin(h, SPIN_US) : binding.pipeDequeue(h, 0)))
+        if (v !== null && v !== undefined) return wrap(this.#region, v) as T
+      }
       const left = deadline - performance.now()
       if (left <= 0) return undefined
       if ((await this.#park(q, NOT_EMPTY, seen, left, signal)) === WAITED_OUT) return undefined
@@ -262,8 +298,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
   dequeueMany(max = 256, options?: DequeueManyOptions): T[] {
     checkCount(max, 'max')
     const t = checkTimeout(options?.timeoutMs === undefined ? 0 : options.timeoutMs)
-    const copy = options?.copy === undefined ? false : options.copy
-    if (typeof copy !== 'boolean') throw new ShmArgumentError(`copy must be a boolean, got ${typeof copy}`)
+    const copy = checkCopy(options)
     const h = this.#fast()
     const n = Math.min(max, 0xffffffff) // no pipe holds more
     if (copy) {
@@ -279,7 +314,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
   }
 
   /** Like the async iterator, with an AbortSignal that ends it. */
-  async *packets(options?: WaitOptions): AsyncGenerator<T> {
+  async *packets(options?: DequeueWaitOptions): AsyncGenerator<T> {
     while (this.#q !== undefined) {
       let v: T | undefined
       try {

@@ -73,6 +73,10 @@ fn which(w: u32) -> Result<WaitFor> {
 }
 
 /// A timeout in ms from JS (None: forever), checked.
+/// Largest copy handed to JavaScript as a latin1 string (with its flag
+/// character); a longer one comes as a Buffer (see pipe_dequeue_many_copy).
+const COPY_AS_TEXT_MAX: usize = 64 << 10;
+
 fn timeout(ms: Option<f64>) -> Result<Option<Duration>> {
     match ms {
         None => Ok(None),
@@ -263,7 +267,6 @@ impl PipeRef {
         max: u32,
         timeout_ms: Option<f64>,
     ) -> Result<Either<JsString<'env>, Buffer>> {
-        const AS_TEXT_MAX: usize = 64 << 10;
         let t = timeout(Some(timeout_ms.unwrap_or(0.0)))?;
         let q = self.queue()?;
         let mut w = Writer {
@@ -284,11 +287,63 @@ impl PipeRef {
         // packets' bytes, copied out unchecked.
         let (mut text, non_ascii) = shape_code_packets(&w.buf, 1, &ends).map_err(js)?;
         text[0] = non_ascii as u8;
-        if text.len() > AS_TEXT_MAX {
+        if text.len() > COPY_AS_TEXT_MAX {
             // Too long for text: a Buffer, without the flag.
             return Ok(Either::B(text.split_off(1).into()));
         }
         env.create_string_latin1(&text).map(Either::A)
+    }
+
+    /// One packet copied out, as [`pipe_dequeue_copy`] describes.
+    pub fn dequeue_copy<'env>(
+        &self,
+        env: &'env Env,
+        timeout_ms: Option<f64>,
+        spin_us: u32,
+    ) -> Result<Either<JsString<'env>, Buffer>> {
+        let t = timeout(timeout_ms)?;
+        let q = self.queue()?;
+        let mut w = Writer {
+            buf: Vec::with_capacity(self.copy_hint.get().min(1 << 10)),
+            non_ascii: false,
+        };
+        w.u8(0); // the flag, set below
+        let got = if spin_us == 0 {
+            q.dequeue_many_wire(1, t, &mut w).map_err(js)?
+        } else {
+            // As dequeue_spin: a try, then spin on the futex word while
+            // nothing moves it, until `spin_us` is up (no sleep).
+            let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
+            loop {
+                let seen = q.seq(WaitFor::NotEmpty);
+                let n = q
+                    .dequeue_many_wire(1, Some(Duration::ZERO), &mut w)
+                    .map_err(js)?;
+                if n > 0 {
+                    break n;
+                }
+                let mut late = false;
+                while q.seq(WaitFor::NotEmpty) == seen {
+                    if std::time::Instant::now() >= until {
+                        late = true;
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if late {
+                    break 0;
+                }
+            }
+        };
+        if got == 0 {
+            return env.create_string_latin1(b"").map(Either::A);
+        }
+        if w.buf.len() > COPY_AS_TEXT_MAX {
+            // Too long for text: a Buffer of the encoding, without the flag.
+            return Ok(Either::B(w.buf.split_off(1).into()));
+        }
+        w.buf[0] = w.non_ascii as u8;
+        env.create_string_latin1(&w.buf).map(Either::A)
     }
 
     pub fn seq(&self, kind: u32) -> Result<u32> {
@@ -397,6 +452,22 @@ pub fn pipe_dequeue_many_copy<'env>(
     timeout_ms: Option<f64>,
 ) -> Result<Either<JsString<'env>, Buffer>> {
     p.dequeue_many_copy(env, max, timeout_ms)
+}
+
+/// Dequeue one packet, waiting up to `timeout_ms` (undefined: forever; 0:
+/// not at all) and, with `spin_us` > 0, first spinning up to that long for
+/// one to arrive (as pipe_dequeue_spin; the wait is then over), and return
+/// a deep copy of it, the packet released here: as pipe_dequeue_many_copy
+/// returns a batch of one, without the shape coding (a single message has
+/// no key list to repeat). Nothing came: an empty string.
+#[napi(catch_unwind)]
+pub fn pipe_dequeue_copy<'env>(
+    env: &'env Env,
+    p: &External<PipeRef>,
+    timeout_ms: Option<f64>,
+    spin_us: u32,
+) -> Result<Either<JsString<'env>, Buffer>> {
+    p.dequeue_copy(env, timeout_ms, spin_us)
 }
 
 /// The futex sequence for `kind` (0 not empty, 1 not full); read it before
