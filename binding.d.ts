@@ -33,6 +33,8 @@ export declare class NativeQueue {
   waitChange(kind: number, seen: number, timeoutMs: number | undefined | null, id: number): object
   /** This pipe as an external, for the per-message calls (`pipe_*`). */
   fast(): ExternalObject<PipeRef>
+  /** This pipe as the external the hand-written calls take (fastcall.rs). */
+  raw(): object
 }
 
 export declare class NativeRegion {
@@ -140,6 +142,12 @@ export declare function createRegion(name: string, bytes: number, mode: number):
  */
 export declare function detachView(buffer: ArrayBuffer): void
 
+/**
+ * The hand-written per-message calls, as an object of functions (see the
+ * module docs; src/fastcalls.ts declares them).
+ */
+export declare function fastCalls(): object
+
 /** What gc did. */
 export interface GcReport {
   /** Sessions of dead processes given back. */
@@ -175,19 +183,6 @@ export interface HolderEntry {
  */
 export declare function inspectRegion(name: string): NativeRegion | null
 
-/** Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all). */
-export declare function pipeDequeue(p: ExternalObject<PipeRef>, timeoutMs?: number | undefined | null): Out | null
-
-/**
- * Dequeue one packet, waiting up to `timeout_ms` (undefined: forever; 0:
- * not at all) and, with `spin_us` > 0, first spinning up to that long for
- * one to arrive (as pipe_dequeue_spin; the wait is then over), and return
- * a deep copy of it, the packet released here: as pipe_dequeue_many_copy
- * returns a batch of one, without the shape coding (a single message has
- * no key list to repeat). Nothing came: an empty string.
- */
-export declare function pipeDequeueCopy(p: ExternalObject<PipeRef>, timeoutMs: number | undefined | null, spinUs: number): string | Buffer
-
 /**
  * Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
  * (undefined or 0: no wait; Infinity: forever), as handles and values.
@@ -207,26 +202,6 @@ export declare function pipeDequeueMany(p: ExternalObject<PipeRef>, max: number,
  * too). Nothing came: an empty string.
  */
 export declare function pipeDequeueManyCopy(p: ExternalObject<PipeRef>, max: number, timeoutMs?: number | undefined | null): string | Buffer
-
-/**
- * Dequeue if a packet is there or arrives within `spin_us` microseconds,
- * spinning on the futex word (no sleep): the async forms call this once
- * before parking, since a reply often comes within a few microseconds and
- * waking through a thread costs tens.
- */
-export declare function pipeDequeueSpin(p: ExternalObject<PipeRef>, spinUs: number): Out | null
-
-/**
- * The per-message pipe calls, on the external `NativeQueue.fast()` gives
- * (napi-rs checks every call on a class instance against a table of
- * borrows, see [`PipeRef`]; these skip it).
- *
- * Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
- * forever; 0: not at all). False if there was no room. A small value is
- * copied into the pipe's byte ring; a larger one is stored in the pool
- * (packed if it can be). Nothing is built while it waits.
- */
-export declare function pipeEnqueue(p: ExternalObject<PipeRef>, wire: Buffer, timeoutMs?: number | undefined | null): boolean
 
 /**
  * Enqueue as many of the `count` concatenated encoded values as fit,
@@ -250,12 +225,6 @@ export interface PipeEntry {
    */
   queueBlock: number
 }
-
-/**
- * The futex sequence for `kind` (0 not empty, 1 not full); read it before
- * a failed attempt, then wait for it to move.
- */
-export declare function pipeSeq(p: ExternalObject<PipeRef>, kind: number): number
 
 export interface PipeStats {
   depth: number

@@ -807,37 +807,64 @@ test.serial('after close() every use of the pipe is ERR_SHM_CLOSED; the pipe and
   t.throws(() => other.dequeue(0), closed)
 })
 
-test.serial("the binding's per-message pipe calls refuse anything but a live pipe's external with an error, never a crash", (t) => {
+test.serial("the binding's hand-written per-message pipe calls refuse anything but a live pipe's raw external, and bad arguments, with an error, never a crash", (t) => {
   const { shm, region } = fresh(t, 'fast-args')
   new ServerSide(region, 'p', 4).start()
-  type Native = { findPipe(name: string): { fast(): object } | null }
+  type Native = { findPipe(name: string): { fast(): object; raw(): object } | null }
   const q = (region as unknown as { native(): Native }).native().findPipe('p')!
-  const h = q.fast()
+  const p = q.raw()
+  type Fast = {
+    pipeEnqueue(p: unknown, wire: unknown, len: unknown, timeoutMs: unknown): boolean
+    pipeDequeue(p: unknown, timeoutMs: unknown): unknown
+    pipeDequeueSpin(p: unknown, spinUs: unknown): unknown
+    pipeDequeueCopy(p: unknown, timeoutMs: unknown, spinUs: unknown): unknown
+    pipeSeq(p: unknown, kind: unknown): number
+  }
+  const fast = binding.fastCalls() as Fast
   const wire = Buffer.from([3, 7, 0, 0, 0, 0, 0, 0, 0]) // the Int 7
-  t.true(binding.pipeEnqueue(h as never, wire, 0))
-  t.is(typeof binding.pipeSeq(h as never, 0), 'number')
-  // Not a pipe: a plain object, a number, a Buffer, null, an external of
-  // another kind (a region's own), the class instance itself.
+  t.true(fast.pipeEnqueue(p, wire, wire.length, 0))
+  t.is(typeof fast.pipeSeq(p, 0), 'number')
+  // Not a pipe: a plain object, a number, a Buffer, null, undefined, the
+  // class instance, the napi-rs external of the same pipe (another kind of
+  // external), a region's external.
   const regionExternal = (region as unknown as { native(): { fast(): object } }).native().fast()
-  const strangers: unknown[] = [{}, 42, wire, null, undefined, q, regionExternal]
+  const strangers: unknown[] = [{}, 42, wire, null, undefined, q, q.fast(), regionExternal]
+  const invalid = { message: /^ERR_SHM_INVALID_ARG: / }
   for (const [i, x] of strangers.entries()) {
     const label = `stranger ${i}`
-    t.throws(() => binding.pipeEnqueue(x as never, wire, 0), undefined, label)
-    t.throws(() => binding.pipeDequeue(x as never, 0), undefined, label)
-    t.throws(() => binding.pipeDequeueMany(x as never, 4, 0), undefined, label)
-    t.throws(() => binding.pipeDequeueManyCopy(x as never, 4, 0), undefined, label)
-    t.throws(() => binding.pipeSeq(x as never, 0), undefined, label)
+    t.throws(() => fast.pipeEnqueue(x, wire, wire.length, 0), invalid, label)
+    t.throws(() => fast.pipeDequeue(x, 0), invalid, label)
+    t.throws(() => fast.pipeDequeueSpin(x, 0), invalid, label)
+    t.throws(() => fast.pipeDequeueCopy(x, 0, 0), invalid, label)
+    t.throws(() => fast.pipeSeq(x, 0), invalid, label)
   }
-  // A bad kind or timeout is ERR_SHM_INVALID_ARG, as on the class.
-  t.throws(() => binding.pipeSeq(h as never, 7), { message: /ERR_SHM_INVALID_ARG/ })
-  t.throws(() => binding.pipeDequeue(h as never, -1), { message: /ERR_SHM_INVALID_ARG/ })
-  // The packet is still there, and the external works to the end.
-  const got = binding.pipeDequeueManyCopy(h as never, 4, 0)
-  t.true(typeof got === 'string' && got.length > 1)
+  // Bad arguments on a good pipe: each is ERR_SHM_INVALID_ARG and changes nothing.
+  const bad: [string, () => unknown][] = [
+    ['a length past the Buffer', () => fast.pipeEnqueue(p, wire, wire.length + 1, 0)],
+    ['a length that is not an integer', () => fast.pipeEnqueue(p, wire, 2.5, 0)],
+    ['a negative length', () => fast.pipeEnqueue(p, wire, -1, 0)],
+    ['no length', () => fast.pipeEnqueue(p, wire, undefined, 0)],
+    ['a string for the bytes', () => fast.pipeEnqueue(p, 'abc', 3, 0)],
+    ['a Uint16Array for the bytes', () => fast.pipeEnqueue(p, new Uint16Array(8), 4, 0)],
+    ['bytes that are not one value', () => fast.pipeEnqueue(p, wire, 5, 0)],
+    ['a negative timeout', () => fast.pipeDequeue(p, -1)],
+    ['a string timeout', () => fast.pipeDequeue(p, '5')],
+    ['a NaN timeout', () => fast.pipeDequeueCopy(p, NaN, 0)],
+    ['no spin', () => fast.pipeDequeueCopy(p, 0, undefined)],
+    ['a fractional spin', () => fast.pipeDequeueSpin(p, 0.5)],
+    ['a bad kind', () => fast.pipeSeq(p, 7)],
+    ['no arguments', () => (fast.pipeSeq as () => number)()],
+  ]
+  for (const [label, call] of bad) t.throws(call, invalid, label)
+  // The packet is still there, alone, and the external works to the end.
+  t.is(fast.pipeDequeueCopy(p, 0, 0), '\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00')
+  t.is(fast.pipeDequeueCopy(p, 0, 0), '')
+  t.is(fast.pipeDequeue(p, 0), null)
   // A closed region: ERR_SHM_CLOSED through the external too.
   shm.close()
-  t.throws(() => binding.pipeEnqueue(h as never, wire, 0), { message: /ERR_SHM_CLOSED/ })
-  t.throws(() => binding.pipeDequeue(h as never, 0), { message: /ERR_SHM_CLOSED/ })
+  t.throws(() => fast.pipeEnqueue(p, wire, wire.length, 0), { message: /^ERR_SHM_CLOSED: / })
+  t.throws(() => fast.pipeDequeue(p, 0), { message: /^ERR_SHM_CLOSED: / })
+  t.throws(() => fast.pipeDequeueCopy(p, 0, 5), { message: /^ERR_SHM_CLOSED: / })
 })
 
 // 7 ---------------------------------------------------------------------------

@@ -3,9 +3,10 @@
  * other core, no waiting):
  *
  * 1. the same native work (read a pipe's futex sequence) called as a method
- *    of the NativeQueue class and as a function of the pipe's external
- *    (binding.pipeSeq), the form the facade uses per message: the difference
- *    is napi-rs' per-call check of a class instance's borrows;
+ *    of the NativeQueue class (napi-rs' generated glue, with its per-call
+ *    borrow checks) and as the hand-written Node-API function the facade
+ *    uses per message (fastCalls().pipeSeq on the pipe's raw external,
+ *    crates/shmtools-node/src/fastcall.rs);
  * 2. the steps of one small message through the handle API, timed one by
  *    one: enq, deq (a handle and its proxy), reading one field through the
  *    proxy, release;
@@ -26,9 +27,10 @@ const ROUNDS = Number(process.env.ROUNDS ?? 3)
 const mem = new SHMMain(`shmtools-calls-${process.pid}`, 64 << 20).start()
 const server = new ServerSide(mem.region(), 'p', 1024).start()
 const pipe = server.pipe()
-type Native = { findPipe(name: string): { seq(kind: number): number; fast(): object } | null }
+type Native = { findPipe(name: string): { seq(kind: number): number; raw(): object } | null }
 const q = (mem.region() as unknown as { native(): Native }).native().findPipe('p')!
-const h = q.fast() as never
+const raw = q.raw()
+const fast = binding.fastCalls() as { pipeSeq(p: object, kind: number): number }
 const payload = 'x'.repeat(32)
 const ns = (ms: number, n: number) => ((ms * 1e6) / n).toFixed(0)
 
@@ -42,8 +44,8 @@ for (let round = 0; round < ROUNDS; round++) {
   for (let i = 0; i < N; i++) sink += q.seq(0)
   const method = performance.now() - t0
   t0 = performance.now()
-  for (let i = 0; i < N; i++) sink += binding.pipeSeq(h, 0)
-  const external = performance.now() - t0
+  for (let i = 0; i < N; i++) sink += fast.pipeSeq(raw, 0)
+  const handWritten = performance.now() - t0
 
   // One message at a time through the handle API; each step timed on its
   // own (performance.now() itself costs a few tens of ns per step).
@@ -75,7 +77,7 @@ for (let round = 0; round < ROUNDS; round++) {
   const fr = performance.now() - t0
 
   console.log(
-    `seq(): NativeQueue method ${ns(method, N)} ns, binding.pipeSeq(external) ${ns(external, N)} ns | ` +
+    `seq(): NativeQueue method ${ns(method, N)} ns, fastCalls().pipeSeq(raw external) ${ns(handWritten, N)} ns | ` +
       `one message: enq ${ns(T.enq, M)}, deq ${ns(T.deq, M)}, read a field ${ns(T.read, M)}, release ${ns(T.release, M)} ns | ` +
       `JS object + FinalizationRegistry.register ${ns(fr, N)} ns`,
   )

@@ -9,7 +9,8 @@ import { logger, type Log } from './debug'
 import { AbortError, ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal, checkTimeout } from './options'
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
-import { encodeFor, encodeManyFor, wrap, wrapAll } from './values'
+import { type RawPipe, fast } from './fastcalls'
+import { encodeInPlaceFor, encodeManyFor, wrap, wrapAll } from './values'
 import { decode, decodeBatch, decodeMany } from './wire'
 
 export type { PipeStats }
@@ -116,6 +117,8 @@ export class CQ<T = any> implements AsyncIterable<T> {
    * message").
    */
   #h: PipeHandle | undefined
+  /** The pipe as the hand-written per-message calls take it (src/fastcalls.ts). */
+  #raw: RawPipe | undefined
   /** Ids of async waits parked right now, so close() can end them. */
   readonly #parked = new Set<number>()
 
@@ -125,6 +128,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
     this.name = name
     this.#q = q
     this.#h = q.fast()
+    this.#raw = q.raw()
   }
 
   #native(): NativeQueue {
@@ -137,6 +141,12 @@ export class CQ<T = any> implements AsyncIterable<T> {
   #fast(): PipeHandle {
     this.#native()
     return this.#h!
+  }
+
+  /** #native()'s checks, then the external for the calls of src/fastcalls.ts. */
+  #rawPipe(): RawPipe {
+    this.#native()
+    return this.#raw!
   }
 
   get capacity(): number {
@@ -164,9 +174,9 @@ export class CQ<T = any> implements AsyncIterable<T> {
    */
   enqueue(value: T, timeoutMs?: number): boolean {
     const t = checkTimeout(timeoutMs)
-    const h = this.#fast()
-    const wire = encodeFor(this.#region, value)
-    return native(() => binding.pipeEnqueue(h, wire, t === Infinity ? undefined : t))
+    const p = this.#rawPipe()
+    const w = encodeInPlaceFor(this.#region, value)
+    return native(() => fast.pipeEnqueue(p, w.buf, w.len, t === Infinity ? undefined : t))
   }
 
   /**
@@ -176,9 +186,9 @@ export class CQ<T = any> implements AsyncIterable<T> {
   dequeue(timeoutMs?: number, options?: DequeueOptions): T | undefined {
     const t = checkTimeout(timeoutMs)
     const copy = checkCopy(options)
-    const h = this.#fast()
-    if (copy) return copied(native(() => binding.pipeDequeueCopy(h, t === Infinity ? undefined : t, 0))) as T | undefined
-    const v = native(() => binding.pipeDequeue(h, t === Infinity ? undefined : t))
+    const p = this.#rawPipe()
+    if (copy) return copied(native(() => fast.pipeDequeueCopy(p, t === Infinity ? undefined : t, 0))) as T | undefined
+    const v = native(() => fast.pipeDequeue(p, t === Infinity ? undefined : t))
     return v === null || v === undefined ? undefined : (wrap(this.#region, v) as T)
   }
 
@@ -204,13 +214,13 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const deadline = performance.now() + t
     for (;;) {
       const q = this.#native()
-      const h = this.#fast()
-      const seen = native(() => binding.pipeSeq(h, NOT_FULL))
+      const p = this.#rawPipe()
+      const seen = native(() => fast.pipeSeq(p, NOT_FULL))
       // Encoded afresh on each try: a shared handle inside `value` may have
       // been released while we waited, and must fail now rather than leave a
       // stale reference in an old encoding.
-      const wire = encodeFor(this.#region, value)
-      if (native(() => binding.pipeEnqueue(h, wire, 0))) return true
+      const w = encodeInPlaceFor(this.#region, value)
+      if (native(() => fast.pipeEnqueue(p, w.buf, w.len, 0))) return true
       const left = deadline - performance.now()
       if (left <= 0) return false
       if ((await this.#park(q, NOT_FULL, seen, left, signal)) === WAITED_OUT) return false
@@ -230,15 +240,15 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const deadline = performance.now() + t
     for (let first = true; ; first = false) {
       const q = this.#native()
-      const h = this.#fast()
-      const seen = native(() => binding.pipeSeq(h, NOT_EMPTY))
+      const p = this.#rawPipe()
+      const seen = native(() => fast.pipeSeq(p, NOT_EMPTY))
       // The first try spins briefly (a reply often arrives within
       // microseconds); later tries follow a wake-up and just look.
       if (copy) {
-        const v = copied(native(() => binding.pipeDequeueCopy(h, 0, first && t > 0 ? SPIN_US : 0)))
+        const v = copied(native(() => fast.pipeDequeueCopy(p, 0, first && t > 0 ? SPIN_US : 0)))
         if (v !== undefined) return v as T
       } else {
-        const v = native(() => (first && t > 0 ? binding.pipeDequeueSpin(h, SPIN_US) : binding.pipeDequeue(h, 0)))
+        const v = native(() => (first && t > 0 ? fast.pipeDequeueSpin(p, SPIN_US) : fast.pipeDequeue(p, 0)))
         if (v !== null && v !== undefined) return wrap(this.#region, v) as T
       }
       const left = deadline - performance.now()
@@ -335,6 +345,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
   close(): void {
     this.#q = undefined
     this.#h = undefined
+    this.#raw = undefined
     for (const id of this.#parked) binding.cancelWait(id)
   }
 }

@@ -14,7 +14,7 @@ import type { NativeRegion } from '../binding'
 import * as binding from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import type { Pool, Region } from './region'
-import { decode, ELEM_CTORS, elemCode, encode, encodeMany, T_BYTES, type RefSource, type SharedTypedArray } from './wire'
+import { decode, ELEM_CTORS, elemCode, encode, encodeInPlace, encodeMany, T_BYTES, type Encoded, type RefSource, type SharedTypedArray } from './wire'
 
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
@@ -143,6 +143,11 @@ class Handle implements RefSource {
 /** Encode a JS value for storing into `region` (handles become references). */
 export function encodeFor(region: Region, value: unknown): Buffer {
   return encode(value, region.regionKey(), refOf)
+}
+
+/** encodeFor, as the encoder's buffer and a length (see encodeInPlace). */
+export function encodeInPlaceFor(region: Region, value: unknown): Encoded {
+  return encodeInPlace(value, region.regionKey(), refOf)
 }
 
 /** Encode several JS values back to back for storing into `region`. */

@@ -437,7 +437,29 @@ class Encoder {
 export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer {
   // A view of the encoder's buffer: valid until the next encode(); callers
   // hand it to native code at once.
-  return encodeWith(regionKey, refOf, (e) => e.value(v, 0))
+  const e = encodeWith(regionKey, refOf, (e) => e.value(v, 0))
+  return e.buf.subarray(0, e.pos)
+}
+
+/** Where an encode left its bytes: the first `len` of `buf`. */
+export interface Encoded {
+  buf: Buffer
+  len: number
+}
+
+const encoded: Encoded = { buf: Buffer.alloc(0), len: 0 }
+
+/**
+ * encode(), without making a view of the bytes (a view costs 30-45 ns, a
+ * fifth of encoding a small message): the encoder's own buffer and the
+ * length filled. The object and the bytes are valid until the next encode;
+ * callers hand them to native code at once.
+ */
+export function encodeInPlace(v: unknown, regionKey: string, refOf: RefLookup): Encoded {
+  const e = encodeWith(regionKey, refOf, (e) => e.value(v, 0))
+  encoded.buf = e.buf
+  encoded.len = e.pos
+  return encoded
 }
 
 const shared = new Encoder()
@@ -449,12 +471,13 @@ const shared = new Encoder()
  */
 export function encodeMany(values: readonly unknown[], regionKey: string, refOf: RefLookup): Buffer {
   // Same lifetime as encode()'s result: until the next encode.
-  return encodeWith(regionKey, refOf, (e) => {
+  const e = encodeWith(regionKey, refOf, (e) => {
     for (let i = 0; i < values.length; i++) e.value(values[i], 0)
   })
+  return e.buf.subarray(0, e.pos)
 }
 
-function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => void): Buffer {
+function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => void): Encoder {
   // One encoder is reused (its buffer grows once and stays), unless a getter
   // being read re-enters encode(): then that inner call gets its own.
   const e = shared.busy ? new Encoder() : shared
@@ -474,7 +497,7 @@ function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => 
   } finally {
     e.busy = false
   }
-  return e.buf.subarray(0, e.pos)
+  return e
 }
 
 /** Decode a run of back-to-back encoded values (see encodeMany) into plain JS values. */

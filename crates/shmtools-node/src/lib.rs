@@ -5,12 +5,14 @@
 
 mod bench;
 mod convert;
+mod fastcall;
 mod pipe;
 mod region;
 mod value;
 mod waiter;
 
 pub use bench::*;
+pub use fastcall::*;
 pub use pipe::*;
 pub use region::*;
 pub use value::*;

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::{Buffer, BufferSlice, Either, External, Object};
+use napi::bindgen_prelude::{Buffer, BufferSlice, Either, External, Object, Unknown};
 use napi::JsString;
 use napi::{Env, Result};
 use napi_derive::napi;
-use shmtools_core::queue::{Queue, WaitFor};
+use shmtools_core::queue::{Opened, Queue, WaitFor};
 use shmtools_core::value::shape_code_packets;
 use shmtools_core::value::wire::Writer;
 use shmtools_core::{Directory, ErrorCode};
@@ -43,17 +43,23 @@ pub struct PipeEntry {
 }
 
 /// What a pipe call needs: the region and the queue's offset. It is behind
-/// both the `NativeQueue` class (capacity, stats, waits) and the external
-/// the per-message calls take (the `pipe_*` functions below): napi-rs checks
-/// each call on a class instance against a process-wide table of borrows,
-/// which cost about 170 ns a call here, while an external is one type check
-/// (docs/BENCHMARKS.md, "Calls into native code per message").
+/// the `NativeQueue` class (capacity, stats, waits), the napi-rs external
+/// the batch calls take (the `pipe_*` functions below) and the tagged
+/// external of the hand-written per-message calls (fastcall.rs): napi-rs
+/// checks each call on a class instance against a process-wide table of
+/// borrows, which cost about 170 ns a call here, and wraps every generated
+/// call in a borrow scope, about 75 ns more than a plain Node-API call
+/// (docs/BENCHMARKS.md, "Calls into native code per message" and "One
+/// message at a time").
 pub struct PipeRef {
     cell: Arc<RegionCell>,
     off: u64,
     /// Bytes the last copied batch took: the next one's first guess, so its
     /// buffer is sized once instead of grown by doubling.
     copy_hint: std::cell::Cell<usize>,
+    /// What the first open checked of the queue's header, so later calls
+    /// skip the checks (see `Queue::reopen`).
+    opened: std::cell::Cell<Option<Opened>>,
 }
 
 #[napi]
@@ -103,12 +109,18 @@ impl PipeRef {
             cell: cell.clone(),
             off,
             copy_hint: std::cell::Cell::new(256),
+            opened: std::cell::Cell::new(None),
         }
     }
 
     fn queue(&self) -> Result<Queue<'_>> {
         let v = self.cell.open()?.values().map_err(js)?;
-        Queue::open(v, self.off).map_err(js)
+        if let Some(o) = self.opened.get() {
+            return Queue::reopen(v, o).map_err(js);
+        }
+        let q = Queue::open(v, self.off).map_err(js)?;
+        self.opened.set(Some(q.opened()));
+        Ok(q)
     }
 
     fn out(&self, s: Option<shmtools_core::Slot>) -> Result<Option<Out>> {
@@ -159,6 +171,14 @@ impl NativeQueue {
     #[napi(catch_unwind)]
     pub fn fast(&self) -> External<PipeRef> {
         External::new(PipeRef::new(&self.p.cell, self.p.off))
+    }
+
+    /// This pipe as the external the hand-written calls take (fastcall.rs).
+    #[napi(catch_unwind, ts_return_type = "object")]
+    pub fn raw<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+        let v = crate::fastcall::pipe_external(env, PipeRef::new(&self.p.cell, self.p.off))?;
+        // SAFETY: `v` is a value just made in this environment.
+        Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
     }
 }
 
@@ -376,23 +396,6 @@ impl PipeRef {
     }
 }
 
-/// The per-message pipe calls, on the external `NativeQueue.fast()` gives
-/// (napi-rs checks every call on a class instance against a table of
-/// borrows, see [`PipeRef`]; these skip it).
-///
-/// Enqueue the encoded value, waiting up to `timeout_ms` (undefined:
-/// forever; 0: not at all). False if there was no room. A small value is
-/// copied into the pipe's byte ring; a larger one is stored in the pool
-/// (packed if it can be). Nothing is built while it waits.
-#[napi(catch_unwind)]
-pub fn pipe_enqueue(
-    p: &External<PipeRef>,
-    wire: BufferSlice,
-    timeout_ms: Option<f64>,
-) -> Result<bool> {
-    p.enqueue(&wire, timeout_ms)
-}
-
 /// Enqueue as many of the `count` concatenated encoded values as fit,
 /// waiting up to `timeout_ms` for room for the first (undefined or 0: no
 /// wait; Infinity: forever); returns how many went in (the rest were not
@@ -406,21 +409,6 @@ pub fn pipe_enqueue_many(
     timeout_ms: Option<f64>,
 ) -> Result<u32> {
     p.enqueue_many(&wire, count, timeout_ms)
-}
-
-/// Dequeue, waiting up to `timeout_ms` (undefined: forever; 0: not at all).
-#[napi(catch_unwind)]
-pub fn pipe_dequeue(p: &External<PipeRef>, timeout_ms: Option<f64>) -> Result<Option<Out>> {
-    p.dequeue(timeout_ms)
-}
-
-/// Dequeue if a packet is there or arrives within `spin_us` microseconds,
-/// spinning on the futex word (no sleep): the async forms call this once
-/// before parking, since a reply often comes within a few microseconds and
-/// waking through a thread costs tens.
-#[napi(catch_unwind)]
-pub fn pipe_dequeue_spin(p: &External<PipeRef>, spin_us: u32) -> Result<Option<Out>> {
-    p.dequeue_spin(spin_us)
 }
 
 /// Dequeue up to `max` packets, waiting up to `timeout_ms` for the first
@@ -452,29 +440,6 @@ pub fn pipe_dequeue_many_copy<'env>(
     timeout_ms: Option<f64>,
 ) -> Result<Either<JsString<'env>, Buffer>> {
     p.dequeue_many_copy(env, max, timeout_ms)
-}
-
-/// Dequeue one packet, waiting up to `timeout_ms` (undefined: forever; 0:
-/// not at all) and, with `spin_us` > 0, first spinning up to that long for
-/// one to arrive (as pipe_dequeue_spin; the wait is then over), and return
-/// a deep copy of it, the packet released here: as pipe_dequeue_many_copy
-/// returns a batch of one, without the shape coding (a single message has
-/// no key list to repeat). Nothing came: an empty string.
-#[napi(catch_unwind)]
-pub fn pipe_dequeue_copy<'env>(
-    env: &'env Env,
-    p: &External<PipeRef>,
-    timeout_ms: Option<f64>,
-    spin_us: u32,
-) -> Result<Either<JsString<'env>, Buffer>> {
-    p.dequeue_copy(env, timeout_ms, spin_us)
-}
-
-/// The futex sequence for `kind` (0 not empty, 1 not full); read it before
-/// a failed attempt, then wait for it to move.
-#[napi(catch_unwind)]
-pub fn pipe_seq(p: &External<PipeRef>, kind: u32) -> Result<u32> {
-    p.seq(kind)
 }
 
 /// Check a pipe name (and a capacity, if given) against the core's rules.

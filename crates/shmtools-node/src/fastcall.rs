@@ -1,0 +1,403 @@
+//! The calls a pipe makes once per message, as plain Node-API callbacks.
+//!
+//! napi-rs 3 wraps every generated callback that takes arguments in a
+//! borrow scope (a thread-local scope, a lock on a table of borrows, an
+//! allocation), which cost 93-99 ns a call here against 19-21 ns for a
+//! callback written against Node-API directly (a call taking one number and
+//! returning it plus one, 3 million calls each, 2026-12-06; see
+//! docs/BENCHMARKS.md, "Calls into native code per message"). A pipe used
+//! one message at a time makes one or two such calls per message, so these
+//! few are written by hand; everything else stays with napi-rs.
+//!
+//! The pipe they take is an external made here ([`pipe_external`]) and
+//! type tagged, so a call checks what it was given before using it: any
+//! other value is an ERR_SHM_INVALID_ARG, never a wild pointer. Errors
+//! cross as the rest of the binding's do (convert.rs): a JS `Error` whose
+//! message starts with the stable code; a panic becomes such an error too.
+//! The facade reaches these through `fastCalls()` (src/fastcalls.ts), which
+//! also declares their types.
+
+use std::ffi::{c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use napi::bindgen_prelude::{Object, ToNapiValue};
+use napi::sys;
+use napi::{Env, Result};
+use napi_derive::napi;
+use shmtools_core::ErrorCode;
+
+use crate::convert::err;
+use crate::pipe::PipeRef;
+
+/// The type tag of a pipe external made by [`pipe_external`] (random, fixed).
+const PIPE_TAG: sys::napi_type_tag = sys::napi_type_tag {
+    lower: 0x5d1c_3a7e_94b2_06f1,
+    upper: 0xa8e4_1f60_2c9b_d357,
+};
+
+/// Wrap `p` in a type-tagged external that owns it (freed when collected).
+pub fn pipe_external(env: &Env, p: PipeRef) -> Result<sys::napi_value> {
+    let env = env.raw();
+    let data = Box::into_raw(Box::new(p));
+    let mut out = ptr::null_mut();
+    // SAFETY: `env` is the live environment of the current callback; `data`
+    // is a valid, uniquely owned pointer that the external takes over, and
+    // `drop_pipe` (its finalizer) is the only place it is freed.
+    let status = unsafe {
+        sys::napi_create_external(env, data.cast(), Some(drop_pipe), ptr::null_mut(), &mut out)
+    };
+    if status != sys::Status::napi_ok {
+        // SAFETY: the external was not made, so `data` is still ours alone.
+        drop(unsafe { Box::from_raw(data) });
+        return Err(err(
+            ErrorCode::OutOfMemory,
+            "could not make a pipe external",
+        ));
+    }
+    // SAFETY: `out` is the external just made in this environment.
+    let status = unsafe { sys::napi_type_tag_object(env, out, &PIPE_TAG) };
+    if status != sys::Status::napi_ok {
+        return Err(err(ErrorCode::InvalidArg, "could not tag a pipe external"));
+    }
+    Ok(out)
+}
+
+/// Finalizer of a pipe external: frees its PipeRef.
+unsafe extern "C" fn drop_pipe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the pointer pipe_external boxed; Node-API runs a
+    // finalizer once, after which nothing can reach the external.
+    drop(unsafe { Box::from_raw(data.cast::<PipeRef>()) });
+}
+
+/// The arguments of one call, read once.
+struct Args<const N: usize> {
+    env: sys::napi_env,
+    argv: [sys::napi_value; N],
+    argc: usize,
+}
+
+impl<const N: usize> Args<N> {
+    /// # Safety
+    /// `env` and `info` must be those Node-API passed to the running callback.
+    unsafe fn read(env: sys::napi_env, info: sys::napi_callback_info) -> Result<Args<N>> {
+        let mut argc = N;
+        let mut argv = [ptr::null_mut(); N];
+        // SAFETY: per this function's contract; `argv` has room for `argc`
+        // values, and Node-API writes at most that many.
+        let status = unsafe {
+            sys::napi_get_cb_info(
+                env,
+                info,
+                &mut argc,
+                argv.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        if status != sys::Status::napi_ok {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                "could not read the call's arguments",
+            ));
+        }
+        Ok(Args { env, argv, argc })
+    }
+
+    /// Argument `i`, or None if the call passed fewer (undefined counts as
+    /// given: see [`Args::is_nullish`]).
+    fn get(&self, i: usize) -> Option<sys::napi_value> {
+        (i < self.argc.min(N)).then(|| self.argv[i])
+    }
+
+    fn type_of(&self, v: sys::napi_value) -> Result<sys::napi_valuetype> {
+        let mut t = 0;
+        // SAFETY: `v` is an argument of the running callback in `self.env`.
+        let status = unsafe { sys::napi_typeof(self.env, v, &mut t) };
+        if status != sys::Status::napi_ok {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                "could not read an argument's type",
+            ));
+        }
+        Ok(t)
+    }
+
+    fn is_nullish(&self, i: usize) -> Result<bool> {
+        match self.get(i) {
+            None => Ok(true),
+            Some(v) => {
+                let t = self.type_of(v)?;
+                Ok(t == sys::ValueType::napi_undefined || t == sys::ValueType::napi_null)
+            }
+        }
+    }
+
+    /// Argument `i` as the pipe a [`pipe_external`] wraps.
+    fn pipe(&self, i: usize) -> Result<&PipeRef> {
+        let bad = || {
+            err(
+                ErrorCode::InvalidArg,
+                "not a pipe handle (NativeQueue.raw())",
+            )
+        };
+        let v = self.get(i).ok_or_else(bad)?;
+        if self.type_of(v)? != sys::ValueType::napi_external {
+            return Err(bad());
+        }
+        let mut tagged = false;
+        // SAFETY: `v` is an external argument of the running callback.
+        let status =
+            unsafe { sys::napi_check_object_type_tag(self.env, v, &PIPE_TAG, &mut tagged) };
+        if status != sys::Status::napi_ok || !tagged {
+            return Err(bad());
+        }
+        let mut data = ptr::null_mut();
+        // SAFETY: as above.
+        let status = unsafe { sys::napi_get_value_external(self.env, v, &mut data) };
+        if status != sys::Status::napi_ok || data.is_null() {
+            return Err(bad());
+        }
+        // SAFETY: only pipe_external tags externals with PIPE_TAG, and it
+        // gives them a boxed PipeRef that lives until the external is
+        // collected; the external is an argument of this call, so it is
+        // alive until the call returns, and the reference does not outlive
+        // `self` (borrowed for the call). Nothing hands out a mutable
+        // reference to it.
+        Ok(unsafe { &*data.cast::<PipeRef>() })
+    }
+
+    fn f64(&self, i: usize, what: &str) -> Result<f64> {
+        let bad = || err(ErrorCode::InvalidArg, format!("{what} must be a number"));
+        let v = self.get(i).ok_or_else(bad)?;
+        if self.type_of(v)? != sys::ValueType::napi_number {
+            return Err(bad());
+        }
+        let mut x = 0.0;
+        // SAFETY: `v` is a number argument of the running callback.
+        let status = unsafe { sys::napi_get_value_double(self.env, v, &mut x) };
+        if status != sys::Status::napi_ok {
+            return Err(bad());
+        }
+        Ok(x)
+    }
+
+    /// A number, or None for undefined / null / not given.
+    fn opt_f64(&self, i: usize, what: &str) -> Result<Option<f64>> {
+        if self.is_nullish(i)? {
+            return Ok(None);
+        }
+        self.f64(i, what).map(Some)
+    }
+
+    fn u32(&self, i: usize, what: &str) -> Result<u32> {
+        let x = self.f64(i, what)?;
+        if !(x.is_finite() && x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64) {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                format!("{what} must be an integer >= 0, got {x}"),
+            ));
+        }
+        Ok(x as u32)
+    }
+
+    /// The first `len` bytes of the Buffer (or other Uint8Array) argument `i`.
+    fn bytes(&self, i: usize, len: usize) -> Result<&[u8]> {
+        let bad = || err(ErrorCode::InvalidArg, "the encoded value must be a Buffer");
+        let v = self.get(i).ok_or_else(bad)?;
+        let mut is_buffer = false;
+        // SAFETY: `v` is an argument of the running callback.
+        let status = unsafe { sys::napi_is_buffer(self.env, v, &mut is_buffer) };
+        if status != sys::Status::napi_ok || !is_buffer {
+            return Err(bad());
+        }
+        let mut data = ptr::null_mut();
+        let mut n = 0usize;
+        // SAFETY: as above; `v` is a Buffer.
+        let status = unsafe { sys::napi_get_buffer_info(self.env, v, &mut data, &mut n) };
+        if status != sys::Status::napi_ok {
+            return Err(bad());
+        }
+        if len > n {
+            return Err(err(
+                ErrorCode::InvalidArg,
+                format!("length {len} is past the end of a Buffer of {n} bytes"),
+            ));
+        }
+        if len == 0 {
+            return Ok(&[]);
+        }
+        // SAFETY: Node-API gave `data` as the start of `n` >= `len` bytes of
+        // the Buffer's memory; the Buffer is an argument of this call, so it
+        // stays alive, and no JavaScript runs (nothing can detach or resize
+        // it) before the call returns, which the borrow of `self` bounds.
+        Ok(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) })
+    }
+}
+
+/// Run a call body: its value, or a thrown JS error (a panic included).
+fn run(env: sys::napi_env, body: impl FnOnce() -> Result<sys::napi_value>) -> sys::napi_value {
+    let out = catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        Err(err(
+            ErrorCode::InvalidState,
+            "a native call failed unexpectedly (a panic): a bug in shmtools, please report it",
+        ))
+    });
+    match out {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = std::ffi::CString::new(e.reason.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: `env` is the running callback's; the message is a valid
+            // C string. If an exception is pending already, this does nothing.
+            unsafe { sys::napi_throw_error(env, ptr::null(), msg.as_ptr()) };
+            ptr::null_mut()
+        }
+    }
+}
+
+fn to_js<T: ToNapiValue>(env: sys::napi_env, v: T) -> Result<sys::napi_value> {
+    // SAFETY: `env` is the running callback's.
+    unsafe { T::to_napi_value(env, v) }
+}
+
+/// pipeEnqueue(pipe, wire: Buffer, len, timeoutMs?): enqueue the encoded
+/// value `wire[0..len)`, waiting up to `timeoutMs` (undefined: forever; 0:
+/// not at all); false if there was no room. A small value is copied into
+/// the pipe's byte ring, a larger one stored in the pool (packed if it can
+/// be). Nothing is built while it waits. (The length rides along so the
+/// facade can pass its encoder's buffer as it is, without making a view.)
+unsafe extern "C" fn pipe_enqueue(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<4>::read(env, info) }?;
+        let p = a.pipe(0)?;
+        let len = a.u32(2, "length")? as usize;
+        let wire = a.bytes(1, len)?;
+        let t = a.opt_f64(3, "timeoutMs")?;
+        to_js(env, p.enqueue(wire, t)?)
+    })
+}
+
+/// pipeDequeue(pipe, timeoutMs?): dequeue a packet as a handle or a value
+/// (see `Out` in value.rs), waiting up to `timeoutMs` (undefined: forever;
+/// 0: not at all); null if nothing came.
+unsafe extern "C" fn pipe_dequeue(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let p = a.pipe(0)?;
+        let t = a.opt_f64(1, "timeoutMs")?;
+        to_js(env, p.dequeue(t)?)
+    })
+}
+
+/// pipeDequeueSpin(pipe, spinUs): dequeue if a packet is there or arrives
+/// within `spinUs` microseconds, spinning on the futex word (no sleep); the
+/// async forms call this once before parking, since a reply often comes
+/// within a few microseconds and waking through a thread costs tens.
+unsafe extern "C" fn pipe_dequeue_spin(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let p = a.pipe(0)?;
+        let spin = a.u32(1, "spinUs")?;
+        to_js(env, p.dequeue_spin(spin)?)
+    })
+}
+
+/// pipeDequeueCopy(pipe, timeoutMs?, spinUs): dequeue one packet, waiting
+/// up to `timeoutMs` (undefined: forever; 0: not at all) or, with a
+/// `spinUs` above 0, spinning up to that long instead (as pipeDequeueSpin),
+/// and return a
+/// deep copy of it, the packet released here: as pipe_dequeue_many_copy
+/// returns a batch of one, without the shape coding (one message has no key
+/// list to repeat). Nothing came: an empty string.
+unsafe extern "C" fn pipe_dequeue_copy(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<3>::read(env, info) }?;
+        let p = a.pipe(0)?;
+        let t = a.opt_f64(1, "timeoutMs")?;
+        let spin = a.u32(2, "spinUs")?;
+        to_js(env, p.dequeue_copy(&Env::from_raw(env), t, spin)?)
+    })
+}
+
+/// pipeSeq(pipe, kind): the futex sequence for `kind` (0 not empty, 1 not
+/// full); read it before a failed attempt, then wait for it to move.
+unsafe extern "C" fn pipe_seq(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let p = a.pipe(0)?;
+        let kind = a.u32(1, "kind")?;
+        to_js(env, p.seq(kind)?)
+    })
+}
+
+type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
+
+const CALLS: [(&CStr, Callback); 5] = [
+    (c"pipeEnqueue", pipe_enqueue),
+    (c"pipeDequeue", pipe_dequeue),
+    (c"pipeDequeueSpin", pipe_dequeue_spin),
+    (c"pipeDequeueCopy", pipe_dequeue_copy),
+    (c"pipeSeq", pipe_seq),
+];
+
+/// The hand-written per-message calls, as an object of functions (see the
+/// module docs; src/fastcalls.ts declares them).
+#[napi(catch_unwind, ts_return_type = "object")]
+pub fn fast_calls<'env>(env: &'env Env) -> Result<Object<'env>> {
+    let raw = env.raw();
+    let mut obj = ptr::null_mut();
+    // SAFETY: `raw` is the running callback's environment.
+    if unsafe { sys::napi_create_object(raw, &mut obj) } != sys::Status::napi_ok {
+        return Err(err(ErrorCode::OutOfMemory, "could not make an object"));
+    }
+    for (name, cb) in CALLS {
+        let mut f = ptr::null_mut();
+        // SAFETY: as above; `name` is a NUL-terminated string and `cb` a
+        // callback with the Node-API signature.
+        let made = unsafe {
+            sys::napi_create_function(
+                raw,
+                name.as_ptr(),
+                name.to_bytes().len() as isize,
+                Some(cb),
+                ptr::null_mut(),
+                &mut f,
+            )
+        };
+        if made != sys::Status::napi_ok {
+            return Err(err(
+                ErrorCode::OutOfMemory,
+                "could not make a per-message call",
+            ));
+        }
+        // SAFETY: as above; `obj` and `f` were made in this environment.
+        let set = unsafe { sys::napi_set_named_property(raw, obj, name.as_ptr(), f) };
+        if set != sys::Status::napi_ok {
+            return Err(err(
+                ErrorCode::OutOfMemory,
+                "could not make a per-message call",
+            ));
+        }
+    }
+    Ok(Object::from_raw(raw, obj))
+}

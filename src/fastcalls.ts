@@ -1,0 +1,29 @@
+/**
+ * The per-message pipe calls written against Node-API by hand
+ * (crates/shmtools-node/src/fastcall.rs): a call through napi-rs' generated
+ * glue costs about five times as much. They have no generated typings, so
+ * they are declared here. Each takes the external `NativeQueue.raw()`
+ * returns; anything else is refused with ERR_SHM_INVALID_ARG.
+ */
+import * as binding from '../binding'
+
+/** A pipe as the calls below take it (`NativeQueue.raw()`). */
+export type RawPipe = object
+
+/** What a dequeue returns for a packet (see `Raw` in src/values.ts). */
+type Out = bigint | number | string | Buffer
+
+export interface FastCalls {
+  /** Enqueue the encoded value `wire[0..len)`; timeoutMs undefined: forever, 0: no wait. False: no room in time. */
+  pipeEnqueue(p: RawPipe, wire: Buffer, len: number, timeoutMs: number | undefined): boolean
+  /** Dequeue a handle or value; timeoutMs undefined: forever, 0: no wait. Null: nothing came. */
+  pipeDequeue(p: RawPipe, timeoutMs: number | undefined): Out | null
+  /** Dequeue if a packet is there or comes within spinUs (no sleep). Null: nothing came. */
+  pipeDequeueSpin(p: RawPipe, spinUs: number): Out | null
+  /** Dequeue one packet as a plain copy (see binding.pipeDequeueCopy's doc). '' : nothing came. */
+  pipeDequeueCopy(p: RawPipe, timeoutMs: number | undefined, spinUs: number): string | Buffer
+  /** The futex sequence for kind (0 not empty, 1 not full). */
+  pipeSeq(p: RawPipe, kind: number): number
+}
+
+export const fast = binding.fastCalls() as FastCalls
