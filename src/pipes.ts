@@ -211,19 +211,31 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const t = checkTimeout(timeoutMs)
     const signal = checkSignal(options?.signal)
     if (signal?.aborted) throw aborted(signal, `enqueue on pipe '${this.name}'`)
-    const deadline = performance.now() + t
+    let deadline = 0
+    // The futex sequence, read before the try it belongs to: a wait sleeps
+    // only while the word still has the value read before a failed try. The
+    // first try reads none (it usually succeeds, and a read is a native
+    // call); if it fails, the sequence is read and the call tries again.
+    let seen: number | undefined
     for (;;) {
       const q = this.#native()
       const p = this.#rawPipe()
-      const seen = native(() => fast.pipeSeq(p, NOT_FULL))
       // Encoded afresh on each try: a shared handle inside `value` may have
       // been released while we waited, and must fail now rather than leave a
       // stale reference in an old encoding.
       const w = encodeInPlaceFor(this.#region, value)
       if (native(() => fast.pipeEnqueue(p, w.buf, w.len, 0))) return true
+      if (seen === undefined) {
+        if (t === 0) return false
+        deadline = performance.now() + t
+        seen = native(() => fast.pipeSeq(p, NOT_FULL))
+        continue
+      }
       const left = deadline - performance.now()
       if (left <= 0) return false
       if ((await this.#park(q, NOT_FULL, seen, left, signal)) === WAITED_OUT) return false
+      const after = this.#rawPipe()
+      seen = native(() => fast.pipeSeq(after, NOT_FULL))
     }
   }
 
@@ -237,23 +249,34 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const signal = checkSignal(options?.signal)
     const copy = checkCopy(options)
     if (signal?.aborted) throw aborted(signal, `dequeue on pipe '${this.name}'`)
-    const deadline = performance.now() + t
+    let deadline = 0
+    // (as in enqueueAsync: no sequence read before the first try)
+    let seen: number | undefined
     for (let first = true; ; first = false) {
       const q = this.#native()
       const p = this.#rawPipe()
-      const seen = native(() => fast.pipeSeq(p, NOT_EMPTY))
       // The first try spins briefly (a reply often arrives within
-      // microseconds); later tries follow a wake-up and just look.
+      // microseconds); later tries follow a failed try or a wake-up and
+      // just look.
+      const spin = first && t > 0 ? SPIN_US : 0
       if (copy) {
-        const v = copied(native(() => fast.pipeDequeueCopy(p, 0, first && t > 0 ? SPIN_US : 0)))
+        const v = copied(native(() => fast.pipeDequeueCopy(p, 0, spin)))
         if (v !== undefined) return v as T
       } else {
-        const v = native(() => (first && t > 0 ? fast.pipeDequeueSpin(p, SPIN_US) : fast.pipeDequeue(p, 0)))
+        const v = native(() => (spin > 0 ? fast.pipeDequeueSpin(p, spin) : fast.pipeDequeue(p, 0)))
         if (v !== null && v !== undefined) return wrap(this.#region, v) as T
+      }
+      if (seen === undefined) {
+        if (t === 0) return undefined
+        deadline = performance.now() + t
+        seen = native(() => fast.pipeSeq(p, NOT_EMPTY))
+        continue
       }
       const left = deadline - performance.now()
       if (left <= 0) return undefined
       if ((await this.#park(q, NOT_EMPTY, seen, left, signal)) === WAITED_OUT) return undefined
+      const after = this.#rawPipe()
+      seen = native(() => fast.pipeSeq(after, NOT_EMPTY))
     }
   }
 
