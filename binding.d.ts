@@ -74,6 +74,8 @@ export declare class NativeRegion {
   valueAt(offset: number): bigint
   /** This region as the value handle functions take it (value.rs). */
   fast(): RegionRef
+  /** This region as the hand-written value calls take it (fastcall.rs). */
+  raw(): object
   /** Steps logged while creating (for the `debug` option). */
   takeLog(): Array<string>
   info(): RegionInfo
@@ -106,8 +108,6 @@ export declare class NativeRegion {
   destroy(): boolean
   get closed(): boolean
 }
-
-export declare function arrGet(r: RegionRef, id: number, index: number): Out | null
 
 export declare function arrLen(r: RegionRef, id: number): number
 
@@ -293,8 +293,6 @@ export interface RepairReport {
 
 export declare function tabDelete(r: RegionRef, id: number, key: string): boolean
 
-export declare function tabGet(r: RegionRef, id: number, key: string): Out | null
-
 export declare function tabHas(r: RegionRef, id: number, key: string): boolean
 
 /** Keys in insertion order (integer keys spelled in decimal). */
@@ -333,12 +331,6 @@ export declare function valueOffset(r: RegionRef, id: number): number
 
 /** Cross-process reference count of the value. */
 export declare function valueRefCount(r: RegionRef, id: number): number
-
-/**
- * Give the handle's reference back now. Idempotent; works after the
- * region is closed (the GC's safety net calls it too).
- */
-export declare function valueRelease(r: RegionRef, id: number): void
 
 /**
  * Deep copy out, as wire bytes, shape coded for the JS reader (see

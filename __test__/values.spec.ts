@@ -1026,48 +1026,69 @@ test('GC safety net: 1000 values and their nested handles dropped without releas
 test("the binding's value functions refuse a number that names no live handle (released, stale, forged, another region's) with a code, never a crash", (t) => {
   const f = fresh(t, 'handle-ids')
   const other = fresh(t, 'handle-ids-other')
-  type Native = { fast(): object; valueAt(offset: number): bigint }
+  type Native = { fast(): object; raw(): object; valueAt(offset: number): bigint }
   const nat = (f.region as unknown as { native(): Native }).native()
   const r = nat.fast() as never
+  // The per-message value calls (read a field, release) are hand-written
+  // Node-API functions taking the region's raw external.
+  const rr = nat.raw()
+  const fast = binding.fastCalls() as {
+    tabGet(r: unknown, id: unknown, key: unknown): unknown
+    arrGet(r: unknown, id: unknown, index: unknown): unknown
+    valueRelease(r: unknown, id: unknown): void
+  }
   const tab = Shared(f.pool, { a: 1 })
   const id = (raw: bigint) => Math.floor(Number(raw) / 4)
   // A second handle to the same table, straight from the binding.
   const h = id(nat.valueAt(tab.offset))
-  t.is(binding.tabGet(r, h, 'a'), 1)
+  t.is(fast.tabGet(rr, h, 'a'), 1)
   t.is(binding.valueRefCount(r, h), 2)
-  binding.valueRelease(r, h)
-  binding.valueRelease(r, h) // (idempotent)
+  fast.valueRelease(rr, h)
+  fast.valueRelease(rr, h) // (idempotent)
   t.is(tab.refCount, 1, 'released once, whatever the number of calls')
   const code = (e: unknown) => /^(ERR_SHM_[A-Z_]+):/.exec((e as Error).message)?.[1]
   // Released: CLOSED, also once its entry is taken by a new handle.
-  t.is(code(t.throws(() => binding.tabGet(r, h, 'a'))), ErrorCodes.CLOSED)
+  t.is(code(t.throws(() => fast.tabGet(rr, h, 'a'))), ErrorCodes.CLOSED)
   const again = id(nat.valueAt(tab.offset))
   t.is(again % 2 ** 24, h % 2 ** 24, 'the entry is reused')
   t.not(again, h, 'under a new number')
-  t.is(code(t.throws(() => binding.tabGet(r, h, 'a'))), ErrorCodes.CLOSED)
+  t.is(code(t.throws(() => fast.tabGet(rr, h, 'a'))), ErrorCodes.CLOSED)
   // The right entry under a generation it does not have now: CLOSED for a
   // use; a release of it gives nothing back.
   const stale = (again % 2 ** 24) + 2 ** 24 * 7
-  t.is(code(t.throws(() => binding.tabGet(r, stale, 'a'))), ErrorCodes.CLOSED)
-  t.notThrows(() => binding.valueRelease(r, stale))
+  t.is(code(t.throws(() => fast.tabGet(rr, stale, 'a'))), ErrorCodes.CLOSED)
+  t.notThrows(() => fast.valueRelease(rr, stale))
   t.is(tab.refCount, 2, 'a stale number releases nothing')
   // Not handle numbers at all: INVALID_ARG.
   for (const bad of [-1, 0.5, Number.NaN, Infinity, 2 ** 60, 12345678]) {
-    t.is(code(t.throws(() => binding.tabGet(r, bad, 'a'))), ErrorCodes.INVALID_ARG, String(bad))
-    t.is(code(t.throws(() => binding.valueRelease(r, bad))), ErrorCodes.INVALID_ARG, String(bad))
+    t.is(code(t.throws(() => fast.tabGet(rr, bad, 'a'))), ErrorCodes.INVALID_ARG, String(bad))
+    t.is(code(t.throws(() => fast.valueRelease(rr, bad))), ErrorCodes.INVALID_ARG, String(bad))
   }
   // The wrong kind of value for the call: INVALID_ARG.
   t.is(code(t.throws(() => binding.arrLen(r, again))), ErrorCodes.INVALID_ARG)
   t.is(code(t.throws(() => binding.typedView(r, again))), ErrorCodes.INVALID_ARG)
   // A number means what the table it is used with says: here another
   // region's table, which holds no handle yet.
-  const r2 = (other.region as unknown as { native(): Native }).native().fast() as never
-  t.is(code(t.throws(() => binding.tabGet(r2, again, 'a'))), ErrorCodes.INVALID_ARG)
+  const r2 = (other.region as unknown as { native(): Native }).native().raw()
+  t.is(code(t.throws(() => fast.tabGet(r2, again, 'a'))), ErrorCodes.INVALID_ARG)
   // Not a region at all (a pipe's external included).
   new ServerSide(other.region, 'p', 4).start()
-  const pipeExternal = (other.region as unknown as { native(): { findPipe(n: string): { fast(): object } } }).native().findPipe('p').fast()
-  for (const x of [{}, 1, null, tab, pipeExternal]) t.throws(() => binding.tabGet(x as never, again, 'a'))
-  binding.valueRelease(r, again)
+  const pipe = (other.region as unknown as { native(): { findPipe(n: string): { fast(): object; raw(): object } } }).native().findPipe('p')
+  // (and not the region's napi-rs external, nor a pipe's raw one)
+  for (const x of [{}, 1, null, undefined, tab, pipe.fast(), pipe.raw(), r]) {
+    t.is(code(t.throws(() => fast.tabGet(x, again, 'a'))), ErrorCodes.INVALID_ARG)
+    t.is(code(t.throws(() => fast.arrGet(x, again, 0))), ErrorCodes.INVALID_ARG)
+    t.is(code(t.throws(() => fast.valueRelease(x, again))), ErrorCodes.INVALID_ARG)
+  }
+  // Bad keys and indexes: INVALID_ARG.
+  t.is(code(t.throws(() => fast.tabGet(rr, again, 7))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.tabGet(rr, again, undefined))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.arrGet(rr, again, -1))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.arrGet(rr, again, 'x'))), ErrorCodes.INVALID_ARG)
+  // A table is not a list.
+  t.is(code(t.throws(() => fast.arrGet(rr, again, 0))), ErrorCodes.INVALID_ARG)
+  t.is(fast.tabGet(rr, again, 'no such key'), null)
+  fast.valueRelease(rr, again)
   tab.release()
   assertBaseline(t, f)
 })

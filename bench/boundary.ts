@@ -22,8 +22,10 @@ const region = mem.region()
 const nat = region.native()
 const binding = createRequire(import.meta.url)('../binding.js') as typeof import('../binding.js')
 const r = nat.fast()
+const rr = nat.raw()
+const fast = binding.fastCalls() as { valueRelease(r: object, id: number): void }
 /** A raw handle as the binding returns it (a BigInt: 4 × its number + its kind), given back. */
-const drop = (raw: unknown) => binding.valueRelease(r, Math.floor(Number(raw) / 4))
+const drop = (raw: unknown) => fast.valueRelease(rr, Math.floor(Number(raw) / 4))
 
 const payload = 'x'.repeat(32)
 const shapes: Record<string, unknown> = {
@@ -66,7 +68,7 @@ for (const [shape, value] of Object.entries(shapes)) {
     full: time('full', iters, () => handle.toJS()),
   }
   rows.push({ shape, op: 'load', ...load })
-  binding.valueRelease(r, id)
+  fast.valueRelease(rr, id)
   handle.release()
 }
 

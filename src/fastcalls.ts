@@ -1,14 +1,17 @@
 /**
- * The per-message pipe calls written against Node-API by hand
+ * The per-message calls written against Node-API by hand
  * (crates/shmtools-node/src/fastcall.rs): a call through napi-rs' generated
  * glue costs about five times as much. They have no generated typings, so
- * they are declared here. Each takes the external `NativeQueue.raw()`
+ * they are declared here. The pipe calls take the external
+ * `NativeQueue.raw()` returns, the value calls the one `NativeRegion.raw()`
  * returns; anything else is refused with ERR_SHM_INVALID_ARG.
  */
 import * as binding from '../binding'
 
 /** A pipe as the calls below take it (`NativeQueue.raw()`). */
 export type RawPipe = object
+/** A region as the value calls below take it (`NativeRegion.raw()`). */
+export type RawRegion = object
 
 /** What a dequeue returns for a packet (see `Raw` in src/values.ts). */
 type Out = bigint | number | string | Buffer
@@ -24,6 +27,12 @@ export interface FastCalls {
   pipeDequeueCopy(p: RawPipe, timeoutMs: number | undefined, spinUs: number): string | Buffer
   /** The futex sequence for kind (0 not empty, 1 not full). */
   pipeSeq(p: RawPipe, kind: number): number
+  /** The value at `key` of table handle `id`; null if none. */
+  tabGet(r: RawRegion, id: number, key: string): Out | null
+  /** The value at `index` of list handle `id`; null past the end. */
+  arrGet(r: RawRegion, id: number, index: number): Out | null
+  /** Give handle `id`'s reference back (idempotent; a stale number gives nothing back). */
+  valueRelease(r: RawRegion, id: number): void
 }
 
 export const fast = binding.fastCalls() as FastCalls

@@ -1,4 +1,5 @@
-//! The calls a pipe makes once per message, as plain Node-API callbacks.
+//! The calls made once per message, as plain Node-API callbacks: a pipe's
+//! enqueue and dequeue forms, and a handle's field read and release.
 //!
 //! napi-rs 3 wraps every generated callback that takes arguments in a
 //! borrow scope (a thread-local scope, a lock on a table of borrows, an
@@ -9,9 +10,10 @@
 //! one message at a time makes one or two such calls per message, so these
 //! few are written by hand; everything else stays with napi-rs.
 //!
-//! The pipe they take is an external made here ([`pipe_external`]) and
-//! type tagged, so a call checks what it was given before using it: any
-//! other value is an ERR_SHM_INVALID_ARG, never a wild pointer. Errors
+//! The pipe or region they take is an external made here
+//! ([`pipe_external`], [`region_external`]) and type tagged, so a call
+//! checks what it was given before using it: any other value is an
+//! ERR_SHM_INVALID_ARG, never a wild pointer. Errors
 //! cross as the rest of the binding's do (convert.rs): a JS `Error` whose
 //! message starts with the stable code; a panic becomes such an error too.
 //! The facade reaches these through `fastCalls()` (src/fastcalls.ts), which
@@ -20,6 +22,7 @@
 use std::ffi::{c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::Arc;
 
 use napi::bindgen_prelude::{Object, ToNapiValue};
 use napi::sys;
@@ -29,45 +32,65 @@ use shmtools_core::ErrorCode;
 
 use crate::convert::err;
 use crate::pipe::PipeRef;
+use crate::region::RegionCell;
 
-/// The type tag of a pipe external made by [`pipe_external`] (random, fixed).
+/// The type tags of the externals made here (random, fixed): one per kind,
+/// so a call can tell a pipe from a region from anything else.
 const PIPE_TAG: sys::napi_type_tag = sys::napi_type_tag {
     lower: 0x5d1c_3a7e_94b2_06f1,
     upper: 0xa8e4_1f60_2c9b_d357,
 };
+const REGION_TAG: sys::napi_type_tag = sys::napi_type_tag {
+    lower: 0x0b7f_e2c4_6d19_a853,
+    upper: 0x3c62_9ae1_f04d_7b28,
+};
 
 /// Wrap `p` in a type-tagged external that owns it (freed when collected).
 pub fn pipe_external(env: &Env, p: PipeRef) -> Result<sys::napi_value> {
+    tagged_external(env, p, &PIPE_TAG)
+}
+
+/// Wrap a region's cell in a type-tagged external that owns one reference
+/// to it (dropped when collected).
+pub fn region_external(env: &Env, cell: Arc<RegionCell>) -> Result<sys::napi_value> {
+    tagged_external(env, cell, &REGION_TAG)
+}
+
+fn tagged_external<T>(env: &Env, value: T, tag: &sys::napi_type_tag) -> Result<sys::napi_value> {
     let env = env.raw();
-    let data = Box::into_raw(Box::new(p));
+    let data = Box::into_raw(Box::new(value));
     let mut out = ptr::null_mut();
     // SAFETY: `env` is the live environment of the current callback; `data`
     // is a valid, uniquely owned pointer that the external takes over, and
-    // `drop_pipe` (its finalizer) is the only place it is freed.
+    // `drop_boxed::<T>` (its finalizer) is the only place it is freed.
     let status = unsafe {
-        sys::napi_create_external(env, data.cast(), Some(drop_pipe), ptr::null_mut(), &mut out)
+        sys::napi_create_external(
+            env,
+            data.cast(),
+            Some(drop_boxed::<T>),
+            ptr::null_mut(),
+            &mut out,
+        )
     };
     if status != sys::Status::napi_ok {
         // SAFETY: the external was not made, so `data` is still ours alone.
         drop(unsafe { Box::from_raw(data) });
-        return Err(err(
-            ErrorCode::OutOfMemory,
-            "could not make a pipe external",
-        ));
+        return Err(err(ErrorCode::OutOfMemory, "could not make an external"));
     }
     // SAFETY: `out` is the external just made in this environment.
-    let status = unsafe { sys::napi_type_tag_object(env, out, &PIPE_TAG) };
+    let status = unsafe { sys::napi_type_tag_object(env, out, tag) };
     if status != sys::Status::napi_ok {
-        return Err(err(ErrorCode::InvalidArg, "could not tag a pipe external"));
+        return Err(err(ErrorCode::InvalidArg, "could not tag an external"));
     }
     Ok(out)
 }
 
-/// Finalizer of a pipe external: frees its PipeRef.
-unsafe extern "C" fn drop_pipe(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-    // SAFETY: `data` is the pointer pipe_external boxed; Node-API runs a
+/// Finalizer of an external made by [`tagged_external`]: frees its box.
+unsafe extern "C" fn drop_boxed<T>(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the pointer tagged_external boxed as a `T` (each
+    // external gets the finalizer of its own type); Node-API runs a
     // finalizer once, after which nothing can reach the external.
-    drop(unsafe { Box::from_raw(data.cast::<PipeRef>()) });
+    drop(unsafe { Box::from_raw(data.cast::<T>()) });
 }
 
 /// The arguments of one call, read once.
@@ -133,22 +156,17 @@ impl<const N: usize> Args<N> {
         }
     }
 
-    /// Argument `i` as the pipe a [`pipe_external`] wraps.
-    fn pipe(&self, i: usize) -> Result<&PipeRef> {
-        let bad = || {
-            err(
-                ErrorCode::InvalidArg,
-                "not a pipe handle (NativeQueue.raw())",
-            )
-        };
+    /// Argument `i` as the value of an external [`tagged_external`] made
+    /// with `tag` (whose value is a `T`); `what` names it in the error.
+    fn tagged<T>(&self, i: usize, tag: &sys::napi_type_tag, what: &str) -> Result<&T> {
+        let bad = || err(ErrorCode::InvalidArg, format!("not {what}"));
         let v = self.get(i).ok_or_else(bad)?;
         if self.type_of(v)? != sys::ValueType::napi_external {
             return Err(bad());
         }
         let mut tagged = false;
         // SAFETY: `v` is an external argument of the running callback.
-        let status =
-            unsafe { sys::napi_check_object_type_tag(self.env, v, &PIPE_TAG, &mut tagged) };
+        let status = unsafe { sys::napi_check_object_type_tag(self.env, v, tag, &mut tagged) };
         if status != sys::Status::napi_ok || !tagged {
             return Err(bad());
         }
@@ -158,13 +176,61 @@ impl<const N: usize> Args<N> {
         if status != sys::Status::napi_ok || data.is_null() {
             return Err(bad());
         }
-        // SAFETY: only pipe_external tags externals with PIPE_TAG, and it
-        // gives them a boxed PipeRef that lives until the external is
-        // collected; the external is an argument of this call, so it is
+        // SAFETY: only tagged_external tags externals, each kind with its
+        // own tag (the callers pair PIPE_TAG with PipeRef and REGION_TAG
+        // with Arc<RegionCell>, as pipe_external and region_external make
+        // them), and it gives them a boxed `T` that lives until the external
+        // is collected; the external is an argument of this call, so it is
         // alive until the call returns, and the reference does not outlive
         // `self` (borrowed for the call). Nothing hands out a mutable
         // reference to it.
-        Ok(unsafe { &*data.cast::<PipeRef>() })
+        Ok(unsafe { &*data.cast::<T>() })
+    }
+
+    /// Argument `i` as the pipe a [`pipe_external`] wraps.
+    fn pipe(&self, i: usize) -> Result<&PipeRef> {
+        self.tagged(i, &PIPE_TAG, "a pipe handle (NativeQueue.raw())")
+    }
+
+    /// Argument `i` as the region a [`region_external`] wraps.
+    fn region(&self, i: usize) -> Result<&Arc<RegionCell>> {
+        self.tagged(i, &REGION_TAG, "a region handle (NativeRegion.raw())")
+    }
+
+    /// Argument `i` as a string.
+    fn string(&self, i: usize, what: &str) -> Result<String> {
+        let bad = || err(ErrorCode::InvalidArg, format!("{what} must be a string"));
+        let v = self.get(i).ok_or_else(bad)?;
+        if self.type_of(v)? != sys::ValueType::napi_string {
+            return Err(bad());
+        }
+        let mut len = 0usize;
+        // SAFETY: `v` is a string argument of the running callback; with no
+        // buffer, Node-API only writes the length in UTF-8 bytes.
+        let status =
+            unsafe { sys::napi_get_value_string_utf8(self.env, v, ptr::null_mut(), 0, &mut len) };
+        if status != sys::Status::napi_ok {
+            return Err(bad());
+        }
+        let mut buf = vec![0u8; len + 1];
+        let mut got = 0usize;
+        // SAFETY: as above; `buf` has room for `len` bytes and the NUL
+        // Node-API writes after them.
+        let status = unsafe {
+            sys::napi_get_value_string_utf8(
+                self.env,
+                v,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut got,
+            )
+        };
+        if status != sys::Status::napi_ok || got > len {
+            return Err(bad());
+        }
+        buf.truncate(got);
+        // (Node-API writes lone surrogates as U+FFFD, so this is UTF-8)
+        String::from_utf8(buf).map_err(|_| bad())
     }
 
     fn f64(&self, i: usize, what: &str) -> Result<f64> {
@@ -350,14 +416,60 @@ unsafe extern "C" fn pipe_seq(
     })
 }
 
+/// tabGet(region, id, key): the value at `key` of table handle `id` (a
+/// handle or a value as a dequeue gives them; null if there is none).
+unsafe extern "C" fn tab_get(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<3>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let key = a.string(2, "a key")?;
+        to_js(env, crate::value::tab_get(cell, id, &key)?)
+    })
+}
+
+/// arrGet(region, id, index): the value at `index` of list handle `id`
+/// (null past the end).
+unsafe extern "C" fn arr_get(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<3>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let index = a.u32(2, "index")?;
+        to_js(env, crate::value::arr_get(cell, id, index)?)
+    })
+}
+
+/// valueRelease(region, id): give handle `id`'s reference back now.
+/// Idempotent, and a number whose entry has moved on gives nothing back;
+/// works after the region is closed (the GC's safety net calls it too).
+unsafe extern "C" fn value_release(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        crate::value::value_release(cell, id)?;
+        to_js(env, ())
+    })
+}
+
 type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
-const CALLS: [(&CStr, Callback); 5] = [
+const CALLS: [(&CStr, Callback); 8] = [
     (c"pipeEnqueue", pipe_enqueue),
     (c"pipeDequeue", pipe_dequeue),
     (c"pipeDequeueSpin", pipe_dequeue_spin),
     (c"pipeDequeueCopy", pipe_dequeue_copy),
     (c"pipeSeq", pipe_seq),
+    (c"tabGet", tab_get),
+    (c"arrGet", arr_get),
+    (c"valueRelease", value_release),
 ];
 
 /// The hand-written per-message calls, as an object of functions (see the

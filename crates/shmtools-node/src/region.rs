@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, Uint8Array};
+use napi::bindgen_prelude::{Buffer, Uint8Array, Unknown};
+use napi::Env;
 use napi_derive::napi;
 use shmtools_core::{boot, ErrorCode, Region, TryAttach};
 
@@ -270,6 +271,14 @@ impl NativeRegion {
     #[napi(catch_unwind)]
     pub fn fast(&self) -> Result<RegionRef> {
         Ok(RegionRef::new(self.cell()?.clone()))
+    }
+
+    /// This region as the hand-written value calls take it (fastcall.rs).
+    #[napi(catch_unwind, ts_return_type = "object")]
+    pub fn raw<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+        let v = crate::fastcall::region_external(env, self.cell()?.clone())?;
+        // SAFETY: `v` is a value just made in this environment.
+        Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
     }
 
     /// Steps logged while creating (for the `debug` option).

@@ -286,8 +286,7 @@ pub fn value_wire(r: &RegionRef, id: f64) -> Result<Vec<u8>> {
     hv(r, id)?.wire()
 }
 
-fn hv(r: &RegionRef, id: f64) -> Result<Hv<'_>> {
-    let cell: &Arc<RegionCell> = r;
+fn hv(cell: &Arc<RegionCell>, id: f64) -> Result<Hv<'_>> {
     let slot = cell.handles.lock().get(id)?;
     let v = cell.open()?.values().map_err(js)?;
     Ok(Hv { cell, v, slot })
@@ -361,10 +360,10 @@ pub fn value_ref_count(r: &RegionRef, id: f64) -> Result<u32> {
 }
 
 /// Give the handle's reference back now. Idempotent; works after the
-/// region is closed (the GC's safety net calls it too).
-#[napi(catch_unwind)]
-pub fn value_release(r: &RegionRef, id: f64) -> Result<()> {
-    give_back(r, id)
+/// region is closed (the GC's safety net calls it too). (The facade calls
+/// it through fastcall.rs.)
+pub fn value_release(cell: &Arc<RegionCell>, id: f64) -> Result<()> {
+    give_back(cell, id)
 }
 
 /// Deep copy out, as wire bytes, shape coded for the JS reader (see
@@ -423,12 +422,13 @@ fn build_in(
 
 // ---- Tab ---------------------------------------------------------------
 
-#[napi(catch_unwind)]
-pub fn tab_get(r: &RegionRef, id: f64, key: String) -> Result<Option<Out>> {
-    let h = hv(r, id)?;
+/// The value at `key` of a table handle (null: none). (The facade calls it
+/// through fastcall.rs.)
+pub fn tab_get(cell: &Arc<RegionCell>, id: f64, key: &str) -> Result<Option<Out>> {
+    let h = hv(cell, id)?;
     h.expect(T_TAB, "a table")?;
     let _b = h.v.busy();
-    let s = h.find(&key, |k| h.v.tab_get(h.slot, k))?;
+    let s = h.find(key, |k| h.v.tab_get(h.slot, k))?;
     opt(h.cell, s)
 }
 
@@ -498,9 +498,10 @@ pub fn arr_len(r: &RegionRef, id: f64) -> Result<f64> {
     Ok(h.v.arr_len(h.slot).map_err(js)? as f64)
 }
 
-#[napi(catch_unwind)]
-pub fn arr_get(r: &RegionRef, id: f64, index: u32) -> Result<Option<Out>> {
-    let h = hv(r, id)?;
+/// The value at `index` of a list handle (null: past the end). (The facade
+/// calls it through fastcall.rs.)
+pub fn arr_get(cell: &Arc<RegionCell>, id: f64, index: u32) -> Result<Option<Out>> {
+    let h = hv(cell, id)?;
     h.expect(T_ARR, "a list")?;
     let _b = h.v.busy();
     let s = h.v.arr_get(h.slot, index as u64).map_err(js)?;
