@@ -839,13 +839,16 @@ test.serial("the binding's hand-written per-message pipe calls refuse anything b
     t.throws(() => fast.pipeSeq(x, 0), invalid, label)
   }
   // Bad arguments on a good pipe: each is ERR_SHM_INVALID_ARG and changes nothing.
+  const u16 = new Uint16Array(5)
+  new Uint8Array(u16.buffer).set(wire)
   const bad: [string, () => unknown][] = [
     ['a length past the Buffer', () => fast.pipeEnqueue(p, wire, wire.length + 1, 0)],
     ['a length that is not an integer', () => fast.pipeEnqueue(p, wire, 2.5, 0)],
     ['a negative length', () => fast.pipeEnqueue(p, wire, -1, 0)],
     ['no length', () => fast.pipeEnqueue(p, wire, undefined, 0)],
     ['a string for the bytes', () => fast.pipeEnqueue(p, 'abc', 3, 0)],
-    ['a Uint16Array for the bytes', () => fast.pipeEnqueue(p, new Uint16Array(8), 4, 0)],
+    ['a Uint16Array holding a good value', () => fast.pipeEnqueue(p, u16, wire.length, 0)],
+    ['a DataView holding a good value', () => fast.pipeEnqueue(p, new DataView(u16.buffer), wire.length, 0)],
     ['bytes that are not one value', () => fast.pipeEnqueue(p, wire, 5, 0)],
     ['a negative timeout', () => fast.pipeDequeue(p, -1)],
     ['a string timeout', () => fast.pipeDequeue(p, '5')],
@@ -860,6 +863,12 @@ test.serial("the binding's hand-written per-message pipe calls refuse anything b
   t.is(fast.pipeDequeueCopy(p, 0, 0), '\x00\x03\x07\x00\x00\x00\x00\x00\x00\x00')
   t.is(fast.pipeDequeueCopy(p, 0, 0), '')
   t.is(fast.pipeDequeue(p, 0), null)
+  // A finite timeout longer than any clock counts waits as forever does
+  // (here: the packet is there at once), never a panic.
+  for (const huge of [1e22, 1e300, Number.MAX_VALUE]) {
+    t.true(fast.pipeEnqueue(p, wire, wire.length, huge))
+    t.is(fast.pipeDequeue(p, huge), 7)
+  }
   // A closed region: ERR_SHM_CLOSED through the external too.
   shm.close()
   t.throws(() => fast.pipeEnqueue(p, wire, wire.length, 0), { message: /^ERR_SHM_CLOSED: / })

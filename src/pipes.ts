@@ -211,7 +211,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const t = checkTimeout(timeoutMs)
     const signal = checkSignal(options?.signal)
     if (signal?.aborted) throw aborted(signal, `enqueue on pipe '${this.name}'`)
-    let deadline = 0
+    const deadline = t === 0 ? 0 : performance.now() + t
     // The futex sequence, read before the try it belongs to: a wait sleeps
     // only while the word still has the value read before a failed try. The
     // first try reads none (it usually succeeds, and a read is a native
@@ -227,7 +227,6 @@ export class CQ<T = any> implements AsyncIterable<T> {
       if (native(() => fast.pipeEnqueue(p, w.buf, w.len, 0))) return true
       if (seen === undefined) {
         if (t === 0) return false
-        deadline = performance.now() + t
         seen = native(() => fast.pipeSeq(p, NOT_FULL))
         continue
       }
@@ -249,7 +248,7 @@ export class CQ<T = any> implements AsyncIterable<T> {
     const signal = checkSignal(options?.signal)
     const copy = checkCopy(options)
     if (signal?.aborted) throw aborted(signal, `dequeue on pipe '${this.name}'`)
-    let deadline = 0
+    const deadline = t === 0 ? 0 : performance.now() + t
     // (as in enqueueAsync: no sequence read before the first try)
     let seen: number | undefined
     for (let first = true; ; first = false) {
@@ -268,7 +267,6 @@ export class CQ<T = any> implements AsyncIterable<T> {
       }
       if (seen === undefined) {
         if (t === 0) return undefined
-        deadline = performance.now() + t
         seen = native(() => fast.pipeSeq(p, NOT_EMPTY))
         continue
       }

@@ -261,7 +261,8 @@ impl<'a> Directory<'a> {
     /// every `poll`.
     pub fn wait_for(&self, name: &str, opts: &AttachOptions<'_>) -> Result<PipeInfo> {
         validate_pipe_name(name)?;
-        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        // (a timeout past what the clock can count is no deadline at all)
+        let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let seen = self
                 .header

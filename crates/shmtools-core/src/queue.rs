@@ -135,34 +135,45 @@ const ROOM_LOOK_EVERY: u32 = 16;
 /// spins (see [`room_worth_taking`]).
 const ROOM_RUN_MAX: u64 = 32;
 
-/// A wait's deadline, read from the clock only when first needed: a call
-/// whose first try succeeds, the usual case, never reads it (the clock read
-/// was 3-4 % of a one-message enqueue from Node in a profile, 2026-12-06).
-/// Counted from the first failed try, which comes microseconds after the
-/// call began.
+/// A wait's deadline, from the call's start. A zero timeout (a try and no
+/// wait) never reads the clock: that read was 3-4 % of a one-message
+/// enqueue from Node in a profile (2026-12-06), and neither does no
+/// timeout. A timeout too long for the clock to count (a `Duration` of
+/// centuries) is no deadline at all.
 struct Deadline {
-    timeout: Option<Duration>,
+    zero: bool,
     at: Option<Instant>,
 }
 
 impl Deadline {
     fn new(timeout: Option<Duration>) -> Deadline {
-        Deadline { timeout, at: None }
+        match timeout {
+            Some(t) if t.is_zero() => Deadline {
+                zero: true,
+                at: None,
+            },
+            Some(t) => Deadline {
+                zero: false,
+                at: Instant::now().checked_add(t),
+            },
+            None => Deadline {
+                zero: false,
+                at: None,
+            },
+        }
     }
 
     /// When the wait ends (None: never).
-    fn get(&mut self) -> Option<Instant> {
-        let t = self.timeout?;
-        Some(*self.at.get_or_insert_with(|| Instant::now() + t))
+    fn get(&self) -> Option<Instant> {
+        if self.zero {
+            return Some(Instant::now());
+        }
+        self.at
     }
 
     /// Whether it has passed (a zero timeout has, without a clock read).
-    fn passed(&mut self) -> bool {
-        match self.timeout {
-            None => false,
-            Some(t) if t.is_zero() => true,
-            Some(_) => self.get().is_some_and(|d| Instant::now() >= d),
-        }
+    fn passed(&self) -> bool {
+        self.zero || self.at.is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -1580,7 +1591,7 @@ impl<'a> Queue<'a> {
         if max == 0 {
             return Ok(take(Vec::new(), inl));
         }
-        let mut deadline = Deadline::new(timeout);
+        let deadline = Deadline::new(timeout);
         loop {
             {
                 // (held until `take` has dealt with what was taken)
@@ -1802,7 +1813,7 @@ impl<'a> Queue<'a> {
         if count == 0 {
             return Ok(0);
         }
-        let mut deadline = Deadline::new(timeout);
+        let deadline = Deadline::new(timeout);
         loop {
             let n = self.try_enqueue_wire_many(bytes, count)?;
             if n > 0 {
@@ -2114,7 +2125,7 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         consume: bool,
     ) -> Result<bool> {
-        let mut deadline = Deadline::new(timeout);
+        let deadline = Deadline::new(timeout);
         // Release `slot` if it is ours to release, keeping the error.
         let give_up = |e: Option<Error>| -> Result<bool> {
             if consume {
@@ -2191,7 +2202,7 @@ impl<'a> Queue<'a> {
         timeout: Option<Duration>,
         mut take: impl FnMut(Packet, &[u8]) -> T,
     ) -> Result<Option<T>> {
-        let mut deadline = Deadline::new(timeout);
+        let deadline = Deadline::new(timeout);
         let mut inl = Vec::new();
         loop {
             {
@@ -2496,23 +2507,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_deadline_reads_the_clock_only_once_a_wait_needs_it_and_then_keeps_it() {
-        let mut never = Deadline::new(None);
+    fn a_deadline_counts_from_the_call_and_a_zero_or_absent_or_endless_one_reads_no_clock() {
+        let never = Deadline::new(None);
         assert!(!never.passed());
         assert_eq!(never.get(), None);
         // A zero timeout has passed at once, and no clock was read for it.
-        let mut zero = Deadline::new(Some(Duration::ZERO));
+        let zero = Deadline::new(Some(Duration::ZERO));
         assert!(zero.passed());
         assert!(zero.at.is_none());
-        // Otherwise the clock is read when first asked, and the deadline
-        // stays where it was put.
-        let mut long = Deadline::new(Some(Duration::from_secs(600)));
-        assert!(long.at.is_none());
+        // A timeout longer than the clock counts is no deadline (no panic).
+        let endless = Deadline::new(Some(Duration::MAX));
+        assert!(!endless.passed());
+        assert_eq!(endless.get(), None);
+        // Otherwise the deadline is put when the call starts, and stays.
+        let before = Instant::now();
+        let long = Deadline::new(Some(Duration::from_secs(600)));
+        let at = long.get().unwrap();
+        assert!(at >= before + Duration::from_secs(600));
         assert!(!long.passed());
-        let first = long.get();
-        assert!(first.is_some());
-        assert_eq!(long.get(), first);
-        let mut short = Deadline::new(Some(Duration::from_millis(1)));
+        assert_eq!(long.get(), Some(at));
+        let short = Deadline::new(Some(Duration::from_millis(1)));
         let at = short.get().unwrap();
         while Instant::now() < at {
             std::hint::spin_loop();

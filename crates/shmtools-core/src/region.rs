@@ -380,7 +380,8 @@ impl Region {
 
     /// Wait until the region exists and is ready, then map it.
     pub fn attach(name: &str, opts: &AttachOptions<'_>) -> Result<Region> {
-        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        // (a timeout past what the clock can count is no deadline at all)
+        let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
         let mut said = "";
         loop {
             match Region::try_attach(name)? {

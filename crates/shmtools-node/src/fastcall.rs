@@ -267,21 +267,40 @@ impl<const N: usize> Args<N> {
         Ok(x as u32)
     }
 
-    /// The first `len` bytes of the Buffer (or other Uint8Array) argument `i`.
+    /// The first `len` bytes of the Buffer (or other Uint8Array) argument
+    /// `i`. (Node-API's `napi_is_buffer` says yes to any view on Node 20,
+    /// so the kind is checked as a typed array's.)
     fn bytes(&self, i: usize, len: usize) -> Result<&[u8]> {
-        let bad = || err(ErrorCode::InvalidArg, "the encoded value must be a Buffer");
+        let bad = || {
+            err(
+                ErrorCode::InvalidArg,
+                "the encoded value must be a Buffer or a Uint8Array",
+            )
+        };
         let v = self.get(i).ok_or_else(bad)?;
-        let mut is_buffer = false;
+        let mut is_typed = false;
         // SAFETY: `v` is an argument of the running callback.
-        let status = unsafe { sys::napi_is_buffer(self.env, v, &mut is_buffer) };
-        if status != sys::Status::napi_ok || !is_buffer {
+        let status = unsafe { sys::napi_is_typedarray(self.env, v, &mut is_typed) };
+        if status != sys::Status::napi_ok || !is_typed {
             return Err(bad());
         }
-        let mut data = ptr::null_mut();
+        let mut kind = 0;
         let mut n = 0usize;
-        // SAFETY: as above; `v` is a Buffer.
-        let status = unsafe { sys::napi_get_buffer_info(self.env, v, &mut data, &mut n) };
-        if status != sys::Status::napi_ok {
+        let mut data = ptr::null_mut();
+        // SAFETY: as above; `v` is a typed array. (Its ArrayBuffer and
+        // offset are not asked for.)
+        let status = unsafe {
+            sys::napi_get_typedarray_info(
+                self.env,
+                v,
+                &mut kind,
+                &mut n,
+                &mut data,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        if status != sys::Status::napi_ok || kind != sys::TypedarrayType::uint8_array {
             return Err(bad());
         }
         if len > n {
@@ -290,13 +309,14 @@ impl<const N: usize> Args<N> {
                 format!("length {len} is past the end of a Buffer of {n} bytes"),
             ));
         }
-        if len == 0 {
-            return Ok(&[]);
+        if len == 0 || data.is_null() {
+            return if len == 0 { Ok(&[]) } else { Err(bad()) };
         }
-        // SAFETY: Node-API gave `data` as the start of `n` >= `len` bytes of
-        // the Buffer's memory; the Buffer is an argument of this call, so it
-        // stays alive, and no JavaScript runs (nothing can detach or resize
-        // it) before the call returns, which the borrow of `self` bounds.
+        // SAFETY: Node-API gave `data` as the first of the view's `n` >=
+        // `len` bytes (one byte per element: a Uint8Array); the view is an
+        // argument of this call, so it stays alive, and no JavaScript runs
+        // (nothing can detach or resize its buffer) before the call
+        // returns, which the borrow of `self` bounds.
         Ok(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) })
     }
 }
@@ -312,9 +332,27 @@ fn run(env: sys::napi_env, body: impl FnOnce() -> Result<sys::napi_value>) -> sy
     match out {
         Ok(v) => v,
         Err(e) => {
-            let msg = std::ffi::CString::new(e.reason.replace('\0', " ")).unwrap_or_default();
-            // SAFETY: `env` is the running callback's; the message is a valid
-            // C string. If an exception is pending already, this does nothing.
+            let mut pending = false;
+            // SAFETY: `env` is the running callback's.
+            let status = unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+            if status == sys::Status::napi_ok && pending {
+                // A Node-API call in the body threw already: that error is
+                // the one to see.
+                return ptr::null_mut();
+            }
+            // Reasons from napi-rs' own conversions carry no code: give them one.
+            let reason = if e.reason.starts_with("ERR_SHM_") {
+                e.reason
+            } else {
+                format!(
+                    "{}: a native call could not make its result ({})",
+                    ErrorCode::InvalidState.as_str(),
+                    e.reason
+                )
+            };
+            let msg = std::ffi::CString::new(reason.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: `env` is the running callback's and no exception is
+            // pending; the message is a valid C string.
             unsafe { sys::napi_throw_error(env, ptr::null(), msg.as_ptr()) };
             ptr::null_mut()
         }

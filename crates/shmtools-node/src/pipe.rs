@@ -87,7 +87,9 @@ fn timeout(ms: Option<f64>) -> Result<Option<Duration>> {
     match ms {
         None => Ok(None),
         Some(t) if t.is_infinite() && t > 0.0 => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t / 1000.0))),
+        // (a finite timeout longer than a Duration holds, some 10^22 ms,
+        // waits as long as forever does)
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Duration::try_from_secs_f64(t / 1000.0).ok()),
         Some(t) => Err(err(
             ErrorCode::InvalidArg,
             format!("timeoutMs must be a number >= 0, got {t}"),
@@ -380,7 +382,8 @@ impl PipeRef {
     ) -> Result<Object<'env>> {
         let w = which(kind)?;
         let q = self.queue()?;
-        let deadline = timeout(timeout_ms)?.map(|d| std::time::Instant::now() + d);
+        // (a timeout past what the clock can count is no deadline at all)
+        let deadline = timeout(timeout_ms)?.and_then(|d| std::time::Instant::now().checked_add(d));
         waiter::park(
             env,
             Job {
@@ -548,7 +551,8 @@ impl NativeRegion {
     ) -> Result<Object<'env>> {
         let cell = self.directory_cell()?;
         let word = Directory::open(&cell.region).map_err(js)?.version_offset();
-        let deadline = timeout(timeout_ms)?.map(|d| std::time::Instant::now() + d);
+        // (a timeout past what the clock can count is no deadline at all)
+        let deadline = timeout(timeout_ms)?.and_then(|d| std::time::Instant::now().checked_add(d));
         waiter::park(
             env,
             Job {
