@@ -6,16 +6,17 @@
 //! allocation), which cost 93-99 ns a call here against 19-21 ns for a
 //! callback written against Node-API directly (a call taking one number and
 //! returning it plus one, 3 million calls each, 2026-12-06; see
-//! docs/BENCHMARKS.md, "Calls into native code per message"). A pipe used
-//! one message at a time makes one or two such calls per message, so these
-//! few are written by hand; everything else stays with napi-rs.
+//! docs/BENCHMARKS.md, "One message at a time"). A message sent and taken
+//! one at a time makes two to four such calls, so these few are written by
+//! hand; everything else stays with napi-rs.
 //!
 //! The pipe or region they take is an external made here
 //! ([`pipe_external`], [`region_external`]) and type tagged, so a call
 //! checks what it was given before using it: any other value is an
-//! ERR_SHM_INVALID_ARG, never a wild pointer. Errors
-//! cross as the rest of the binding's do (convert.rs): a JS `Error` whose
-//! message starts with the stable code; a panic becomes such an error too.
+//! ERR_SHM_INVALID_ARG, never a wild pointer. Arguments are checked for
+//! their type, never coerced. Errors cross as the rest of the binding's do
+//! (convert.rs): a JS `Error` whose message starts with the stable code; a
+//! panic becomes such an error too.
 //! The facade reaches these through `fastCalls()` (src/fastcalls.ts), which
 //! also declares their types.
 
