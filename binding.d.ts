@@ -109,15 +109,6 @@ export declare class NativeRegion {
   get closed(): boolean
 }
 
-export declare function arrLen(r: RegionRef, id: number): number
-
-export declare function arrPop(r: RegionRef, id: number): Out | null
-
-/** Append; returns the new length. */
-export declare function arrPush(r: RegionRef, id: number, wire: Buffer): number
-
-export declare function arrSet(r: RegionRef, id: number, index: number, wire: Buffer): void
-
 /** Benchmark candidate: deep copy out as JSON text. */
 export declare function benchLoadJson(r: RegionRef, id: number): string
 
@@ -291,17 +282,8 @@ export interface RepairReport {
   objectsLive: number
 }
 
-export declare function tabDelete(r: RegionRef, id: number, key: string): boolean
-
-export declare function tabHas(r: RegionRef, id: number, key: string): boolean
-
 /** Keys in insertion order (integer keys spelled in decimal). */
 export declare function tabKeys(r: RegionRef, id: number): Array<string>
-
-export declare function tabLen(r: RegionRef, id: number): number
-
-/** Set `key` to the value encoded in `wire` (a T_REF stores a reference). */
-export declare function tabSet(r: RegionRef, id: number, key: string, wire: Buffer): void
 
 /** One look for a region: the handle if it is ready, null if not yet. */
 export declare function tryAttachRegion(name: string, gc?: boolean | undefined | null): NativeRegion | null

@@ -1034,7 +1034,13 @@ test("the binding's value functions refuse a number that names no live handle (r
   const rr = nat.raw()
   const fast = binding.fastCalls() as {
     tabGet(r: unknown, id: unknown, key: unknown): unknown
+    tabSet(r: unknown, id: unknown, key: unknown, wire: unknown, len: unknown): void
+    tabHas(r: unknown, id: unknown, key: unknown): boolean
+    tabLen(r: unknown, id: unknown): number
     arrGet(r: unknown, id: unknown, index: unknown): unknown
+    arrLen(r: unknown, id: unknown): number
+    arrPush(r: unknown, id: unknown, wire: unknown, len: unknown): number
+    arrPop(r: unknown, id: unknown): unknown
     valueRelease(r: unknown, id: unknown): void
   }
   const tab = Shared(f.pool, { a: 1 })
@@ -1065,7 +1071,9 @@ test("the binding's value functions refuse a number that names no live handle (r
     t.is(code(t.throws(() => fast.valueRelease(rr, bad))), ErrorCodes.INVALID_ARG, String(bad))
   }
   // The wrong kind of value for the call: INVALID_ARG.
-  t.is(code(t.throws(() => binding.arrLen(r, again))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.arrLen(rr, again))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.arrPush(rr, again, Buffer.from([1]), 1))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.arrPop(rr, again))), ErrorCodes.INVALID_ARG)
   t.is(code(t.throws(() => binding.typedView(r, again))), ErrorCodes.INVALID_ARG)
   // A number means what the table it is used with says: here another
   // region's table, which holds no handle yet.
@@ -1080,7 +1088,18 @@ test("the binding's value functions refuse a number that names no live handle (r
     t.is(code(t.throws(() => fast.arrGet(x, again, 0))), ErrorCodes.INVALID_ARG)
     t.is(code(t.throws(() => fast.valueRelease(x, again))), ErrorCodes.INVALID_ARG)
   }
-  // Bad keys and indexes: INVALID_ARG.
+  // Bad keys, indexes and encodings: INVALID_ARG, and the table unchanged.
+  const int7 = Buffer.from([3, 7, 0, 0, 0, 0, 0, 0, 0])
+  t.is(code(t.throws(() => fast.tabSet(rr, again, 'a', int7, int7.length + 1))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.tabSet(rr, again, 'a', int7, 5))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.tabSet(rr, again, 'a', 'not bytes', 3))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.tabSet(rr, again, 1, int7, int7.length))), ErrorCodes.INVALID_ARG)
+  t.is(code(t.throws(() => fast.tabHas(rr, again, null))), ErrorCodes.INVALID_ARG)
+  t.is(fast.tabGet(rr, again, 'a'), 1)
+  fast.tabSet(rr, again, 'a', int7, int7.length)
+  t.is(fast.tabGet(rr, again, 'a'), 7)
+  t.true(fast.tabHas(rr, again, 'a'))
+  t.is(fast.tabLen(rr, again), 1)
   t.is(code(t.throws(() => fast.tabGet(rr, again, 7))), ErrorCodes.INVALID_ARG)
   t.is(code(t.throws(() => fast.tabGet(rr, again, undefined))), ErrorCodes.INVALID_ARG)
   t.is(code(t.throws(() => fast.arrGet(rr, again, -1))), ErrorCodes.INVALID_ARG)

@@ -29,8 +29,24 @@ export interface FastCalls {
   pipeSeq(p: RawPipe, kind: number): number
   /** The value at `key` of table handle `id`; null if none. */
   tabGet(r: RawRegion, id: number, key: string): Out | null
+  /** Set `key` of table handle `id` to the value encoded in `wire[0..len)`. */
+  tabSet(r: RawRegion, id: number, key: string, wire: Buffer, len: number): void
+  /** Whether table handle `id` has `key`. */
+  tabHas(r: RawRegion, id: number, key: string): boolean
+  /** Delete `key` of table handle `id`; false if it was not there. */
+  tabDelete(r: RawRegion, id: number, key: string): boolean
+  /** How many keys table handle `id` has. */
+  tabLen(r: RawRegion, id: number): number
   /** The value at `index` of list handle `id`; null past the end. */
   arrGet(r: RawRegion, id: number, index: number): Out | null
+  /** Set item `index` of list handle `id` to the value encoded in `wire[0..len)`. */
+  arrSet(r: RawRegion, id: number, index: number, wire: Buffer, len: number): void
+  /** Append the value encoded in `wire[0..len)` to list handle `id`; the new length. */
+  arrPush(r: RawRegion, id: number, wire: Buffer, len: number): number
+  /** Take the last item of list handle `id`; null if empty. */
+  arrPop(r: RawRegion, id: number): Out | null
+  /** How many items list handle `id` has. */
+  arrLen(r: RawRegion, id: number): number
   /** Give handle `id`'s reference back (idempotent; a stale number gives nothing back). */
   valueRelease(r: RawRegion, id: number): void
 }

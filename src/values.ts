@@ -332,17 +332,19 @@ class TabCore extends HandleCore {
   }
   set(key: string, value: unknown): this {
     const h = hOf(this)
-    const wire = encodeFor(h.region, value)
-    native(() => binding.tabSet(h.r, h.live(), String(key), wire))
+    // (the key first: nothing may run between the encode and the call)
+    const k = String(key)
+    const w = encodeInPlaceFor(h.region, value)
+    native(() => fast.tabSet(h.rr, h.live(), k, w.buf, w.len))
     return this
   }
   delete(key: string): boolean {
     const h = hOf(this)
-    return native(() => binding.tabDelete(h.r, h.live(), String(key)))
+    return native(() => fast.tabDelete(h.rr, h.live(), String(key)))
   }
   has(key: string): boolean {
     const h = hOf(this)
-    return native(() => binding.tabHas(h.r, h.live(), String(key)))
+    return native(() => fast.tabHas(h.rr, h.live(), String(key)))
   }
   keys(): string[] {
     const h = hOf(this)
@@ -362,7 +364,7 @@ class TabCore extends HandleCore {
   }
   get size(): number {
     const h = hOf(this)
-    return native(() => binding.tabLen(h.r, h.live()))
+    return native(() => fast.tabLen(h.rr, h.live()))
   }
   [Symbol.iterator](): IterableIterator<[string, unknown]> {
     return this.entries()[Symbol.iterator]()
@@ -445,7 +447,7 @@ function checkIndex(i: number): number {
 class ArrCore extends HandleCore {
   get length(): number {
     const h = hOf(this)
-    return native(() => binding.arrLen(h.r, h.live()))
+    return native(() => fast.arrLen(h.rr, h.live()))
   }
   get(index: number): unknown {
     const h = hOf(this)
@@ -453,8 +455,10 @@ class ArrCore extends HandleCore {
   }
   set(index: number, value: unknown): this {
     const h = hOf(this)
-    const wire = encodeFor(h.region, value)
-    native(() => binding.arrSet(h.r, h.live(), checkIndex(index), wire))
+    // (the index first: nothing may run between the encode and the call)
+    const i = checkIndex(index)
+    const w = encodeInPlaceFor(h.region, value)
+    native(() => fast.arrSet(h.rr, h.live(), i, w.buf, w.len))
     return this
   }
   push(...values: unknown[]): number {
@@ -463,12 +467,12 @@ class ArrCore extends HandleCore {
     // call before anything is pushed.
     const wires = values.map((v) => Buffer.from(encodeFor(h.region, v)))
     let n = this.length
-    for (const wire of wires) n = native(() => binding.arrPush(h.r, h.live(), wire))
+    for (const wire of wires) n = native(() => fast.arrPush(h.rr, h.live(), wire, wire.length))
     return n
   }
   pop(): unknown {
     const h = hOf(this)
-    return getOut(h, native(() => binding.arrPop(h.r, h.live())))
+    return getOut(h, native(() => fast.arrPop(h.rr, h.live())))
   }
   at(index: number): unknown {
     const n = this.length

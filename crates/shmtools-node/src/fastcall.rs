@@ -1,5 +1,6 @@
-//! The calls made once per message, as plain Node-API callbacks: a pipe's
-//! enqueue and dequeue forms, and a handle's field read and release.
+//! The calls made once per message or per field, as plain Node-API
+//! callbacks: a pipe's enqueue and dequeue forms, and a shared table's or
+//! list's reads, writes and release.
 //!
 //! napi-rs 3 wraps every generated callback that takes arguments in a
 //! borrow scope (a thread-local scope, a lock on a table of borrows, an
@@ -498,16 +499,132 @@ unsafe extern "C" fn value_release(
     })
 }
 
+/// tabSet(region, id, key, wire, len): set `key` of table handle `id` to
+/// the value encoded in `wire[0..len)`.
+unsafe extern "C" fn tab_set(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<5>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let key = a.string(2, "a key")?;
+        let len = a.u32(4, "length")? as usize;
+        let wire = a.bytes(3, len)?;
+        crate::value::tab_set(cell, id, &key, wire)?;
+        to_js(env, ())
+    })
+}
+
+/// tabHas(region, id, key): whether table handle `id` has `key`.
+unsafe extern "C" fn tab_has(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<3>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let key = a.string(2, "a key")?;
+        to_js(env, crate::value::tab_has(cell, id, &key)?)
+    })
+}
+
+/// tabDelete(region, id, key): delete `key`; false if it was not there.
+unsafe extern "C" fn tab_delete(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<3>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let key = a.string(2, "a key")?;
+        to_js(env, crate::value::tab_delete(cell, id, &key)?)
+    })
+}
+
+/// tabLen(region, id) / arrLen(region, id): how many keys or items.
+unsafe extern "C" fn tab_len(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        to_js(env, crate::value::tab_len(cell, id)?)
+    })
+}
+
+unsafe extern "C" fn arr_len(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        to_js(env, crate::value::arr_len(cell, id)?)
+    })
+}
+
+/// arrSet(region, id, index, wire, len): set item `index` of list handle
+/// `id` to the value encoded in `wire[0..len)`.
+unsafe extern "C" fn arr_set(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<5>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let index = a.u32(2, "index")?;
+        let len = a.u32(4, "length")? as usize;
+        let wire = a.bytes(3, len)?;
+        crate::value::arr_set(cell, id, index, wire)?;
+        to_js(env, ())
+    })
+}
+
+/// arrPush(region, id, wire, len): append the value encoded in
+/// `wire[0..len)`; the new length.
+unsafe extern "C" fn arr_push(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<4>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        let len = a.u32(3, "length")? as usize;
+        let wire = a.bytes(2, len)?;
+        to_js(env, crate::value::arr_push(cell, id, wire)?)
+    })
+}
+
+/// arrPop(region, id): take the last item (null if empty).
+unsafe extern "C" fn arr_pop(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: Node-API passes this callback's own env and info.
+        let a = unsafe { Args::<2>::read(env, info) }?;
+        let cell = a.region(0)?;
+        let id = a.f64(1, "a handle number")?;
+        to_js(env, crate::value::arr_pop(cell, id)?)
+    })
+}
+
 type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
-const CALLS: [(&CStr, Callback); 8] = [
+const CALLS: [(&CStr, Callback); 16] = [
     (c"pipeEnqueue", pipe_enqueue),
     (c"pipeDequeue", pipe_dequeue),
     (c"pipeDequeueSpin", pipe_dequeue_spin),
     (c"pipeDequeueCopy", pipe_dequeue_copy),
     (c"pipeSeq", pipe_seq),
     (c"tabGet", tab_get),
+    (c"tabSet", tab_set),
+    (c"tabHas", tab_has),
+    (c"tabDelete", tab_delete),
+    (c"tabLen", tab_len),
     (c"arrGet", arr_get),
+    (c"arrSet", arr_set),
+    (c"arrPush", arr_push),
+    (c"arrPop", arr_pop),
+    (c"arrLen", arr_len),
     (c"valueRelease", value_release),
 ];
 

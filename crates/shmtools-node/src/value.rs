@@ -433,36 +433,38 @@ pub fn tab_get(cell: &Arc<RegionCell>, id: f64, key: &str) -> Result<Option<Out>
 }
 
 /// Set `key` to the value encoded in `wire` (a T_REF stores a reference).
-#[napi(catch_unwind)]
-pub fn tab_set(r: &RegionRef, id: f64, key: String, wire: BufferSlice) -> Result<()> {
-    let h = hv(r, id)?;
+/// (The facade calls it through fastcall.rs.)
+pub fn tab_set(cell: &Arc<RegionCell>, id: f64, key: &str, wire: &[u8]) -> Result<()> {
+    let h = hv(cell, id)?;
     h.expect(T_TAB, "a table")?;
     let _b = h.v.busy();
-    let value = h.store_for_me(&wire)?;
-    let k = match int_key(&key) {
+    let value = h.store_for_me(wire)?;
+    let k = match int_key(key) {
         Some(i) if h.v.tab_has(h.slot, KeyRef::Int(i)).map_err(js)? => KeyRef::Int(i),
-        _ => KeyRef::str(&key),
+        _ => KeyRef::str(key),
     };
     h.v.tab_set(h.slot, k, value).map_err(js)
 }
 
-#[napi(catch_unwind)]
-pub fn tab_has(r: &RegionRef, id: f64, key: String) -> Result<bool> {
-    let h = hv(r, id)?;
+/// Whether a table handle has `key`. (The facade calls it through
+/// fastcall.rs.)
+pub fn tab_has(cell: &Arc<RegionCell>, id: f64, key: &str) -> Result<bool> {
+    let h = hv(cell, id)?;
     h.expect(T_TAB, "a table")?;
     Ok(
-        h.find(&key, |k| h.v.tab_has(h.slot, k).map(|b| b.then_some(())))?
+        h.find(key, |k| h.v.tab_has(h.slot, k).map(|b| b.then_some(())))?
             .is_some(),
     )
 }
 
-#[napi(catch_unwind)]
-pub fn tab_delete(r: &RegionRef, id: f64, key: String) -> Result<bool> {
-    let h = hv(r, id)?;
+/// Delete `key` from a table handle; false if it was not there. (The
+/// facade calls it through fastcall.rs.)
+pub fn tab_delete(cell: &Arc<RegionCell>, id: f64, key: &str) -> Result<bool> {
+    let h = hv(cell, id)?;
     h.expect(T_TAB, "a table")?;
     let _b = h.v.busy();
     Ok(
-        h.find(&key, |k| h.v.tab_delete(h.slot, k).map(|b| b.then_some(())))?
+        h.find(key, |k| h.v.tab_delete(h.slot, k).map(|b| b.then_some(())))?
             .is_some(),
     )
 }
@@ -482,18 +484,20 @@ pub fn tab_keys(r: &RegionRef, id: f64) -> Result<Vec<String>> {
         .collect())
 }
 
-#[napi(catch_unwind)]
-pub fn tab_len(r: &RegionRef, id: f64) -> Result<f64> {
-    let h = hv(r, id)?;
+/// How many keys a table handle has. (The facade calls it through
+/// fastcall.rs.)
+pub fn tab_len(cell: &Arc<RegionCell>, id: f64) -> Result<f64> {
+    let h = hv(cell, id)?;
     h.expect(T_TAB, "a table")?;
     Ok(h.v.tab_len(h.slot).map_err(js)? as f64)
 }
 
 // ---- Arr ---------------------------------------------------------------
 
-#[napi(catch_unwind)]
-pub fn arr_len(r: &RegionRef, id: f64) -> Result<f64> {
-    let h = hv(r, id)?;
+/// How many items a list handle has. (The facade calls it through
+/// fastcall.rs.)
+pub fn arr_len(cell: &Arc<RegionCell>, id: f64) -> Result<f64> {
+    let h = hv(cell, id)?;
     h.expect(T_ARR, "a list")?;
     Ok(h.v.arr_len(h.slot).map_err(js)? as f64)
 }
@@ -508,28 +512,30 @@ pub fn arr_get(cell: &Arc<RegionCell>, id: f64, index: u32) -> Result<Option<Out
     opt(h.cell, s)
 }
 
-#[napi(catch_unwind)]
-pub fn arr_set(r: &RegionRef, id: f64, index: u32, wire: BufferSlice) -> Result<()> {
-    let h = hv(r, id)?;
+/// Set item `index` of a list handle to the value encoded in `wire`. (The
+/// facade calls it through fastcall.rs.)
+pub fn arr_set(cell: &Arc<RegionCell>, id: f64, index: u32, wire: &[u8]) -> Result<()> {
+    let h = hv(cell, id)?;
     h.expect(T_ARR, "a list")?;
     let _b = h.v.busy();
-    let value = h.store_for_me(&wire)?;
+    let value = h.store_for_me(wire)?;
     h.v.arr_set(h.slot, index as u64, value).map_err(js)
 }
 
-/// Append; returns the new length.
-#[napi(catch_unwind)]
-pub fn arr_push(r: &RegionRef, id: f64, wire: BufferSlice) -> Result<f64> {
-    let h = hv(r, id)?;
+/// Append; returns the new length. (The facade calls it through
+/// fastcall.rs.)
+pub fn arr_push(cell: &Arc<RegionCell>, id: f64, wire: &[u8]) -> Result<f64> {
+    let h = hv(cell, id)?;
     h.expect(T_ARR, "a list")?;
     let _b = h.v.busy();
-    let value = h.store_for_me(&wire)?;
+    let value = h.store_for_me(wire)?;
     Ok(h.v.arr_push(h.slot, value).map_err(js)? as f64)
 }
 
-#[napi(catch_unwind)]
-pub fn arr_pop(r: &RegionRef, id: f64) -> Result<Option<Out>> {
-    let h = hv(r, id)?;
+/// Take the last item of a list handle (null if empty). (The facade calls
+/// it through fastcall.rs.)
+pub fn arr_pop(cell: &Arc<RegionCell>, id: f64) -> Result<Option<Out>> {
+    let h = hv(cell, id)?;
     h.expect(T_ARR, "a list")?;
     let _b = h.v.busy();
     let s = h.v.arr_pop(h.slot).map_err(js)?;
