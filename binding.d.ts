@@ -31,7 +31,7 @@ export declare class NativeQueue {
    * of shmtools' own threads, never on the event loop or libuv's pool.
    */
   waitChange(kind: number, seen: number, timeoutMs: number | undefined | null, id: number): object
-  /** This pipe as an external, for the per-message calls (`pipe_*`). */
+  /** This pipe as an external, for the batch calls (`pipe_*`). */
   fast(): ExternalObject<PipeRef>
   /** This pipe as the external the hand-written calls take (fastcall.rs). */
   raw(): object

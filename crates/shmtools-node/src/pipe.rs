@@ -169,7 +169,7 @@ impl NativeQueue {
         self.p.wait_change(env, kind, seen, timeout_ms, id)
     }
 
-    /// This pipe as an external, for the per-message calls (`pipe_*`).
+    /// This pipe as an external, for the batch calls (`pipe_*`).
     #[napi(catch_unwind)]
     pub fn fast(&self) -> External<PipeRef> {
         External::new(PipeRef::new(&self.p.cell, self.p.off))
