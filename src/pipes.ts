@@ -111,10 +111,9 @@ export class CQ<T = any> implements AsyncIterable<T> {
   readonly #region: Region
   #q: NativeQueue | undefined
   /**
-   * The same pipe as an external, for the calls made per message
-   * (binding.pipe*): a call on it skips napi-rs' borrow check of a class
-   * instance, about 170 ns (docs/BENCHMARKS.md, "Calls into native code per
-   * message").
+   * The same pipe as an external, for the batch calls (binding.pipe*): a
+   * call on it skips napi-rs' borrow check of a class instance, about 170
+   * ns (docs/BENCHMARKS.md, "Calls into native code per message").
    */
   #h: PipeHandle | undefined
   /** The pipe as the hand-written per-message calls take it (src/fastcalls.ts). */
