@@ -317,7 +317,8 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
     const n: number = a.n
     const first: number = a.first
     switch (a.transport) {
-      case 'shm': {
+      case 'shm':
+      case 'shm-copy': {
         const side = client(a.region, a.pipe)
         const out = side.pipe()
         await ctx.ready()
@@ -361,6 +362,20 @@ const roles: Record<string, (a: Args, ctx: Ctx) => Promise<unknown>> = {
           sum += v.seq
           count++
           v.release()
+        }
+        side.close()
+        return { count, sum }
+      }
+      case 'shm-copy': {
+        const side = client(a.region, a.pipe)
+        const inp = side.pipe()
+        await ctx.ready()
+        for (;;) {
+          const v = inp.dequeue(30_000, { copy: true }) as { seq: number } | number | undefined
+          if (v === undefined) throw new Error(`nothing on pipe '${inp.name}' for 30 s: a peer died?`)
+          if (typeof v === 'number') break // the sentinel
+          sum += v.seq
+          count++
         }
         side.close()
         return { count, sum }
