@@ -11,7 +11,7 @@ import { checkBreakChecker, checkCount, checkMicroSleep, checkName, checkSignal,
 import { attach, attachSync, Region, type AttachOptions, type Pool } from './region'
 import { type RawPipe, fast } from './fastcalls'
 import { encodeInPlaceFor, encodeManyFor, wrap, wrapAll } from './values'
-import { decode, decodeBatch, decodeMany } from './wire'
+import { decode, decodeBatch, decodeBatchOne, decodeMany } from './wire'
 
 export type { PipeStats }
 
@@ -93,7 +93,7 @@ function checkCopy(options: DequeueOptions | undefined): boolean {
 /** A packet as pipeDequeueCopy returns it, decoded; undefined for nothing. */
 function copied(got: string | Buffer): unknown {
   if (typeof got !== 'string') return decode(got)
-  return got.length === 0 ? undefined : decodeBatch(got)[0]
+  return got.length === 0 ? undefined : decodeBatchOne(got)
 }
 
 function aborted(signal: AbortSignal | undefined, what: string): AbortError {

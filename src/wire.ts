@@ -286,6 +286,13 @@ class Encoder {
     }
   }
 
+  /** The value `v` at the top, or with `many`, each of the array `v`. */
+  top(v: unknown, many: boolean): void {
+    if (!many) return this.value(v, 0)
+    const values = v as readonly unknown[]
+    for (let i = 0; i < values.length; i++) this.value(values[i], 0)
+  }
+
   value(v: unknown, depth: number): void {
     switch (typeof v) {
       case 'number':
@@ -437,7 +444,7 @@ class Encoder {
 export function encode(v: unknown, regionKey: string, refOf: RefLookup): Buffer {
   // A view of the encoder's buffer: valid until the next encode(); callers
   // hand it to native code at once.
-  const e = encodeWith(regionKey, refOf, (e) => e.value(v, 0))
+  const e = encodeWith(regionKey, refOf, v, false)
   return e.buf.subarray(0, e.pos)
 }
 
@@ -456,7 +463,7 @@ const encoded: Encoded = { buf: Buffer.alloc(0), len: 0 }
  * callers hand them to native code at once.
  */
 export function encodeInPlace(v: unknown, regionKey: string, refOf: RefLookup): Encoded {
-  const e = encodeWith(regionKey, refOf, (e) => e.value(v, 0))
+  const e = encodeWith(regionKey, refOf, v, false)
   encoded.buf = e.buf
   encoded.len = e.pos
   return encoded
@@ -471,26 +478,28 @@ const shared = new Encoder()
  */
 export function encodeMany(values: readonly unknown[], regionKey: string, refOf: RefLookup): Buffer {
   // Same lifetime as encode()'s result: until the next encode.
-  const e = encodeWith(regionKey, refOf, (e) => {
-    for (let i = 0; i < values.length; i++) e.value(values[i], 0)
-  })
+  const e = encodeWith(regionKey, refOf, values, true)
   return e.buf.subarray(0, e.pos)
 }
 
-function encodeWith(regionKey: string, refOf: RefLookup, write: (e: Encoder) => void): Encoder {
+/**
+ * Encode `v` (with `many`, each of the array `v` back to back). No closure
+ * per call: a one-message enqueue spends a few hundred ns in all.
+ */
+function encodeWith(regionKey: string, refOf: RefLookup, v: unknown, many: boolean): Encoder {
   // One encoder is reused (its buffer grows once and stays), unless a getter
   // being read re-enters encode(): then that inner call gets its own.
   const e = shared.busy ? new Encoder() : shared
   e.reset(regionKey, refOf)
   e.busy = true
   try {
-    write(e)
+    e.top(v, many)
     if (e.plainProto && !nothingEnumerable(Object.prototype)) {
       // A getter made something on Object.prototype enumerable while for-in
       // walked (which would have taken it as an own key): again, with
       // Object.keys throughout (reset sees the change).
       e.reset(regionKey, refOf)
-      write(e)
+      e.top(v, many)
     }
   } catch (err) {
     throw err instanceof Refusal ? err.toError() : err
@@ -534,6 +543,19 @@ export function decodeBatch(s: string): unknown[] {
     throw clearScratch(e)
   }
   return out
+}
+
+/** decodeBatch of a string that holds exactly one value: that value. */
+export function decodeBatchOne(s: string): unknown {
+  const d = new BatchDecoder(s, s.charCodeAt(0) === 0)
+  let v: unknown
+  try {
+    v = d.value()
+  } catch (e) {
+    throw clearScratch(e)
+  }
+  if (d.pos !== s.length) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
+  return v
 }
 
 /** Decode wire bytes into plain JS values (a deep copy). */

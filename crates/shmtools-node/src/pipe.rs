@@ -60,6 +60,9 @@ pub struct PipeRef {
     /// What the first open checked of the queue's header, so later calls
     /// skip the checks (see `Queue::reopen`).
     opened: std::cell::Cell<Option<Opened>>,
+    /// The buffer a one-packet copy is read into, kept between calls
+    /// (`dequeue_copy`; one larger than a Buffer's worth leaves with it).
+    copy_buf: std::cell::RefCell<Vec<u8>>,
 }
 
 #[napi]
@@ -105,6 +108,33 @@ impl NativeQueue {
     }
 }
 
+/// Try `take` once; if it finds nothing, spin on the pipe's futex word for
+/// up to `spin_us` (at most 1 ms), trying again each time the word moves;
+/// None if nothing came (no sleep). The clock is read only once the first
+/// try found nothing.
+fn spin_for<T>(
+    q: &Queue<'_>,
+    spin_us: u32,
+    mut take: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let mut until = None;
+    loop {
+        let seen = q.seq(WaitFor::NotEmpty);
+        if let Some(v) = take()? {
+            return Ok(Some(v));
+        }
+        let end = *until.get_or_insert_with(|| {
+            std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64)
+        });
+        while q.seq(WaitFor::NotEmpty) == seen {
+            if std::time::Instant::now() >= end {
+                return Ok(None);
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
 impl PipeRef {
     fn new(cell: &Arc<RegionCell>, off: u64) -> PipeRef {
         PipeRef {
@@ -112,6 +142,7 @@ impl PipeRef {
             off,
             copy_hint: std::cell::Cell::new(256),
             opened: std::cell::Cell::new(None),
+            copy_buf: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -123,10 +154,6 @@ impl PipeRef {
         let q = Queue::open(v, self.off).map_err(js)?;
         self.opened.set(Some(q.opened()));
         Ok(q)
-    }
-
-    fn out(&self, s: Option<shmtools_core::Slot>) -> Result<Option<Out>> {
-        s.map(|s| from_slot(&self.cell, s)).transpose()
     }
 }
 
@@ -233,22 +260,14 @@ impl PipeRef {
 
     pub fn dequeue_spin(&self, spin_us: u32) -> Result<Option<Out>> {
         let q = self.queue()?;
-        let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
-        loop {
-            let seen = q.seq(WaitFor::NotEmpty);
-            {
-                let _b = q.values().busy();
-                if let Some(s) = q.try_dequeue().map_err(js)? {
-                    return self.out(Some(s));
-                }
-            }
-            while q.seq(WaitFor::NotEmpty) == seen {
-                if std::time::Instant::now() >= until {
-                    return Ok(None);
-                }
-                std::hint::spin_loop();
-            }
-        }
+        spin_for(&q, spin_us, || {
+            // (the handle is made inside the mark, as every dequeue does)
+            let _b = q.values().busy();
+            q.try_dequeue()
+                .map_err(js)?
+                .map(|s| from_slot(&self.cell, s))
+                .transpose()
+        })
     }
 
     pub fn dequeue_many(&self, max: u32, timeout_ms: Option<f64>) -> Result<Vec<Out>> {
@@ -325,47 +344,37 @@ impl PipeRef {
     ) -> Result<Either<JsString<'env>, Buffer>> {
         let t = timeout(timeout_ms)?;
         let q = self.queue()?;
+        // (this pipe's buffer, kept from the last call: no allocation)
         let mut w = Writer {
-            buf: Vec::with_capacity(self.copy_hint.get().min(1 << 10)),
+            buf: self.copy_buf.take(),
             non_ascii: false,
         };
+        w.buf.clear();
         w.u8(0); // the flag, set below
         let got = if spin_us == 0 {
             q.dequeue_many_wire(1, t, &mut w).map_err(js)?
         } else {
-            // As dequeue_spin: a try, then spin on the futex word while
-            // nothing moves it, until `spin_us` is up (no sleep).
-            let until = std::time::Instant::now() + Duration::from_micros(spin_us.min(1000) as u64);
-            loop {
-                let seen = q.seq(WaitFor::NotEmpty);
+            spin_for(&q, spin_us, || {
                 let n = q
                     .dequeue_many_wire(1, Some(Duration::ZERO), &mut w)
                     .map_err(js)?;
-                if n > 0 {
-                    break n;
-                }
-                let mut late = false;
-                while q.seq(WaitFor::NotEmpty) == seen {
-                    if std::time::Instant::now() >= until {
-                        late = true;
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-                if late {
-                    break 0;
-                }
-            }
+                Ok((n > 0).then_some(n))
+            })?
+            .unwrap_or(0)
         };
         if got == 0 {
+            self.copy_buf.replace(w.buf);
             return env.create_string_latin1(b"").map(Either::A);
         }
         if w.buf.len() > COPY_AS_TEXT_MAX {
-            // Too long for text: a Buffer of the encoding, without the flag.
+            // Too long for text: a Buffer of the encoding, without the flag
+            // (the buffer goes with it).
             return Ok(Either::B(w.buf.split_off(1).into()));
         }
         w.buf[0] = w.non_ascii as u8;
-        env.create_string_latin1(&w.buf).map(Either::A)
+        let out = env.create_string_latin1(&w.buf).map(Either::A);
+        self.copy_buf.replace(w.buf);
+        out
     }
 
     pub fn seq(&self, kind: u32) -> Result<u32> {
