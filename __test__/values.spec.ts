@@ -1216,6 +1216,54 @@ test('a refusal says what was refused and where: the keys down to it, and a cycl
   assertBaseline(t, f)
 })
 
+test('a key with a lone surrogate is no key: storing one is refused, and reading, testing or deleting one never reaches the U+FFFD key', (t) => {
+  const f = fresh(t, 'lone-keys')
+  const tab = Shared(f.pool, { '\ufffd': 'replacement' })
+  t.throws(() => {
+    tab['\ud800'] = 'lone'
+  }, unsupported)
+  t.throws(() => tab.set('\udc00', 1), unsupported)
+  t.is(tab['\ud800'], undefined)
+  t.is(tab.get('\udfff'), undefined)
+  t.false('\udc00' in tab)
+  t.false(tab.has('\ud800'))
+  t.false(tab.delete('\udfff'))
+  t.deepEqual(tab.toJS(), { '\ufffd': 'replacement' }, 'the U+FFFD key is untouched')
+  // A well-formed key with U+FFFD in it is an ordinary key.
+  tab['a\ufffdb'] = 2
+  t.is(tab['a\ufffdb'], 2)
+  t.true(tab.delete('a\ufffdb'))
+  // Through the binding too: a released handle is still an error first.
+  tab.release()
+  t.throws(() => tab['\ud800'], { code: ErrorCodes.CLOSED })
+  assertBaseline(t, f)
+})
+
+test('a shared table or list cannot be made non-extensible, and only an index can be defined on a list', (t) => {
+  const f = fresh(t, 'extensible')
+  const tab = Shared(f.pool, { a: 1 })
+  const arr = Shared(f.pool, [1, 2, 3])
+  for (const x of [tab, arr] as object[]) {
+    t.throws(() => Object.preventExtensions(x), { instanceOf: TypeError })
+    t.throws(() => Object.freeze(x), { instanceOf: TypeError })
+    t.throws(() => Object.seal(x), { instanceOf: TypeError })
+    t.true(Object.isExtensible(x))
+  }
+  t.deepEqual(Object.keys(tab), ['a'], 'still listed after the refusals')
+  t.deepEqual(Object.keys(arr), ['0', '1', '2'])
+  Object.defineProperty(arr, '1', { value: 9 })
+  t.deepEqual(arr.toJS(), [1, 9, 3])
+  t.false(Reflect.defineProperty(arr, Symbol('s'), { value: 1 }))
+  t.false(Reflect.defineProperty(arr, 'name', { value: 1 }))
+  t.false(Reflect.defineProperty(arr, '0', { get: () => 1 }))
+  t.deepEqual(Object.getOwnPropertySymbols(tab), [])
+  t.deepEqual(Object.getOwnPropertySymbols(arr), [])
+  t.deepEqual({ ...tab }, { a: 1 })
+  tab.release()
+  arr.release()
+  assertBaseline(t, f)
+})
+
 test('symbol-keyed properties are skipped, as JSON.stringify and structuredClone skip them (documented decision)', (t) => {
   const f = fresh(t, 'symkey')
   const k = Symbol('k')

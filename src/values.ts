@@ -15,7 +15,7 @@ import * as binding from '../binding'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { fast, type RawRegion } from './fastcalls'
 import type { Pool, Region } from './region'
-import { decode, ELEM_CTORS, elemCode, encode, encodeInPlace, encodeMany, T_BYTES, type Encoded, type RefSource, type SharedTypedArray } from './wire'
+import { decode, ELEM_CTORS, elemCode, encode, encodeInPlace, encodeMany, ShmUnsupportedError, T_BYTES, type Encoded, type RefSource, type SharedTypedArray } from './wire'
 
 /** Hidden property by which a typed-array view's buffer keeps its handle alive. */
 const VIEW_OWNER = Symbol('shmtools.viewOwner')
@@ -334,6 +334,7 @@ class TabCore extends HandleCore {
     const h = hOf(this)
     // (the key first: nothing may run between the encode and the call)
     const k = String(key)
+    if (!k.isWellFormed()) throw new ShmUnsupportedError('a key with a lone surrogate cannot be stored as UTF-8')
     const w = encodeInPlaceFor(h.region, value)
     native(() => fast.tabSet(h.rr, h.live(), k, w.buf, w.len))
     return this
@@ -412,6 +413,9 @@ const tabHandler: ProxyHandler<TabCore> = {
     t.set(key, desc.value)
     return true
   },
+  // A shared table can always gain keys from another process: it cannot be
+  // made non-extensible (Object.preventExtensions / freeze / seal throw).
+  preventExtensions: () => false,
 }
 
 /** Give an object its handle: not enumerable, not writable, configurable (so Proxy invariants hold). */
@@ -422,7 +426,9 @@ function own(target: object, h: Handle): void {
 /**
  * Give a proxy target its handle, as a plain property: cheaper than own()
  * (121-126 ns a definition in a probe), and as hidden, since nothing reaches
- * the target but its Proxy, whose traps never show or set a symbol key.
+ * the target but its Proxy, whose traps never show, set or define a symbol
+ * key (only util.inspect with showProxy or customInspect: false, which
+ * print a Proxy's target, show it).
  */
 function ownTarget(target: object, h: Handle): void {
   ;(target as { [HANDLE]?: Handle })[HANDLE] = h
@@ -522,6 +528,16 @@ const arrHandler: ProxyHandler<ArrCore> = {
   deleteProperty() {
     throw new ShmArgumentError('elements cannot be deleted from a shared list (holes are not allowed); use pop()')
   },
+  // Object.defineProperty(list, '3', { value }) sets item 3; nothing else can
+  // be defined (the target's own symbol property included).
+  defineProperty(t, key, desc) {
+    if (typeof key !== 'string' || !INDEX.test(key) || !('value' in desc)) return false
+    t.set(Number(key), desc.value)
+    return true
+  },
+  // A shared list can always grow from another process: it cannot be made
+  // non-extensible (Object.preventExtensions / freeze / seal throw).
+  preventExtensions: () => false,
 }
 
 function makeArr(h: Handle): SharedArr {

@@ -35,6 +35,7 @@ use shmtools_core::ErrorCode;
 use crate::convert::err;
 use crate::pipe::PipeRef;
 use crate::region::RegionCell;
+use crate::value::Out;
 
 /// The type tags of the externals made here (random, fixed): one per kind,
 /// so a call can tell a pipe from a region from anything else.
@@ -227,12 +228,47 @@ impl<const N: usize> Args<N> {
                 &mut got,
             )
         };
-        if status != sys::Status::napi_ok || got > len {
+        if status != sys::Status::napi_ok || got != len {
             return Err(bad());
         }
         buf.truncate(got);
         // (Node-API writes lone surrogates as U+FFFD, so this is UTF-8)
         String::from_utf8(buf).map_err(|_| bad())
+    }
+
+    /// Argument `i` as a table key: None if it holds a lone surrogate,
+    /// which is not UTF-8, so no table can have it as a key. (Node-API
+    /// would read it as U+FFFD, another key; only a string with a U+FFFD in
+    /// its UTF-8 is looked at again, as UTF-16.)
+    fn key(&self, i: usize) -> Result<Option<String>> {
+        let s = self.string(i, "a key")?;
+        if !s.contains('\u{FFFD}') {
+            return Ok(Some(s));
+        }
+        let v = self
+            .get(i)
+            .ok_or_else(|| err(ErrorCode::InvalidArg, "a key must be a string"))?;
+        let bad = || err(ErrorCode::InvalidArg, "could not read a key");
+        let mut len = 0usize;
+        // SAFETY: `v` is a string argument of the running callback (checked
+        // by `string` above); with no buffer, Node-API only writes the
+        // length in UTF-16 units.
+        let status =
+            unsafe { sys::napi_get_value_string_utf16(self.env, v, ptr::null_mut(), 0, &mut len) };
+        if status != sys::Status::napi_ok {
+            return Err(bad());
+        }
+        let mut units = vec![0u16; len + 1];
+        let mut got = 0usize;
+        // SAFETY: as above; `units` has room for `len` units and the NUL.
+        let status = unsafe {
+            sys::napi_get_value_string_utf16(self.env, v, units.as_mut_ptr(), units.len(), &mut got)
+        };
+        if status != sys::Status::napi_ok || got != len {
+            return Err(bad());
+        }
+        let lone = char::decode_utf16(units[..got].iter().copied()).any(|c| c.is_err());
+        Ok((!lone).then_some(s))
     }
 
     fn f64(&self, i: usize, what: &str) -> Result<f64> {
@@ -464,8 +500,14 @@ unsafe extern "C" fn tab_get(env: sys::napi_env, info: sys::napi_callback_info) 
         let a = unsafe { Args::<3>::read(env, info) }?;
         let cell = a.region(0)?;
         let id = a.f64(1, "a handle number")?;
-        let key = a.string(2, "a key")?;
-        to_js(env, crate::value::tab_get(cell, id, &key)?)
+        match a.key(2)? {
+            Some(key) => to_js(env, crate::value::tab_get(cell, id, &key)?),
+            // (a key no table can have is not there)
+            None => {
+                crate::value::tab_expect(cell, id)?;
+                to_js(env, Option::<Out>::None)
+            }
+        }
     })
 }
 
@@ -507,7 +549,12 @@ unsafe extern "C" fn tab_set(env: sys::napi_env, info: sys::napi_callback_info) 
         let a = unsafe { Args::<5>::read(env, info) }?;
         let cell = a.region(0)?;
         let id = a.f64(1, "a handle number")?;
-        let key = a.string(2, "a key")?;
+        let key = a.key(2)?.ok_or_else(|| {
+            err(
+                ErrorCode::InvalidArg,
+                "a key with a lone surrogate cannot be stored (it is not UTF-8)",
+            )
+        })?;
         let len = a.u32(4, "length")? as usize;
         let wire = a.bytes(3, len)?;
         crate::value::tab_set(cell, id, &key, wire)?;
@@ -522,8 +569,13 @@ unsafe extern "C" fn tab_has(env: sys::napi_env, info: sys::napi_callback_info) 
         let a = unsafe { Args::<3>::read(env, info) }?;
         let cell = a.region(0)?;
         let id = a.f64(1, "a handle number")?;
-        let key = a.string(2, "a key")?;
-        to_js(env, crate::value::tab_has(cell, id, &key)?)
+        match a.key(2)? {
+            Some(key) => to_js(env, crate::value::tab_has(cell, id, &key)?),
+            None => {
+                crate::value::tab_expect(cell, id)?;
+                to_js(env, false)
+            }
+        }
     })
 }
 
@@ -537,8 +589,13 @@ unsafe extern "C" fn tab_delete(
         let a = unsafe { Args::<3>::read(env, info) }?;
         let cell = a.region(0)?;
         let id = a.f64(1, "a handle number")?;
-        let key = a.string(2, "a key")?;
-        to_js(env, crate::value::tab_delete(cell, id, &key)?)
+        match a.key(2)? {
+            Some(key) => to_js(env, crate::value::tab_delete(cell, id, &key)?),
+            None => {
+                crate::value::tab_expect(cell, id)?;
+                to_js(env, false)
+            }
+        }
     })
 }
 

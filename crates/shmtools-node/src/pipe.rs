@@ -329,8 +329,10 @@ impl PipeRef {
         let (mut text, non_ascii) = shape_code_packets(&w.buf, 1, &ends).map_err(js)?;
         text[0] = non_ascii as u8;
         if text.len() > COPY_AS_TEXT_MAX {
-            // Too long for text: a Buffer, without the flag.
-            return Ok(Either::B(text.split_off(1).into()));
+            // Too long for text: a Buffer, without the flag (moved down in
+            // place, not copied into a new vector).
+            text.drain(..1);
+            return Ok(Either::B(text.into()));
         }
         env.create_string_latin1(&text).map(Either::A)
     }
@@ -368,8 +370,9 @@ impl PipeRef {
         }
         if w.buf.len() > COPY_AS_TEXT_MAX {
             // Too long for text: a Buffer of the encoding, without the flag
-            // (the buffer goes with it).
-            return Ok(Either::B(w.buf.split_off(1).into()));
+            // (this buffer goes with it; the next call starts a new one).
+            w.buf.drain(..1);
+            return Ok(Either::B(w.buf.into()));
         }
         w.buf[0] = w.non_ascii as u8;
         let out = env.create_string_latin1(&w.buf).map(Either::A);

@@ -422,6 +422,11 @@ fn build_in(
 
 // ---- Tab ---------------------------------------------------------------
 
+/// That `id` is a live table handle (the check every table call makes).
+pub fn tab_expect(cell: &Arc<RegionCell>, id: f64) -> Result<()> {
+    hv(cell, id)?.expect(T_TAB, "a table").map(|_| ())
+}
+
 /// The value at `key` of a table handle (null: none). (The facade calls it
 /// through fastcall.rs.)
 pub fn tab_get(cell: &Arc<RegionCell>, id: f64, key: &str) -> Result<Option<Out>> {
