@@ -397,6 +397,22 @@ fn run(env: sys::napi_env, body: impl FnOnce() -> Result<sys::napi_value>) -> sy
     }
 }
 
+/// Run the body of a call on its arguments (at most `N` are read).
+///
+/// # Safety
+/// `env` and `info` must be those Node-API passed to the running callback.
+unsafe fn call<const N: usize>(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+    body: fn(&Args<N>) -> Result<sys::napi_value>,
+) -> sys::napi_value {
+    run(env, || {
+        // SAFETY: per this function's contract.
+        let a = unsafe { Args::<N>::read(env, info) }?;
+        body(&a)
+    })
+}
+
 fn to_js<T: ToNapiValue>(env: sys::napi_env, v: T) -> Result<sys::napi_value> {
     // SAFETY: `env` is the running callback's.
     unsafe { T::to_napi_value(env, v) }
@@ -408,281 +424,208 @@ fn to_js<T: ToNapiValue>(env: sys::napi_env, v: T) -> Result<sys::napi_value> {
 /// the pipe's byte ring, a larger one stored in the pool (packed if it can
 /// be). Nothing is built while it waits. (The length rides along so the
 /// facade can pass its encoder's buffer as it is, without making a view.)
-unsafe extern "C" fn pipe_enqueue(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<4>::read(env, info) }?;
-        let p = a.pipe(0)?;
-        let len = a.u32(2, "length")? as usize;
-        let wire = a.bytes(1, len)?;
-        let t = a.opt_f64(3, "timeoutMs")?;
-        to_js(env, p.enqueue(wire, t)?)
-    })
+fn pipe_enqueue(a: &Args<4>) -> Result<sys::napi_value> {
+    let p = a.pipe(0)?;
+    let len = a.u32(2, "length")? as usize;
+    let wire = a.bytes(1, len)?;
+    let t = a.opt_f64(3, "timeoutMs")?;
+    to_js(a.env, p.enqueue(wire, t)?)
 }
 
 /// pipeDequeue(pipe, timeoutMs?): dequeue a packet as a handle or a value
 /// (see `Out` in value.rs), waiting up to `timeoutMs` (undefined: forever;
 /// 0: not at all); null if nothing came.
-unsafe extern "C" fn pipe_dequeue(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let p = a.pipe(0)?;
-        let t = a.opt_f64(1, "timeoutMs")?;
-        to_js(env, p.dequeue(t)?)
-    })
+fn pipe_dequeue(a: &Args<2>) -> Result<sys::napi_value> {
+    let p = a.pipe(0)?;
+    let t = a.opt_f64(1, "timeoutMs")?;
+    to_js(a.env, p.dequeue(t)?)
 }
 
 /// pipeDequeueSpin(pipe, spinUs): dequeue if a packet is there or arrives
 /// within `spinUs` microseconds, spinning on the futex word (no sleep); the
 /// async forms call this once before parking, since a reply often comes
 /// within a few microseconds and waking through a thread costs tens.
-unsafe extern "C" fn pipe_dequeue_spin(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let p = a.pipe(0)?;
-        let spin = a.u32(1, "spinUs")?;
-        to_js(env, p.dequeue_spin(spin)?)
-    })
+fn pipe_dequeue_spin(a: &Args<2>) -> Result<sys::napi_value> {
+    let p = a.pipe(0)?;
+    let spin = a.u32(1, "spinUs")?;
+    to_js(a.env, p.dequeue_spin(spin)?)
 }
 
 /// pipeDequeueCopy(pipe, timeoutMs?, spinUs): dequeue one packet, waiting
 /// up to `timeoutMs` (undefined: forever; 0: not at all) or, with a
 /// `spinUs` above 0, spinning up to that long instead (as pipeDequeueSpin),
-/// and return a
-/// deep copy of it, the packet released here: as pipe_dequeue_many_copy
-/// returns a batch of one, without the shape coding (one message has no key
-/// list to repeat). Nothing came: an empty string.
-unsafe extern "C" fn pipe_dequeue_copy(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<3>::read(env, info) }?;
-        let p = a.pipe(0)?;
-        let t = a.opt_f64(1, "timeoutMs")?;
-        let spin = a.u32(2, "spinUs")?;
-        to_js(env, p.dequeue_copy(&Env::from_raw(env), t, spin)?)
-    })
+/// and return a deep copy of it, the packet released here: as
+/// pipe_dequeue_many_copy returns a batch of one, without the shape coding
+/// (one message has no key list to repeat). Nothing came: an empty string.
+fn pipe_dequeue_copy(a: &Args<3>) -> Result<sys::napi_value> {
+    let p = a.pipe(0)?;
+    let t = a.opt_f64(1, "timeoutMs")?;
+    let spin = a.u32(2, "spinUs")?;
+    to_js(a.env, p.dequeue_copy(&Env::from_raw(a.env), t, spin)?)
 }
 
 /// pipeSeq(pipe, kind): the futex sequence for `kind` (0 not empty, 1 not
 /// full); read it before a failed attempt, then wait for it to move.
-unsafe extern "C" fn pipe_seq(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let p = a.pipe(0)?;
-        let kind = a.u32(1, "kind")?;
-        to_js(env, p.seq(kind)?)
-    })
+fn pipe_seq(a: &Args<2>) -> Result<sys::napi_value> {
+    let p = a.pipe(0)?;
+    let kind = a.u32(1, "kind")?;
+    to_js(a.env, p.seq(kind)?)
 }
 
 /// tabGet(region, id, key): the value at `key` of table handle `id` (a
 /// handle or a value as a dequeue gives them; null if there is none).
-unsafe extern "C" fn tab_get(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<3>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        match a.key(2)? {
-            Some(key) => to_js(env, crate::value::tab_get(cell, id, &key)?),
-            // (a key no table can have is not there)
-            None => {
-                crate::value::tab_expect(cell, id)?;
-                to_js(env, Option::<Out>::None)
-            }
+fn tab_get(a: &Args<3>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    match a.key(2)? {
+        Some(key) => to_js(a.env, crate::value::tab_get(cell, id, &key)?),
+        // (a key no table can have is not there)
+        None => {
+            crate::value::tab_expect(cell, id)?;
+            to_js(a.env, Option::<Out>::None)
         }
-    })
+    }
 }
 
 /// arrGet(region, id, index): the value at `index` of list handle `id`
 /// (null past the end).
-unsafe extern "C" fn arr_get(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<3>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        let index = a.u32(2, "index")?;
-        to_js(env, crate::value::arr_get(cell, id, index)?)
-    })
+fn arr_get(a: &Args<3>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    let index = a.u32(2, "index")?;
+    to_js(a.env, crate::value::arr_get(cell, id, index)?)
 }
 
 /// valueRelease(region, id): give handle `id`'s reference back now.
 /// Idempotent, and a number whose entry has moved on gives nothing back;
 /// works after the region is closed (the GC's safety net calls it too).
-unsafe extern "C" fn value_release(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        crate::value::value_release(cell, id)?;
-        to_js(env, ())
-    })
+fn value_release(a: &Args<2>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    crate::value::value_release(cell, id)?;
+    to_js(a.env, ())
 }
 
 /// tabSet(region, id, key, wire, len): set `key` of table handle `id` to
 /// the value encoded in `wire[0..len)`.
-unsafe extern "C" fn tab_set(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<5>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        let key = a.key(2)?.ok_or_else(|| {
-            err(
-                ErrorCode::InvalidArg,
-                "a key with a lone surrogate cannot be stored (it is not UTF-8)",
-            )
-        })?;
-        let len = a.u32(4, "length")? as usize;
-        let wire = a.bytes(3, len)?;
-        crate::value::tab_set(cell, id, &key, wire)?;
-        to_js(env, ())
-    })
+fn tab_set(a: &Args<5>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    let key = a.key(2)?.ok_or_else(|| {
+        err(
+            ErrorCode::InvalidArg,
+            "a key with a lone surrogate cannot be stored (it is not UTF-8)",
+        )
+    })?;
+    let len = a.u32(4, "length")? as usize;
+    let wire = a.bytes(3, len)?;
+    crate::value::tab_set(cell, id, &key, wire)?;
+    to_js(a.env, ())
 }
 
 /// tabHas(region, id, key): whether table handle `id` has `key`.
-unsafe extern "C" fn tab_has(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<3>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        match a.key(2)? {
-            Some(key) => to_js(env, crate::value::tab_has(cell, id, &key)?),
-            None => {
-                crate::value::tab_expect(cell, id)?;
-                to_js(env, false)
-            }
+fn tab_has(a: &Args<3>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    match a.key(2)? {
+        Some(key) => to_js(a.env, crate::value::tab_has(cell, id, &key)?),
+        None => {
+            crate::value::tab_expect(cell, id)?;
+            to_js(a.env, false)
         }
-    })
+    }
 }
 
 /// tabDelete(region, id, key): delete `key`; false if it was not there.
-unsafe extern "C" fn tab_delete(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<3>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        match a.key(2)? {
-            Some(key) => to_js(env, crate::value::tab_delete(cell, id, &key)?),
-            None => {
-                crate::value::tab_expect(cell, id)?;
-                to_js(env, false)
-            }
+fn tab_delete(a: &Args<3>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    match a.key(2)? {
+        Some(key) => to_js(a.env, crate::value::tab_delete(cell, id, &key)?),
+        None => {
+            crate::value::tab_expect(cell, id)?;
+            to_js(a.env, false)
         }
-    })
+    }
 }
 
-/// tabLen(region, id) / arrLen(region, id): how many keys or items.
-unsafe extern "C" fn tab_len(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        to_js(env, crate::value::tab_len(cell, id)?)
-    })
+/// tabLen(region, id): how many keys a table handle has.
+fn tab_len(a: &Args<2>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    to_js(a.env, crate::value::tab_len(cell, id)?)
 }
 
-unsafe extern "C" fn arr_len(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        to_js(env, crate::value::arr_len(cell, id)?)
-    })
+/// arrLen(region, id): how many items a list handle has.
+fn arr_len(a: &Args<2>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    to_js(a.env, crate::value::arr_len(cell, id)?)
 }
 
 /// arrSet(region, id, index, wire, len): set item `index` of list handle
 /// `id` to the value encoded in `wire[0..len)`.
-unsafe extern "C" fn arr_set(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<5>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        let index = a.u32(2, "index")?;
-        let len = a.u32(4, "length")? as usize;
-        let wire = a.bytes(3, len)?;
-        crate::value::arr_set(cell, id, index, wire)?;
-        to_js(env, ())
-    })
+fn arr_set(a: &Args<5>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    let index = a.u32(2, "index")?;
+    let len = a.u32(4, "length")? as usize;
+    let wire = a.bytes(3, len)?;
+    crate::value::arr_set(cell, id, index, wire)?;
+    to_js(a.env, ())
 }
 
 /// arrPush(region, id, wire, len): append the value encoded in
 /// `wire[0..len)`; the new length.
-unsafe extern "C" fn arr_push(
-    env: sys::napi_env,
-    info: sys::napi_callback_info,
-) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<4>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        let len = a.u32(3, "length")? as usize;
-        let wire = a.bytes(2, len)?;
-        to_js(env, crate::value::arr_push(cell, id, wire)?)
-    })
+fn arr_push(a: &Args<4>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    let len = a.u32(3, "length")? as usize;
+    let wire = a.bytes(2, len)?;
+    to_js(a.env, crate::value::arr_push(cell, id, wire)?)
 }
 
 /// arrPop(region, id): take the last item (null if empty).
-unsafe extern "C" fn arr_pop(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    run(env, || {
-        // SAFETY: Node-API passes this callback's own env and info.
-        let a = unsafe { Args::<2>::read(env, info) }?;
-        let cell = a.region(0)?;
-        let id = a.f64(1, "a handle number")?;
-        to_js(env, crate::value::arr_pop(cell, id)?)
-    })
+fn arr_pop(a: &Args<2>) -> Result<sys::napi_value> {
+    let cell = a.region(0)?;
+    let id = a.f64(1, "a handle number")?;
+    to_js(a.env, crate::value::arr_pop(cell, id)?)
 }
 
 type Callback = unsafe extern "C" fn(sys::napi_env, sys::napi_callback_info) -> sys::napi_value;
 
+/// The Node-API callback that runs `body`: its arguments read, its errors
+/// and panics thrown as JS errors (see [`call`]).
+macro_rules! callback {
+    ($body:path) => {{
+        unsafe extern "C" fn cb(
+            env: sys::napi_env,
+            info: sys::napi_callback_info,
+        ) -> sys::napi_value {
+            // SAFETY: Node-API calls a callback with its own env and info.
+            unsafe { call(env, info, $body) }
+        }
+        cb as Callback
+    }};
+}
+
 const CALLS: [(&CStr, Callback); 16] = [
-    (c"pipeEnqueue", pipe_enqueue),
-    (c"pipeDequeue", pipe_dequeue),
-    (c"pipeDequeueSpin", pipe_dequeue_spin),
-    (c"pipeDequeueCopy", pipe_dequeue_copy),
-    (c"pipeSeq", pipe_seq),
-    (c"tabGet", tab_get),
-    (c"tabSet", tab_set),
-    (c"tabHas", tab_has),
-    (c"tabDelete", tab_delete),
-    (c"tabLen", tab_len),
-    (c"arrGet", arr_get),
-    (c"arrSet", arr_set),
-    (c"arrPush", arr_push),
-    (c"arrPop", arr_pop),
-    (c"arrLen", arr_len),
-    (c"valueRelease", value_release),
+    (c"pipeEnqueue", callback!(pipe_enqueue)),
+    (c"pipeDequeue", callback!(pipe_dequeue)),
+    (c"pipeDequeueSpin", callback!(pipe_dequeue_spin)),
+    (c"pipeDequeueCopy", callback!(pipe_dequeue_copy)),
+    (c"pipeSeq", callback!(pipe_seq)),
+    (c"tabGet", callback!(tab_get)),
+    (c"tabSet", callback!(tab_set)),
+    (c"tabHas", callback!(tab_has)),
+    (c"tabDelete", callback!(tab_delete)),
+    (c"tabLen", callback!(tab_len)),
+    (c"arrGet", callback!(arr_get)),
+    (c"arrSet", callback!(arr_set)),
+    (c"arrPush", callback!(arr_push)),
+    (c"arrPop", callback!(arr_pop)),
+    (c"arrLen", callback!(arr_len)),
+    (c"valueRelease", callback!(value_release)),
 ];
 
 /// The hand-written per-message calls, as an object of functions (see the
