@@ -547,27 +547,23 @@ export function decodeBatch(s: string): unknown[] {
 
 /** decodeBatch of a string that holds exactly one value: that value. */
 export function decodeBatchOne(s: string): unknown {
-  const d = new BatchDecoder(s, s.charCodeAt(0) === 0)
-  let v: unknown
-  try {
-    v = d.value()
-  } catch (e) {
-    throw clearScratch(e)
-  }
-  if (d.pos !== s.length) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
-  return v
+  return decodeOne(new BatchDecoder(s, s.charCodeAt(0) === 0), s.length)
 }
 
 /** Decode wire bytes into plain JS values (a deep copy). */
 export function decode(buf: Buffer): unknown {
-  const d = new Decoder(buf)
+  return decodeOne(new Decoder(buf), buf.length)
+}
+
+/** The one value `d` reads, which must end at `end`. */
+function decodeOne(d: Decoder | BatchDecoder, end: number): unknown {
   let v: unknown
   try {
     v = d.value()
   } catch (e) {
     throw clearScratch(e)
   }
-  if (d.pos !== buf.length) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
+  if (d.pos !== end) throw new ShmError(ErrorCodes.CORRUPT, 'trailing bytes after a decoded value')
   return v
 }
 
