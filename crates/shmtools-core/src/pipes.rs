@@ -261,8 +261,7 @@ impl<'a> Directory<'a> {
     /// every `poll`.
     pub fn wait_for(&self, name: &str, opts: &AttachOptions<'_>) -> Result<PipeInfo> {
         validate_pipe_name(name)?;
-        // (a timeout past what the clock can count is no deadline at all)
-        let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = platform::deadline(opts.timeout);
         loop {
             let seen = self
                 .header

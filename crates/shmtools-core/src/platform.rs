@@ -12,7 +12,7 @@ use std::ffi::c_void;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{self, FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -205,6 +205,12 @@ pub enum Wake {
     /// Woken, or the word no longer held the expected value.
     Woken,
     TimedOut,
+}
+
+/// When a wait of `timeout` that starts now ends: None for no timeout, and
+/// for one too long for the clock to count (that waits as forever does).
+pub fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
 }
 
 /// Sleep while `*word == expected`, at most `timeout` (None: no limit).

@@ -154,7 +154,7 @@ impl Deadline {
             },
             Some(t) => Deadline {
                 zero: false,
-                at: Instant::now().checked_add(t),
+                at: platform::deadline(Some(t)),
             },
             None => Deadline {
                 zero: false,

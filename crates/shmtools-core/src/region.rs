@@ -380,8 +380,7 @@ impl Region {
 
     /// Wait until the region exists and is ready, then map it.
     pub fn attach(name: &str, opts: &AttachOptions<'_>) -> Result<Region> {
-        // (a timeout past what the clock can count is no deadline at all)
-        let deadline = opts.timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = platform::deadline(opts.timeout);
         let mut said = "";
         loop {
             match Region::try_attach(name)? {

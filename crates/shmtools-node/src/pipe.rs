@@ -394,8 +394,7 @@ impl PipeRef {
     ) -> Result<Object<'env>> {
         let w = which(kind)?;
         let q = self.queue()?;
-        // (a timeout past what the clock can count is no deadline at all)
-        let deadline = timeout(timeout_ms)?.and_then(|d| std::time::Instant::now().checked_add(d));
+        let deadline = shmtools_core::platform::deadline(timeout(timeout_ms)?);
         waiter::park(
             env,
             Job {
@@ -563,8 +562,7 @@ impl NativeRegion {
     ) -> Result<Object<'env>> {
         let cell = self.directory_cell()?;
         let word = Directory::open(&cell.region).map_err(js)?.version_offset();
-        // (a timeout past what the clock can count is no deadline at all)
-        let deadline = timeout(timeout_ms)?.and_then(|d| std::time::Instant::now().checked_add(d));
+        let deadline = shmtools_core::platform::deadline(timeout(timeout_ms)?);
         waiter::park(
             env,
             Job {
