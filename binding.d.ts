@@ -306,6 +306,14 @@ export declare function typedElem(r: RegionRef, id: number): number
 export declare function typedView(r: RegionRef, id: number): ArrayBuffer
 
 /**
+ * V8's serialization of a value (src/coldwire.ts) in the wire format, or
+ * null when it holds anything the JS encoder would write otherwise or
+ * refuse (see shmtools_core::value::v8in): the caller then encodes it the
+ * usual way.
+ */
+export declare function v8ToWire(v8: Buffer): Buffer | null
+
+/**
  * Offset of the value in its region (the same in every process); read
  * from the table, so it answers after the region is closed too.
  */

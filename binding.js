@@ -857,6 +857,7 @@ module.exports.tryAttachRegion = nativeBinding.tryAttachRegion
 module.exports.typedCopy = nativeBinding.typedCopy
 module.exports.typedElem = nativeBinding.typedElem
 module.exports.typedView = nativeBinding.typedView
+module.exports.v8ToWire = nativeBinding.v8ToWire
 module.exports.valueOffset = nativeBinding.valueOffset
 module.exports.valueRefCount = nativeBinding.valueRefCount
 module.exports.valueToWire = nativeBinding.valueToWire

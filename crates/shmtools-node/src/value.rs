@@ -629,3 +629,12 @@ pub fn typed_copy<'env>(env: &'env Env, r: &RegionRef, id: f64) -> Result<ArrayB
 pub fn detach_view(buffer: ArrayBuffer) -> Result<()> {
     buffer.detach()
 }
+
+/// V8's serialization of a value (src/coldwire.ts) in the wire format, or
+/// null when it holds anything the JS encoder would write otherwise or
+/// refuse (see shmtools_core::value::v8in): the caller then encodes it the
+/// usual way.
+#[napi(catch_unwind)]
+pub fn v8_to_wire(v8: BufferSlice) -> Option<Buffer> {
+    shmtools_core::value::v8in::v8_to_wire(&v8).map(Buffer::from)
+}

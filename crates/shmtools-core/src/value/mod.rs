@@ -25,6 +25,7 @@ mod tab;
 #[cfg(test)]
 mod tests;
 pub use shaped::{shape_code, shape_code_packets, shape_coded};
+pub mod v8in;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
