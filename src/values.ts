@@ -12,6 +12,7 @@ import { inspect } from 'node:util'
 
 import type { NativeRegion } from '../binding'
 import * as binding from '../binding'
+import { coldEncode, warmed } from './coldwire'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { fast, type RawRegion } from './fastcalls'
 import type { Pool, Region } from './region'
@@ -145,19 +146,39 @@ class Handle implements RefSource {
   }
 }
 
-/** Encode a JS value for storing into `region` (handles become references). */
+/**
+ * Encode a JS value for storing into `region` (handles become references).
+ * While the process is young, a large plain value goes through V8's
+ * serializer instead of the JS encoder (see coldwire.ts).
+ */
 export function encodeFor(region: Region, value: unknown): Buffer {
-  return encode(value, region.regionKey(), refOf)
+  const cold = coldEncode(value, refOf)
+  if (cold !== undefined) return cold
+  const b = encode(value, region.regionKey(), refOf)
+  warmed(b.length)
+  return b
 }
 
-/** encodeFor, as the encoder's buffer and a length (see encodeInPlace). */
+const coldOut: Encoded = { buf: Buffer.alloc(0), len: 0 }
+
+/** encodeFor, as a buffer and a length (see encodeInPlace). */
 export function encodeInPlaceFor(region: Region, value: unknown): Encoded {
-  return encodeInPlace(value, region.regionKey(), refOf)
+  const cold = coldEncode(value, refOf)
+  if (cold !== undefined) {
+    coldOut.buf = cold
+    coldOut.len = cold.length
+    return coldOut
+  }
+  const w = encodeInPlace(value, region.regionKey(), refOf)
+  warmed(w.len)
+  return w
 }
 
 /** Encode several JS values back to back for storing into `region`. */
 export function encodeManyFor(region: Region, values: readonly unknown[]): Buffer {
-  return encodeMany(values, region.regionKey(), refOf)
+  const b = encodeMany(values, region.regionKey(), refOf)
+  warmed(b.length)
+  return b
 }
 
 /** Turn what the binding returns for a value into its JS face. */

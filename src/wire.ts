@@ -73,7 +73,7 @@ export function elemCode(v: ArrayBufferView): number {
 }
 
 /** True if for-in over `o` yields nothing (nothing enumerable, own or inherited). */
-function nothingEnumerable(o: object): boolean {
+export function nothingEnumerable(o: object): boolean {
   for (const _ in o) return false
   return true
 }

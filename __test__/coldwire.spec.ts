@@ -1,0 +1,145 @@
+/**
+ * The cold path (src/coldwire.ts): a young process's large plain values go
+ * through V8's serializer and the core's reader of its format
+ * (crates/shmtools-core/src/value/v8in.rs). It must give the JS encoder's
+ * bytes exactly, leave everything else to the JS encoder, and hold across
+ * processes.
+ */
+import test, { type ExecutionContext } from 'ava'
+import { ServerSide, Shared, ShmUnsupportedError, type SharedTab } from 'shmtools'
+
+import { coldBytesLeft, coldEncode, setColdBytes } from '../dist/coldwire.js'
+import { encode } from '../dist/wire.js'
+import { bigValue } from './fixtures/big-value.ts'
+import { fixturePath, freshRegion, lastJson, runNode } from './helpers.ts'
+
+const none = () => undefined
+
+/** Whatever the test does to the budget is undone when it ends. */
+function budget(t: ExecutionContext, bytes: number): void {
+  const before = coldBytesLeft()
+  setColdBytes(bytes)
+  t.teardown(() => setColdBytes(before))
+}
+
+/** `v` with enough plain company to take the cold path (more than LARGE values). */
+const padded = (v: unknown): unknown => ({ pad: Array.from({ length: 600 }, (_, i) => i), v })
+
+test('the cold path writes the bytes the JS encoder writes', (t) => {
+  budget(t, 1 << 30)
+  for (let seed = 1; seed <= 40; seed++) {
+    const v = bigValue(seed)
+    const cold = coldEncode(v, none)
+    if (cold === undefined) return t.fail(`seed ${seed}: the cold path gave up on a plain value`)
+    const js = Buffer.from(encode(v, 'k', none))
+    if (!cold.equals(js)) return t.fail(`seed ${seed}: ${cold.length} bytes against ${js.length}, first difference at ${cold.findIndex((b, i) => b !== js[i])}`)
+  }
+  t.pass()
+})
+
+class Point {
+  x = 1
+}
+
+const LEFT: [string, () => unknown][] = [
+  ['a class instance', () => new Point()],
+  ['a Date', () => new Date(0)],
+  ['a Map', () => new Map([[1, 2]])],
+  ['a boxed number', () => new Number(1)],
+  ['a Uint8ClampedArray', () => new Uint8ClampedArray(2)],
+  ['a DataView', () => new DataView(new ArrayBuffer(2))],
+  ['a lone surrogate', () => 'a\ud800'],
+  ['an object met twice', () => { const o = { a: 1 }; return [o, o] }],
+  ['an array with a named property', () => Object.assign([1, 2], { extra: 3 })],
+  ['a cycle', () => { const o: Record<string, unknown> = {}; o.self = o; return o }],
+  ['a Proxy', () => new Proxy({ a: 1 }, {})],
+  ['nesting past the limit', () => JSON.parse('['.repeat(300) + ']'.repeat(300))],
+  ['a function', () => () => 1],
+  ['a getter that throws', () => Object.defineProperty({}, 'g', { enumerable: true, get() { throw new Error('no') } })],
+]
+
+test('what the cold path does not take goes to the JS encoder, with the same outcome', (t) => {
+  const f = freshRegion(t, 'cold-left', 16 << 20)
+  const outcome = (v: unknown, cold: boolean): unknown => {
+    setColdBytes(cold ? 1 << 30 : 0)
+    try {
+      const h = Shared(f.pool, v) as SharedTab
+      const js = h.toJS()
+      h.release()
+      return { js }
+    } catch (e) {
+      return { error: (e as Error).constructor.name, code: (e as { code?: string }).code, message: (e as Error).message }
+    }
+  }
+  budget(t, 0)
+  for (const [what, make] of LEFT) {
+    setColdBytes(1 << 30)
+    t.is(coldEncode(padded(make()), none), undefined, what)
+    t.deepEqual(outcome(padded(make()), true), outcome(padded(make()), false), what)
+  }
+  // (and those that are refused are refused as before)
+  setColdBytes(1 << 30)
+  t.throws(() => Shared(f.pool, padded(new Point())), { instanceOf: ShmUnsupportedError, message: /Point cannot be shared/ })
+})
+
+test('small values and a warm process skip the cold path; what either path writes counts', (t) => {
+  const f = freshRegion(t, 'cold-budget', 16 << 20)
+  budget(t, 1 << 30)
+  t.is(coldEncode({ a: 1 }, none), undefined, 'a small value')
+  t.truthy(coldEncode(bigValue(1), none))
+  setColdBytes(0)
+  t.is(coldEncode(bigValue(1), none), undefined, 'warm')
+  setColdBytes(1000)
+  Shared(f.pool, bigValue(2)).release()
+  t.true(coldBytesLeft() < 0, 'a large value spends the budget')
+  setColdBytes(1 << 20)
+  Shared(f.pool, { a: 1 }).release()
+  t.true(coldBytesLeft() < 1 << 20, 'so does a small one, on the JS encoder')
+})
+
+test('a handle inside a large value still goes by reference', (t) => {
+  const f = freshRegion(t, 'cold-ref', 16 << 20)
+  budget(t, 1 << 30)
+  const inner = Shared(f.pool, { x: 1 }) as SharedTab
+  const outer = Shared(f.pool, padded(inner)) as SharedTab
+  inner.x = 2
+  const seen = outer.v as SharedTab
+  t.is(seen.x, 2, 'the outer value holds the same table, not a copy')
+  t.is(inner.refCount, 3)
+  seen.release()
+  outer.release()
+  inner.release()
+})
+
+test('a fresh process sends large values by the cold path, and they arrive as the JS encoder would have them', async (t) => {
+  const f = freshRegion(t, 'cold-x', 32 << 20)
+  const pipe = new ServerSide(f.region, 'cold', 4).start().pipe()
+  const seed = 77
+  const r = await runNode(['--import', '@oxc-node/core/register', fixturePath('values-child.ts'), 'cold', f.name, 'cold', String(seed)])
+  t.is(r.code, 0, r.stderr)
+  t.true(lastJson<{ coldBytesLeft: number }>(r).coldBytesLeft < 1 << 20, 'the child took the cold path')
+  budget(t, 0)
+  for (const s of [seed, seed + 1]) {
+    const got = pipe.deq() as SharedTab
+    const want = Shared(f.pool, bigValue(s)) as SharedTab
+    t.deepEqual(got.toJS(), want.toJS(), `seed ${s}`)
+    got.release()
+    want.release()
+  }
+})
+
+test('an enumerable property on Object.prototype or Array.prototype sends every value to the JS encoder', (t) => {
+  budget(t, 1 << 30)
+  // eslint-disable-next-line no-sparse-arrays
+  const v = padded([1, , 3])
+  t.truthy(coldEncode(v, none))
+  for (const proto of [Object.prototype, Array.prototype] as Record<string, unknown>[]) {
+    proto[1] = 'inherited'
+    try {
+      t.is(coldEncode(v, none), undefined)
+    } finally {
+      delete proto[1]
+    }
+  }
+  t.truthy(coldEncode(v, none))
+})

@@ -1,0 +1,130 @@
+/**
+ * Large values while the process is young.
+ *
+ * The JS encoder (wire.ts) runs in V8's interpreter until V8 has optimized
+ * it: a fresh process's first encode of a 10 000-row table took 13-17 ms,
+ * the eighth 0.9 ms. V8's serializer is native code from the first call
+ * (about 2 ms for the same table). So, until this process has encoded
+ * `COLD_BYTES` of wire output in all, a large value made only of plain
+ * objects, arrays, primitives, Buffers and typed arrays is serialized by V8
+ * and read into the wire format by the core (shmtools_core::value::v8in),
+ * which gives the same bytes as the JS encoder.
+ *
+ * The format does not record prototypes, so a walk first checks that every
+ * object is plain (and no shared handle is inside, which goes by
+ * reference): that walk reads every property, so a getter runs twice on
+ * this path. Anything else, or anything V8 writes that the reader does not
+ * take (an object met twice, a named property on an array, a lone
+ * surrogate, ...), goes to the JS encoder, which also words any refusal.
+ */
+import { Serializer } from 'node:v8'
+
+import * as binding from '../binding'
+import { elemCode, MAX_DEPTH, nothingEnumerable, type RefLookup } from './wire'
+
+/** Wire bytes this process may encode before the JS encoder is taken as warm. */
+const COLD_BYTES = 1 << 20
+
+/** Fewest values (objects and their entries) for V8's serializer to be worth its fixed cost. */
+const LARGE = 512
+
+let coldLeft = COLD_BYTES
+
+/** Thrown inside the serializer to give up on this path; never seen outside. */
+const GIVE_UP = new Error('shmtools: not for the cold path')
+
+class ViewsAsHostObjects extends Serializer {
+  constructor(readonly refOf: RefLookup) {
+    super()
+    // (in Node's typings only on the DefaultSerializer it sets this up for)
+    ;(this as unknown as { _setTreatArrayBufferViewsAsHostObjects(on: boolean): void })._setTreatArrayBufferViewsAsHostObjects(true)
+  }
+
+  /** A Buffer as code 0, a typed array as its element code (see v8in.rs). */
+  _writeHostObject(v: ArrayBufferView): void {
+    if (this.refOf(v) !== undefined) throw GIVE_UP
+    const code = Buffer.isBuffer(v) ? 0 : elemCode(v)
+    if (code === 0 && !Buffer.isBuffer(v)) throw GIVE_UP
+    if (v.byteLength > 0xffffffff) throw GIVE_UP
+    this.writeUint32(code)
+    this.writeUint32(v.byteLength)
+    this.writeRawBytes(v as Uint8Array) // (a Buffer or a typed array by now)
+  }
+}
+
+/**
+ * How many values `v` holds (objects count once, and once per entry), if
+ * every object in it is a plain object, an array or an array-buffer view
+ * and none is a shared handle; -1 otherwise.
+ */
+function plainCount(v: object, depth: number, refOf: RefLookup): number {
+  if (depth >= MAX_DEPTH || refOf(v) !== undefined) return -1
+  if (ArrayBuffer.isView(v)) return 1
+  const proto = Object.getPrototypeOf(v)
+  let n = 1
+  if (proto === Array.prototype && Array.isArray(v)) {
+    const a = v as unknown[]
+    for (let i = 0; i < a.length; i++) {
+      const x = a[i]
+      n++
+      if (typeof x === 'object' && x !== null) {
+        const m = plainCount(x, depth + 1, refOf)
+        if (m < 0) return -1
+        n += m
+      }
+    }
+    return n
+  }
+  if (proto !== Object.prototype && proto !== null) return -1
+  for (const k in v) {
+    const x = (v as Record<string, unknown>)[k]
+    n++
+    if (typeof x === 'object' && x !== null) {
+      const m = plainCount(x, depth + 1, refOf)
+      if (m < 0) return -1
+      n += m
+    }
+  }
+  return n
+}
+
+/**
+ * `v` in the wire format through V8's serializer, or undefined: the process
+ * is warm, `v` is small, or it holds anything this path does not take.
+ */
+export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
+  if (coldLeft <= 0 || typeof v !== 'object' || v === null) return undefined
+  // (for-in in the walk would take inherited keys that V8 does not, and the
+  // JS encoder reads a hole through Array.prototype, where V8 writes a hole)
+  if (!nothingEnumerable(Object.prototype) || !nothingEnumerable(Array.prototype)) return undefined
+  let wire: Buffer | null
+  try {
+    if (plainCount(v, 0, refOf) < LARGE) return undefined
+    const s = new ViewsAsHostObjects(refOf)
+    s.writeHeader()
+    s.writeValue(v)
+    wire = binding.v8ToWire(s.releaseBuffer())
+  } catch {
+    // A getter that throws, a Proxy, a Map's key...: the JS encoder reads
+    // the value again and says what is wrong, if anything.
+    return undefined
+  }
+  if (wire === null) return undefined
+  coldLeft -= wire.length
+  return wire
+}
+
+/** Count `bytes` of wire output made by the JS encoder toward warming it. */
+export function warmed(bytes: number): void {
+  coldLeft -= bytes
+}
+
+/** For tests: let the next `bytes` of output take the cold path again (0: never). */
+export function setColdBytes(bytes: number): void {
+  coldLeft = bytes
+}
+
+/** For tests: the wire bytes left before the JS encoder is taken as warm. */
+export function coldBytesLeft(): number {
+  return coldLeft
+}
