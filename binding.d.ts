@@ -309,9 +309,9 @@ export declare function typedView(r: RegionRef, id: number): ArrayBuffer
  * V8's serialization of a value (src/coldwire.ts) in the wire format, or
  * null when it holds anything the JS encoder would write otherwise or
  * refuse (see shmtools_core::value::v8in): the caller then encodes it the
- * usual way.
+ * usual way. `holes`: how many holes the facade's walk found in its arrays.
  */
-export declare function v8ToWire(v8: Buffer): Buffer | null
+export declare function v8ToWire(v8: Buffer, holes: number): Buffer | null
 
 /**
  * Offset of the value in its region (the same in every process); read

@@ -30,6 +30,9 @@ const LARGE = 512
 
 let coldLeft = COLD_BYTES
 
+/** How many values took this path (for tests). */
+let coldEncodes = 0
+
 /** Thrown inside the serializer to give up on this path; never seen outside. */
 const GIVE_UP = new Error('shmtools: not for the cold path')
 
@@ -45,29 +48,41 @@ class ViewsAsHostObjects extends Serializer {
     if (this.refOf(v) !== undefined) throw GIVE_UP
     const code = Buffer.isBuffer(v) ? 0 : elemCode(v)
     if (code === 0 && !Buffer.isBuffer(v)) throw GIVE_UP
-    if (v.byteLength > 0xffffffff) throw GIVE_UP
+    // The bytes as the JS encoder takes them (through the view's properties;
+    // a detached buffer throws here, and the JS encoder refuses it).
+    const raw = new Uint8Array(v.buffer, v.byteOffset, v.byteLength)
+    if (raw.byteLength > 0xffffffff) throw GIVE_UP
     this.writeUint32(code)
-    this.writeUint32(v.byteLength)
-    this.writeRawBytes(v as Uint8Array) // (a Buffer or a typed array by now)
+    this.writeUint32(raw.byteLength)
+    this.writeRawBytes(raw)
   }
 }
+
+/** What the walk found: how many values, and how many holes in arrays. */
+let holes = 0
 
 /**
  * How many values `v` holds (objects count once, and once per entry), if
  * every object in it is a plain object, an array or an array-buffer view
- * and none is a shared handle; -1 otherwise.
+ * and none is a shared handle; -1 otherwise. Counts the holes of arrays in
+ * `holes`: the reader checks that V8 wrote as many (an element V8 does not
+ * list, such as a non-enumerable one, or a hole the JS encoder reads through
+ * a prototype, makes the counts differ).
  */
 function plainCount(v: object, depth: number, refOf: RefLookup): number {
   if (depth >= MAX_DEPTH || refOf(v) !== undefined) return -1
   if (ArrayBuffer.isView(v)) return 1
   const proto = Object.getPrototypeOf(v)
   let n = 1
-  if (proto === Array.prototype && Array.isArray(v)) {
+  if (Array.isArray(v)) {
+    // (an array of another prototype is a table to the JS encoder)
+    if (proto !== Array.prototype) return -1
     const a = v as unknown[]
     for (let i = 0; i < a.length; i++) {
       const x = a[i]
       n++
-      if (typeof x === 'object' && x !== null) {
+      if (x === undefined && !Object.hasOwn(a, i)) holes++
+      else if (typeof x === 'object' && x !== null) {
         const m = plainCount(x, depth + 1, refOf)
         if (m < 0) return -1
         n += m
@@ -99,11 +114,12 @@ export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
   if (!nothingEnumerable(Object.prototype) || !nothingEnumerable(Array.prototype)) return undefined
   let wire: Buffer | null
   try {
+    holes = 0
     if (plainCount(v, 0, refOf) < LARGE) return undefined
     const s = new ViewsAsHostObjects(refOf)
     s.writeHeader()
     s.writeValue(v)
-    wire = binding.v8ToWire(s.releaseBuffer())
+    wire = binding.v8ToWire(s.releaseBuffer(), holes)
   } catch {
     // A getter that throws, a Proxy, a Map's key...: the JS encoder reads
     // the value again and says what is wrong, if anything.
@@ -111,6 +127,7 @@ export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
   }
   if (wire === null) return undefined
   coldLeft -= wire.length
+  coldEncodes++
   return wire
 }
 
@@ -122,6 +139,11 @@ export function warmed(bytes: number): void {
 /** For tests: let the next `bytes` of output take the cold path again (0: never). */
 export function setColdBytes(bytes: number): void {
   coldLeft = bytes
+}
+
+/** For tests: how many values have taken this path in this process. */
+export function coldEncodeCount(): number {
+  return coldEncodes
 }
 
 /** For tests: the wire bytes left before the JS encoder is taken as warm. */

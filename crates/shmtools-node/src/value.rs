@@ -633,8 +633,12 @@ pub fn detach_view(buffer: ArrayBuffer) -> Result<()> {
 /// V8's serialization of a value (src/coldwire.ts) in the wire format, or
 /// null when it holds anything the JS encoder would write otherwise or
 /// refuse (see shmtools_core::value::v8in): the caller then encodes it the
-/// usual way.
+/// usual way. `holes`: how many holes the facade's walk found in its arrays.
 #[napi(catch_unwind)]
-pub fn v8_to_wire(v8: BufferSlice) -> Option<Buffer> {
-    shmtools_core::value::v8in::v8_to_wire(&v8).map(Buffer::from)
+pub fn v8_to_wire(v8: BufferSlice, holes: f64) -> Option<Buffer> {
+    // (a count from JS: anything but a whole number that fits is no count)
+    if !(holes >= 0.0 && holes.fract() == 0.0 && holes < 2f64.powi(53)) {
+        return None;
+    }
+    shmtools_core::value::v8in::v8_to_wire(&v8, holes as u64).map(Buffer::from)
 }

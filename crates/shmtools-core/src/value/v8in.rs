@@ -20,6 +20,9 @@
 //! The bytes come from this process's own V8, but are read as untrusted
 //! all the same: every read is bounds-checked and nothing panics.
 //!
+//! The facade also passes how many holes its walk found in arrays; V8 must
+//! have written exactly as many (see [`v8_to_wire`]).
+//!
 //! The output follows the JS encoder (src/wire.ts) byte for byte: numbers
 //! that are safe integers other than -0 become `T_INT`, all other numbers
 //! `T_F64`; keys are strings (an array index key in decimal); a hole is
@@ -32,32 +35,35 @@ use super::wire::{
 /// Format versions read here (V8 has written 15 since 2019 and Node 20-24).
 const VERSIONS: std::ops::RangeInclusive<u32> = 13..=15;
 
-/// Most holes a sparse array may add: past this the facade's own encoder,
-/// which would write them all the same, is left to it.
-const MAX_FILL: usize = 16 << 20;
-
 /// The largest integer a double holds exactly with all below it (2^53 - 1).
 const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
 
 /// Read one value serialized by V8 (header included, nothing after it) into
-/// the wire format; `None` if it holds anything outside the subset above.
-pub fn v8_to_wire(input: &[u8]) -> Option<Vec<u8>> {
+/// the wire format; `None` if it holds anything outside the subset above, or
+/// if its arrays do not have exactly `holes` holes between them (the count
+/// the facade's walk found: an element V8 leaves out, such as a
+/// non-enumerable one, or a hole the JS encoder would read through a
+/// prototype, makes them differ; it also bounds what holes can add).
+pub fn v8_to_wire(input: &[u8], holes: u64) -> Option<Vec<u8>> {
     let mut r = V8In {
         b: input,
         p: 0,
         out: Vec::with_capacity(input.len() + input.len() / 2 + 16),
+        holes,
     };
     if r.byte()? != 0xFF || !VERSIONS.contains(&r.varint()?) {
         return None;
     }
     r.value(0)?;
-    (r.p == input.len()).then_some(r.out)
+    (r.p == input.len() && r.holes == 0).then_some(r.out)
 }
 
 struct V8In<'a> {
     b: &'a [u8],
     p: usize,
     out: Vec<u8>,
+    /// Holes not yet met.
+    holes: u64,
 }
 
 impl<'a> V8In<'a> {
@@ -88,22 +94,31 @@ impl<'a> V8In<'a> {
         None
     }
 
-    /// The next tag, past any padding bytes.
+    /// The next tag, past a padding byte (which V8 writes only before a
+    /// two-byte string).
     fn tag(&mut self) -> Option<u8> {
-        loop {
-            match self.byte()? {
-                0 => continue,
-                t => return Some(t),
-            }
+        match self.byte()? {
+            0 => (self.byte()? == b'c').then_some(b'c'),
+            t => Some(t),
         }
     }
 
-    /// The next tag without taking it (padding is taken).
+    /// The next tag without taking it (a padding byte is taken).
     fn peek(&mut self) -> Option<u8> {
-        while *self.b.get(self.p)? == 0 {
+        if *self.b.get(self.p)? == 0 {
+            if *self.b.get(self.p + 1)? != b'c' {
+                return None;
+            }
             self.p += 1;
         }
         Some(self.b[self.p])
+    }
+
+    /// `n` holes written as `T_NONE`, if the walk counted that many more.
+    fn fill(&mut self, n: u32) -> Option<()> {
+        self.holes = self.holes.checked_sub(u64::from(n))?;
+        self.out.resize(self.out.len() + n as usize, T_NONE);
+        Some(())
     }
 
     fn u32_at(&mut self, at: usize, v: u32) {
@@ -285,7 +300,7 @@ impl<'a> V8In<'a> {
         for _ in 0..n {
             if self.peek()? == b'-' {
                 self.p += 1;
-                self.out.push(T_NONE);
+                self.fill(1)?;
             } else {
                 self.value(depth + 1)?;
             }
@@ -300,7 +315,7 @@ impl<'a> V8In<'a> {
         let n = self.varint()?;
         self.out.push(T_ARR);
         self.len(n as usize)?;
-        let (mut next, mut pairs, mut filled) = (0u32, 0u32, 0usize);
+        let (mut next, mut pairs) = (0u32, 0u32);
         loop {
             let tag = self.tag()?;
             if tag == b'@' {
@@ -314,22 +329,12 @@ impl<'a> V8In<'a> {
             if i < next || i >= n {
                 return None;
             }
-            filled += (i - next) as usize;
-            if filled > MAX_FILL {
-                return None;
-            }
-            self.out
-                .resize(self.out.len() + (i - next) as usize, T_NONE);
+            self.fill(i - next)?;
             self.value(depth + 1)?;
             next = i + 1;
             pairs += 1;
         }
-        if filled + (n - next) as usize > MAX_FILL {
-            return None;
-        }
-        self.out
-            .resize(self.out.len() + (n - next) as usize, T_NONE);
-        Some(())
+        self.fill(n - next)
     }
 
     /// An array-buffer view, as the facade writes host objects.
@@ -414,7 +419,11 @@ mod tests {
     }
 
     fn read(w: W) -> Option<Value> {
-        let wire = v8_to_wire(&w.0)?;
+        read_holes(w, 0)
+    }
+
+    fn read_holes(w: W, holes: u64) -> Option<Value> {
+        let wire = v8_to_wire(&w.0, holes)?;
         Some(Value::decode(&wire).expect("the output is valid wire"))
     }
 
@@ -482,11 +491,11 @@ mod tests {
                 Value::Arr(vec![Value::None, Value::None, Value::Str("x".into())]),
             ),
         ]);
-        assert_eq!(read(w), Some(tab));
-        // a sparse array of length 4: [ , 5, , ]
-        let w = W::new().t(b'a').var(4).smi(1).smi(5).t(b'@').var(1).var(4);
+        assert_eq!(read_holes(w, 1), Some(tab));
+        // a sparse array of length 4: [ , 5, , ], with its three holes counted
+        let sparse = || W::new().t(b'a').var(4).smi(1).smi(5).t(b'@').var(1).var(4);
         assert_eq!(
-            read(w),
+            read_holes(sparse(), 3),
             Some(Value::Arr(vec![
                 Value::None,
                 Value::Int(5),
@@ -494,6 +503,19 @@ mod tests {
                 Value::None
             ]))
         );
+        // a hole the walk did not count (an element V8 left out), or one it counted in vain
+        assert_eq!(read_holes(sparse(), 2), None);
+        assert_eq!(read_holes(sparse(), 4), None);
+        // a huge sparse array is refused once its holes pass the count, before they are written
+        assert_eq!(
+            read_holes(
+                W::new().t(b'a').var(u32::MAX).t(b'@').var(0).var(u32::MAX),
+                1000
+            ),
+            None
+        );
+        // padding comes only before a two-byte string
+        assert_eq!(read(W::new().t(0).smi(1)), None);
     }
 
     #[test]
@@ -603,13 +625,13 @@ mod tests {
             .t(b'{')
             .var(2)
             .0;
-        assert!(v8_to_wire(&good).is_some());
+        assert!(v8_to_wire(&good, 2).is_some());
         for n in 0..good.len() {
-            let _ = v8_to_wire(&good[..n]);
+            let _ = v8_to_wire(&good[..n], 2);
             for b in [0u8, 1, 0x7F, 0x80, 0xFF, b'o', b'A', b'a', b'{', b'$', b'@'] {
                 let mut bad = good.clone();
                 bad[n] = b;
-                if let Some(w) = v8_to_wire(&bad) {
+                if let Some(w) = v8_to_wire(&bad, 2) {
                     Value::decode(&w).expect("whatever is accepted is valid wire");
                 }
             }
