@@ -162,3 +162,13 @@ test('an enumerable property on Object.prototype or Array.prototype sends every 
   }
   t.truthy(coldEncode(v, none))
 })
+
+test('a getter that stores a large value of its own leaves the outer hole count as it was', (t) => {
+  const f = freshRegion(t, 'cold-nested', 16 << 20)
+  budget(t, 1 << 30)
+  // eslint-disable-next-line no-sparse-arrays
+  const v = padded({ arr: [1, , 3], get g() { Shared(f.pool, bigValue(3)).release(); return 1 } })
+  const cold = coldEncode(v, none)
+  if (cold === undefined) return t.fail('the cold path gave up on the outer value')
+  t.deepEqual(cold, Buffer.from(encode(v, 'k', none)))
+})

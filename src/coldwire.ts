@@ -13,7 +13,7 @@
  * The format does not record prototypes, so a walk first checks that every
  * object is plain (and no shared handle is inside, which goes by
  * reference): that walk reads every property, so a getter runs twice on
- * this path. Anything else, or anything V8 writes that the reader does not
+ * this path (three times if the value then goes to the JS encoder). Anything else, or anything V8 writes that the reader does not
  * take (an object met twice, a named property on an array, a lone
  * surrogate, ...), goes to the JS encoder, which also words any refusal.
  */
@@ -46,8 +46,9 @@ class ViewsAsHostObjects extends Serializer {
   /** A Buffer as code 0, a typed array as its element code (see v8in.rs). */
   _writeHostObject(v: ArrayBufferView): void {
     if (this.refOf(v) !== undefined) throw GIVE_UP
-    const code = Buffer.isBuffer(v) ? 0 : elemCode(v)
-    if (code === 0 && !Buffer.isBuffer(v)) throw GIVE_UP
+    const bytes = Buffer.isBuffer(v)
+    const code = bytes ? 0 : elemCode(v)
+    if (code === 0 && !bytes) throw GIVE_UP
     // The bytes as the JS encoder takes them (through the view's properties;
     // a detached buffer throws here, and the JS encoder refuses it).
     const raw = new Uint8Array(v.buffer, v.byteOffset, v.byteLength)
@@ -113,6 +114,9 @@ export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
   // JS encoder reads a hole through Array.prototype, where V8 writes a hole)
   if (!nothingEnumerable(Object.prototype) || !nothingEnumerable(Array.prototype)) return undefined
   let wire: Buffer | null
+  // (a getter read by the walk or the serializer may encode a value of its
+  // own: its walk counts from zero and gives this count back when done)
+  const outer = holes
   try {
     holes = 0
     if (plainCount(v, 0, refOf) < LARGE) return undefined
@@ -124,6 +128,8 @@ export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
     // A getter that throws, a Proxy, a Map's key...: the JS encoder reads
     // the value again and says what is wrong, if anything.
     return undefined
+  } finally {
+    holes = outer
   }
   if (wire === null) return undefined
   coldLeft -= wire.length
