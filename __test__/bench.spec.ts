@@ -14,6 +14,7 @@ import { promisify } from 'node:util'
 
 import test from 'ava'
 
+import { latestBlock, splice } from '../bench/latest-block.ts'
 import { shmEntries, startFixture } from './helpers.ts'
 
 const SUITE = 'bench/suite.ts'
@@ -92,4 +93,31 @@ test('the Rust harness (bench_rust --quick) runs every scenario and writes its r
   const verdicts = svg.match(/>(PASS|MISS|SKIP)<\/tspan>/g) ?? []
   t.is(rows.length, 7, svg)
   t.is(verdicts.length, 7, svg)
+})
+
+test('each full report is its block of docs/BENCHMARKS.md, and the block is all a run rewrites there', (t) => {
+  const doc = readFileSync('docs/BENCHMARKS.md', 'utf8')
+  for (const name of ['node-latest', 'rust-latest']) {
+    const report = readFileSync(`docs/bench/${name}.md`, 'utf8')
+    const block = latestBlock(name, report)
+    // The chart, seen from docs/, the run's facts and its targets table.
+    t.true(block.includes(`](bench/${name}.svg)`), block)
+    t.regex(block, /^- date: /m)
+    t.regex(block, /^\| target \| /m)
+    t.regex(block, /\*\*MISS\*\*|PASS/)
+    // What is in the docs now is what the checked-in report gives (a block
+    // edited by hand, or a report without its block, fails here).
+    t.is(splice(doc, name, block), doc, `the ${name} block of docs/BENCHMARKS.md differs from docs/bench/${name}.md: run bench/latest-block.ts ${name}`)
+    // A different block changes only the text between the markers.
+    const other = splice(doc, name, 'replaced')
+    const begin = `<!-- ${name}: begin -->`
+    const end = `<!-- ${name}: end -->`
+    t.is(other.slice(0, other.indexOf(begin)), doc.slice(0, doc.indexOf(begin)))
+    t.is(other.slice(other.indexOf(end)), doc.slice(doc.indexOf(end)))
+    t.true(other.includes(`${begin}\nreplaced\n${end}`))
+    t.is(splice(other, name, block), doc)
+  }
+  t.throws(() => splice('no markers here', 'node-latest', 'x'), { message: /exactly one/ })
+  t.throws(() => splice('<!-- node-latest: end --> <!-- node-latest: begin -->', 'node-latest', 'x'), { message: /exactly one/ })
+  t.throws(() => latestBlock('node-latest', '# a quick run\n\n- date: now\n'), { message: /no "## Targets"/ })
 })

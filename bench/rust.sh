@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Rust side of the benchmark suite, in one command:
 #
-#   bash bench/rust.sh            # full run (about 2-3 minutes), writes docs/bench/rust-latest.md and .svg
+#   bash bench/rust.sh            # full run (about 2-3 minutes), writes docs/bench/rust-latest.md and .svg,
+#                                 # and the rust-latest block of docs/BENCHMARKS.md (bench/latest-block.ts)
 #   bash bench/rust.sh --quick    # tiny sizes (< 20 s), writes target/bench/rust-quick.md
 #   bash bench/rust.sh --only 5b  # some scenarios (5a, 5b, 6), writes target/bench/rust-only.md
 #
@@ -64,4 +65,22 @@ export BENCH_NPROC="$(nproc 2>/dev/null || echo '?')"
 export BENCH_RUSTC="$(rustc --version 2>/dev/null || echo 'unknown')"
 export BENCH_CXX="$( (g++ --version 2>/dev/null || echo 'no g++') | head -n 1)"
 export BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
-exec "$TARGET_DIR/release/examples/bench_rust" "${BOOST_ARGS[@]}" "$@"
+# The commit measured; changes under docs/ do not change what is measured.
+BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (not a git checkout)')"
+if [ -n "$(git status --porcelain -- . ':(exclude)docs' 2>/dev/null)" ]; then
+    BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
+fi
+export BENCH_COMMIT
+
+"$TARGET_DIR/release/examples/bench_rust" "${BOOST_ARGS[@]}" "$@"
+
+# A full run (no --quick, --only or --out) wrote docs/bench/rust-latest.md:
+# its header, chart and targets also go into docs/BENCHMARKS.md.
+for a in "$@"; do
+    case "$a" in --quick | --only | --out | -h | --help) exit 0 ;; esac
+done
+if [ -d node_modules/@oxc-node/core ]; then
+    node --import @oxc-node/core/register bench/latest-block.ts rust-latest
+else
+    echo "bench/rust.sh: node_modules is missing (run npm install), so docs/BENCHMARKS.md was not updated" >&2
+fi

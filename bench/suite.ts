@@ -31,6 +31,7 @@ import { MessageChannel, Worker, type TransferListItem } from 'node:worker_threa
 
 import { ServerSide, type CQ, type SharedTab, type SharedTyped } from 'shmtools'
 
+import { commitOf, updateBenchmarks } from './latest-block.ts'
 import {
   cleanupAll,
   destroyRegion,
@@ -72,7 +73,8 @@ function argValue(flag: string): string | undefined {
 const only = argValue('--only')
   ?.split(',')
   .map((s) => Number(s.trim()))
-const outDir = argValue('--out') ?? (quick || only ? undefined : join(REPO, 'docs', 'bench'))
+const DOCS_BENCH = join(REPO, 'docs', 'bench')
+const outDir = argValue('--out') ?? (quick || only ? undefined : DOCS_BENCH)
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -1028,6 +1030,7 @@ function machine(): string[] {
   return [
     `- machine: nproc ${availableParallelism()}, CPU ${cpu}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB RAM, Linux ${release()}`,
     `- node ${process.version}`,
+    `- commit: ${commitOf()}`,
   ]
 }
 
@@ -1094,6 +1097,8 @@ async function main(): Promise<void> {
       targetsSvg(report.targets, `shmtools vs Node IPC: targets (${new Date(started).toISOString().slice(0, 10)}, node ${process.version}, ${availableParallelism()} cores)`, judged),
     )
     console.log(`wrote ${join(outDir, 'node-latest.md')} and ${svgName}`)
+    // A full run into the docs also rewrites its block of docs/BENCHMARKS.md.
+    if (outDir === DOCS_BENCH) console.log(`wrote the node-latest block of ${updateBenchmarks('node-latest')}`)
   }
 }
 

@@ -1110,6 +1110,9 @@ fn machine(boost: &Boost, quick: bool) -> String {
         Boost::Skipped(why) => format!("skipped: {why}"),
     };
     let date = env_or("BENCH_DATE", utc_now);
+    let commit = env_or("BENCH_COMMIT", || {
+        "not recorded (run through bench/rust.sh)".into()
+    });
     let pinned = match PIN.get().copied().flatten() {
         Some([a, b]) => format!(
             "the two processes of each measurement bound to CPUs {a} and {b} (sched_setaffinity)"
@@ -1124,7 +1127,7 @@ fn machine(boost: &Boost, quick: bool) -> String {
         )
     });
     format!(
-        "- command: `{command}`{}\n- date: {date}\n- machine: {nproc} CPUs (nproc), {cpu}, Linux {kernel}, load average at start {load}; {pinned}\n- rustc: {rustc}\n- C++: {cxx}; Boost: {boost}\n",
+        "- command: `{command}`{}\n- date: {date}\n- commit: {commit}\n- machine: {nproc} CPUs (nproc), {cpu}, Linux {kernel}, load average at start {load}; {pinned}\n- rustc: {rustc}\n- C++: {cxx}; Boost: {boost}\n",
         if quick { " (quick sizes: indicative only)" } else { "" }
     )
 }
