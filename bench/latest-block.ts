@@ -23,8 +23,9 @@ const REPO = join(dirname(fileURLToPath(import.meta.url)), '..')
 export function commitOf(repo = REPO): string {
   try {
     const sha = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: repo, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-    // Changes under docs/ do not change what is measured (and a run writes there).
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', '.', ':(exclude)docs'], {
+    // Changes to tracked files count; those under docs/ do not change what is
+    // measured (and a run writes there), and untracked files are not built.
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no', '--', '.', ':(exclude)docs'], {
       cwd: repo,
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'ignore'],

@@ -65,9 +65,9 @@ export BENCH_NPROC="$(nproc 2>/dev/null || echo '?')"
 export BENCH_RUSTC="$(rustc --version 2>/dev/null || echo 'unknown')"
 export BENCH_CXX="$( (g++ --version 2>/dev/null || echo 'no g++') | head -n 1)"
 export BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
-# The commit measured; changes under docs/ do not change what is measured.
+# The commit measured; changes to tracked files outside docs/ are marked.
 BENCH_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo 'unknown (not a git checkout)')"
-if [ -n "$(git status --porcelain -- . ':(exclude)docs' 2>/dev/null)" ]; then
+if [ -n "$(git status --porcelain --untracked-files=no -- . ':(exclude)docs' 2>/dev/null)" ]; then
     BENCH_COMMIT="$BENCH_COMMIT with uncommitted changes"
 fi
 export BENCH_COMMIT
