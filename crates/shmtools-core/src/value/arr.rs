@@ -23,6 +23,14 @@ struct ArrState {
     elems: u64,
 }
 
+/// A list being built by [`Values::arr_new_fresh`]: not yet stored anywhere,
+/// so only its builder can reach it (as [`super::tab::FreshTab`]).
+pub(super) struct FreshArr<'a> {
+    pub(super) slot: Slot,
+    body: &'a ArrBody,
+    state: ArrState,
+}
+
 impl<'a> Values<'a> {
     pub(super) fn arr_body(&self, arr: Slot) -> Result<&'a ArrBody> {
         self.arr_body_checked(arr, true)
@@ -163,6 +171,55 @@ impl<'a> Values<'a> {
             }
         }
         Ok(slot)
+    }
+
+    /// [`Values::arr_new`] for a list its caller fills before anyone else
+    /// can reach it: the body and the elements block are checked once here,
+    /// not again for every element.
+    pub(super) fn arr_new_fresh(&self, cap: u64) -> Result<FreshArr<'a>> {
+        let slot = self.arr_new(cap)?;
+        let built = (|| {
+            let body = self.arr_body(slot)?;
+            let state = ArrState {
+                len: 0,
+                cap: body.cap.load(Relaxed),
+                elems: body.elems.load(Relaxed),
+            };
+            if state.cap > 0 {
+                self.check_elems(state.elems, state.cap)?;
+            }
+            Ok(FreshArr { slot, body, state })
+        })();
+        if built.is_err() {
+            let _ = self.release(slot);
+        }
+        built
+    }
+
+    /// [`Values::arr_push`] on a list being built: nobody else holds a
+    /// reference to it or can reach it, so its lock is not taken, nor its
+    /// geometry revalidated per element. `value`'s reference moves in; on
+    /// error it is released.
+    pub(super) fn fresh_arr_push(&self, a: &mut FreshArr<'a>, value: Slot) -> Result<()> {
+        let r = (|| {
+            if value.is_object() && value == a.slot {
+                return Err(Error::invalid("a list cannot contain itself"));
+            }
+            let s = &mut a.state;
+            if s.len == s.cap {
+                self.arr_grow(a.body, s)?;
+            }
+            value.write(self.span, s.elems + s.len * SLOT_SIZE)?;
+            s.len += 1;
+            // Kept current element by element, so that releasing a
+            // half-built list releases exactly what it holds.
+            a.body.len.store(s.len, Relaxed);
+            Ok(())
+        })();
+        if r.is_err() {
+            let _ = self.release(value);
+        }
+        r
     }
 
     pub fn arr_len(&self, arr: Slot) -> Result<u64> {

@@ -425,18 +425,19 @@ impl<'a> Values<'a> {
             }
             T_ARR => {
                 let n = r.count(1)?;
-                let arr = self.arr_new(n as u64)?;
+                let mut arr = self.arr_new_fresh(n as u64)?;
                 let filled = (|| {
                     for _ in 0..n {
                         let v = self.build(r, depth + 1)?;
-                        self.arr_push(arr, v)?;
+                        // The list is ours alone until build returns it.
+                        self.fresh_arr_push(&mut arr, v)?;
                     }
                     Ok(())
                 })();
                 match filled {
-                    Ok(()) => Ok(arr),
+                    Ok(()) => Ok(arr.slot),
                     Err(e) => {
-                        let _ = self.release(arr);
+                        let _ = self.release(arr.slot);
                         Err(e)
                     }
                 }
