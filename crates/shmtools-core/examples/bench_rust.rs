@@ -1550,7 +1550,8 @@ fn xml_escape(s: &str) -> String {
 /// run's numbers only.
 fn targets_svg(judged: &[Judged], title: &str) -> String {
     let (row_h, left, plot_w, top) = (34.0, 280.0, 440.0, 64.0);
-    let width = left + plot_w + 300.0;
+    // (room on the right for the longest verdict line, throughputs included)
+    let width = left + plot_w + 360.0;
     let height = top + row_h * judged.len() as f64 + 56.0;
     let (lo, hi) = (-2.0f64, 2.0f64);
     let x = |v: f64| {
