@@ -323,6 +323,16 @@ export declare function valueOffset(r: RegionRef, id: number): number
 export declare function valueRefCount(r: RegionRef, id: number): number
 
 /**
+ * `toJS()`'s bytes: for a table or list whose wire encoding is at least
+ * `v8_min` bytes, V8's serialization format if it takes the value
+ * (shmtools_core::value::v8out; src/coldwire.ts reads it with a
+ * `v8.Deserializer`), else what [`value_to_wire`] gives. The first byte
+ * tells them apart: V8's format starts with 0xFF, which no wire tag is.
+ * A negative `v8_min` never asks for V8's format.
+ */
+export declare function valueToJsBytes(r: RegionRef, id: number, v8Min: number): Buffer
+
+/**
  * Deep copy out, as wire bytes, shape coded for the JS reader (see
  * shmtools_core::value::shape_code: a large table of rows carries each
  * key list once); should the coding fail, the plain encoding, which the

@@ -860,4 +860,5 @@ module.exports.typedView = nativeBinding.typedView
 module.exports.v8ToWire = nativeBinding.v8ToWire
 module.exports.valueOffset = nativeBinding.valueOffset
 module.exports.valueRefCount = nativeBinding.valueRefCount
+module.exports.valueToJsBytes = nativeBinding.valueToJsBytes
 module.exports.valueToWire = nativeBinding.valueToWire

@@ -3,14 +3,18 @@
  * through V8's serializer and the core's reader of its format
  * (crates/shmtools-core/src/value/v8in.rs). It must give the JS encoder's
  * bytes exactly, leave everything else to the JS encoder, and hold across
- * processes.
+ * processes. The other way, toJS() of a large value comes out in V8's
+ * format (value/v8out.rs) and is read by a v8.Deserializer: it must give
+ * what the JS reader gives, key order and every type included.
  */
-import test, { type ExecutionContext } from 'ava'
-import { ServerSide, Shared, ShmUnsupportedError, type SharedTab } from 'shmtools'
+import { isDeepStrictEqual } from 'node:util'
 
-import { coldBytesLeft, coldEncode, setColdBytes } from '../dist/coldwire.js'
+import test, { type ExecutionContext } from 'ava'
+import { ServerSide, Shared, ShmUnsupportedError, type SharedArr, type SharedTab } from 'shmtools'
+
+import { coldBytesLeft, coldEncode, coldReadBytesLeft, coldReadCount, setColdBytes, setColdReadBytes } from '../dist/coldwire.js'
 import { encode } from '../dist/wire.js'
-import { bigValue } from './fixtures/big-value.ts'
+import { bigValue, jsonOf } from './fixtures/big-value.ts'
 import { fixturePath, freshRegion, lastJson, runNode } from './helpers.ts'
 
 const none = () => undefined
@@ -171,4 +175,119 @@ test('a getter that stores a large value of its own leaves the outer hole count 
   const cold = coldEncode(v, none)
   if (cold === undefined) return t.fail('the cold path gave up on the outer value')
   t.deepEqual(cold, Buffer.from(encode(v, 'k', none)))
+})
+
+/** Where `a` and `b` differ (types, values, -0, prototypes, key order), or undefined. */
+function difference(a: unknown, b: unknown, at = ''): string | undefined {
+  if (!isDeepStrictEqual(a, b)) {
+    if (typeof a !== 'object' || a === null || typeof b !== 'object' || b === null) return `${at}: ${String(a)} against ${String(b)}`
+  }
+  if (typeof a !== 'object' || a === null || typeof b !== 'object' || b === null) return undefined
+  if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return `${at}: prototypes differ`
+  if (ArrayBuffer.isView(a)) return isDeepStrictEqual(a, b) ? undefined : `${at}: views differ`
+  const ka = Object.keys(a)
+  const kb = Object.keys(b as object)
+  if (ka.join('\u0001') !== kb.join('\u0001')) return `${at}: keys ${JSON.stringify(ka.slice(0, 8))} against ${JSON.stringify(kb.slice(0, 8))}`
+  for (const k of ka) {
+    const d = difference((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], `${at}[${JSON.stringify(k)}]`)
+    if (d !== undefined) return d
+  }
+  return isDeepStrictEqual(a, b) ? undefined : `${at}: differ`
+}
+
+/** toJS() of `h` through V8's format, and through the JS reader; and whether the first took V8's format. */
+function bothWays(h: SharedTab | SharedArr): { v8: unknown; js: unknown; tookV8: boolean } {
+  setColdReadBytes(1 << 30)
+  const before = coldReadCount()
+  const v8 = h.toJS()
+  const tookV8 = coldReadCount() === before + 1
+  setColdReadBytes(0)
+  const js = h.toJS()
+  return { v8, js, tookV8 }
+}
+
+/** Whatever the test does to the reading budget is undone when it ends. */
+function readBudget(t: ExecutionContext): void {
+  setColdReadBytes(0)
+  t.teardown(() => setColdReadBytes(0))
+}
+
+test('toJS() of a large value through V8\'s format gives what the JS reader gives', (t) => {
+  const f = freshRegion(t, 'cold-read', 32 << 20)
+  readBudget(t)
+  budget(t, 0)
+  let viaV8 = 0
+  for (let seed = 1; seed <= 40; seed++) {
+    const h = Shared(f.pool, bigValue(seed)) as SharedTab
+    const { v8, js, tookV8 } = bothWays(h)
+    h.release()
+    if (tookV8) viaV8++
+    const d = difference(v8, js)
+    if (d !== undefined) return t.fail(`seed ${seed}: ${d}`)
+  }
+  t.is(viaV8, 40, 'every one of these values is large enough, and V8\'s format carries all of it')
+  // Keys and numbers at the edges, strings of each width, every view.
+  const edges: Record<string, unknown> = {
+    ['__proto__']: { a: 1 },
+    '10': 'ten', '2': 'two', '-1': 'minus one', '01': 'not an index', '4294967294': 'last index', '4294967295': 'not one',
+    n: [0, -0, NaN, Infinity, -Infinity, 2 ** 31, -(2 ** 31) - 1, 2 ** 53 - 1, -(2 ** 53), 2 ** 53, 5e-324, 0.1],
+    big: [0n, -1n, 2n ** 64n, -(2n ** 100n), 2n ** 63n, -(2n ** 63n)],
+    s: ['', 'ascii', 'café', 'ÿ', '日本語', 'z😀', '\u0000', 'é'.repeat(3000)],
+    views: [Buffer.from([1, 2, 3]), Buffer.alloc(0), new Int8Array([-1]), new Uint8Array([255]), new Int16Array([-2]), new Uint16Array([65535]), new Int32Array([-3]), new Uint32Array([2 ** 32 - 1]), new Float32Array([0.1, -0]), new Float64Array([NaN, -0]), new BigInt64Array([-5n]), new BigUint64Array([2n ** 64n - 1n])],
+    nulls: [null, undefined],
+    deep: JSON.parse('['.repeat(250) + '1' + ']'.repeat(250)),
+    pad: Array.from({ length: 3000 }, (_, i) => ({ i, s: `row ${i}` })),
+  }
+  const h = Shared(f.pool, edges) as SharedTab
+  const { v8, js, tookV8 } = bothWays(h)
+  h.release()
+  t.true(tookV8, 'the edge value took V8\'s format')
+  t.is(difference(v8, js), undefined)
+  t.is(Object.getPrototypeOf(v8), Object.prototype)
+  t.deepEqual(Object.getOwnPropertyDescriptor(v8, '__proto__'), { value: { a: 1 }, writable: true, enumerable: true, configurable: true })
+  // A large list as well as a table.
+  const list = Shared(f.pool, Array.from({ length: 5000 }, (_, i) => (i % 2 ? `s${i}` : i))) as SharedArr
+  const l = bothWays(list)
+  list.release()
+  t.true(l.tookV8)
+  t.is(difference(l.v8, l.js), undefined)
+})
+
+test('toJS() reads small values, and everything once the process is warm, with the JS reader', (t) => {
+  const f = freshRegion(t, 'cold-read-budget', 16 << 20)
+  readBudget(t)
+  const small = Shared(f.pool, { a: [1, 2, 3], b: 'x' }) as SharedTab
+  const large = Shared(f.pool, bigValue(3)) as SharedTab
+  const before = coldReadCount()
+  setColdReadBytes(1 << 30)
+  t.deepEqual(small.toJS(), { a: [1, 2, 3], b: 'x' })
+  t.is(coldReadCount(), before, 'a small value')
+  large.toJS()
+  t.is(coldReadCount(), before + 1, 'a large one, while young')
+  setColdReadBytes(1)
+  large.toJS()
+  t.is(coldReadCount(), before + 2, 'the read that spends the budget still takes it')
+  large.toJS()
+  t.is(coldReadCount(), before + 2, 'warm: the JS reader')
+  // Each read, either way, spends the budget by what it read.
+  setColdReadBytes(1 << 20)
+  small.toJS()
+  t.true(coldReadBytesLeft() < 1 << 20, 'a small read, by the JS reader, spends the budget too')
+  small.release()
+  large.release()
+})
+
+test('a fresh process reads a large value through V8\'s format, as the JS reader would have it', async (t) => {
+  const f = freshRegion(t, 'cold-read-x', 32 << 20)
+  const pipe = new ServerSide(f.region, 'coldr', 4).start().pipe()
+  readBudget(t)
+  const seed = 91
+  const sent = Shared(f.pool, bigValue(seed)) as SharedTab
+  pipe.enq(sent)
+  const r = await runNode(['--import', '@oxc-node/core/register', fixturePath('values-child.ts'), 'cold-read', f.name, 'coldr'])
+  t.is(r.code, 0, r.stderr)
+  const got = lastJson<{ coldReads: number; json: string }>(r)
+  t.is(got.coldReads, 1, 'the child read the value through V8\'s format')
+  t.is(got.json, jsonOf(sent.toJS()), 'and it is what the JS reader here makes of it')
+  sent.release()
 })

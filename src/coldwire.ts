@@ -16,11 +16,18 @@
  * this path (three times if the value then goes to the JS encoder). Anything else, or anything V8 writes that the reader does not
  * take (an object met twice, a named property on an array, a lone
  * surrogate, ...), goes to the JS encoder, which also words any refusal.
+ *
+ * The reader has the same trouble: a fresh process's first toJS() of a
+ * 10 000-row table took 16-21 ms in the JS reader, `v8.deserialize` of it
+ * 3.4 ms. So until a process has read `COLD_BYTES` through toJS(), a table
+ * or list whose encoding is at least `READ_LARGE` bytes comes out of the
+ * core in V8's format (shmtools_core::value::v8out, which writes only what
+ * means the same to both readers) and is read by a `v8.Deserializer`.
  */
-import { Serializer } from 'node:v8'
+import { Deserializer, Serializer } from 'node:v8'
 
 import * as binding from '../binding'
-import { elemCode, MAX_DEPTH, nothingEnumerable, type RefLookup } from './wire'
+import { decode, ELEM_CTORS, elemCode, MAX_DEPTH, nothingEnumerable, type RefLookup } from './wire'
 
 /** Wire bytes this process may encode before the JS encoder is taken as warm. */
 const COLD_BYTES = 1 << 20
@@ -32,6 +39,15 @@ let coldLeft = COLD_BYTES
 
 /** How many values took this path (for tests). */
 let coldEncodes = 0
+
+/** Bytes of toJS() output this process may read before the JS reader is taken as warm. */
+let coldReadLeft = COLD_BYTES
+
+/** Smallest encoding worth V8's deserializer (its fixed cost, and the core's rewrite). */
+const READ_LARGE = 16 << 10
+
+/** How many toJS() results came through V8's deserializer (for tests). */
+let coldReads = 0
 
 /** Thrown inside the serializer to give up on this path; never seen outside. */
 const GIVE_UP = new Error('shmtools: not for the cold path')
@@ -135,6 +151,62 @@ export function coldEncode(v: unknown, refOf: RefLookup): Buffer | undefined {
   coldLeft -= wire.length
   coldEncodes++
   return wire
+}
+
+/** A view the core wrote as a host object (v8out.rs): code 0 a Buffer, else the wire's element code. */
+class HostViews extends Deserializer {
+  _readHostObject(): ArrayBufferView {
+    const code = this.readUint32()
+    const n = this.readUint32()
+    // (a view of the input: each value gets memory of its own, as the JS reader gives)
+    const raw = this.readRawBytes(n)
+    if (code === 0) return Buffer.from(raw)
+    const Ctor = ELEM_CTORS[code]
+    if (Ctor === undefined || n % Ctor.BYTES_PER_ELEMENT !== 0) throw new Error(`no view of code ${code} and ${n} bytes`)
+    const copy = new Uint8Array(n)
+    copy.set(raw)
+    return new Ctor(copy.buffer)
+  }
+}
+
+/** What to pass valueToJsBytes: V8's format for large values while this process is young, never (-1) after. */
+export function coldReadMin(): number {
+  return coldReadLeft > 0 ? READ_LARGE : -1
+}
+
+/**
+ * The value in `b` as valueToJsBytes gave it: V8's format (its first byte
+ * 0xFF) or the wire encoding. Undefined only if V8's reader refused the
+ * bytes, which no value should make it do (the caller then reads the wire
+ * encoding instead).
+ */
+export function readOut(b: Buffer): { value: unknown } | undefined {
+  coldReadLeft -= b.length
+  if (b[0] !== 0xff) return { value: decode(b) }
+  try {
+    const d = new HostViews(b)
+    d.readHeader()
+    const value = d.readValue()
+    coldReads++
+    return { value }
+  } catch {
+    return undefined
+  }
+}
+
+/** For tests: let the next `bytes` of toJS() output take V8's format again (0: never). */
+export function setColdReadBytes(bytes: number): void {
+  coldReadLeft = bytes
+}
+
+/** For tests: the bytes of toJS() output left before the JS reader is taken as warm. */
+export function coldReadBytesLeft(): number {
+  return coldReadLeft
+}
+
+/** For tests: how many toJS() results came through V8's deserializer. */
+export function coldReadCount(): number {
+  return coldReads
 }
 
 /** Count `bytes` of wire output made by the JS encoder toward warming it. */

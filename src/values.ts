@@ -12,7 +12,7 @@ import { inspect } from 'node:util'
 
 import type { NativeRegion } from '../binding'
 import * as binding from '../binding'
-import { coldEncode, warmed } from './coldwire'
+import { coldEncode, coldReadMin, readOut, warmed } from './coldwire'
 import { ErrorCodes, native, ShmArgumentError, ShmError } from './errors'
 import { fast, type RawRegion } from './fastcalls'
 import type { Pool, Region } from './region'
@@ -392,8 +392,7 @@ class TabCore extends HandleCore {
     return this.entries()[Symbol.iterator]()
   }
   toJS(): Record<string, unknown> {
-    const h = hOf(this)
-    return decode(native(() => binding.valueToWire(h.r, h.live()))) as Record<string, unknown>
+    return copyOut(hOf(this)) as Record<string, unknown>
   }
   protected get [LABEL](): string {
     return 'SharedTab'
@@ -470,6 +469,18 @@ function checkIndex(i: number): number {
   return i
 }
 
+/**
+ * A deep copy of a table or list (toJS): in V8's format while the process
+ * is young and the value large (coldwire.ts), else the wire encoding, read
+ * by the JS reader.
+ */
+function copyOut(h: Handle): unknown {
+  const out = readOut(native(() => binding.valueToJsBytes(h.r, h.live(), coldReadMin())))
+  // (V8's reader refused what it was given, which no value here should make
+  // it do: the JS reader reads the value again, and says what is wrong)
+  return out !== undefined ? out.value : decode(native(() => binding.valueToWire(h.r, h.live())))
+}
+
 /** The target of every SharedArr proxy (see TabCore). */
 class ArrCore extends HandleCore {
   get length(): number {
@@ -517,8 +528,7 @@ class ArrCore extends HandleCore {
     return this.values()
   }
   toJS(): unknown[] {
-    const h = hOf(this)
-    return decode(native(() => binding.valueToWire(h.r, h.live()))) as unknown[]
+    return copyOut(hOf(this)) as unknown[]
   }
   protected get [LABEL](): string {
     return 'SharedArr'

@@ -382,6 +382,27 @@ pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
     .into())
 }
 
+/// `toJS()`'s bytes: for a table or list whose wire encoding is at least
+/// `v8_min` bytes, V8's serialization format if it takes the value
+/// (shmtools_core::value::v8out; src/coldwire.ts reads it with a
+/// `v8.Deserializer`), else what [`value_to_wire`] gives. The first byte
+/// tells them apart: V8's format starts with 0xFF, which no wire tag is.
+/// A negative `v8_min` never asks for V8's format.
+#[napi(catch_unwind)]
+pub fn value_to_js_bytes(r: &RegionRef, id: f64, v8_min: f64) -> Result<Buffer> {
+    let h = hv(r, id)?;
+    let wire = h.wire()?;
+    if !matches!(h.slot.tag, T_TAB | T_ARR) {
+        return Ok(wire.into());
+    }
+    if v8_min >= 0.0 && wire.len() as f64 >= v8_min {
+        if let Some(v8) = shmtools_core::value::v8out::wire_to_v8(&wire) {
+            return Ok(v8.into());
+        }
+    }
+    Ok(shape_coded(wire, 0).into())
+}
+
 /// A typed array of element type `elem` (the wire's element code) holding
 /// `data`'s bytes, built in the region (`Shared(pool, typedArray)`): one
 /// copy, straight from the JS array's memory into the new object.

@@ -26,6 +26,7 @@ mod tab;
 mod tests;
 pub use shaped::{shape_code, shape_code_packets, shape_coded};
 pub mod v8in;
+pub mod v8out;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
