@@ -4,11 +4,16 @@
  * fresh process (the first store, which takes the cold path; main-thread
  * time and CPU time of all threads), then warm: the store alone, and the
  * release that frees the whole tree (what the fan-in parent pays per table).
- * Also the pool bytes and blocks one table takes.
+ * Also the pool bytes and blocks one table takes, and this process's first
+ * toJS() of the table (through V8's format, as a young process reads a large
+ * value; READER=js makes it take the JS reader, as a warm process would).
  *
  *   node --import @oxc-node/core/register bench/store-release.ts [ROWS]
+ *   READER=js node --import @oxc-node/core/register bench/store-release.ts
  */
-import { SHMMain, Shared } from 'shmtools'
+import { SHMMain, Shared, type SharedTab } from 'shmtools'
+
+import { coldReadCount, setColdReadBytes } from '../dist/coldwire.js'
 
 const ROWS = Number(process.argv[2] ?? 10_000)
 const name = `shmtools-store-release-${process.pid}`
@@ -28,6 +33,12 @@ try {
     `first store: ${(t1 - t0).toFixed(2)} ms on the main thread, ${((c1.user + c1.system) / 1000).toFixed(2)} ms CPU; ` +
       `${bytes} pool bytes (${(bytes / ROWS).toFixed(0)} a row) in ${s1.blocksUsed - s0.blocksUsed} blocks`,
   )
+  if (process.env.READER === 'js') setColdReadBytes(0)
+  const r0 = performance.now()
+  const copy = (first as SharedTab).toJS() as { rows: unknown[] }
+  const r1 = performance.now()
+  if (copy.rows.length !== ROWS) throw new Error('toJS() lost rows')
+  console.log(`first toJS(): ${(r1 - r0).toFixed(2)} ms, ${coldReadCount() === 1 ? "through V8's format" : 'by the JS reader'}`)
   first.release()
   if (pool.stats().blocksUsed !== s0.blocksUsed) throw new Error('the release left blocks behind')
   let store = 0
