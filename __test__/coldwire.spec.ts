@@ -12,7 +12,7 @@ import { isDeepStrictEqual } from 'node:util'
 import test, { type ExecutionContext } from 'ava'
 import { ServerSide, Shared, ShmUnsupportedError, type SharedArr, type SharedTab } from 'shmtools'
 
-import { coldBytesLeft, coldEncode, coldReadBytesLeft, coldReadCount, setColdBytes, setColdReadBytes } from '../dist/coldwire.js'
+import { coldBytesLeft, coldEncode, coldReadBytesLeft, coldReadCount, readOut, setColdBytes, setColdReadBytes } from '../dist/coldwire.js'
 import { encode } from '../dist/wire.js'
 import { bigValue, jsonOf } from './fixtures/big-value.ts'
 import { fixturePath, freshRegion, lastJson, runNode } from './helpers.ts'
@@ -290,4 +290,15 @@ test('a fresh process reads a large value through V8\'s format, as the JS reader
   t.is(got.coldReads, 1, 'the child read the value through V8\'s format')
   t.is(got.json, jsonOf(sent.toJS()), 'and it is what the JS reader here makes of it')
   sent.release()
+})
+
+test('V8\'s format that is not one whole value is refused, and the caller reads the wire encoding', (t) => {
+  readBudget(t)
+  // version 15, the Smi 1 (zigzag 2)
+  t.deepEqual(readOut(Buffer.from([0xff, 15, 0x49, 2])), { value: 1 })
+  t.is(readOut(Buffer.from([0xff, 15, 0x49, 2, 0x49, 4])), undefined, 'bytes after the value')
+  t.is(readOut(Buffer.from([0xff, 15, 0x6f])), undefined, 'cut short')
+  t.is(readOut(Buffer.from([0xff, 15, 0x5c, 99, 0])), undefined, 'a view of an unknown code')
+  // A wire encoding (first byte not 0xFF) goes to the JS reader.
+  t.deepEqual(readOut(Buffer.from([1])), { value: null })
 })

@@ -41,7 +41,7 @@ export function commitOf(repo = REPO): string {
  * relative to docs/) and its "## Targets" section, and a link to the whole.
  */
 export function latestBlock(name: string, report: string): string {
-  const lines = report.split('\n')
+  const lines = report.replace(/\r\n/g, '\n').split('\n')
   const firstSection = lines.findIndex((l) => l.startsWith('## '))
   const head = lines.slice(0, firstSection < 0 ? lines.length : firstSection)
   const facts = head.filter((l) => l.startsWith('- '))
@@ -52,7 +52,8 @@ export function latestBlock(name: string, report: string): string {
   if (end < 0) end = lines.length
   const targets = lines.slice(t + 1, end).join('\n').trim()
   const out = [`**From [docs/bench/${name}.md](bench/${name}.md)** (written by the run; the full report, every scenario and peer):`, '', ...facts, '']
-  if (chart) out.push(chart.replace(/\]\(([^)/]+\.svg)\)/, '](bench/$1)'), '')
+  // (the chart sits beside the report, in docs/bench/)
+  if (chart) out.push(chart.replace(/\]\((?:\.\/)?([^)/]+\.svg)\)/, '](bench/$1)'), '')
   out.push(targets)
   return out.join('\n')
 }

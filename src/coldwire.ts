@@ -187,6 +187,10 @@ export function readOut(b: Buffer): { value: unknown } | undefined {
     const d = new HostViews(b)
     d.readHeader()
     const value = d.readValue()
+    // All of it was one value (the core writes nothing V8 would read short:
+    // a check, where the reader's position can be had).
+    const end = (d as unknown as { _readRawBytes?(n: number): number })._readRawBytes?.(0)
+    if (end !== undefined && end !== b.length) return undefined
     coldReads++
     return { value }
   } catch {

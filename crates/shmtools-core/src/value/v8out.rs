@@ -12,14 +12,18 @@
 //! makes of the same encoding: None is null; an integer in [-2^53, 2^53) is
 //! a number, any other integer a BigInt, as is a BigInt (its magnitude in
 //! whole 64-bit digits, as V8 writes it); an F32 is the number it widens
-//! to; a table's keys are strings (an integer key in decimal), defined as
-//! own data properties in order (so `__proto__` is a key like any other); Bytes and
+//! to; a table's keys are strings, defined as own data properties in order
+//! (so `__proto__` is a key like any other); Bytes and
 //! typed arrays are host objects in the form src/coldwire.ts reads and
 //! v8in.rs takes (`[code varint][byte length varint][bytes]`, code 0 a
 //! Buffer, 1..=10 the wire's element codes), each read into memory of its
-//! own. Anything else (a reference, a shape tag, a malformed encoding,
-//! nesting deeper than [`MAX_DEPTH`]) gives `None`, and the facade reads the
-//! wire encoding as before. Nothing here panics on any input.
+//! own. Anything else gives `None`, and the facade reads the wire encoding
+//! as before: a reference, a shape tag, a malformed encoding, nesting
+//! deeper than [`MAX_DEPTH`], an integer key (see the table case), and any
+//! length past what V8's reader takes (a string over its longest, where
+//! the JS reader fails too, a BigInt over 2^30 bits, a view of 4 GiB or
+//! more), which V8 would otherwise cut short and read the rest of as
+//! values. Nothing here panics on any input.
 
 use super::wire::{
     Elem, MAX_DEPTH, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB,
@@ -29,6 +33,17 @@ use super::wire::{
 /// The format version written: 15, which V8 has written since 2019 and
 /// every Node this package supports reads.
 const VERSION: u8 = 15;
+
+/// The longest string V8 makes (`String::kMaxLength` on 64-bit builds),
+/// which is also where Node's UTF-8 decoding of the JS reader stops: a
+/// longer encoding gives `None`, so both readers refuse it alike.
+const MAX_STRING: usize = (1 << 29) - 24;
+
+/// The largest BigInt V8 makes: 2^30 bits, in bytes.
+const MAX_BIGINT_BYTES: usize = 1 << 27;
+
+/// Host objects are read with 32-bit lengths (`readUint32`).
+const MAX_HOST_BYTES: usize = u32::MAX as usize;
 
 /// Integers from -2^53 to 2^53 - 1 are numbers to the JS reader.
 const NUMBER_RANGE: std::ops::Range<i128> = -(1 << 53)..(1 << 53);
@@ -104,24 +119,30 @@ impl<'a> V8Out<'a> {
 
     /// An integer as the JS reader makes it: a number in range (where the
     /// conversion to a double is exact), else a BigInt.
-    fn integer(&mut self, n: i128) {
+    fn integer(&mut self, n: i128) -> Option<()> {
         if NUMBER_RANGE.contains(&n) {
             self.number(n as f64);
+            Some(())
         } else {
-            self.bigint(n < 0, &n.unsigned_abs().to_le_bytes());
+            self.bigint(n < 0, &n.unsigned_abs().to_le_bytes())
         }
     }
 
     /// A BigInt ('Z'): sign in bit 0 of the bit field, the magnitude's byte
     /// length above it, then the magnitude, little-endian, in whole 64-bit
     /// digits with no zero digit on top (zero: no digits, no sign).
-    fn bigint(&mut self, neg: bool, mag: &[u8]) {
+    /// `None` past V8's largest BigInt (its bit field has room for no more).
+    fn bigint(&mut self, neg: bool, mag: &[u8]) -> Option<()> {
         let used = mag.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let bytes = used.div_ceil(8) * 8;
+        if bytes > MAX_BIGINT_BYTES {
+            return None;
+        }
         self.out.push(b'Z');
         self.varint(((bytes as u64) << 1) | u64::from(neg && used > 0));
         self.out.extend_from_slice(&mag[..used]);
         self.out.resize(self.out.len() + (bytes - used), 0);
+        Some(())
     }
 
     /// A string from UTF-8 bytes: one byte a character if every character
@@ -129,6 +150,9 @@ impl<'a> V8Out<'a> {
     /// after a padding byte if needed to start the characters at an even
     /// offset, as V8's serializer places them.
     fn string(&mut self, utf8: &[u8]) -> Option<()> {
+        if utf8.len() > MAX_STRING {
+            return None;
+        }
         if utf8.is_ascii() {
             self.out.push(b'"');
             self.varint(utf8.len() as u64);
@@ -162,11 +186,15 @@ impl<'a> V8Out<'a> {
     }
 
     /// Bytes as a host object: the view's code, its byte length, its bytes.
-    fn host(&mut self, code: u8, bytes: &[u8]) {
+    fn host(&mut self, code: u8, bytes: &[u8]) -> Option<()> {
+        if bytes.len() > MAX_HOST_BYTES {
+            return None;
+        }
         self.out.push(b'\\');
         self.varint(u64::from(code));
         self.varint(bytes.len() as u64);
         self.out.extend_from_slice(bytes);
+        Some(())
     }
 
     fn value(&mut self, depth: usize) -> Option<()> {
@@ -181,17 +209,17 @@ impl<'a> V8Out<'a> {
             }
             T_INT => {
                 let n = self.u64()? as i64;
-                self.integer(i128::from(n));
+                self.integer(i128::from(n))?;
             }
             T_UINT => {
                 let n = self.u64()?;
-                self.integer(i128::from(n));
+                self.integer(i128::from(n))?;
             }
             T_BIGINT => {
                 let neg = self.u8()? != 0;
                 let n = self.count(1)?;
                 let mag = self.take(n)?;
-                self.bigint(neg, mag);
+                self.bigint(neg, mag)?;
             }
             T_F64 => {
                 let x = f64::from_bits(self.u64()?);
@@ -209,7 +237,7 @@ impl<'a> V8Out<'a> {
             T_BYTES => {
                 let n = self.count(1)?;
                 let b = self.take(n)?;
-                self.host(0, b);
+                self.host(0, b)?;
             }
             T_TYPED => {
                 let code = self.u8()?;
@@ -217,7 +245,7 @@ impl<'a> V8Out<'a> {
                 let size = elem.size() as usize;
                 let n = self.count(size)?;
                 let b = self.take(n.checked_mul(size)?)?;
-                self.host(code, b);
+                self.host(code, b)?;
             }
             T_TAB => {
                 // A key is at least a tag and a length or an integer.
@@ -230,10 +258,10 @@ impl<'a> V8Out<'a> {
                             let k = self.take(len)?;
                             self.string(k)?;
                         }
-                        T_INT => {
-                            let k = self.u64()? as i64;
-                            self.string(k.to_string().as_bytes())?;
-                        }
+                        // An integer key (made by a Rust writer) may share
+                        // its digits with a string key of the same table,
+                        // which the JS reader takes (the later wins) and V8
+                        // refuses: the JS reader reads such tables.
                         _ => return None,
                     }
                     self.value(depth + 1)?;
@@ -261,7 +289,7 @@ impl<'a> V8Out<'a> {
 #[cfg(test)]
 mod tests {
     use super::super::v8in::v8_to_wire;
-    use super::super::wire::{Key, Value};
+    use super::super::wire::{Key, Value, T_BIGINT, T_STR};
     use super::*;
 
     fn round_trip(v: &Value) {
@@ -329,6 +357,30 @@ mod tests {
         let v8 = wire_to_v8(&BigInt(true, vec![1; 9]).encode().unwrap()).unwrap();
         assert_eq!(&v8[2..4], &[b'Z', (16 << 1) | 1]);
         assert_eq!(v8.len(), 4 + 16);
+    }
+
+    #[test]
+    fn integer_keys_and_lengths_past_v8s_limits_are_not_written() {
+        let int_key = Value::Tab(vec![
+            (Key::Int(7), Value::None),
+            (Key::Str("7".into()), Value::None),
+        ]);
+        assert_eq!(wire_to_v8(&int_key.encode().unwrap()), Option::None);
+        // A BigInt one digit past 2^30 bits; a string one byte past the
+        // longest (built as wire bytes, without a Value of that size).
+        let mut big = vec![T_BIGINT, 0];
+        let mag = MAX_BIGINT_BYTES + 1;
+        big.extend_from_slice(&(mag as u32).to_le_bytes());
+        big.resize(big.len() + mag, 0xAB);
+        assert_eq!(wire_to_v8(&big), Option::None);
+        let mut long = vec![T_STR];
+        long.extend_from_slice(&((MAX_STRING + 1) as u32).to_le_bytes());
+        long.resize(long.len() + MAX_STRING + 1, b'a');
+        assert_eq!(wire_to_v8(&long), Option::None);
+        // at the limit, written
+        long[1..5].copy_from_slice(&(MAX_STRING as u32).to_le_bytes());
+        long.truncate(5 + MAX_STRING);
+        assert!(wire_to_v8(&long).is_some());
     }
 
     #[test]
