@@ -263,8 +263,10 @@ class Encoder {
     const at = this.pos
     this.string(T_STR, k)
     const len = this.pos - at
-    known.misses++
+    // (a key that could not be kept is no miss: a table of many or long
+    // keys must not turn the memory off for the tables it can serve)
     if (place >= KNOWN_PLACES || len > KNOWN_KEY_BYTES) return
+    known.misses++
     // The bytes as 32-bit words, the last one padded with whatever follows
     // (the next write covers it; the room is made here).
     this.ensure(4)
