@@ -21,13 +21,15 @@ use shmtools_core::queue::{self, Sleeper};
 
 use crate::region::RegionCell;
 
-/// The wait ended because the word moved on, or a whole `LOOK_AGAIN`
-/// passed: either way the caller looks again.
+/// The wait ended because the word or the counter moved on (or, for a
+/// wait without a counter, a whole `LOOK_AGAIN` passed): the caller looks
+/// again.
 pub const CHANGED: u32 = 0;
 pub const TIMED_OUT: u32 = 1;
 pub const CANCELLED: u32 = 2;
 
-/// Longest sleep before a waiter answers CHANGED and its caller looks again.
+/// Longest sleep before a waiter looks at the counter again (or, without
+/// one, answers CHANGED so its caller looks).
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 type Resolver = Box<dyn FnOnce(Env) -> napi::Result<u32> + Send>;
@@ -264,13 +266,22 @@ fn watch(job: &Job, cancel: &AtomicBool) -> u32 {
         }
         let woke = platform::futex_wait(word, now, Some(slice));
         if woke == platform::Wake::TimedOut && slice == LOOK_AGAIN {
-            // A whole slice without a change: answer "changed" anyway, so
-            // the JS side looks at the queue again. A producer killed
-            // between letting go of a queue lock and moving the word on
-            // leaves a packet there with the word unmoved; this bounds the
-            // wait for it to a slice, as a Rust waiter's is. (One look per
-            // second of waiting.)
-            break CHANGED;
+            // A whole slice without a change. A peer killed between
+            // publishing (its counter store) and moving the word on leaves
+            // the word unmoved: the counter, read again at the top of the
+            // loop, still shows it, so the wait for it is bounded by a
+            // slice, as a Rust waiter's is, without the JS side waking up
+            // to look. This thread does the housekeeping such a look did:
+            // giving back what dead processes held, at most once a second.
+            // (Without a counter, the JS side looks again itself.)
+            if counter.is_none() {
+                break CHANGED;
+            }
+            if !job.cell.closed.load(Ordering::Relaxed) {
+                if let Ok(v) = job.cell.region.values() {
+                    v.reclaim_if_due();
+                }
+            }
         }
     }
 }
