@@ -933,6 +933,25 @@ test.serial('close() ends a parked dequeueAsync at once with ERR_SHM_CLOSED (and
   await t.throwsAsync(p, closed)
 })
 
+test.serial('closing the region under a parked dequeueAsync without a timeout ends it with ERR_SHM_CLOSED within a slice', async (t) => {
+  t.timeout(30_000)
+  const { region } = fresh(t, 'bug-close-region')
+  const q = new ServerSide(region, 'p', 2).start().pipe()
+  // No timeout: nothing but the close can end this wait. The waiter thread
+  // sleeps in one-second slices and wakes no one between them, so it must
+  // notice the closed region itself.
+  const p = q.dequeueAsync()
+  setTimeout(() => region.close(), 50)
+  let outcome: unknown
+  p.then(
+    () => (outcome = 'resolved'),
+    (e: { code?: string }) => (outcome = e.code),
+  )
+  // (a liveness guard: a correct wait ends about a second after the close)
+  for (let i = 0; i < 60 && outcome === undefined; i++) await sleep(100)
+  t.is(outcome, ErrorCodes.CLOSED, 'still parked 6 s after the region was closed')
+})
+
 test.serial('enqueueAsync honours a signal that aborts while the value is being encoded (a getter)', async (t) => {
   t.timeout(30_000)
   const { region } = fresh(t, 'bug-abort')

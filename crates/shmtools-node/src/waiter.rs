@@ -273,14 +273,14 @@ fn watch(job: &Job, cancel: &AtomicBool) -> u32 {
             // slice, as a Rust waiter's is, without the JS side waking up
             // to look. This thread does the housekeeping such a look did:
             // giving back what dead processes held, at most once a second.
-            // (Without a counter, the JS side looks again itself.)
-            if counter.is_none() {
+            // (Without a counter, or once the region was closed, which
+            // wakes no one, the JS side looks again itself: it then finds
+            // the region closed and says so.)
+            if counter.is_none() || job.cell.closed.load(Ordering::Acquire) {
                 break CHANGED;
             }
-            if !job.cell.closed.load(Ordering::Relaxed) {
-                if let Ok(v) = job.cell.region.values() {
-                    v.reclaim_if_due();
-                }
+            if let Ok(v) = job.cell.region.values() {
+                v.reclaim_if_due();
             }
         }
     }
