@@ -26,8 +26,8 @@
 //! values. Nothing here panics on any input.
 
 use super::wire::{
-    Elem, MAX_DEPTH, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR, T_TAB,
-    T_TYPED, T_UINT,
+    Elem, Reader, MAX_DEPTH, T_ARR, T_BIGINT, T_BOOL, T_BYTES, T_F32, T_F64, T_INT, T_NONE, T_STR,
+    T_TAB, T_TYPED, T_UINT,
 };
 
 /// The format version written: 15, which V8 has written since 2019 and
@@ -53,49 +53,22 @@ const NUMBER_RANGE: std::ops::Range<i128> = -(1 << 53)..(1 << 53);
 /// lists.
 pub fn wire_to_v8(wire: &[u8]) -> Option<Vec<u8>> {
     let mut w = V8Out {
-        b: wire,
-        p: 0,
+        r: Reader::new(wire),
         out: Vec::with_capacity(wire.len() + 16),
     };
     w.out.extend_from_slice(&[0xFF, VERSION]);
     w.value(0)?;
-    (w.p == wire.len()).then_some(w.out)
+    w.r.at_end().then_some(w.out)
 }
 
 struct V8Out<'a> {
-    b: &'a [u8],
-    p: usize,
+    /// The wire's own reader: bounds-checked reads, and counts that the
+    /// input left can hold (so a corrupt count reserves nothing).
+    r: Reader<'a>,
     out: Vec<u8>,
 }
 
 impl<'a> V8Out<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let b: &'a [u8] = self.b;
-        let end = self.p.checked_add(n)?;
-        let s = b.get(self.p..end)?;
-        self.p = end;
-        Some(s)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    /// A count of items of at least `min_each` bytes each that the input
-    /// can still hold (so a corrupt count reserves nothing).
-    fn count(&mut self, min_each: usize) -> Option<usize> {
-        let n = self.u32()? as usize;
-        (n.saturating_mul(min_each) <= self.b.len() - self.p).then_some(n)
-    }
-
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.out.push((v as u8) | 0x80);
@@ -201,61 +174,61 @@ impl<'a> V8Out<'a> {
         if depth > MAX_DEPTH {
             return None;
         }
-        match self.u8()? {
+        match self.r.u8().ok()? {
             T_NONE => self.out.push(b'0'),
             T_BOOL => {
-                let t = self.u8()? != 0;
+                let t = self.r.u8().ok()? != 0;
                 self.out.push(if t { b'T' } else { b'F' });
             }
             T_INT => {
-                let n = self.u64()? as i64;
+                let n = self.r.u64().ok()? as i64;
                 self.integer(i128::from(n))?;
             }
             T_UINT => {
-                let n = self.u64()?;
+                let n = self.r.u64().ok()?;
                 self.integer(i128::from(n))?;
             }
             T_BIGINT => {
-                let neg = self.u8()? != 0;
-                let n = self.count(1)?;
-                let mag = self.take(n)?;
+                let neg = self.r.u8().ok()? != 0;
+                let n = self.r.count(1).ok()?;
+                let mag = self.r.take(n).ok()?;
                 self.bigint(neg, mag)?;
             }
             T_F64 => {
-                let x = f64::from_bits(self.u64()?);
+                let x = f64::from_bits(self.r.u64().ok()?);
                 self.number(x);
             }
             T_F32 => {
-                let x = f32::from_bits(self.u32()?);
+                let x = f32::from_bits(self.r.u32().ok()?);
                 self.number(f64::from(x));
             }
             T_STR => {
-                let n = self.count(1)?;
-                let s = self.take(n)?;
+                let n = self.r.count(1).ok()?;
+                let s = self.r.take(n).ok()?;
                 self.string(s)?;
             }
             T_BYTES => {
-                let n = self.count(1)?;
-                let b = self.take(n)?;
+                let n = self.r.count(1).ok()?;
+                let b = self.r.take(n).ok()?;
                 self.host(0, b)?;
             }
             T_TYPED => {
-                let code = self.u8()?;
+                let code = self.r.u8().ok()?;
                 let elem = Elem::from_code(code)?;
                 let size = elem.size() as usize;
-                let n = self.count(size)?;
-                let b = self.take(n.checked_mul(size)?)?;
+                let n = self.r.count(size).ok()?;
+                let b = self.r.take(n.checked_mul(size)?).ok()?;
                 self.host(code, b)?;
             }
             T_TAB => {
                 // A key is at least a tag and a length or an integer.
-                let n = self.count(6)?;
+                let n = self.r.count(6).ok()?;
                 self.out.push(b'o');
                 for _ in 0..n {
-                    match self.u8()? {
+                    match self.r.u8().ok()? {
                         T_STR => {
-                            let len = self.count(1)?;
-                            let k = self.take(len)?;
+                            let len = self.r.count(1).ok()?;
+                            let k = self.r.take(len).ok()?;
                             self.string(k)?;
                         }
                         // An integer key (made by a Rust writer) may share
@@ -270,7 +243,7 @@ impl<'a> V8Out<'a> {
                 self.varint(n as u64);
             }
             T_ARR => {
-                let n = self.count(1)?;
+                let n = self.r.count(1).ok()?;
                 self.out.push(b'A');
                 self.varint(n as u64);
                 for _ in 0..n {
