@@ -372,14 +372,7 @@ pub fn value_release(cell: &Arc<RegionCell>, id: f64) -> Result<()> {
 /// reader reads too.
 #[napi(catch_unwind)]
 pub fn value_to_wire(r: &RegionRef, id: f64) -> Result<Buffer> {
-    let h = hv(r, id)?;
-    let wire = h.wire()?;
-    Ok(match h.slot.tag {
-        T_TAB | T_ARR => shape_coded(wire, 0),
-        // (nothing to code, and no second copy of a large array)
-        _ => wire,
-    }
-    .into())
+    value_to_js_bytes(r, id, -1.0)
 }
 
 /// `toJS()`'s bytes: for a table or list whose wire encoding is at least
@@ -393,6 +386,7 @@ pub fn value_to_js_bytes(r: &RegionRef, id: f64, v8_min: f64) -> Result<Buffer> 
     let h = hv(r, id)?;
     let wire = h.wire()?;
     if !matches!(h.slot.tag, T_TAB | T_ARR) {
+        // (nothing to code, and no second copy of a large array)
         return Ok(wire.into());
     }
     if v8_min >= 0.0 && wire.len() as f64 >= v8_min {
